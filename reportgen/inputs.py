@@ -1,0 +1,252 @@
+"""Inputs: read .txt, .jsonl, .csv/.tsv files (or Python lists) into typed `Example` records.
+
+Every problem is reported with its file and line, and all of them at once, before any work starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MAX_REPORTED_ERRORS = 20
+
+
+class InputError(ValueError):
+    """Malformed inputs; one line per problem, each naming the file and line."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        shown = self.problems[:MAX_REPORTED_ERRORS]
+        more = len(self.problems) - len(shown)
+        super().__init__("\n".join(shown + ([f"... and {more} more problems"] if more else [])))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A named part of an input's text, e.g. ENV or LAN; the name is empty for plain text."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input: its text as ordered segments, an optional target, and free-form metadata."""
+
+    id: str
+    segments: tuple[Segment, ...]
+    target: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+    """Where it came from, e.g. `inputs.jsonl:12`, for error messages."""
+
+    @property
+    def text(self) -> str:
+        """The segments joined with single spaces: what the model reads."""
+        return " ".join(s.text for s in self.segments)
+
+    def char_spans(self) -> list[tuple[str, int, int]]:
+        """(name, start, end) character offsets of each segment within `text`."""
+        spans, start = [], 0
+        for seg in self.segments:
+            spans.append((seg.name, start, start + len(seg.text)))
+            start += len(seg.text) + 1
+        return spans
+
+
+def read_inputs(path: str | Path) -> list[Example]:
+    """Read inputs from a .txt, .jsonl, .csv or .tsv file, or from stdin when path is `-`."""
+    if str(path) == "-":
+        return parse_text(sys.stdin.buffer.read(), "<stdin>", _sniff_stdin_format)
+    path = Path(path)
+    if not path.is_file():
+        raise InputError([f"{path}: no such file (give a .txt, .jsonl, .csv or .tsv file, or -)"])
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in _PARSERS:
+        raise InputError(
+            [f"{path}: unknown input format '.{fmt}' (use .txt, .jsonl, .csv or .tsv)"]
+        )
+    return parse_text(path.read_bytes(), path.name, lambda _: fmt)
+
+
+def examples_from_items(
+    items: Iterable[str | Mapping[str, Any]], source: str = "inputs"
+) -> list[Example]:
+    """Examples from Python values: strings (plain text) or dicts shaped like .jsonl lines."""
+    rows: list[tuple[int, object]] = list(enumerate(items, start=1))
+    return _finish([_from_object(obj, f"{source}[{n - 1}]") for n, obj in rows], source)
+
+
+def parse_text(data: bytes, name: str, format_of: Any) -> list[Example]:
+    """Decode bytes as UTF-8 (BOM allowed) and parse them in the format `format_of(text)` says."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise InputError(
+            [
+                f"{name}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+            ]
+        ) from None
+    return _PARSERS[format_of(text)](text, name)
+
+
+def _sniff_stdin_format(text: str) -> str:
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return "jsonl" if first.lstrip().startswith("{") else "txt"
+
+
+def _parse_txt(text: str, name: str) -> list[Example]:
+    parsed: list[Example | str] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if line:
+            parsed.append(_example(None, (Segment("", line),), None, {}, f"{name}:{n}"))
+    return _finish(parsed, name)
+
+
+def _parse_jsonl(text: str, name: str) -> list[Example]:
+    parsed: list[Example | str] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            parsed.append(f"{where}: invalid JSON ({err.msg} at column {err.colno})")
+            continue
+        parsed.append(_from_object(obj, where))
+    return _finish(parsed, name)
+
+
+def _parse_delimited(text: str, name: str, delimiter: str) -> list[Example]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    columns = reader.fieldnames or []
+    if "text" not in columns:
+        raise InputError([f"{name}:1: no 'text' column (found: {', '.join(columns) or 'none'})"])
+    parsed: list[Example | str] = []
+    for row in reader:
+        where = f"{name}:{reader.line_num}"
+        if None in row:
+            parsed.append(f"{where}: more fields than the header has columns")
+            continue
+        target = row.get("target") or row.get("label") or None
+        text_value = (row.get("text") or "").strip()
+        if not text_value:
+            parsed.append(f"{where}: empty 'text'")
+            continue
+        parsed.append(
+            _example(row.get("id") or None, (Segment("", text_value),), target, {}, where)
+        )
+    return _finish(parsed, name)
+
+
+def _from_object(obj: object, where: str) -> Example | str:
+    """An Example from a str or a .jsonl-shaped mapping, or an error message."""
+    if isinstance(obj, str):
+        return (
+            _example(None, (Segment("", obj.strip()),), None, {}, where)
+            if obj.strip()
+            else (f"{where}: empty text")
+        )
+    if not isinstance(obj, Mapping):
+        return (
+            f'{where}: expected a JSON object with "text" or "segments", got {type(obj).__name__}'
+        )
+    has_text, has_segments = "text" in obj, "segments" in obj
+    if has_text == has_segments:
+        return f'{where}: needs exactly one of "text" or "segments"'
+    if has_text:
+        if not isinstance(obj["text"], str) or not obj["text"].strip():
+            return f'{where}: "text" must be a non-empty string'
+        segments: tuple[Segment, ...] | str = (Segment("", obj["text"].strip()),)
+    else:
+        segments = _segments(obj["segments"], where)
+        if isinstance(segments, str):
+            return segments
+    for key in ("target", "label"):
+        if key in obj and not isinstance(obj[key], (str, int)):
+            return f'{where}: "{key}" must be a string or an integer'
+    if "target" in obj and "label" in obj:
+        return f'{where}: give "target" or "label", not both'
+    target = obj.get("target", obj.get("label"))
+    meta = obj.get("meta", {})
+    if not isinstance(meta, Mapping):
+        return f'{where}: "meta" must be a JSON object'
+    raw_id = obj.get("id")
+    if raw_id is not None and (not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool)):
+        return f'{where}: "id" must be a string or an integer'
+    if raw_id is not None and not str(raw_id).strip():
+        return f'{where}: "id" is empty'
+    return _example(
+        None if raw_id is None else str(raw_id),
+        segments,
+        None if target is None else str(target),
+        dict(meta),
+        where,
+    )
+
+
+def _segments(value: object, where: str) -> tuple[Segment, ...] | str:
+    if not isinstance(value, list) or not value:
+        return f'{where}: "segments" must be a non-empty list of {{"name": ..., "text": ...}}'
+    out, seen = [], set()
+    for k, seg in enumerate(value, start=1):
+        if not isinstance(seg, Mapping) or not isinstance(seg.get("text"), str):
+            return f'{where}: segment {k} must be an object with a string "text"'
+        name = seg.get("name", "")
+        if not isinstance(name, str):
+            return f'{where}: segment {k}: "name" must be a string'
+        if not seg["text"].strip():
+            return f"{where}: segment {k} ({name or 'unnamed'}) is empty"
+        if name and name in seen:
+            return f"{where}: segment name '{name}' appears twice"
+        seen.add(name)
+        out.append(Segment(name.strip(), seg["text"].strip()))
+    return tuple(out)
+
+
+def _example(
+    id_: str | None,
+    segments: tuple[Segment, ...],
+    target: str | None,
+    meta: dict[str, Any],
+    where: str,
+) -> Example:
+    return Example(id_ or "", segments, target, meta, where)
+
+
+def _finish(parsed: Sequence[Example | str], name: str) -> list[Example]:
+    """Raise every problem at once; give ids to examples without one; reject duplicate ids."""
+    problems = [p for p in parsed if isinstance(p, str)]
+    examples = [p for p in parsed if isinstance(p, Example)]
+    if not problems and not examples:
+        problems.append(f"{name}: no inputs (the file is empty or has only blank lines)")
+    first_seen: dict[str, str] = {}
+    numbered: list[Example] = []
+    for n, ex in enumerate(examples, start=1):
+        ex = ex if ex.id else Example(str(n), ex.segments, ex.target, ex.meta, ex.source)
+        if ex.id in first_seen:
+            problems.append(
+                f"{ex.source}: duplicate id '{ex.id}' (first used at {first_seen[ex.id]})"
+            )
+        first_seen.setdefault(ex.id, ex.source)
+        numbered.append(ex)
+    if problems:
+        raise InputError(problems)
+    return numbered
+
+
+_PARSERS: dict[str, Any] = {
+    "txt": _parse_txt,
+    "jsonl": _parse_jsonl,
+    "csv": lambda text, name: _parse_delimited(text, name, ","),
+    "tsv": lambda text, name: _parse_delimited(text, name, "\t"),
+}

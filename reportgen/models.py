@@ -1,0 +1,342 @@
+"""Model loading: resolve a folder or cached hub id offline, detect the task, wire attention.
+
+Every attention layer runs through one registered attention function, `reportgen`, that calls
+the model's own eager attention (so its exact semantics are kept) and, inside an
+`attention_control` block, records the attention weights and scales each head's output by a
+gate. Scaling head h's output by g is the same as scaling its attention weights by g, since
+out_h = A_h V_h; this gives ablation, integrated gradients and head-gate gradients for any model
+whose attention goes through transformers' `AttentionInterface` (transformers 5 dropped
+`head_mask`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AttentionInterface, AutoConfig, AutoTokenizer
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+ATTENTION_NAME = "reportgen"
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+class ModelError(RuntimeError):
+    """The model cannot be loaded or used; the message says why and what to do."""
+
+
+class Task(str, Enum):
+    """What the model computes, which decides the objective whose gradient is taken."""
+
+    CAUSAL_LM = "causal-lm"
+    MASKED_LM = "masked-lm"
+    CLASSIFICATION = "sequence-classification"
+    ENCODER = "encoder"
+
+
+# Architecture name suffix -> task, checked in order; anything else is a bare encoder.
+_TASK_SUFFIXES = (
+    ("ForCausalLM", Task.CAUSAL_LM),
+    ("LMHeadModel", Task.CAUSAL_LM),
+    ("ForMaskedLM", Task.MASKED_LM),
+    ("ForSequenceClassification", Task.CLASSIFICATION),
+)
+_AUTO_CLASSES = {
+    Task.CAUSAL_LM: "AutoModelForCausalLM",
+    Task.MASKED_LM: "AutoModelForMaskedLM",
+    Task.CLASSIFICATION: "AutoModelForSequenceClassification",
+    Task.ENCODER: "AutoModel",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for saliency: eval mode, on its device, attention routed through reportgen."""
+
+    model: Any
+    tokenizer: Any
+    task: Task
+    name: str
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    num_layers: int
+    num_heads: int
+    max_tokens: int | None
+    weights_sha256: str
+    accepts_position_ids: bool
+
+    @property
+    def architecture(self) -> str:
+        return type(self.model).__name__
+
+
+@dataclass
+class _Control:
+    gates: torch.Tensor | None
+    record: bool
+    weights: list[torch.Tensor] = field(default_factory=list)
+    calls: int = 0
+
+
+_ACTIVE: ContextVar[_Control | None] = ContextVar("reportgen_attention_control", default=None)
+
+
+@contextmanager
+def attention_control(
+    gates: torch.Tensor | None = None, record: bool = False
+) -> Iterator[list[torch.Tensor]]:
+    """Within the block, attention layer l scales head h of batch row b by gates[b, l, h], and
+    (with record) its attention weights [B, H, Tq, Tk] are appended to the yielded list in layer
+    order. One forward pass per block."""
+    control = _Control(gates, record)
+    token = _ACTIVE.set(control)
+    try:
+        yield control.weights
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _eager_of(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is None:
+        raise ModelError(
+            f"{type(module).__name__} has no eager attention function for reportgen to wrap; "
+            "this architecture is not supported"
+        )
+    return eager  # type: ignore[no-any-return]
+
+
+def _reportgen_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, weights = _eager_of(module)(module, query, key, value, attention_mask, **kwargs)
+    control = _ACTIVE.get()
+    if control is None:
+        return out, weights
+    layer = control.calls
+    control.calls += 1
+    if control.record:
+        control.weights.append(weights)
+    if control.gates is not None:
+        heads = weights.shape[1]
+        if out.dim() != 4 or out.shape[2] != heads:
+            raise ModelError(
+                f"{type(module).__name__} returns attention output of shape {tuple(out.shape)}; "
+                "reportgen expects [batch, tokens, heads, head_dim]"
+            )
+        out = out * control.gates[:, layer, :, None].to(out.dtype)[:, None]
+    return out, weights
+
+
+AttentionInterface.register(ATTENTION_NAME, _reportgen_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+
+
+def demo_model_path() -> Path:
+    """The demo model shipped inside the package."""
+    return Path(str(resources.files("reportgen") / "demo_model"))
+
+
+def resolve_model_path(spec: str | Path | None) -> Path:
+    """A local model folder for `spec`: a folder, a hub id in the local cache, or the demo model."""
+    if spec is None:
+        path = demo_model_path()
+        if not (path / "config.json").is_file():
+            raise ModelError(f"the demo model is missing from {path}; reinstall reportgen")
+        return path
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"model folder '{spec}' has no config.json; pass a folder written by save_pretrained"
+            )
+        if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+            raise ModelError(
+                f"model folder '{spec}' has no weights (*.safetensors or pytorch_model*.bin)"
+            )
+        return path
+    text = str(spec)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise ModelError(f"model folder '{spec}' does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except Exception:
+        raise ModelError(
+            f"model '{spec}' is neither a local folder nor in the Hugging Face cache, and reportgen "
+            f"does not download: run `hf download {spec}` first, or pass a local folder"
+        ) from None
+
+
+def detect_task(config: Any) -> Task:
+    """The task of a model, from the architecture named in its config."""
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelError(
+            f"{config.model_type} is an encoder-decoder model; reportgen supports decoder-only "
+            "and encoder-only models"
+        )
+    for arch in getattr(config, "architectures", None) or []:
+        for suffix, task in _TASK_SUFFIXES:
+            if arch.endswith(suffix):
+                return task
+    return Task.ENCODER
+
+
+def pick_device(device: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must be available."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise ModelError(f"unknown device '{device}' (use auto, cpu, cuda or mps)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("device 'mps' requested but MPS is not available; use --device cpu")
+    return torch.device(device)
+
+
+def load_model(
+    spec: str | Path | None, device: str = "auto", dtype: str = "float32"
+) -> LoadedModel:
+    """Load a model and tokenizer offline, in eval mode, with attention routed through reportgen."""
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype '{dtype}' (use {', '.join(DTYPES)})")
+    path = resolve_model_path(spec)
+    name = str(spec) if spec is not None else "reportgen demo model"
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as err:
+        raise ModelError(f"model '{name}': cannot read its config ({_first_line(err)})") from None
+    task = detect_task(config)
+    auto_class = getattr(transformers, _AUTO_CLASSES[task])
+    with _quiet_transformers():
+        try:
+            model = auto_class.from_pretrained(
+                path, attn_implementation=ATTENTION_NAME, dtype=DTYPES[dtype], local_files_only=True
+            )
+        except Exception as err:
+            raise ModelError(f"model '{name}' cannot be loaded: {_first_line(err)}") from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as err:
+            raise ModelError(
+                f"model '{name}': cannot load its tokenizer ({_first_line(err)})"
+            ) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"model '{name}': reportgen needs a fast tokenizer (for offset mappings)")
+    torch_device = pick_device(device)
+    model.eval().to(torch_device)
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        task=task,
+        name=name,
+        path=path,
+        device=torch_device,
+        dtype=DTYPES[dtype],
+        num_layers=0,
+        num_heads=0,
+        max_tokens=_max_positions(config, tokenizer),
+        weights_sha256=weights_sha256(path),
+        accepts_position_ids=_accepts(model, "position_ids"),
+    )
+    loaded.num_layers, loaded.num_heads = check_attention(loaded)
+    return loaded
+
+
+def check_attention(lm: LoadedModel) -> tuple[int, int]:
+    """Run a probe forward pass; return (layers, heads), or fail if no attention weights come
+    back or the outputs are not finite."""
+    ids = lm.tokenizer("a b", return_tensors="pt")["input_ids"].to(lm.device)
+    with torch.no_grad(), attention_control(record=True) as weights:
+        output = lm.model(input_ids=ids)
+    if not weights or any(w is None or w.numel() == 0 for w in weights):
+        impl = getattr(lm.model.config, "_attn_implementation", "?")
+        raise ModelError(
+            f"model '{lm.name}' ({lm.architecture}) returned no attention weights with attention "
+            f"implementation '{impl}'; reportgen needs eager attention weights"
+        )
+    logits = output[0]
+    if not torch.isfinite(logits).all():
+        raise ModelError(
+            f"model '{lm.name}' produces NaN or infinite outputs; check its weights and --dtype"
+        )
+    heads = {w.shape[1] for w in weights}
+    if len(heads) != 1:
+        raise ModelError(
+            f"model '{lm.name}' has layers with different head counts: {sorted(heads)}"
+        )
+    return len(weights), heads.pop()
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 over the model's weight files, in name order."""
+    digest = hashlib.sha256()
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _max_positions(config: Any, tokenizer: Any) -> int | None:
+    for attr in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 1_000_000 else None
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading logs and progress bars, restoring them afterwards."""
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _accepts(model: Any, argument: str) -> bool:
+    import inspect
+
+    return argument in inspect.signature(model.forward).parameters
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -1,0 +1,108 @@
+"""The whole job as three functions: compute (inputs → run folder), render (run → site), build.
+
+This is reportgen's Python API (re-exported by the package) and what the command line calls.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reportgen.inputs import Example, examples_from_items, read_inputs
+from reportgen.records import Run, RunInfo, RunWriter, timestamp
+from reportgen.settings import Settings
+
+Inputs = str | Path | Sequence[str | Mapping[str, Any]]
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a build produced: the run folder, the site folder and the optional single file."""
+
+    run: Path
+    site: Path | None
+    single_file: Path | None = None
+
+    def _repr_html_(self) -> str:  # pragma: no cover - exercised in notebooks
+        from reportgen.site import iframe_html
+
+        if self.single_file is None:
+            return f"<p>reportgen report: {self.site}</p>"
+        return iframe_html(self.single_file)
+
+
+def load_examples(inputs: Inputs) -> list[Example]:
+    """Examples from a path (file or `-`) or from a list of strings / dicts."""
+    if isinstance(inputs, (str, Path)):
+        return read_inputs(inputs)
+    return examples_from_items(inputs)
+
+
+def compute(
+    inputs: Inputs,
+    out: str | Path,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+    command: str | None = None,
+    on_loaded: Callable[[int], None] | None = None,
+) -> Run:
+    """Compute saliency for `inputs` into the run folder `out`; returns the opened run."""
+    from reportgen.models import load_model
+    from reportgen.saliency import compute as compute_saliency
+
+    settings = settings or Settings()
+    examples = load_examples(inputs)
+    lm = load_model(settings.model, device=settings.device, dtype=settings.dtype)
+    if on_loaded is not None:
+        on_loaded(len(examples))
+    info = run_info(lm, settings, command)
+    with RunWriter(Path(out), info, force=settings.force) as writer:
+        for result in compute_saliency(examples, lm, settings, progress):
+            writer.add(result)
+    return Run.open(out)
+
+
+def run_info(lm: Any, settings: Settings, command: str | None) -> RunInfo:
+    """The manifest's description of a run: model, versions, method and parameters."""
+    import torch
+    import transformers
+
+    from reportgen import __version__
+
+    return RunInfo(
+        model=lm.name,
+        model_path=str(lm.path),
+        weights_sha256=lm.weights_sha256,
+        architecture=lm.architecture,
+        task=lm.task.value,
+        num_layers=lm.num_layers,
+        num_heads=lm.num_heads,
+        attn_implementation="eager (reportgen gated wrapper)",
+        dtype=settings.dtype,
+        device=str(lm.device),
+        method=settings.method,
+        metric=settings.metric,
+        parameters={
+            "steps": settings.steps if settings.method == "attattr" else None,
+            "batch_size": settings.batch_size,
+            "max_tokens": settings.max_tokens or lm.max_tokens,
+            "truncate": settings.truncate,
+            "ablate_k": settings.ablate_k,
+            "ablate_draws": settings.ablate_draws,
+            "seed": settings.seed,
+        },
+        versions={
+            "reportgen": __version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        command=command if command is not None else " ".join(["reportgen", *sys.argv[1:]]),
+        created=timestamp(),
+        title=settings.title or "",
+    )
