@@ -91,7 +91,8 @@ def parse_text(data: bytes, name: str, format_of: Any) -> list[Example]:
         line = data[: err.start].count(b"\n") + 1
         raise InputError(
             [
-                f"{name}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+                f"{name}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x}); "
+                "save the file as UTF-8"
             ]
         ) from None
     return _PARSERS[format_of(text)](text, name)
@@ -166,11 +167,12 @@ def _from_object(obj: object, where: str) -> Example | str:
     if has_text:
         if not isinstance(obj["text"], str) or not obj["text"].strip():
             return f'{where}: "text" must be a non-empty string'
-        segments: tuple[Segment, ...] | str = (Segment("", obj["text"].strip()),)
+        segments: tuple[Segment, ...] = (Segment("", obj["text"].strip()),)
     else:
-        segments = _segments(obj["segments"], where)
-        if isinstance(segments, str):
-            return segments
+        parsed = _segments(obj["segments"], where)
+        if isinstance(parsed, str):
+            return parsed
+        segments = parsed
     for key in ("target", "label"):
         if key in obj and not isinstance(obj[key], (str, int)):
             return f'{where}: "{key}" must be a string or an integer'

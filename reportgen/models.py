@@ -119,7 +119,7 @@ def _eager_of(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torc
             f"{type(module).__name__} has no eager attention function for reportgen to wrap; "
             "this architecture is not supported"
         )
-    return eager  # type: ignore[no-any-return]
+    return eager
 
 
 def _reportgen_attention(
@@ -169,7 +169,8 @@ def resolve_model_path(spec: str | Path | None) -> Path:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(
-                f"model folder '{spec}' has no config.json; pass a folder written by save_pretrained"
+                f"model folder '{spec}' has no config.json; "
+                "pass a folder written by save_pretrained"
             )
         if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
             raise ModelError(
@@ -185,8 +186,8 @@ def resolve_model_path(spec: str | Path | None) -> Path:
         return Path(snapshot_download(text, local_files_only=True))
     except Exception:
         raise ModelError(
-            f"model '{spec}' is neither a local folder nor in the Hugging Face cache, and reportgen "
-            f"does not download: run `hf download {spec}` first, or pass a local folder"
+            f"model '{spec}' is neither a local folder nor in the Hugging Face cache, and "
+            f"reportgen does not download: run `hf download {spec}` first, or pass a local folder"
         ) from None
 
 

@@ -203,7 +203,9 @@ def encode(example: Example, lm: LoadedModel, limit: int | None, truncate: bool)
     text = example.text
     enc = tok(text, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    shown_text, target_ids, loss_positions = text, None, ()
+    shown_text = text
+    target_ids: tuple[int, ...] | None = None
+    loss_positions: tuple[int, ...] = ()
     prediction_position: int | None
     if lm.task is Task.CAUSAL_LM:
         prediction_position = len(ids) - 1
@@ -367,9 +369,12 @@ def _forward(
         kwargs["position_ids"] = torch.arange(width).expand(len(rows), -1).to(lm.device)
     with attention_control(gates=gates, record=record) as weights:
         output = lm.model(**kwargs)
-    losses, values, targets, predicted = [], [], [], []
+    losses: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    targets: list[tuple[int, ...] | None] = []
+    predicted: list[tuple[int, ...] | None] = []
     if lm.task is Task.ENCODER:
-        hidden = output.last_hidden_state.float()
+        hidden = _at_least_float32(output.last_hidden_state)
         for b, row in enumerate(rows):
             first, second = (hidden[b, s.start : s.end].mean(0) for s in row.spans[:2])
             cos = torch.nn.functional.cosine_similarity(first, second, dim=0)
@@ -378,7 +383,7 @@ def _forward(
             targets.append(None)
             predicted.append(None)
     else:
-        logp = torch.log_softmax(output.logits.float(), dim=-1)
+        logp = torch.log_softmax(_at_least_float32(output.logits), dim=-1)
         for b, row in enumerate(rows):
             scored = (
                 logp[b] if lm.task is Task.CLASSIFICATION else logp[b, list(row.loss_positions)]
@@ -395,6 +400,11 @@ def _forward(
             targets.append(target)
             predicted.append(tuple(best.tolist()))
     return _Pass(torch.stack(losses), torch.stack(values).detach(), targets, predicted, weights)
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision outputs are scored in float32; float32 and float64 stay as they are."""
+    return x.float() if x.element_size() < 4 else x
 
 
 def _target_text(lm: LoadedModel, ids: tuple[int, ...] | None) -> str | None:

@@ -54,7 +54,7 @@ class Settings:
     """No progress bars or summary."""
 
     def override(self, **changes: object) -> Settings:
-        """A copy with the given fields replaced, skipping those that are None (options not given)."""
+        """A copy with the given fields replaced; None values (options not given) are skipped."""
         names = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - names)
         if unknown:

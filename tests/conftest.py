@@ -7,10 +7,39 @@ from pathlib import Path
 
 import pytest
 
-WORDS = (
-    "[PAD] [UNK] [CLS] [SEP] [MASK] <|endoftext|> <CHI> <MOT> painted a picture of horse cat dog "
-    "ball my favorite animal is the toy red big saw played with ate an apple banana"
-).split()
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "<|endoftext|>",
+    "<CHI>",
+    "<MOT>",
+    "painted",
+    "a",
+    "picture",
+    "of",
+    "horse",
+    "cat",
+    "dog",
+    "ball",
+    "my",
+    "favorite",
+    "animal",
+    "is",
+    "the",
+    "toy",
+    "red",
+    "big",
+    "saw",
+    "played",
+    "with",
+    "ate",
+    "an",
+    "apple",
+    "banana",
+]
 
 
 def _tokenizer(kind: str):

@@ -1,0 +1,449 @@
+"""The saliency engine, each method checked against an independent computation (float64)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from reportgen import models
+from reportgen.inputs import examples_from_items
+from reportgen.models import ModelError, load_model
+from reportgen.saliency import (
+    SaliencyError,
+    compute,
+    compute_batch,
+    encode,
+    head_scores,
+    parse_metric,
+)
+from reportgen.settings import Settings
+
+REFERENCE = {
+    "id": "ref",
+    "segments": [
+        {"name": "ENV", "text": "<CHI> painted a picture of a horse"},
+        {"name": "LAN", "text": "<CHI> my favorite animal is the"},
+    ],
+    "target": "horse",
+}
+CAUSAL_INPUTS = [
+    REFERENCE,
+    {"text": "<MOT> saw a dog"},  # no target: the prediction is used
+    {"text": "my cat ate an apple", "target": "red ball"},  # two-token target, teacher-forced
+]
+MLM_INPUTS = [
+    {"text": "[MASK] painted a picture of a horse", "target": "<CHI>"},
+    {"text": "my favorite animal is the [MASK]"},
+    {"text": "my [MASK] ate an [MASK]", "target": "cat apple"},
+]
+CLS_INPUTS = [{"text": "<CHI> saw a dog", "label": "pos"}, {"text": "my cat ate an apple"}]
+ENCODER_INPUTS = [
+    REFERENCE,
+    {"segments": [{"name": "a", "text": "a red ball"}, {"name": "b", "text": "a big toy"}]},
+]
+INPUTS = {
+    "gpt2": CAUSAL_INPUTS,
+    "llama": CAUSAL_INPUTS,
+    "bert-mlm": MLM_INPUTS,
+    "bert-cls": CLS_INPUTS,
+    "bert": ENCODER_INPUTS,
+}
+ALL = list(INPUTS)
+# Llama's eager attention runs softmax in float32 even in a float64 model, which leaves finite
+# differences at ~1e-2 relative precision; it is checked by the exact identities instead.
+FLOAT64_EXACT = [name for name in ALL if name != "llama"]
+
+
+def _encoded(lm, items):
+    return [encode(ex, lm, None, False) for ex in examples_from_items(items)]
+
+
+def _loss_with(lm, row, gates=None, record=False):
+    """Objective of one row through reportgen's forward (targets fixed by the first call)."""
+    from reportgen.saliency import _forward
+
+    return _forward(lm, [row], gates=gates, record=record)
+
+
+def _fixed(lm, row):
+    """The row with its target fixed to what the unperturbed model predicts."""
+    base = _loss_with(lm, row)
+    return dataclasses.replace(row, target_ids=base.targets[0])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_head_gate_gradient_equals_summed_attention_times_gradient(loaded, name):
+    lm = loaded[name]
+    for row in _encoded(lm, INPUTS[name]):
+        gates = torch.ones(1, lm.num_layers, lm.num_heads, dtype=torch.float64, requires_grad=True)
+        run = _loss_with(lm, row, gates=gates, record=True)
+        gate_grad, *attn_grads = torch.autograd.grad(run.losses.sum(), [gates, *run.weights])
+        summed = torch.stack(
+            [(a * g).sum(dim=(-1, -2))[0] for a, g in zip(run.weights, attn_grads)]
+        )
+        torch.testing.assert_close(summed, gate_grad[0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", FLOAT64_EXACT)
+def test_head_gate_gradient_matches_central_finite_differences(loaded, name):
+    lm = loaded[name]
+    row = _fixed(lm, _encoded(lm, INPUTS[name])[0])
+    gates = torch.ones(1, lm.num_layers, lm.num_heads, dtype=torch.float64, requires_grad=True)
+    analytic = torch.autograd.grad(_loss_with(lm, row, gates=gates).losses.sum(), gates)[0][0]
+    eps = 1e-6
+    for layer, head in [(0, 0), (lm.num_layers - 1, lm.num_heads - 1), (1, 2)]:
+        losses = []
+        for sign in (1, -1):
+            g = torch.ones(1, lm.num_layers, lm.num_heads, dtype=torch.float64)
+            g[0, layer, head] += sign * eps
+            with torch.no_grad():
+                losses.append(_loss_with(lm, row, gates=g).losses.item())
+        numeric = (losses[0] - losses[1]) / (2 * eps)
+        assert numeric == pytest.approx(analytic[layer, head].item(), rel=1e-4, abs=1e-9)
+
+
+def _perturbed_loss(lm, row, where, eps):
+    """Loss with attention entry A[layer, head, i, j] raised by eps, done outside reportgen's
+    gate: the wrapped eager output gains eps * V[j] at query i of that head."""
+    layer, head, i, j = where
+    calls = {"n": 0}
+    real_eager_of = models._eager_of
+
+    def eager_of(module):
+        eager = real_eager_of(module)
+
+        def perturbed(module, query, key, value, mask, **kwargs):
+            out, weights = eager(module, query, key, value, mask, **kwargs)
+            if calls["n"] == layer:
+                kv_head = head // (query.shape[1] // value.shape[1])
+                out = out.clone()
+                out[:, i, head, :] += eps * value[:, kv_head, j, :]
+            calls["n"] += 1
+            return out, weights
+
+        return perturbed
+
+    models._eager_of = eager_of
+    try:
+        with torch.no_grad():
+            return _loss_with(lm, row).losses.item()
+    finally:
+        models._eager_of = real_eager_of
+
+
+@pytest.mark.parametrize("name", FLOAT64_EXACT)
+def test_attn_grad_matches_finite_differences_on_attention_entries(loaded, name):
+    lm = loaded[name]
+    row = _fixed(lm, _encoded(lm, INPUTS[name])[0])
+    [result] = compute_batch(lm, [row], Settings(dtype="float64"), ablate=False)
+    run = _loss_with(lm, row, record=True)
+    t = len(row.ids)
+    for where in [(0, 0, t - 1, 0), (lm.num_layers - 1, 1, t - 1, t - 2), (1, 3, t - 2, 1)]:
+        eps = 1e-6
+        plus = _perturbed_loss(lm, row, where, eps)
+        minus = _perturbed_loss(lm, row, where, -eps)
+        grad = (plus - minus) / (2 * eps)
+        layer, head, i, j = where
+        expected = abs(run.weights[layer][0, head, i, j].item() * grad)
+        assert result.scores[where] == pytest.approx(expected, rel=1e-4, abs=1e-8)
+
+
+def test_attattr_with_one_step_is_signed_attention_times_gradient(loaded):
+    lm = loaded["gpt2"]
+    rows = _encoded(lm, CAUSAL_INPUTS)
+    results = compute_batch(lm, rows, Settings(method="attattr", steps=1), ablate=False)
+    for row, result in zip(rows, results):
+        run = _loss_with(lm, row, record=True)
+        grads = torch.autograd.grad(run.losses.sum(), run.weights)
+        signed = torch.stack([(a * g)[0] for a, g in zip(run.weights, grads)]).detach().numpy()
+        np.testing.assert_allclose(result.scores, signed, rtol=1e-5, atol=1e-7)
+        assert (result.scores < 0).any(), "attattr keeps its sign"
+
+
+def test_attattr_is_complete_per_layer(loaded):
+    """Integrated gradients: sum over layer l of S_l -> L(A) - L(0 * A_l) as m grows."""
+    lm = loaded["gpt2"]
+    row = _fixed(lm, _encoded(lm, [REFERENCE])[0])
+    with torch.no_grad():
+        full = _loss_with(lm, row).losses.item()
+    errors = {}
+    for steps in (2, 32):
+        [result] = compute_batch(lm, [row], Settings(method="attattr", steps=steps), ablate=False)
+        for layer in range(lm.num_layers):
+            gates = torch.ones(1, lm.num_layers, lm.num_heads, dtype=torch.float64)
+            gates[0, layer] = 0
+            with torch.no_grad():
+                zeroed = _loss_with(lm, row, gates=gates).losses.item()
+            errors[steps, layer] = abs(result.scores[layer].sum() - (full - zeroed))
+            scale = abs(full - zeroed) + 1e-6
+            if steps == 32:
+                assert errors[steps, layer] < 0.02 * scale + 1e-6
+    assert sum(errors[32, l] for l in range(lm.num_layers)) < sum(
+        errors[2, l] for l in range(lm.num_layers)
+    )
+
+
+def test_attattr_batches_steps_and_layers_with_any_budget(loaded):
+    lm = loaded["llama"]
+    rows = _encoded(lm, CAUSAL_INPUTS)
+    one = compute_batch(lm, rows, Settings(method="attattr", steps=4, batch_size=1), ablate=False)
+    big = compute_batch(lm, rows, Settings(method="attattr", steps=4, batch_size=64), ablate=False)
+    for a, b in zip(one, big):
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_padded_batch_equals_one_at_a_time(tiny_models, loaded, name, dtype):
+    lm = loaded[name] if dtype == "float64" else load_model(tiny_models[name], "cpu", dtype)
+    examples = examples_from_items(INPUTS[name])
+    together = list(compute(examples, lm, Settings(batch_size=8, dtype=dtype)))
+    for example, batched in zip(examples, together):
+        [alone] = compute([example], lm, Settings(batch_size=1, dtype=dtype))
+        assert batched.tokens == alone.tokens
+        assert batched.scores.shape[-1] == len(alone.tokens)
+        scale = np.abs(alone.scores).max()
+        np.testing.assert_allclose(batched.scores, alone.scores, rtol=0, atol=1e-5 * scale)
+        assert batched.value == pytest.approx(alone.value, rel=1e-5)
+        assert batched.target == alone.target
+
+
+def test_pad_columns_carry_no_attention(loaded):
+    """Real queries put zero weight on pad keys in a right-padded batch."""
+    lm = loaded["bert-mlm"]
+    from reportgen.saliency import _forward
+
+    rows = _encoded(lm, MLM_INPUTS)
+    run = _forward(lm, rows, record=True)
+    width = max(len(row.ids) for row in rows)
+    padded = [b for b, row in enumerate(rows) if len(row.ids) < width]
+    assert padded, "the inputs must have different lengths"
+    for b in padded:
+        n = len(rows[b].ids)
+        for weights in run.weights:
+            assert weights[b, :, :n, n:].abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_raw_attention_rows_sum_to_one(loaded, name):
+    lm = loaded[name]
+    for result in compute(examples_from_items(INPUTS[name]), lm, Settings(method="attention")):
+        np.testing.assert_allclose(result.scores.sum(-1), 1.0, rtol=1e-6)  # stored as float32
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert-mlm"])
+def test_head_scores_are_shares_for_every_metric(loaded, name):
+    lm = loaded[name]
+    items = (
+        [REFERENCE]
+        if name == "gpt2"
+        else [
+            {
+                "segments": [
+                    {"name": "ENV", "text": "a red ball"},
+                    {"name": "LAN", "text": "my [MASK]"},
+                ]
+            }
+        ]
+    )
+    [result] = compute(examples_from_items(items), lm, Settings(metric="flow:ENV->LAN"))
+    assert set(result.head_scores) == {"total", "prediction", "flow:ENV->LAN"}
+    for grid in result.head_scores.values():
+        assert grid.shape == (lm.num_layers, lm.num_heads)
+        assert grid.sum() == pytest.approx(1.0, rel=1e-5)
+        assert (grid >= 0).all()
+    # flow:ENV->LAN by hand: queries in LAN, keys in ENV.
+    env, lan = result.spans
+    mass = np.abs(result.scores)[:, :, lan.start : lan.end, env.start : env.end].sum((2, 3))
+    np.testing.assert_allclose(result.head_scores["flow:ENV->LAN"], mass / mass.sum(), rtol=1e-5)
+
+
+def test_head_scores_reject_a_metric_without_mass():
+    scores = np.zeros((2, 2, 3, 3), dtype=np.float32)
+    with pytest.raises(SaliencyError, match="carries no saliency"):
+        head_scores(scores, parse_metric("total"), (), 0, "x")
+
+
+def test_unknown_metric_and_method_list_the_choices(loaded):
+    with pytest.raises(SaliencyError, match="Available: total, prediction, flow"):
+        parse_metric("flux")
+    with pytest.raises(SaliencyError, match="Available: attn-grad, attention, attattr"):
+        list(compute(examples_from_items(["a"]), loaded["gpt2"], Settings(method="lrp")))
+
+
+def test_flow_metric_needs_both_segments(loaded):
+    with pytest.raises(SaliencyError, match="input '1' has no segment 'ENV'"):
+        list(
+            compute(examples_from_items(["a b"]), loaded["gpt2"], Settings(metric="flow:ENV->LAN"))
+        )
+
+
+def test_causal_objective_matches_a_plain_transformers_forward(tiny_models, loaded):
+    """p(target) from reportgen equals the probability from an SDPA forward of the same model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_models["gpt2"], dtype=torch.float64).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
+    results = list(compute(examples_from_items(CAUSAL_INPUTS), loaded["gpt2"], Settings()))
+    for item, result in zip(CAUSAL_INPUTS, results):
+        text = " ".join(s["text"] for s in item["segments"]) if "segments" in item else item["text"]
+        ids = tok(text)["input_ids"]
+        target = tok(result.target, add_special_tokens=False)["input_ids"]
+        seq = torch.tensor([ids + target])
+        with torch.no_grad():
+            logp = torch.log_softmax(plain(seq).logits[0], -1)
+        expected = sum(logp[len(ids) - 1 + k, t].item() for k, t in enumerate(target))
+        assert result.loss == pytest.approx(-expected, rel=1e-9)
+        assert result.value == pytest.approx(np.exp(expected), rel=1e-9)
+    assert results[0].target_given and not results[1].target_given
+    assert results[1].target == results[1].predicted
+    assert results[2].tokens[-1] == "red", "all but the last target token are teacher-forced"
+
+
+def test_masked_classifier_and_encoder_objectives(tiny_models, loaded):
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    mlm = list(compute(examples_from_items(MLM_INPUTS), loaded["bert-mlm"], Settings()))
+    assert mlm[0].target == "<CHI>" and mlm[0].prediction_position == 1
+    assert mlm[1].target == mlm[1].predicted and not mlm[1].target_given
+    assert mlm[2].target == "cat apple"
+
+    [cls_given, cls_pred] = compute(examples_from_items(CLS_INPUTS), loaded["bert-cls"], Settings())
+    plain = AutoModelForSequenceClassification.from_pretrained(
+        tiny_models["bert-cls"], dtype=torch.float64
+    ).eval()
+    enc = loaded["bert-cls"].tokenizer("<CHI> saw a dog", return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(plain(**enc).logits[0], -1)
+    assert cls_given.target == "pos" and cls_given.value == pytest.approx(probs[2].item(), rel=1e-9)
+    assert cls_pred.target in {"neg", "neu", "pos"} and cls_given.prediction_position == 0
+
+    [ref, pair] = compute(examples_from_items(ENCODER_INPUTS), loaded["bert"], Settings())
+    assert ref.target is None and ref.prediction_position is None
+    plain_enc = AutoModel.from_pretrained(tiny_models["bert"], dtype=torch.float64).eval()
+    ids = loaded["bert"].tokenizer("a red ball a big toy", return_tensors="pt")
+    with torch.no_grad():
+        hidden = plain_enc(**ids).last_hidden_state[0]
+    a, b = pair.spans
+    cos = torch.nn.functional.cosine_similarity(
+        hidden[a.start : a.end].mean(0), hidden[b.start : b.end].mean(0), dim=0
+    )
+    assert pair.value == pytest.approx(cos.item(), rel=1e-9)
+    assert pair.loss == pytest.approx(-cos.item(), rel=1e-9)
+
+
+def test_ablation_matches_zeroing_heads_by_hand(loaded):
+    """value_top equals p(target) with those heads' slices of c_proj's input zeroed (GPT-2)."""
+    lm = loaded["gpt2"]
+    [result] = compute(examples_from_items([REFERENCE]), lm, Settings(ablate_k=2, ablate_draws=3))
+    ablation = result.ablation
+    assert ablation is not None and len(ablation.heads) == 2 and ablation.draws == 3
+    grid = result.head_scores["total"]
+    top = np.argsort(-grid.reshape(-1), kind="stable")[:2]
+    assert [l * lm.num_heads + h for l, h in ablation.heads] == list(top)
+    width = lm.model.config.n_embd // lm.num_heads
+    handles = []
+    for layer, head in ablation.heads:
+
+        def zero(module, args, head=head):
+            x = args[0].clone()
+            x[..., head * width : (head + 1) * width] = 0
+            return (x,)
+
+        attn = lm.model.transformer.h[layer].attn
+        handles.append(attn.c_proj.register_forward_pre_hook(zero))
+    try:
+        row = _fixed(lm, _encoded(lm, [REFERENCE])[0])
+        with torch.no_grad():
+            value = _loss_with(lm, row).values.item()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ablation.value_top == pytest.approx(value, rel=1e-9)
+    assert ablation.value == pytest.approx(result.value)
+    again = list(
+        compute(examples_from_items([REFERENCE]), lm, Settings(ablate_k=2, ablate_draws=3))
+    )
+    assert again[0].ablation == ablation, "seeded random baseline"
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(str(tmp_path / "nope"), "cpu")
+    with pytest.raises(ModelError, match="nor in the Hugging Face cache"):
+        load_model("someone/no-such-model-anywhere", "cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        load_model(str(tmp_path / "empty"), "cpu")
+
+
+def test_folder_without_weights_is_a_clear_error(tiny_models, tmp_path):
+    import shutil
+
+    folder = tmp_path / "noweights"
+    shutil.copytree(tiny_models["gpt2"], folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="has no weights"):
+        load_model(str(folder), "cpu")
+
+
+def test_sdpa_only_attention_is_a_clear_error(loaded):
+    lm = dataclasses.replace(loaded["gpt2"])
+    lm.model.set_attn_implementation("sdpa")
+    try:
+        with pytest.raises(ModelError, match="returned no attention weights"):
+            models.check_attention(lm)
+    finally:
+        lm.model.set_attn_implementation(models.ATTENTION_NAME)
+
+
+def test_nan_model_is_a_clear_error(loaded):
+    lm = loaded["gpt2"]
+    weight = lm.model.lm_head.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight[0, 0] = float("nan")
+    try:
+        with pytest.raises(ModelError, match="NaN"):
+            models.check_attention(lm)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+def test_unencodable_target_and_over_long_input_are_clear_errors(loaded):
+    lm = loaded["gpt2"]
+    with pytest.raises(SaliencyError, match=r"target 'zebra' is not in the model's vocabulary"):
+        list(compute(examples_from_items([{"text": "a b", "target": "zebra"}]), lm, Settings()))
+    long = " ".join(["a"] * 50)
+    with pytest.raises(SaliencyError, match=r"input '1': 50 tokens, more than the limit of 40"):
+        list(compute(examples_from_items([long]), lm, Settings()))
+    [cut] = compute(examples_from_items([long + " the"]), lm, Settings(truncate=True))
+    assert len(cut.tokens) == 40 and cut.tokens[-1] == "the"
+
+
+def test_task_specific_input_errors(loaded):
+    with pytest.raises(SaliencyError, match="no mask token"):
+        list(compute(examples_from_items(["a b"]), loaded["bert-mlm"], Settings()))
+    with pytest.raises(SaliencyError, match="label 'maybe' is not one of the model's labels"):
+        list(
+            compute(
+                examples_from_items([{"text": "a", "label": "maybe"}]),
+                loaded["bert-cls"],
+                Settings(),
+            )
+        )
+    with pytest.raises(SaliencyError, match="compares the embeddings of the first two segments"):
+        list(compute(examples_from_items(["a b"]), loaded["bert"], Settings()))
+    with pytest.raises(SaliencyError, match="metric 'prediction' needs a prediction position"):
+        list(
+            compute(
+                examples_from_items(ENCODER_INPUTS), loaded["bert"], Settings(metric="prediction")
+            )
+        )
