@@ -22,10 +22,10 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Report:
-    """What a build produced: the run folder, the site folder and the optional single file."""
+    """What a build produced: the run folder (None if not kept), the site and the single file."""
 
-    run: Path
-    site: Path | None
+    run: Path | None
+    site: Path
     single_file: Path | None = None
 
     def _repr_html_(self) -> str:  # pragma: no cover - exercised in notebooks
@@ -106,3 +106,41 @@ def run_info(lm: Any, settings: Settings, command: str | None) -> RunInfo:
         created=timestamp(),
         title=settings.title or "",
     )
+
+
+def render(
+    run: str | Path | Run,
+    out: str | Path,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Render a run folder into a static site at `out` (and the single file, if asked)."""
+    from reportgen.site import render_site
+
+    settings = settings or Settings()
+    opened = run if isinstance(run, Run) else Run.open(run)
+    site = render_site(opened, Path(out), settings, progress)
+    return Report(opened.path, site, settings.single_file)
+
+
+def build(
+    inputs: Inputs,
+    out: str | Path = "site",
+    settings: Settings | None = None,
+    run_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    render_progress: Progress | None = None,
+    command: str | None = None,
+    on_loaded: Callable[[int], None] | None = None,
+) -> Report:
+    """Compute and render in one go. The run folder is kept only when `run_dir` is given."""
+    import tempfile
+
+    settings = settings or Settings()
+    if run_dir is not None:
+        run = compute(inputs, run_dir, settings, progress, command, on_loaded)
+        return render(run, out, settings, render_progress)
+    with tempfile.TemporaryDirectory(prefix="reportgen-run-") as tmp:
+        run = compute(inputs, Path(tmp) / "run", settings, progress, command, on_loaded)
+        report = render(run, out, settings, render_progress)
+    return Report(None, report.site, report.single_file)

@@ -1,0 +1,384 @@
+"""The `reportgen` command: options → Settings → one pipeline function.
+
+Heavy imports (torch, transformers, altair) happen inside the commands, so `--help` is instant.
+Exit codes: 0 success, 2 bad usage or bad input, 1 any other failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from reportgen import __version__
+from reportgen.settings import Settings
+
+app = typer.Typer(
+    name="reportgen",
+    help="Attention saliency for Hugging Face transformers models, as a static HTML report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# --- options shared by several commands ---------------------------------------------------------
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model folder or cached hub id [default: the demo model]."),
+]
+MethodOpt = Annotated[
+    str | None, typer.Option(help="Saliency method: attn-grad, attention or attattr.")
+]
+MetricOpt = Annotated[
+    str | None, typer.Option(help="Grid head score: total, prediction or flow:SRC->DST.")
+]
+StepsOpt = Annotated[int | None, typer.Option(help="Integration steps of attattr.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Inputs per pass.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16, float16 or float64.")]
+MaxTokOpt = Annotated[
+    int | None, typer.Option("--max-tokens", help="Longest input [default: the model's limit].")
+]
+TruncOpt = Annotated[bool, typer.Option("--truncate", help="Cut over-long inputs, not fail.")]
+AblateOpt = Annotated[
+    int | None, typer.Option("--ablate-k", help="Heads zeroed by the ablation check (0: skip).")
+]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed of the random ablation baseline.")]
+TopKOpt = Annotated[
+    int | None, typer.Option("--top-k", help="Cells kept per head on a page [default: 2T].")
+]
+SingleOpt = Annotated[
+    Path | None, typer.Option("--single-file", help="Also write one self-contained HTML file.")
+]
+TitleOpt = Annotated[str | None, typer.Option(help="Report title.")]
+TemplatesOpt = Annotated[
+    Path | None, typer.Option(help="Folder of templates overriding the built-in ones.")
+]
+KeysOpt = Annotated[
+    bool, typer.Option("--keys-as-rows", help="Heatmap rows are keys (as the reference figure).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace an output folder reportgen did not write.")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+InputsArg = Annotated[
+    str, typer.Argument(help="Inputs: .txt, .jsonl, .csv or .tsv file, or - for stdin.")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"reportgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Attention saliency for Hugging Face transformers models, as a static HTML report."""
+
+
+@app.command()
+def build(
+    inputs: InputsArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Site folder.")] = Path("site"),
+    run: Annotated[Path | None, typer.Option(help="Also keep the run folder here.")] = None,
+    model: ModelOpt = None,
+    method: MethodOpt = None,
+    metric: MetricOpt = None,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_tokens: MaxTokOpt = None,
+    truncate: TruncOpt = False,
+    ablate_k: AblateOpt = None,
+    seed: SeedOpt = None,
+    top_k: TopKOpt = None,
+    single_file: SingleOpt = None,
+    title: TitleOpt = None,
+    templates: TemplatesOpt = None,
+    keys_as_rows: KeysOpt = False,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compute saliency for INPUTS and render the report site, in one go."""
+    settings = _settings(locals())
+    with _errors(debug), _Progress(settings.quiet) as progress:
+        from reportgen.pipeline import build as run_build
+
+        report = run_build(
+            inputs,
+            out,
+            settings,
+            run_dir=run,
+            progress=progress.compute,
+            render_progress=progress.render,
+            on_loaded=progress.start_compute,
+        )
+        progress.summary(report.site, report.single_file)
+
+
+@app.command()
+def compute(
+    inputs: InputsArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
+    model: ModelOpt = None,
+    method: MethodOpt = None,
+    metric: MetricOpt = None,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_tokens: MaxTokOpt = None,
+    truncate: TruncOpt = False,
+    ablate_k: AblateOpt = None,
+    seed: SeedOpt = None,
+    title: TitleOpt = None,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compute saliency for INPUTS into a run folder (render it later with `render`)."""
+    settings = _settings(locals())
+    with _errors(debug), _Progress(settings.quiet) as progress:
+        from reportgen.pipeline import compute as run_compute
+
+        run = run_compute(
+            inputs, out, settings, progress=progress.compute, on_loaded=progress.start_compute
+        )
+        progress.summary(None, None, run_path=run.path)
+
+
+@app.command()
+def render(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `compute`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Site folder.")] = Path("site"),
+    top_k: TopKOpt = None,
+    single_file: SingleOpt = None,
+    title: TitleOpt = None,
+    templates: TemplatesOpt = None,
+    keys_as_rows: KeysOpt = False,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Render a run folder into a static site."""
+    settings = _settings(locals())
+    with _errors(debug), _Progress(settings.quiet) as progress:
+        from reportgen.pipeline import render as run_render
+        from reportgen.records import Run
+
+        opened = Run.open(run)
+        progress.start_render(len(opened))
+        report = run_render(opened, out, settings, progress=progress.render)
+        progress.summary(report.site, report.single_file)
+
+
+@app.command()
+def figure(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `compute`.")],
+    id: Annotated[str, typer.Option("--id", help="Id of the input to draw.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file, .svg or .png.")],
+    head: Annotated[
+        str | None, typer.Option(help="Head as LAYER.HEAD, 1-based [default: the top head].")
+    ] = None,
+    keys_as_rows: KeysOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Draw the two-panel figure (head grid + token heatmap) of one input, offline."""
+    with _errors(debug):
+        from reportgen.charts import figure_spec
+        from reportgen.records import Run
+        from reportgen.site import save_figure
+
+        if out.suffix.lower() not in (".svg", ".png"):
+            raise _UsageError(f"--out {out}: the figure is written as .svg or .png")
+        opened = Run.open(run)
+        ids = [e.id for e in opened.entries]
+        if id not in ids:
+            shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+            raise _UsageError(f"--id {id}: no such input in {run} (ids: {shown})")
+        result = opened.result(ids.index(id))
+        chosen = _parse_head(head, opened.info.num_layers, opened.info.num_heads)
+        save_figure(figure_spec(result, chosen, keys_as_rows, metric=opened.info.metric), out)
+        typer.echo(f"wrote {out}")
+
+
+def _parse_head(text: str | None, layers: int, heads: int) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    layer, dot, head = text.partition(".")
+    if not (dot and layer.isdigit() and head.isdigit()):
+        raise _UsageError(f"--head {text}: write it as LAYER.HEAD, e.g. 7.8 (1-based)")
+    if not (1 <= int(layer) <= layers and 1 <= int(head) <= heads):
+        raise _UsageError(f"--head {text}: the model has layers 1..{layers} and heads 1..{heads}")
+    return int(layer) - 1, int(head) - 1
+
+
+def _settings(options: dict[str, Any]) -> Settings:
+    """Settings from a command's options: only those given (not None/False) override."""
+    names = {
+        "model",
+        "method",
+        "metric",
+        "steps",
+        "batch_size",
+        "device",
+        "dtype",
+        "max_tokens",
+        "ablate_k",
+        "seed",
+        "top_k",
+        "single_file",
+        "title",
+        "templates",
+    }
+    flags = {"truncate", "keys_as_rows", "quiet", "force"}
+    changes = {k: v for k, v in options.items() if k in names}
+    changes.update({k: True for k in flags if options.get(k)})
+    return Settings().override(**changes)
+
+
+class _UsageError(ValueError):
+    """Bad usage found after option parsing (exit code 2)."""
+
+
+@contextmanager
+def _errors(debug: bool) -> Iterator[None]:
+    """Turn known failures into one clear line and an exit code; tracebacks only with --debug."""
+    from reportgen.fsutil import OutputError
+    from reportgen.inputs import InputError
+    from reportgen.records import RunError
+
+    user_errors: tuple[type[BaseException], ...] = (
+        _UsageError,
+        InputError,
+        RunError,
+        OutputError,
+        *_engine_errors(),
+    )
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        typer.echo("interrupted: no output was written or changed", err=True)
+        raise typer.Exit(130) from None
+    except user_errors as err:
+        if debug:
+            raise
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except Exception as err:
+        if debug:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        typer.echo(f"error: {type(err).__name__}: {first} (run with --debug for details)", err=True)
+        raise typer.Exit(1) from None
+
+
+def _engine_errors() -> tuple[type[BaseException], ...]:
+    """The engine's error types, if the engine was imported (importing it here would load torch)."""
+    found: list[type[BaseException]] = []
+    if "reportgen.models" in sys.modules:
+        found.append(sys.modules["reportgen.models"].ModelError)
+    from reportgen.saliency import SaliencyError
+
+    return (*found, SaliencyError)
+
+
+class _Progress:
+    """rich progress bars on stderr (transient, disabled when quiet or not a terminal)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.started = time.perf_counter()
+        self.inputs = 0
+
+    def __enter__(self) -> _Progress:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.bars = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+            disable=self.quiet or not self.console.is_terminal,
+        )
+        self.bars.__enter__()
+        self._compute_task: Any = None
+        self._render_task: Any = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(*exc)  # type: ignore[arg-type]
+
+    def _tick(self, task: Any, n: int) -> None:
+        self.bars.advance(task, n)
+        state = self.bars.tasks[task]
+        elapsed = state.elapsed or 0
+        rate = f"{state.completed / elapsed:.1f} inputs/s" if elapsed > 0 else ""
+        self.bars.update(task, rate=rate)
+
+    def start_compute(self, total: int) -> None:
+        self.inputs = total
+        self._compute_task = self.bars.add_task("computing", total=total, rate="")
+        self.start_render(total)
+
+    def start_render(self, total: int) -> None:
+        self.inputs = total
+        if self._render_task is None:
+            self._render_task = self.bars.add_task("rendering", total=total, rate="", start=False)
+
+    @property
+    def compute(self) -> Callable[[int], None]:
+        return lambda n: self._tick(self._compute_task, n)
+
+    @property
+    def render(self) -> Callable[[int], None]:
+        def tick(n: int) -> None:
+            self.bars.start_task(self._render_task)
+            self._tick(self._render_task, n)
+
+        return tick
+
+    def summary(self, site: Path | None, single: Path | None, run_path: Path | None = None) -> None:
+        if self.quiet:
+            return
+        seconds = time.perf_counter() - self.started
+        parts = [f"{self.inputs} inputs in {seconds:.1f} s"]
+        if run_path is not None:
+            parts.append(f"run folder: {run_path}")
+        if site is not None:
+            parts.append(f"site: {site} (open {site / 'index.html'} in a browser)")
+        if single is not None:
+            parts.append(f"single file: {single}")
+        typer.echo("; ".join(parts), err=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
