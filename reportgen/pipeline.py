@@ -28,11 +28,15 @@ class Report:
     site: Path
     single_file: Path | None = None
 
-    def _repr_html_(self) -> str:  # pragma: no cover - exercised in notebooks
+    def _repr_html_(self) -> str:
+        """Notebooks show the single-file report inline (an iframe with `srcdoc`)."""
+        from markupsafe import escape
+
         from reportgen.site import iframe_html
 
         if self.single_file is None:
-            return f"<p>reportgen report: {self.site}</p>"
+            index = escape(str(self.site / "index.html"))
+            return f"<p>reportgen site: <code>{index}</code> (build with single_file to show it here)</p>"
         return iframe_html(self.single_file)
 
 
