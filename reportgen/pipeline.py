@@ -36,7 +36,7 @@ class Report:
 
         if self.single_file is None:
             index = escape(str(self.site / "index.html"))
-            return f"<p>reportgen site: <code>{index}</code> (build with single_file to show it here)</p>"
+            return f"<p>reportgen site: <code>{index}</code> (pass single_file to show it here)</p>"
         return iframe_html(self.single_file)
 
 

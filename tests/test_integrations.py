@@ -9,9 +9,9 @@ from reportgen.pipeline import Report
 
 @pytest.fixture(scope="module")
 def single(gpt2_run, tmp_path_factory):
-    from reportgen.site import render_single_file
-    from reportgen.settings import Settings
     from reportgen.records import Run
+    from reportgen.settings import Settings
+    from reportgen.site import render_single_file
 
     path = tmp_path_factory.mktemp("single") / "report.html"
     return render_single_file(Run.open(gpt2_run), path, Settings())
@@ -22,6 +22,7 @@ def single(gpt2_run, tmp_path_factory):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_mlflow_logs_the_single_file_and_the_run_folder(gpt2_run, tmp_path, monkeypatch):
     import mlflow
+
     from reportgen.integrations.mlflow import log_report
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the local file store of the issue
@@ -46,6 +47,7 @@ def test_mlflow_logs_the_single_file_and_the_run_folder(gpt2_run, tmp_path, monk
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_wandb_logs_html_offline(single, tmp_path, monkeypatch):
     import wandb
+
     from reportgen.integrations.wandb import log_report
 
     monkeypatch.setenv("WANDB_MODE", "offline")
