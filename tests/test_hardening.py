@@ -1,0 +1,83 @@
+"""Hardening of the engine: awkward text, hub-cache resolution, reduced precision, determinism."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from reportgen.inputs import read_inputs
+from reportgen.models import load_model, resolve_model_path
+from reportgen.pipeline import compute
+from reportgen.records import Run
+from reportgen.saliency import compute as compute_saliency
+from reportgen.settings import Settings
+
+AWKWARD = [
+    "שלום עולם مرحبا",  # right-to-left scripts
+    "cafe\u0301 nai\u0308ve",  # combining marks
+    "zero\u200bwidth join\u200d",  # zero-width characters
+    "🐴 horse 👩‍👩‍👧",  # emoji, a ZWJ sequence
+    "我的 最喜欢的 动物",  # CJK
+    "x" * 300,  # a very long single token
+    "tab\tseparated",
+]
+
+
+def test_awkward_text_keeps_its_characters_in_tokens(loaded, tmp_path):
+    path = tmp_path / "awkward.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(AWKWARD).encode("utf-8") + b"\r\n")
+    examples = read_inputs(path)
+    assert [e.text for e in examples] == AWKWARD
+    for example, result in zip(examples, compute_saliency(examples, loaded["gpt2"], Settings())):
+        assert " ".join(result.tokens) == " ".join(example.text.split())
+        assert np.isfinite(result.scores).all()
+
+
+def test_hub_ids_resolve_from_the_local_cache_only(tiny_models, tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-gpt2" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_models["gpt2"], snapshot)
+    (cache / "models--someone--tiny-gpt2" / "refs").mkdir()
+    (cache / "models--someone--tiny-gpt2" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert resolve_model_path("someone/tiny-gpt2") == snapshot
+    lm = load_model("someone/tiny-gpt2", "cpu")
+    assert lm.name == "someone/tiny-gpt2" and lm.num_layers == 3
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_runs_and_stays_close(tiny_models, dtype):
+    from reportgen.inputs import examples_from_items
+
+    examples = examples_from_items(["<CHI> painted a picture of a horse <CHI> my favorite animal"])
+    [full] = compute_saliency(
+        examples, load_model(tiny_models["gpt2"], "cpu", "float32"), Settings()
+    )
+    lm = load_model(tiny_models["gpt2"], "cpu", dtype)
+    [low] = compute_saliency(examples, lm, Settings(dtype=dtype))
+    assert low.scores.dtype == np.float32 and np.isfinite(low.scores).all()
+    assert np.abs(low.scores - full.scores).max() < 0.05 * np.abs(full.scores).max()
+    assert low.target == full.target
+
+
+def test_two_computes_with_the_same_seed_are_identical(tiny_models, tmp_path, monkeypatch):
+    from conftest import DEMO_INPUTS
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    settings = Settings(model=str(tiny_models["gpt2"]), metric="flow:ENV->LAN", seed=7)
+    first = compute(DEMO_INPUTS, tmp_path / "a", settings, command="x")
+    second = compute(DEMO_INPUTS, tmp_path / "b", settings, command="x")
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (
+        tmp_path / "b" / "manifest.json"
+    ).read_bytes()
+    for a, b in zip(first.entries, second.entries):
+        assert (tmp_path / "a" / a.record).read_bytes() == (tmp_path / "b" / b.record).read_bytes()
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text("utf-8"))
+    assert manifest["run"]["created"] == "2023-11-14T22:13:20Z"
+    assert Run.open(tmp_path / "a").info.parameters["seed"] == 7
