@@ -1,0 +1,291 @@
+"""The static site: layout, escaping, determinism, atomic replacement, templates, single file."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from reportgen import site
+from reportgen.charts import figure_spec
+from reportgen.fsutil import OutputError
+from reportgen.records import Run
+from reportgen.settings import Settings
+
+HOSTILE = "<script>alert(1)</script>"
+EXAMPLES = ["0001-reference.html", "0002-dog.html", "0003-hostile-quote-script.html"]
+
+
+class Tags(HTMLParser):
+    """Every start tag of a document with its attributes, and the text of <script> elements."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.scripts: list[str] = []
+        self._in_script = False
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        self._in_script = tag == "script"
+        if self._in_script:
+            self.scripts.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.scripts[-1] += data
+
+    def named(self, tag: str) -> list[dict[str, str | None]]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def run(gpt2_run: Path) -> Run:
+    return Run.open(gpt2_run)
+
+
+@pytest.fixture(scope="module")
+def built(run: Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("site") / "site"
+    calls: list[int] = []
+    single = out.parent / "report.html"
+    site.render_site(run, out, Settings(single_file=single), progress=calls.append)
+    assert calls == [1, 1, 1]
+    return out
+
+
+def test_layout(built: Path) -> None:
+    files = set(tree(built))
+    assert {
+        "index.html",
+        "about.html",
+        ".nojekyll",
+        "assets/vega.js",
+        "assets/reportgen.css",
+        "assets/reportgen.js",
+        *(f"examples/{name}" for name in EXAMPLES),
+    } == files
+    bundle = (built / "assets/vega.js").read_text("utf-8")
+    assert "vegaEmbed" in bundle and len(bundle) > 500_000
+    for page in ["index.html", "about.html", *(f"examples/{n}" for n in EXAMPLES)]:
+        html = (built / page).read_text("utf-8")
+        assert len(html) < 100_000  # the bundle is written once, not per page
+        depth = "../" if page.startswith("examples/") else ""
+        scripts = [s.get("src") for s in Tags(html).named("script") if s.get("src")]
+        assert scripts == [f"{depth}assets/vega.js", f"{depth}assets/reportgen.js"]
+        assert site.is_site(built)
+
+
+def test_links_are_relative_and_inside_the_site(built: Path) -> None:
+    for page in built.rglob("*.html"):
+        tags = Tags(page.read_text("utf-8"))
+        for attrs in tags.named("a") + tags.named("link") + tags.named("script"):
+            url = attrs.get("href") or attrs.get("src")
+            if url is None:
+                continue
+            assert "://" not in url and not url.startswith("/"), (page, url)
+            assert (page.parent / url).resolve().is_file(), (page, url)
+
+
+def test_every_page_has_a_csp_forbidding_the_network(built: Path) -> None:
+    for page in built.rglob("*.html"):
+        (csp,) = [
+            m["content"]
+            for m in Tags(page.read_text("utf-8")).named("meta")
+            if m.get("http-equiv") == "Content-Security-Policy"
+        ]
+        assert csp is not None
+        assert "default-src 'none'" in csp and "connect-src 'none'" in csp
+        assert "http" not in csp
+
+
+def test_hostile_text_is_text(built: Path) -> None:
+    for page in ["index.html", f"examples/{EXAMPLES[2]}"]:
+        html = (built / page).read_text("utf-8")
+        assert HOSTILE not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        assert "<img" not in html
+        tags = Tags(html)
+        assert [t for t, _ in tags.tags].count("script") == 3  # data + bundle + page code
+        assert tags.named("img") == []
+        data = next(s for s in tags.scripts if s.strip().startswith("{"))
+        assert "</" not in data and "<!--" not in data
+        parsed = json.loads(data)
+        if page.startswith("examples/"):
+            tokens = next(p for p in parsed["spec"]["params"] if p["name"] == "tokens")
+            assert HOSTILE in tokens["value"]  # the token survives, as data
+    html = (built / "examples" / EXAMPLES[2]).read_text("utf-8")
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html  # the meta value, escaped
+    title = re.search(r"<title>(.*)</title>", html)
+    assert title and title.group(1).startswith("../../hostile &#34;quote&#34; &lt;/script&gt;")
+
+
+def test_page_names_are_safe_for_any_id() -> None:
+    ids = ["../../x", "CON", "con", "a/b\\c", "", "日本語", "ok", "OK", "x" * 300, "nul.txt"]
+    names = [site.page_name(i, id_, len(ids)) for i, id_ in enumerate(ids)]
+    assert len(set(names)) == len(ids)
+    assert len({n.lower() for n in names}) == len(ids)
+    for name in names:
+        assert re.fullmatch(r"\d{4}(-[a-z0-9]+(-[a-z0-9]+)*)?", name), name
+        assert len(name) <= 45
+    assert names[0] == "0001-x" and names[1] == "0002-con" and names[4] == "0005"
+    assert site.page_name(0, "a", 12_345) == "00001-a"
+
+
+def test_script_json_cannot_break_out() -> None:
+    value = {"t": "</script><!-- <script>\u2028\u2029", "n": [1.5, None]}
+    text = str(site.script_json(value))
+    assert "<" not in text and "\u2028" not in text and "\u2029" not in text
+    assert json.loads(text) == value
+    js = str(site.script_text("var a = '</script>'; var b = '<!--';"))
+    assert "</script" not in js and "<!--" not in js
+
+
+def test_pages_state_what_they_show(built: Path, run: Run) -> None:
+    index = (built / "index.html").read_text("utf-8")
+    rows = Tags(index).named("tr")
+    assert [r.get("data-row") for r in rows if r.get("data-row")] == ["0", "1", "2"]
+    for name in EXAMPLES:
+        assert f'href="examples/{name}"' in index
+    page = (built / "examples" / EXAMPLES[0]).read_text("utf-8")
+    assert re.search(r"carry\s+<strong>\d+\.\d%</strong> of the saliency", page)
+    assert 'href="0002-dog.html"' in page and 'href="../index.html"' in page
+    assert "p(target)" in page and "loss" in page and "Ablation" in page
+    about = (built / "about.html").read_text("utf-8")
+    info = run.info
+    for text in (info.weights_sha256, info.command, info.created, info.metric, "transformers"):
+        assert text.replace(">", "&gt;") in about
+
+
+def test_rendering_is_deterministic(run: Run, built: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    site.render_site(run, again, Settings())
+    assert tree(again) == tree(built)
+
+
+def test_an_interrupted_render_leaves_the_previous_site(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "site"
+    site.render_site(run, out, Settings())
+    before = tree(out)
+    real = site._example_page
+
+    def failing(s: object, index: int, result: object) -> object:
+        if index == 1:
+            raise KeyboardInterrupt
+        return real(s, index, result)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(site, "_example_page", failing)
+    with pytest.raises(KeyboardInterrupt):
+        site.render_site(run, out, Settings(single_file=tmp_path / "one.html"))
+    assert tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+
+
+def test_refuses_to_replace_a_folder_it_did_not_write(run: Run, tmp_path: Path) -> None:
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not written by reportgen"):
+        site.render_site(run, out, Settings())
+    assert (out / "notes.txt").read_text() == "mine"
+    site.render_site(run, out, Settings(force=True))
+    assert site.is_site(out) and not (out / "notes.txt").exists()
+    site.render_site(run, out, Settings())  # a reportgen site is replaced without --force
+
+
+def test_user_templates_override_by_file_name(run: Run, tmp_path: Path) -> None:
+    user = tmp_path / "templates"
+    (user / "assets").mkdir(parents=True)
+    (user / "about.html").write_text(
+        '{% extends "base.html" %}{% block content %}<h1>Our lab: {{ info.model }}</h1>'
+        "<p>{{ '<b>' }}</p>{% endblock %}"
+    )
+    (user / "assets" / "reportgen.css").write_text("body { color: rebeccapurple; }")
+    out = tmp_path / "site"
+    site.render_site(run, out, Settings(templates=user))
+    about = (out / "about.html").read_text("utf-8")
+    assert "<h1>Our lab: " in about and "&lt;b&gt;" in about  # still autoescaped
+    assert 'name="generator"' in about  # base.html still wraps it
+    assert (out / "assets/reportgen.css").read_text() == "body { color: rebeccapurple; }"
+    assert "Strongest heads" in (out / "index.html").read_text("utf-8")  # others built in
+    (user / "index.html").write_text("{{ no_such_variable }}")
+    with pytest.raises(Exception, match="no_such_variable"):
+        site.render_site(run, tmp_path / "strict", Settings(templates=user))
+    with pytest.raises(OutputError, match="no such folder"):
+        site.render_site(run, tmp_path / "x", Settings(templates=tmp_path / "missing"))
+
+
+def test_single_file_is_self_contained(built: Path) -> None:
+    path = built.parent / "report.html"
+    html = path.read_text("utf-8")
+    tags = Tags(html)
+    assert tags.named("link") == [] and tags.named("img") == []
+    assert all(s.get("src") is None for s in tags.named("script"))
+    hrefs = [a.get("href") for a in tags.named("a")]
+    assert hrefs and all(h and h.startswith("#") for h in hrefs)
+    assert "#example-3" in hrefs and "#about" in hrefs
+    assert html.count("window.vegaEmbed=") == 1  # the bundle, once
+    assert HOSTILE not in html
+    sections = [s.get("data-key") for s in tags.named("section") if s.get("data-key")]
+    assert sections == ["index", "about", "example-1", "example-2", "example-3"]
+    csp = [m for m in tags.named("meta") if m.get("http-equiv") == "Content-Security-Policy"]
+    assert len(csp) == 1
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_single_file_on_its_own_and_its_size_limit(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "report.html"
+    assert site.render_single_file(run, path, Settings()) == path
+    before = path.read_bytes()
+    monkeypatch.setattr(site, "SINGLE_FILE_LIMIT", 920_000)
+    with pytest.raises(OutputError, match=r"would exceed 0.877 MB .* use the site folder"):
+        site.render_single_file(run, path, Settings())
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_iframe_html_escapes_the_document(built: Path) -> None:
+    html = site.iframe_html(built.parent / "report.html")
+    tags = Tags(html)
+    (frame,) = tags.named("iframe")
+    assert [t for t, _ in tags.tags] == ["iframe"]
+    assert frame["sandbox"] == "allow-scripts"
+    assert frame["srcdoc"] == (built.parent / "report.html").read_text("utf-8")
+
+
+def test_save_figure(run: Run, tmp_path: Path) -> None:
+    spec = figure_spec(run.result(0), None, keys_as_rows=True, metric=run.info.metric)
+    svg = site.save_figure(spec, tmp_path / "fig.svg").read_text("utf-8")
+    assert svg.startswith("<svg") and "saliency" in svg and "horse" in svg
+    png = site.save_figure(spec, tmp_path / "fig.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    with pytest.raises(OutputError, match="use .svg or .png"):
+        site.save_figure(spec, tmp_path / "fig.pdf")
+
+
+def test_numbers_read_well() -> None:
+    assert site.signed(-5e-05) == "−0.00005"
+    assert site.signed(0.000306) == "+0.000306"
+    assert site.number(0.027424814) == "0.02742"
+    assert site.number(None) == "–"
+    assert site.percent(0.9446) == "94.5%"
+    assert site.head_label(6, 7) == "L7 H8"
