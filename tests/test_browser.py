@@ -1,0 +1,268 @@
+"""The built site in real Chromium: offline, linked selections, downloads, sandboxed single file.
+
+One browser and one built site per module; every page is watched for console errors, page
+errors, dialogs (an XSS would open one) and requests leaving the site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from browser import cell_center, heat_cells, launch, serve
+
+from reportgen import site
+from reportgen.charts import pack_cells
+from reportgen.records import Run
+from reportgen.settings import Settings
+
+pytestmark = pytest.mark.browser
+
+HOSTILE = "<script>alert(1)</script>"
+PAGES = [
+    "index.html",
+    "about.html",
+    "examples/0001-reference.html",
+    "examples/0002-dog.html",
+    "examples/0003-hostile-quote-script.html",
+]
+
+
+@pytest.fixture(scope="module")
+def run(gpt2_run: Path) -> Run:
+    return Run.open(gpt2_run)
+
+
+@pytest.fixture(scope="module")
+def www(run: Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the site (`report/`), the single file and a page embedding it."""
+    root = tmp_path_factory.mktemp("www")
+    site.render_site(run, root / "report", Settings(single_file=root / "single.html"))
+    host = f"<!doctype html><title>host</title>{site.iframe_html(root / 'single.html')}"
+    (root / "host.html").write_text(host, "utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(www: Path) -> Iterator[str]:
+    """The site's parent served over HTTP, so the site lives under a sub-path."""
+    with serve(www) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
+@dataclass
+class Watched:
+    page: Any
+    problems: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+
+    def open(self, url: str) -> None:
+        self.page.goto(url)
+        self.wait()
+
+    def wait(self, frame: Any = None) -> bool:
+        """Wait for the page's chart (window.reportgen.ready); True if it has a view."""
+        return bool((frame or self.page).evaluate("() => window.reportgen.ready.then(v => !!v)"))
+
+    def settle(self) -> None:
+        self.page.evaluate("() => window.reportgen.view.runAsync().then(() => true)")
+
+
+@pytest.fixture
+def watched(browser: Any) -> Iterator[Watched]:
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    w = Watched(page)
+    page.on(
+        "console",
+        lambda m: w.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+    )
+    page.on("pageerror", lambda e: w.problems.append(f"page error: {e}"))
+
+    def dialog(d: Any) -> None:
+        w.problems.append(f"dialog: {d.message}")
+        d.dismiss()
+
+    page.on("dialog", dialog)
+    page.on("request", lambda r: w.requests.append(r.url))
+    yield w
+    context.close()
+    assert w.problems == []
+
+
+@pytest.fixture(params=["file", "http"])
+def base(request: pytest.FixtureRequest, www: Path) -> str:
+    """The site's root URL, from file:// or from the local server (under /report/)."""
+    if request.param == "file":
+        return (www / "report").as_uri() + "/"
+    return request.getfixturevalue("server") + "/report/"
+
+
+def only_site_requests(requests: list[str], root: str) -> None:
+    outside = [u for u in requests if not u.startswith((root, "data:", "blob:"))]
+    assert outside == []
+
+
+def expected_heat(
+    run: Run, index: int, heads: list[tuple[int, int]]
+) -> dict[tuple[int, int], float]:
+    """The heatmap the page should draw for 0-based heads, computed here from the run: each
+    head's top-k cells (k = 2T, by an independent sort), summed, over the heads' total."""
+    result = run.result(index)
+    mag = np.abs(result.scores.astype(np.float64))
+    t = len(result.tokens)
+    total = sum(mag[h].sum() for h in heads)
+    cells: dict[tuple[int, int], float] = {}
+    for layer, head in heads:
+        flat = mag[layer, head].ravel()
+        for c in np.argsort(-flat, kind="stable")[: 2 * t]:
+            if flat[c] > 0:
+                key = (int(c // t), int(c % t))
+                cells[key] = cells.get(key, 0.0) + flat[c] / total
+    return cells
+
+
+def assert_heat(got: dict[tuple[int, int], float], want: dict[tuple[int, int], float]) -> None:
+    assert set(got) == set(want)
+    for cell, share in want.items():
+        assert got[cell] == pytest.approx(share, rel=2e-3, abs=1e-6), cell
+
+
+def selection(w: Watched) -> list[list[int]]:
+    return list(w.page.evaluate("() => window.reportgen.selection()"))
+
+
+def click_cell(w: Watched, mark: str, **match: int) -> None:
+    x, y = cell_center(w.page, mark, **match)
+    w.page.mouse.move(x, y, steps=3)
+    w.page.mouse.down()
+    w.page.mouse.up()
+    w.settle()
+
+
+def test_pages_load_offline_without_errors(watched: Watched, base: str) -> None:
+    for name in PAGES:
+        watched.open(base + name)
+        has_chart = watched.page.evaluate("() => !!window.reportgen.view")
+        assert has_chart == (name != "about.html")
+        if has_chart:
+            assert watched.page.locator("[data-rg=chart] canvas").count() == 1
+    only_site_requests(watched.requests, base)
+    assert any(u.endswith("assets/vega.js") for u in watched.requests)
+
+
+def test_the_top_head_is_shown_first_and_a_click_shows_another(
+    watched: Watched, base: str, run: Run
+) -> None:
+    watched.open(base + PAGES[2])
+    grid = run.result(0).head_scores[run.info.metric]
+    top = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    assert selection(watched) == [[int(top[0]) + 1, int(top[1]) + 1]]
+    assert_heat(heat_cells(watched.page), expected_heat(run, 0, [(int(top[0]), int(top[1]))]))
+    click_cell(watched, "grid_marks", layer=2, head=3)
+    assert selection(watched) == [[2, 3]]
+    assert_heat(heat_cells(watched.page), expected_heat(run, 0, [(1, 2)]))
+    assert watched.page.inner_text("[data-rg=caption]").startswith("L2 H3")
+    only_site_requests(watched.requests, base)
+
+
+def test_brushing_a_block_shows_the_normalised_sum(watched: Watched, base: str, run: Run) -> None:
+    watched.open(base + PAGES[3])
+    page = watched.page
+    x1, y1 = cell_center(page, "grid_marks", layer=1, head=1)
+    x2, y2 = cell_center(page, "grid_marks", layer=2, head=2)
+    page.mouse.move(x1, y1, steps=3)
+    page.mouse.down()
+    page.mouse.move(x2, y2, steps=6)
+    page.mouse.up()
+    watched.settle()
+    assert selection(watched) == [[1, 1], [1, 2], [2, 1], [2, 2]]
+    got = heat_cells(page)
+    assert_heat(got, expected_heat(run, 1, [(0, 0), (0, 1), (1, 0), (1, 1)]))
+    assert page.inner_text("[data-rg=caption]").startswith("4 heads: L1 H1, L1 H2, L2 H1, L2 H2")
+    packed = pack_cells(run.result(1).scores[:2, :2])
+    kept = sum(r["kept"] for r in packed.rows) / sum(r["tot"] for r in packed.rows)
+    assert sum(got.values()) == pytest.approx(kept, rel=2e-3)
+    click_cell(watched, "grid_marks", layer=3, head=4)  # a click replaces the brush
+    assert selection(watched) == [[3, 4]]
+    assert_heat(heat_cells(page), expected_heat(run, 1, [(2, 3)]))
+
+
+def test_png_and_svg_buttons_download_the_view(watched: Watched, www: Path) -> None:
+    watched.open((www / "report" / PAGES[2]).as_uri())
+    for kind, magic in (("png", b"\x89PNG"), ("svg", b"<svg")):
+        with watched.page.expect_download() as info:
+            watched.page.click(f"[data-rg={kind}]")
+        download = info.value
+        assert download.suggested_filename == f"0001-reference.{kind}"
+        assert Path(download.path()).read_bytes().startswith(magic)
+
+
+def test_the_index_ranks_inputs_by_the_selected_head(watched: Watched, www: Path, run: Run) -> None:
+    watched.open((www / "report" / "index.html").as_uri())
+    page = watched.page
+    order = (
+        "() => [...document.querySelectorAll('[data-rg=table] tbody tr')].map(r => +r.dataset.row)"
+    )
+    assert page.evaluate(order) == [0, 1, 2]
+    scores = run.head_scores(run.info.metric)
+    for layer, head in ((3, 2), (1, 4)):
+        x, y = cell_center(page, "grid_marks", layer=layer, head=head)
+        page.mouse.move(x, y, steps=3)
+        page.mouse.click(x, y)
+        watched.settle()
+        want = sorted(range(len(scores)), key=lambda i: (-scores[i, layer - 1, head - 1], i))
+        assert page.evaluate(order) == want
+        assert page.inner_text("[data-rg=caption]").startswith(f"Ranked by L{layer} H{head}")
+
+
+def test_the_single_file_works_in_a_sandboxed_iframe(watched: Watched, www: Path, run: Run) -> None:
+    watched.page.goto((www / "host.html").as_uri())
+    frame = watched.page.frames[1]
+    assert frame.url == "about:srcdoc"
+    assert watched.wait(frame)  # the index grid
+    frame.click("a[href='#example-2']")
+    assert watched.wait(frame)
+    assert frame.evaluate("() => document.title").startswith("dog · ")
+    rows = frame.evaluate("() => window.reportgen.data('heat').map(d => [d.i, d.j, d.share])")
+    got = {(i, j): share for i, j, share in rows}
+    grid = run.result(1).head_scores[run.info.metric]
+    top = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    assert_heat(got, expected_heat(run, 1, [(int(top[0]), int(top[1]))]))
+    frame.click("text=About")
+    assert not watched.wait(frame)
+    assert frame.locator("text=weights SHA-256").is_visible()
+    only_site_requests(watched.requests, (www / "host.html").as_uri())
+
+
+def test_the_hostile_token_stays_text(watched: Watched, www: Path, run: Run) -> None:
+    watched.open((www / "report" / PAGES[4]).as_uri())
+    page = watched.page
+    count = "() => document.querySelectorAll('img, script, iframe, object, embed').length"
+    before = page.evaluate(count)
+    assert before == 3
+    assert HOSTILE in page.inner_text("h1") + page.inner_text(".rg-input")
+    position = run.result(2).tokens.index(HOSTILE)
+    cells = heat_cells(page)
+    i, j = next(cell for cell in sorted(cells) if position in cell)
+    x, y = cell_center(page, "heat_cells_marks", i=i, j=j)
+    page.mouse.move(x, y, steps=3)
+    tooltip = page.locator("#vg-tooltip-element")
+    tooltip.wait_for(state="visible")
+    assert HOSTILE in tooltip.inner_text()
+    assert tooltip.locator("img, script").count() == 0
+    assert page.evaluate(count) == before
