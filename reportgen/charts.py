@@ -35,6 +35,7 @@ SIGNIFICANT = 4
 """Significant digits kept for the scores in page data (small, deterministic pages)."""
 
 GRID = "grid"
+GRID_CELLS = "grid_cells"
 HEAT = "heat"
 HEAT_CELLS = "heat_cells"
 PICK = "pick"
@@ -105,20 +106,20 @@ def heads_rows(grid: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
-def sig_array(values: np.ndarray, digits: int = SIGNIFICANT) -> list[float]:
+def sig_array(values: np.ndarray, digits: int = SIGNIFICANT, flat: bool = True) -> Any:
     """`sig` over an array, vectorised: each value is the double nearest its rounded decimal,
-    so JSON writes it short (0.1235, not 0.12350000000000001)."""
+    so JSON writes it short (0.1235, not 0.12350000000000001). A flat list of floats, or nested
+    lists (`flat=False`) shaped like `values`."""
     x = np.asarray(values, dtype=np.float64)
-    out = np.zeros_like(x)
     nonzero = x != 0
-    power = digits - 1 - np.floor(np.log10(np.abs(x[nonzero]))).astype(np.int64)
-    power = np.clip(power, -300, 300)
+    magnitude = np.floor(np.log10(np.abs(np.where(nonzero, x, 1.0))))
+    power = np.clip(digits - 1 - magnitude, -300, 300)
     up = power >= 0
-    scaled = np.empty_like(x[nonzero])
-    scaled[up] = np.round(x[nonzero][up] * 10.0 ** power[up]) / 10.0 ** power[up]
-    scaled[~up] = np.round(x[nonzero][~up] / 10.0 ** -power[~up]) * 10.0 ** -power[~up]
-    out[nonzero] = scaled
-    return [float(v) for v in out.tolist()]
+    with np.errstate(over="ignore", invalid="ignore"):
+        factor = 10.0 ** np.abs(power)
+        rounded = np.where(up, np.round(x * factor) / factor, np.round(x / factor) * factor)
+    out = np.where(nonzero, rounded, 0.0)
+    return out.ravel().tolist() if flat else out.tolist()
 
 
 @dataclass(frozen=True)
@@ -148,36 +149,41 @@ def pack_cells(scores: np.ndarray, top_k: int | None = None) -> Packed:
     layers, heads, t, _ = scores.shape
     n = t * t
     k = max(1, min(n, 2 * t if top_k is None else top_k))
-    totals = np.abs(np.asarray(scores)).sum(axis=(2, 3), dtype=np.float64)
+    totals = np.abs(np.asarray(scores)).sum(axis=(2, 3), dtype=np.float64).ravel()
     scale = 1.0 / totals.max() if totals.size and totals.max() > 0 else 1.0
-    rows, kept_total, shares = [], 0.0, []
+    cells, values = [], []
     for layer in range(layers):  # one layer at a time bounds the memory used
         mag = np.abs(np.asarray(scores[layer], dtype=np.float32)).reshape(heads, n)
-        if k < n:
-            idx = np.argpartition(-mag, k - 1, axis=1)[:, :k]
-        else:
-            idx = np.broadcast_to(np.arange(n), (heads, n))
-        values = np.take_along_axis(mag, idx, axis=1)
-        order = np.lexsort((idx, -values), axis=-1)
-        idx, values = np.take_along_axis(idx, order, 1), np.take_along_axis(values, order, 1)
-        for head in range(heads):
-            keep = values[head] > 0
-            cells, kept_values = idx[head][keep], values[head][keep].astype(np.float64)
-            kept = float(kept_values.sum())
-            total = float(totals[layer, head])
-            kept_total += kept
-            if total > 0:
-                shares.append(kept / total)
-            rows.append(
-                {
-                    "layer": layer + 1,
-                    "head": head + 1,
-                    "tot": sig(total * scale),
-                    "kept": sig(kept * scale),
-                    "c": cells.tolist(),
-                    "v": sig_array(kept_values * scale),
-                }
-            )
+        idx = (
+            np.argpartition(-mag, k - 1, axis=1)[:, :k]
+            if k < n
+            else np.broadcast_to(np.arange(n), (heads, n))
+        )
+        top = np.take_along_axis(mag, idx, axis=1)
+        order = np.lexsort((idx, -top), axis=-1)  # strongest first, ties by position
+        cells.append(np.take_along_axis(idx, order, 1))
+        values.append(np.take_along_axis(top, order, 1))
+    cell = np.concatenate(cells)
+    value = np.concatenate(values).astype(np.float64)
+    counts = (value > 0).sum(axis=1)  # zero cells sort last and are dropped
+    kept = value.sum(axis=1)
+    shown = sig_array(value * scale, flat=False)
+    tots, keeps = sig_array(totals * scale), sig_array(kept * scale)
+    cell_lists = cell.tolist()
+    rows = [
+        {
+            "layer": row // heads + 1,
+            "head": row % heads + 1,
+            "tot": tots[row],
+            "kept": keeps[row],
+            "c": cell_lists[row][: counts[row]],
+            "v": shown[row][: counts[row]],
+        }
+        for row in range(layers * heads)
+    ]
+    kept_total = float(kept.sum())
+    positive = totals > 0
+    shares = kept[positive] / totals[positive]
     grand = float(totals.sum())
     return Packed(
         rows=rows,
@@ -185,7 +191,7 @@ def pack_cells(scores: np.ndarray, top_k: int | None = None) -> Packed:
         k=k,
         cells=n,
         kept_share=kept_total / grand if grand > 0 else 1.0,
-        min_kept_share=min(shares) if shares else 1.0,
+        min_kept_share=float(shares.min()) if shares.size else 1.0,
     )
 
 
@@ -270,29 +276,31 @@ def _grid_view(
     layers: int,
     heads: int,
     selected: Any,
-    params: Sequence[Any] = (),
     title: str | None = None,
     legend: bool = False,
-) -> alt.Chart:
-    """The layer × head grid (layer 1 at the top), outlined where `selected` holds."""
+    extra: Sequence[Any] = (),
+) -> alt.LayerChart:
+    """The layer × head grid (layer 1 at the top): cells, then a yellow outline with a dark
+    halo (visible on any colour) around the heads where `selected` holds."""
     step = grid_step(layers, heads)
     band: dict[str, Any] = {"paddingInner": _GRID_PAD_INNER, "paddingOuter": _GRID_PAD_OUTER}
-    chart = (
-        alt.Chart(alt.Data(name=HEADS_DATA))
-        .mark_rect(cursor="pointer")
+    base = alt.Chart(alt.Data(name=HEADS_DATA)).encode(
+        x=alt.X(
+            "head:O",
+            title="head",
+            scale={"domain": list(range(1, heads + 1)), **band},
+            axis=alt.Axis(labelAngle=0, ticks=False, domain=False, orient="bottom"),
+        ),
+        y=alt.Y(
+            "layer:O",
+            title="layer",
+            scale={"domain": list(range(1, layers + 1)), **band},
+            axis=alt.Axis(ticks=False, domain=False),
+        ),
+    )
+    cells = (
+        base.mark_rect(cursor="pointer")
         .encode(
-            x=alt.X(
-                "head:O",
-                title="head",
-                scale={"domain": list(range(1, heads + 1)), **band},
-                axis=alt.Axis(labelAngle=0, ticks=False, domain=False, orient="bottom"),
-            ),
-            y=alt.Y(
-                "layer:O",
-                title="layer",
-                scale={"domain": list(range(1, layers + 1)), **band},
-                axis=alt.Axis(ticks=False, domain=False),
-            ),
             color=alt.Color(
                 "score:Q",
                 title="share",
@@ -301,21 +309,32 @@ def _grid_view(
                 if legend
                 else None,
             ),
-            stroke=alt.condition(selected, alt.value(OUTLINE), alt.value(None)),
-            strokeWidth=alt.condition(selected, alt.value(3), alt.value(0)),
-            order=alt.condition(selected, alt.value(1), alt.value(0)),
             tooltip=[
                 alt.Tooltip("layer:O", title="layer"),
                 alt.Tooltip("head:O", title="head"),
                 alt.Tooltip("score:Q", title="score", format=".2%"),
             ],
         )
-        .properties(name=GRID, width=step * heads, height=step * layers)
+        .properties(name=GRID_CELLS)
+    )
+    halo = (
+        base.transform_filter(selected)
+        .mark_rect(fill=None, stroke="#1d1d1f", strokeWidth=4.5, strokeOpacity=0.85)
+        .properties(name="grid_halo")
+    )
+    outline = (
+        base.transform_filter(selected)
+        .mark_rect(fill=None, stroke=OUTLINE, strokeWidth=2.5)
+        .properties(name="grid_outline")
+    )
+    chart = alt.LayerChart(
+        layer=[cells, halo, outline, *extra],
+        name=GRID,
+        width=step * heads,
+        height=step * layers,
     )
     if title:
         chart = chart.properties(title=alt.TitleParams(title, anchor="start", fontSize=12))
-    if params:
-        chart = chart.add_params(*params)
     return chart
 
 
@@ -517,8 +536,8 @@ def _linked_skeleton(
     heat = _view_dict(_heat_view(tokens, keys_as_rows, selected, spans, budget))
     body = {"hconcat": [grid, heat], "spacing": 48, "resolve": {"scale": {"color": "independent"}}}
     params = [
-        {**_param_dict(pick), "views": [GRID]},
-        {**_param_dict(brush), "views": [GRID]},
+        {**_param_dict(pick), "views": [GRID_CELLS]},
+        {**_param_dict(brush), "views": [GRID_CELLS]},
         {"name": TOKENS, "value": []},
     ]
     return json.dumps(_top_level(body, params))
@@ -581,8 +600,8 @@ def grid_spec(grid: np.ndarray, title: str | None = None) -> dict[str, Any]:
     pick = alt.selection_point(
         name=PICK, fields=["layer", "head"], on="click", clear="dblclick", empty=False
     )
-    chart = _grid_view(layers, heads, pick, params=(pick,), title=title, legend=True)
-    spec = _top_level(_view_dict(chart), [])
+    chart = _grid_view(layers, heads, pick, title=title, legend=True)
+    spec = _top_level(_view_dict(chart), [{**_param_dict(pick), "views": [GRID_CELLS]}])
     spec["datasets"] = {HEADS_DATA: heads_rows(np.asarray(grid))}
     return spec
 
@@ -613,7 +632,6 @@ def figure_spec(
     side, step = heat_side(tokens), grid_step(layers, heads)
     has_spans = bool(_named_spans(result.spans))
     selected = (alt.datum.layer == layer + 1) & (alt.datum.head == h + 1)
-    grid_view = _grid_view(layers, heads, selected)
     heat = _heat_view(tokens, keys_as_rows, None, has_spans, None, row_axis="right")
     connector_width = 70
     grid_width = step * heads
@@ -634,7 +652,7 @@ def figure_spec(
             .properties(name=name)
         )
 
-    grid_panel = alt.layer(grid_view, rules("grid_zoom", "zoom_grid")).properties(name="grid_panel")
+    grid_panel = _grid_view(layers, heads, selected, extra=[rules("grid_zoom", "zoom_grid")])
     connector = rules("connector", CONNECTOR_DATA).properties(
         width=connector_width, height=max(side, step * layers)
     )

@@ -312,7 +312,7 @@ def _index_page(site: _Site) -> Page:
     rows = [_row(i, entry, site.names[i], grids[i]) for i, entry in enumerate(site.run.entries)]
     deltas = [r.delta_top for r in rows if r.delta_top is not None]
     randoms = [r.delta_random for r in rows if r.delta_random is not None]
-    ranking = np.rint(grids.reshape(len(grids), -1).astype(np.float64) * RANK_SCALE)
+    ranking = np.rint(grids.reshape(len(grids), layers * heads).astype(np.float64) * RANK_SCALE)
     data = {
         "kind": "index",
         "spec": charts.grid_spec(mean),

@@ -93,7 +93,8 @@ def serve(directory: Path) -> Iterator[str]:
 
 
 def cell_center(page: Any, mark: str, **match: Any) -> tuple[float, float]:
-    """Page coordinates of the center of a mark's item (e.g. mark="grid_marks", layer=2, head=3)."""
+    """Page coordinates of the center of a mark's item, e.g. cell_center(page,
+    "grid_cells_marks", layer=2, head=3)."""
     point = page.evaluate(CELL_CENTER_JS, [mark, match])
     assert point is not None, f"no item of mark {mark} matches {match}"
     return point["x"], point["y"]

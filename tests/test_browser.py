@@ -173,7 +173,7 @@ def test_the_top_head_is_shown_first_and_a_click_shows_another(
     top = np.unravel_index(int(np.argmax(grid)), grid.shape)
     assert selection(watched) == [[int(top[0]) + 1, int(top[1]) + 1]]
     assert_heat(heat_cells(watched.page), expected_heat(run, 0, [(int(top[0]), int(top[1]))]))
-    click_cell(watched, "grid_marks", layer=2, head=3)
+    click_cell(watched, "grid_cells_marks", layer=2, head=3)
     assert selection(watched) == [[2, 3]]
     assert_heat(heat_cells(watched.page), expected_heat(run, 0, [(1, 2)]))
     assert watched.page.inner_text("[data-rg=caption]").startswith("L2 H3")
@@ -183,8 +183,8 @@ def test_the_top_head_is_shown_first_and_a_click_shows_another(
 def test_brushing_a_block_shows_the_normalised_sum(watched: Watched, base: str, run: Run) -> None:
     watched.open(base + PAGES[3])
     page = watched.page
-    x1, y1 = cell_center(page, "grid_marks", layer=1, head=1)
-    x2, y2 = cell_center(page, "grid_marks", layer=2, head=2)
+    x1, y1 = cell_center(page, "grid_cells_marks", layer=1, head=1)
+    x2, y2 = cell_center(page, "grid_cells_marks", layer=2, head=2)
     page.mouse.move(x1, y1, steps=3)
     page.mouse.down()
     page.mouse.move(x2, y2, steps=6)
@@ -197,7 +197,7 @@ def test_brushing_a_block_shows_the_normalised_sum(watched: Watched, base: str, 
     packed = pack_cells(run.result(1).scores[:2, :2])
     kept = sum(r["kept"] for r in packed.rows) / sum(r["tot"] for r in packed.rows)
     assert sum(got.values()) == pytest.approx(kept, rel=2e-3)
-    click_cell(watched, "grid_marks", layer=3, head=4)  # a click replaces the brush
+    click_cell(watched, "grid_cells_marks", layer=3, head=4)  # a click replaces the brush
     assert selection(watched) == [[3, 4]]
     assert_heat(heat_cells(page), expected_heat(run, 1, [(2, 3)]))
 
@@ -221,7 +221,7 @@ def test_the_index_ranks_inputs_by_the_selected_head(watched: Watched, www: Path
     assert page.evaluate(order) == [0, 1, 2]
     scores = run.head_scores(run.info.metric)
     for layer, head in ((3, 2), (1, 4)):
-        x, y = cell_center(page, "grid_marks", layer=layer, head=head)
+        x, y = cell_center(page, "grid_cells_marks", layer=layer, head=head)
         page.mouse.move(x, y, steps=3)
         page.mouse.click(x, y)
         watched.settle()

@@ -60,6 +60,11 @@ def heat_cells_view(spec: dict[str, Any]) -> dict[str, Any]:
     return cells
 
 
+def grid_layers(view: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    assert view["name"] == charts.GRID
+    return {layer["name"]: layer for layer in view["layer"] if "name" in layer}
+
+
 def params(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in spec["params"]}
 
@@ -91,7 +96,8 @@ def test_views_and_selections_are_named(linked: charts.LinkedChart) -> None:
     pick, brush = got["pick"], got["brush"]
     assert pick["select"]["type"] == "point"
     assert pick["select"]["fields"] == ["layer", "head"]
-    assert pick["views"] == brush["views"] == ["grid"]
+    assert pick["views"] == brush["views"] == ["grid_cells"]
+    assert list(grid_layers(spec["hconcat"][0])) == ["grid_cells", "grid_halo", "grid_outline"]
     assert brush["select"]["type"] == "interval"
     assert brush["select"]["encodings"] == ["x", "y"]
     assert brush["select"]["mark"]["stroke"] == charts.OUTLINE
@@ -136,10 +142,12 @@ def test_colour_scales_and_colour_bar(linked: charts.LinkedChart) -> None:
     assert color["legend"]["title"] == "saliency"
     assert spec["hconcat"][1]["view"]["fill"] == charts.VIRIDIS_LOW == "#440154"
     assert spec["resolve"] == {"scale": {"color": "independent"}}
-    grid_color = spec["hconcat"][0]["encoding"]["color"]
-    assert grid_color["scale"]["scheme"] == "viridis"
-    stroke = spec["hconcat"][0]["encoding"]["stroke"]
-    assert stroke["value"] is None and stroke["condition"]["value"] == charts.OUTLINE
+    grid = grid_layers(spec["hconcat"][0])
+    assert grid["grid_cells"]["encoding"]["color"]["scale"]["scheme"] == "viridis"
+    selected = {"or": [{"param": "pick", "empty": False}, {"param": "brush", "empty": False}]}
+    for name, stroke in (("grid_halo", "#1d1d1f"), ("grid_outline", charts.OUTLINE)):
+        assert grid[name]["transform"] == [{"filter": selected}]  # only the selected heads
+        assert grid[name]["mark"]["stroke"] == stroke and grid[name]["mark"]["fill"] is None
 
 
 def test_axis_titles_and_keys_as_rows_flip(result: Result) -> None:
@@ -185,8 +193,7 @@ def test_segment_brackets_are_data(result: Result, linked: charts.LinkedChart) -
 
 
 def test_grid_orientation(result: Result, linked: charts.LinkedChart) -> None:
-    grid = linked.spec["hconcat"][0]
-    enc = grid["encoding"]
+    enc = grid_layers(linked.spec["hconcat"][0])["grid_cells"]["encoding"]
     assert (enc["y"]["field"], enc["y"]["title"]) == ("layer", "layer")
     assert (enc["x"]["field"], enc["x"]["title"]) == ("head", "head")
     assert enc["y"]["scale"]["domain"] == [1, 2, 3]  # layer 1 on top (ordinal, not reversed)
@@ -270,21 +277,23 @@ def test_selection_share_is_normalised(result: Result) -> None:
 def test_grid_spec_for_the_index() -> None:
     grid = np.arange(12, dtype=np.float32).reshape(3, 4) / 66
     spec = charts.grid_spec(grid)
-    assert spec["name"] == "grid"
     (pick,) = spec["params"]
     assert pick["name"] == "pick" and pick["select"]["type"] == "point"
-    assert spec["encoding"]["color"]["title"] == "share" and spec["encoding"]["color"]["legend"]
+    assert pick["views"] == ["grid_cells"]
+    color = grid_layers(spec)["grid_cells"]["encoding"]["color"]
+    assert color["title"] == "share" and color["legend"]
     assert spec["datasets"]["heads"][-1] == {"layer": 3, "head": 4, "score": 0.1667}
 
 
 def test_figure_spec_outlines_a_head_and_zooms_into_it(result: Result) -> None:
     spec = charts.figure_spec(result, (1, 2), keys_as_rows=True, metric="total")
     grid_panel, connector, heat = spec["hconcat"]
-    grid = grid_panel["layer"][0]
-    assert grid["encoding"]["stroke"]["condition"]["test"] == (
-        "((datum.layer === 2) && (datum.head === 3))"
-    )
-    assert "params" not in grid  # static: no selections
+    grid = grid_layers(grid_panel)
+    assert grid["grid_outline"]["transform"] == [
+        {"filter": "((datum.layer === 2) && (datum.head === 3))"}
+    ]
+    assert "grid_zoom" in grid
+    assert "params" not in grid["grid_cells"] and spec["params"][0]["name"] == "tokens"
     (row,) = spec["datasets"]["cells"]
     assert (row["layer"], row["head"]) == (2, 3)
     assert len(row["c"]) == int(np.count_nonzero(result.scores[1, 2]))  # every cell drawn
@@ -319,6 +328,6 @@ def test_specs_compile_to_vega_with_the_mark_names_pages_use(
         return names
 
     names = marks(vl_convert.vegalite_to_vega(linked.spec))
-    assert {"grid_marks", "heat_cells_marks"} <= set(names)
+    assert {"grid_cells_marks", "heat_cells_marks"} <= set(names)
     signals = {s["name"] for s in vl_convert.vegalite_to_vega(linked.spec)["signals"]}
     assert {"pick", "brush", "tokens"} <= signals

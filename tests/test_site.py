@@ -290,3 +290,13 @@ def test_numbers_read_well() -> None:
     assert site.number(None) == "–"
     assert site.percent(0.9446) == "94.5%"
     assert site.head_label(6, 7) == "L7 H8"
+
+
+def test_an_empty_run_renders(run: Run, tmp_path: Path) -> None:
+    from reportgen.records import RunWriter
+
+    with RunWriter(tmp_path / "empty", run.info):
+        pass
+    out = site.render_site(Run.open(tmp_path / "empty"), tmp_path / "site", Settings())
+    index = (out / "index.html").read_text("utf-8")
+    assert "0 inputs" in index and not list((out / "examples").glob("*.html"))
