@@ -416,7 +416,7 @@ def _heat_view(
                     title=LEGEND_TITLE,
                     orient="right",
                     gradientLength=min(side, 240),
-                    format=".2~f",
+                    format=".2~g",
                     offset=12,
                 ),
             ),
