@@ -39,6 +39,10 @@ WORDS = [
     "an",
     "apple",
     "banana",
+    # hostile words the tokenizer knows, so they can be targets too
+    "<script>alert(1)</script>",
+    '"+alert(1)+"',
+    "datum.x",
 ]
 
 
