@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +56,23 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class Entry:
-    """A manifest entry: an example's small fields, and where its arrays are."""
+    """A manifest entry: everything about an example but its arrays, and where those are."""
 
-    id: str
     record: str
+    example: Example
     tokens: tuple[str, ...]
+    spans: tuple[TokenSpan, ...]
     target: str | None
-    fields: Mapping[str, Any] = field(repr=False)
+    target_given: bool
+    predicted: str | None
+    value: float
+    loss: float
+    prediction_position: int | None
+    ablation: Ablation | None
+
+    @property
+    def id(self) -> str:
+        return self.example.id
 
 
 def timestamp() -> str:
@@ -135,10 +145,7 @@ class Run:
             raise RunError(f"{path / MANIFEST}: not a {FORMAT} manifest")
         run = data["run"]
         info = RunInfo(**{**run, "parameters": run["parameters"], "versions": run["versions"]})
-        entries = tuple(
-            Entry(e["id"], e["record"], tuple(e["tokens"]), e["target"], e)
-            for e in data["examples"]
-        )
+        entries = tuple(_entry(e) for e in data["examples"])
         return cls(path, info, entries)
 
     def __len__(self) -> int:
@@ -149,7 +156,20 @@ class Run:
         entry = self.entries[index]
         arrays = self._arrays(entry)
         grids = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("head_scores/")}
-        return _result(entry.fields, arrays["scores"], grids)
+        return Result(
+            example=entry.example,
+            tokens=entry.tokens,
+            spans=entry.spans,
+            target=entry.target,
+            target_given=entry.target_given,
+            predicted=entry.predicted,
+            value=entry.value,
+            loss=entry.loss,
+            prediction_position=entry.prediction_position,
+            scores=arrays["scores"],
+            head_scores=grids,
+            ablation=entry.ablation,
+        )
 
     def results(self) -> Iterator[Result]:
         for index in range(len(self.entries)):
@@ -207,17 +227,17 @@ def _entry_json(result: Result, record: str) -> dict[str, Any]:
     }
 
 
-def _result(e: Mapping[str, Any], scores: np.ndarray, grids: dict[str, np.ndarray]) -> Result:
+def _entry(e: Mapping[str, Any]) -> Entry:
     ablation = e["ablation"]
-    example = Example(
-        e["id"],
-        tuple(Segment(s["name"], s["text"]) for s in e["segments"]),
-        e["target"] if e["target_given"] else None,
-        e["meta"],
-        e["source"],
-    )
-    return Result(
-        example=example,
+    return Entry(
+        record=e["record"],
+        example=Example(
+            e["id"],
+            tuple(Segment(s["name"], s["text"]) for s in e["segments"]),
+            e["target"] if e["target_given"] else None,
+            e["meta"],
+            e["source"],
+        ),
         tokens=tuple(e["tokens"]),
         spans=tuple(TokenSpan(s["name"], s["start"], s["end"]) for s in e["spans"]),
         target=e["target"],
@@ -226,8 +246,6 @@ def _result(e: Mapping[str, Any], scores: np.ndarray, grids: dict[str, np.ndarra
         value=e["value"],
         loss=e["loss"],
         prediction_position=e["prediction_position"],
-        scores=scores,
-        head_scores=grids,
         ablation=None
         if ablation is None
         else Ablation(
@@ -242,8 +260,3 @@ def _result(e: Mapping[str, Any], scores: np.ndarray, grids: dict[str, np.ndarra
 
 def _dumps(data: object) -> str:
     return json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False) + "\n"
-
-
-def entries_summary(entries: Sequence[Entry]) -> int:
-    """Total tokens over entries (for summaries)."""
-    return sum(len(e.tokens) for e in entries)

@@ -233,23 +233,21 @@ def _excerpt(text: str, limit: int = EXCERPT) -> str:
 
 
 def _row(index: int, entry: Entry, name: str, grid: np.ndarray) -> Row:
-    e = entry.fields
-    text = " ".join(str(s["text"]) for s in e["segments"])
-    ablation = e.get("ablation")
+    ablation = entry.ablation
     top = charts.top_head(grid)
     return Row(
         index=index,
         id=entry.id,
         name=name,
-        excerpt=_excerpt(text),
-        target=e["target"],
-        target_given=bool(e["target_given"]),
-        predicted=e["predicted"],
-        value=float(e["value"]),
+        excerpt=_excerpt(entry.example.text),
+        target=entry.target,
+        target_given=entry.target_given,
+        predicted=entry.predicted,
+        value=entry.value,
         top=top,
         top_score=float(grid[top]),
-        delta_top=None if not ablation else ablation["value_top"] - ablation["value"],
-        delta_random=None if not ablation else ablation["value_random"] - ablation["value"],
+        delta_top=None if ablation is None else ablation.delta_top,
+        delta_random=None if ablation is None else ablation.delta_random,
     )
 
 
