@@ -123,6 +123,10 @@ def _parse_jsonl(text: str, name: str) -> list[Example]:
         except json.JSONDecodeError as err:
             parsed.append(f"{where}: invalid JSON ({err.msg} at column {err.colno})")
             continue
+        if not isinstance(obj, dict):
+            kind = type(obj).__name__
+            parsed.append(f'{where}: expected a JSON object with "text" or "segments", got {kind}')
+            continue
         parsed.append(_from_object(obj, where))
     return _finish(parsed, name)
 

@@ -184,3 +184,63 @@ def test_unexpected_failures_exit_1_without_traceback(tiny_models, tmp_path, mon
     assert not (tmp_path / "run").exists()
     debug = _invoke("compute", inputs, "-o", tmp_path / "run", "-m", tiny_models["gpt2"], "--debug")
     assert isinstance(debug.exception, MemoryError)
+
+
+@pytest.mark.parametrize(
+    "name,content,model,fragment",
+    [
+        ("in.jsonl", '"just a string"\n', "gpt2", "in.jsonl:1: expected a JSON object"),
+        ("in.jsonl", '{"target": "x"}\n', "gpt2", 'in.jsonl:1: needs exactly one of "text"'),
+        (
+            "in.jsonl",
+            '{"segments": [{"name": "A", "text": ""}]}\n',
+            "gpt2",
+            "segment 1 (A) is empty",
+        ),
+        ("in.txt", b"ok\n\xfe\xff\n", "gpt2", "in.txt:2: not valid UTF-8"),
+        ("in.txt", "a b\n", "bert-mlm", "in.txt:1: input '1': no mask token [MASK]"),
+        (
+            "in.jsonl",
+            '{"text": "a", "label": "maybe"}\n',
+            "bert-cls",
+            "in.jsonl:1: input '1': label",
+        ),
+        ("in.jsonl", '{"text": "a", "target": "zebra"}\n', "gpt2", "in.jsonl:1: input '1': target"),
+    ],
+)
+def test_broken_inputs_name_file_and_line(tiny_models, tmp_path, name, content, model, fragment):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    out = tmp_path / "site"
+    result = _invoke("build", path, "--out", out, "--model", tiny_models[model])
+    _assert_one_line_error(result, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name], "nothing written"
+
+
+def test_build_and_render_write_a_site(tiny_models, tmp_path):
+    inputs = _inputs(tmp_path, [{"id": "a", "text": "<CHI> saw a dog"}])
+    result = _invoke(
+        "build",
+        inputs,
+        "-o",
+        tmp_path / "site",
+        "-m",
+        tiny_models["gpt2"],
+        "--run",
+        tmp_path / "run",
+        "--single-file",
+        tmp_path / "one.html",
+        "--title",
+        "My report",
+    )
+    assert result.exit_code == 0, result.output
+    assert "My report" in (tmp_path / "site" / "index.html").read_text("utf-8")
+    assert (tmp_path / "one.html").is_file() and (tmp_path / "run" / "manifest.json").is_file()
+    again = _invoke("render", tmp_path / "run", "-o", tmp_path / "site2", "--keys-as-rows", "-q")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "site2" / "examples").is_dir()
+    fig = _invoke(
+        "figure", tmp_path / "run", "--id", "a", "--head", "1.2", "-o", tmp_path / "f.png"
+    )
+    assert fig.exit_code == 0, fig.output
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
