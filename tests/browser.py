@@ -11,6 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
+
+from reportgen.records import Run
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -103,3 +108,28 @@ def cell_center(page: Any, mark: str, **match: Any) -> tuple[float, float]:
 def heat_cells(page: Any) -> dict[tuple[int, int], float]:
     """The heatmap cells the page draws: {(query, key): share}."""
     return {(i, j): share for i, j, share in page.evaluate(HEAT_JS)}
+
+
+def expected_heat(
+    run: Run, index: int, heads: list[tuple[int, int]]
+) -> dict[tuple[int, int], float]:
+    """The heatmap the page should draw for 0-based heads, computed here from the run: each
+    head's top-k cells (k = 2T, by an independent sort), summed, over the heads' total."""
+    result = run.result(index)
+    mag = np.abs(result.scores.astype(np.float64))
+    t = len(result.tokens)
+    total = sum(mag[h].sum() for h in heads)
+    cells: dict[tuple[int, int], float] = {}
+    for layer, head in heads:
+        flat = mag[layer, head].ravel()
+        for c in np.argsort(-flat, kind="stable")[: 2 * t]:
+            if flat[c] > 0:
+                key = (int(c // t), int(c % t))
+                cells[key] = cells.get(key, 0.0) + flat[c] / total
+    return cells
+
+
+def assert_heat(got: dict[tuple[int, int], float], want: dict[tuple[int, int], float]) -> None:
+    assert set(got) == set(want)
+    for cell, share in want.items():
+        assert got[cell] == pytest.approx(share, rel=2e-3, abs=1e-6), cell

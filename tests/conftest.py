@@ -202,3 +202,19 @@ def gpt2_run(tiny_models, tmp_path_factory) -> Path:
     settings = Settings(model=str(tiny_models["gpt2"]), metric="flow:ENV->LAN", device="cpu")
     compute(DEMO_INPUTS, out, settings, command="reportgen compute (test fixture)")
     return out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_EXAMPLES = ROOT / "examples" / "childes" / "inputs.jsonl"
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The example inputs computed with the embedded demo model (flow:ENV->LAN), as the
+    README's demo command does."""
+    from reportgen.pipeline import compute
+    from reportgen.settings import Settings
+
+    out = tmp_path_factory.mktemp("demo") / "run"
+    compute(DEMO_EXAMPLES, out, Settings(metric="flow:ENV->LAN"), command="reportgen (test)")
+    return out

