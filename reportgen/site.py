@@ -464,7 +464,11 @@ def render_site(
                 if progress is not None and page.key.startswith("example-"):
                     progress(1)
             if single is not None and target is not None:
-                staged = single.stage(target)
+                inside = _inside(target, out)
+                if inside is not None:  # e.g. site/report.html: it goes in with the site
+                    os.replace(single.stage(tmp / inside), tmp / inside)
+                else:
+                    staged = single.stage(target)
         if staged is not None and target is not None:
             os.replace(staged, target)
             staged = None
@@ -472,6 +476,14 @@ def render_site(
         if staged is not None:
             staged.unlink(missing_ok=True)
     return out
+
+
+def _inside(path: Path, folder: Path) -> Path | None:
+    """`path` relative to `folder` if it lies inside it, else None."""
+    try:
+        return path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return None
 
 
 def render_single_file(run: Run, path: Path, settings: Settings) -> Path:

@@ -232,6 +232,16 @@ def test_user_templates_override_by_file_name(run: Run, tmp_path: Path) -> None:
         site.render_site(run, tmp_path / "x", Settings(templates=tmp_path / "missing"))
 
 
+def test_single_file_inside_the_site_folder(run: Run, tmp_path: Path) -> None:
+    """`--out site --single-file site/report.html` (the demo's command) ships both together."""
+    out = tmp_path / "site"
+    for _ in range(2):  # first into a new folder, then replacing it
+        site.render_site(run, out, Settings(single_file=out / "report.html"))
+        assert (out / "report.html").is_file() and (out / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+    assert not list(out.glob(".*tmp*"))
+
+
 def test_single_file_is_self_contained(built: Path) -> None:
     path = built.parent / "report.html"
     html = path.read_text("utf-8")
