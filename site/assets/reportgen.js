@@ -1,0 +1,327 @@
+/* reportgen page code: mounts the page's chart and wires its controls. Classic script, no
+ * network, no storage (it must work from file:// and inside <iframe sandbox="allow-scripts">).
+ *
+ * Public surface, window.reportgen:
+ *   view          the Vega view of the current page (null until rendered, and on the About page)
+ *   ready         a Promise of that view, resolved once it has rendered (null without a chart);
+ *                 in the single-file report, replaced by a new Promise on every page switch
+ *   data(name)    rows of a dataset of the view: "heat" (the heatmap cells drawn: i, j, share,
+ *                 query, key), "cells" (packed per-head rows), "heads" (the grid), or any Vega
+ *                 dataset name
+ *   selection()   the selected heads as [[layer, head], ...], 1-based, sorted
+ *   show(key)     single-file report only: switch to a page ("index", "about", "example-3")
+ * Selections are the Vega-Lite params "pick" (click a head) and "brush" (drag a block).
+ */
+(function () {
+  "use strict";
+
+  var rg = (window.reportgen = window.reportgen || {});
+  var resolveReady = null;
+  var datasets = {};
+
+  function newReady() {
+    rg.ready = new Promise(function (resolve) {
+      resolveReady = resolve;
+    });
+  }
+  newReady();
+  rg.view = null;
+
+  function find(root, name) {
+    return root.querySelector('[data-rg="' + name + '"]');
+  }
+
+  function markData(spec, markName) {
+    var marks = (spec && spec.marks) || [];
+    for (var k = 0; k < marks.length; k++) {
+      var mark = marks[k];
+      if (mark.name === markName && mark.from && mark.from.data) return mark.from.data;
+      var inner = markData(mark, markName);
+      if (inner) return inner;
+    }
+    return null;
+  }
+
+  rg.data = function (name) {
+    if (!rg.view) return [];
+    return rg.view.data(datasets[name] || name);
+  };
+
+  function storeHeads(view, store) {
+    var heads = [];
+    var tuples;
+    try {
+      tuples = view.data(store) || [];
+    } catch (err) {
+      return heads;
+    }
+    tuples.forEach(function (tuple) {
+      var got = {};
+      tuple.fields.forEach(function (f, k) {
+        var value = tuple.values[k];
+        got[f.field] = Array.isArray(value) ? value : [value];
+      });
+      (got.layer || []).forEach(function (layer) {
+        (got.head || []).forEach(function (head) {
+          heads.push([layer, head]);
+        });
+      });
+    });
+    return heads;
+  }
+
+  rg.selection = function () {
+    if (!rg.view) return [];
+    var seen = {};
+    var heads = [];
+    storeHeads(rg.view, "pick_store")
+      .concat(storeHeads(rg.view, "brush_store"))
+      .forEach(function (h) {
+        var key = h[0] + ":" + h[1];
+        if (!seen[key]) {
+          seen[key] = true;
+          heads.push(h);
+        }
+      });
+    return heads.sort(function (a, b) {
+      return a[0] - b[0] || a[1] - b[1];
+    });
+  };
+
+  function headLabel(h) {
+    return "L" + h[0] + " H" + h[1];
+  }
+
+  function percent(x) {
+    return (100 * x).toFixed(1) + "%";
+  }
+
+  function describe(heads) {
+    if (!heads.length) return "No head selected: click a head, or drag a box over several.";
+    var names = heads.slice(0, 6).map(headLabel).join(", ");
+    if (heads.length > 6) names += ", …";
+    return heads.length === 1 ? headLabel(heads[0]) : heads.length + " heads: " + names;
+  }
+
+  function download(url, filename) {
+    var a = document.createElement("a");
+    a.href = url;
+    a.download = filename;
+    a.rel = "noopener";
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+  }
+
+  function onSelection(view, callback) {
+    var pending = false;
+    function later() {
+      if (pending) return;
+      pending = true;
+      view.runAfter(function () {
+        pending = false;
+        callback();
+      });
+    }
+    ["pick", "brush"].forEach(function (name) {
+      try {
+        view.addSignalListener(name, later);
+      } catch (err) {
+        /* the index grid has no brush */
+      }
+    });
+  }
+
+  function embed(root, spec) {
+    var el = find(root, "chart");
+    if (typeof window.vegaEmbed !== "function") {
+      throw new Error("reportgen: the Vega bundle (assets/vega.js) did not load");
+    }
+    return window.vegaEmbed(el, spec, {
+      renderer: "canvas",
+      actions: false,
+      mode: "vega-lite",
+      tooltip: { theme: "light" },
+    });
+  }
+
+  function mountExample(root, data, result) {
+    var view = result.view;
+    datasets = { heat: markData(result.vgSpec, "heat_cells_marks") };
+    var caption = find(root, "caption");
+    function update() {
+      var heads = rg.selection();
+      var text = describe(heads);
+      if (heads.length) {
+        var chosen = {};
+        heads.forEach(function (h) {
+          chosen[h[0] + ":" + h[1]] = true;
+        });
+        var cut = Math.ceil(data.budget / heads.length);
+        var kept = 0;
+        var total = 0;
+        view.data("cells").forEach(function (row) {
+          if (!chosen[row.layer + ":" + row.head]) return;
+          total += row.tot;
+          if (row.v.length <= cut) {
+            kept += row.kept;
+          } else {
+            for (var k = 0; k < cut; k++) kept += row.v[k];
+          }
+        });
+        if (total > 0) text += " · the cells drawn carry " + percent(kept / total) + " of its saliency";
+      }
+      caption.textContent = text;
+    }
+    onSelection(view, update);
+    update();
+    find(root, "png").addEventListener("click", function () {
+      view.toImageURL("png", 2).then(function (url) {
+        download(url, data.name + ".png");
+      });
+    });
+    find(root, "svg").addEventListener("click", function () {
+      view.toSVG().then(function (svg) {
+        var url = URL.createObjectURL(new Blob([svg], { type: "image/svg+xml" }));
+        download(url, data.name + ".svg");
+        setTimeout(function () {
+          URL.revokeObjectURL(url);
+        }, 5000);
+      });
+    });
+  }
+
+  function mountIndex(root, data, result) {
+    var view = result.view;
+    var table = find(root, "table");
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    var caption = find(root, "caption");
+    var heads = data.heads;
+    function rank() {
+      var chosen = rg.selection();
+      var scores = rows.map(function (row) {
+        var n = +row.getAttribute("data-row");
+        var s = 0;
+        chosen.forEach(function (h) {
+          s += data.scores[n][(h[0] - 1) * heads + (h[1] - 1)];
+        });
+        return s / data.scale;
+      });
+      var order = rows.map(function (row, k) {
+        return k;
+      });
+      if (chosen.length) {
+        order.sort(function (a, b) {
+          return scores[b] - scores[a] || a - b;
+        });
+      }
+      var frag = document.createDocumentFragment();
+      order.forEach(function (k) {
+        var cell = find(rows[k], "score");
+        cell.textContent = chosen.length ? percent(scores[k]) : "–";
+        frag.appendChild(rows[k]);
+      });
+      body.appendChild(frag);
+      caption.textContent = chosen.length
+        ? "Ranked by " + describe(chosen) + " (its share of each input's saliency)."
+        : "In input order.";
+    }
+    onSelection(view, rank);
+  }
+
+  function mount(root, data) {
+    if (!data.spec) {
+      rg.view = null;
+      resolveReady(null);
+      return Promise.resolve(null);
+    }
+    return embed(root, data.spec)
+      .then(function (result) {
+        rg.view = result.view;
+        if (data.kind === "example") mountExample(root, data, result);
+        if (data.kind === "index") mountIndex(root, data, result);
+        return result.view.runAsync();
+      })
+      .then(function (view) {
+        resolveReady(view);
+        return view;
+      })
+      .catch(function (err) {
+        var el = find(root, "chart");
+        if (el) el.textContent = "The chart could not be drawn: " + err;
+        console.error(err);
+        resolveReady(null);
+        return null;
+      });
+  }
+
+  /* Single-file report: every page is a hidden <section>; a fragment link switches pages. */
+  function router() {
+    var sections = {};
+    Array.prototype.forEach.call(document.querySelectorAll("section.rg-page"), function (s) {
+      sections[s.getAttribute("data-key")] = s;
+    });
+    var current = null;
+    var baseTitle = document.title;
+
+    rg.show = function (key) {
+      if (!sections[key]) key = "index";
+      if (key === current) return rg.ready;
+      if (current) sections[current].hidden = true;
+      if (rg.view) {
+        rg.view.finalize();
+        rg.view = null;
+      }
+      newReady();
+      current = key;
+      var section = sections[key];
+      section.hidden = false;
+      var title = section.getAttribute("data-title");
+      document.title = key === "index" ? baseTitle : title + " · " + baseTitle;
+      var chart = find(section, "chart");
+      if (chart) chart.textContent = "";
+      var data = JSON.parse(section.querySelector("script.rg-page-data").textContent);
+      mount(section, data);
+      window.scrollTo(0, 0);
+      return rg.ready;
+    };
+
+    function fromHash() {
+      var hash = "";
+      try {
+        hash = window.location.hash.replace(/^#/, "");
+      } catch (err) {
+        hash = "";
+      }
+      return hash;
+    }
+
+    document.addEventListener("click", function (event) {
+      var a = event.target.closest ? event.target.closest("a[href^='#']") : null;
+      if (!a) return;
+      event.preventDefault();
+      var key = a.getAttribute("href").slice(1);
+      rg.show(key);
+      try {
+        history.pushState(null, "", "#" + key);
+      } catch (err) {
+        /* sandboxed documents may refuse history changes; the page still switches */
+      }
+    });
+    window.addEventListener("hashchange", function () {
+      rg.show(fromHash());
+    });
+    window.addEventListener("popstate", function () {
+      rg.show(fromHash());
+    });
+    rg.show(fromHash());
+  }
+
+  var boot = JSON.parse(document.getElementById("rg-data").textContent);
+  if (boot.kind === "single") {
+    router();
+  } else {
+    mount(document, boot);
+  }
+})();
