@@ -127,7 +127,7 @@ def build(
             render_progress=progress.render,
             on_loaded=progress.start_compute,
         )
-        progress.summary(report.site, report.single_file)
+        progress.summary(report.site, report.single_file, report.tokens)
 
 
 @app.command()
@@ -158,7 +158,8 @@ def compute(
         run = run_compute(
             inputs, out, settings, progress=progress.compute, on_loaded=progress.start_compute
         )
-        progress.summary(None, None, run_path=run.path)
+        tokens = sum(len(e.tokens) for e in run.entries)
+        progress.summary(None, None, tokens, run_path=run.path)
 
 
 @app.command()
@@ -183,7 +184,7 @@ def render(
         opened = Run.open(run)
         progress.start_render(len(opened))
         report = run_render(opened, out, settings, progress=progress.render)
-        progress.summary(report.site, report.single_file)
+        progress.summary(report.site, report.single_file, report.tokens)
 
 
 @app.command()
@@ -365,11 +366,13 @@ class _Progress:
 
         return tick
 
-    def summary(self, site: Path | None, single: Path | None, run_path: Path | None = None) -> None:
+    def summary(
+        self, site: Path | None, single: Path | None, tokens: int, run_path: Path | None = None
+    ) -> None:
         if self.quiet:
             return
         seconds = time.perf_counter() - self.started
-        parts = [f"{self.inputs} inputs in {seconds:.1f} s"]
+        parts = [f"{self.inputs} inputs ({tokens} tokens) in {seconds:.1f} s"]
         if run_path is not None:
             parts.append(f"run folder: {run_path}")
         if site is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ class Report:
     run: Path | None
     site: Path
     single_file: Path | None = None
+    inputs: int = 0
+    tokens: int = 0
 
     def _repr_html_(self) -> str:
         """Notebooks show the single-file report inline (an iframe with `srcdoc`)."""
@@ -124,7 +126,8 @@ def render(
     settings = settings or Settings()
     opened = run if isinstance(run, Run) else Run.open(run)
     site = render_site(opened, Path(out), settings, progress)
-    return Report(opened.path, site, settings.single_file)
+    tokens = sum(len(e.tokens) for e in opened.entries)
+    return Report(opened.path, site, settings.single_file, len(opened), tokens)
 
 
 def build(
@@ -147,4 +150,4 @@ def build(
     with tempfile.TemporaryDirectory(prefix="reportgen-run-") as tmp:
         run = compute(inputs, Path(tmp) / "run", settings, progress, command, on_loaded)
         report = render(run, out, settings, render_progress)
-    return Report(None, report.site, report.single_file)
+    return replace(report, run=None)
