@@ -226,6 +226,8 @@ def test_sigint_during_render_keeps_the_previous_site(gpt2_run, tmp_path):
         [sys.executable, "-m", "reportgen", "render", str(big), "--out", str(site), "-q"],
         stderr=subprocess.PIPE,
         text=True,
+        # A shell running CI in the background ignores SIGINT, and children inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
