@@ -81,3 +81,35 @@ def test_two_computes_with_the_same_seed_are_identical(tiny_models, tmp_path, mo
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text("utf-8"))
     assert manifest["run"]["created"] == "2023-11-14T22:13:20Z"
     assert Run.open(tmp_path / "a").info.parameters["seed"] == 7
+
+
+def test_segment_spans_follow_offsets_with_a_subword_tokenizer(tmp_path):
+    """A byte-level BPE splits words into pieces; spans still cover exactly each segment."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from reportgen.inputs import examples_from_items
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["a tiny corpus of words"] * 3, vocab_size=300, min_frequency=1)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="a", unk_token=None)
+    tokenizer.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=64)
+    ).save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path), "cpu")
+    env, lan = "unbelievably windswept", "pineapples overhead"
+    [example] = examples_from_items(
+        [{"segments": [{"name": "ENV", "text": env}, {"name": "LAN", "text": lan}]}]
+    )
+    [result] = compute_saliency([example], lm, Settings())
+    assert len(result.tokens) > 4, "words are split into several tokens"
+    spans = {s.name: s for s in result.spans}
+    assert spans["ENV"].start == 0 and spans["LAN"].end == len(result.tokens)
+    between = result.tokens[spans["ENV"].end : spans["LAN"].start]
+    assert all(not t.strip() for t in between), "only the joining space lies between"
+    pieces = lambda s: "".join(result.tokens[s.start : s.end]).replace(" ", "")  # noqa: E731
+    assert pieces(spans["ENV"]) == env.replace(" ", "")
+    assert pieces(spans["LAN"]) == lan.replace(" ", "")
