@@ -31,6 +31,10 @@ TARGETS_MS = {"click": 20.0, "brush": 50.0, "full brush": 100.0, "first render":
 PAGE_LIMIT = 4 * 2**20
 SINGLE_FILE_LIMIT = int(1.5 * 2**20)
 HEADS = 12
+PEAKY = 0.3
+"""Weight scale of the pages' random model: heads attend sharply and differently (mean top
+attention weight ~0.45, against ~0.04 at GPT-2's usual 0.02), as trained heads do, so a
+selection of many heads covers many distinct cells."""
 VIEWPORT = {"width": 1400, "height": 1000}
 TIMEOUT_MS = 20_000
 
@@ -95,7 +99,8 @@ def _pages(opts: Options, lengths: tuple[int, ...]) -> dict[int, Path]:
     from reportgen.settings import Settings
 
     width = 24 if opts.quick else 48
-    model = fixtures.gpt2(opts.work / f"gpt2-pages-{width}", HEADS, HEADS, width, max(lengths))
+    folder = opts.work / f"gpt2-pages-{width}"
+    model = fixtures.gpt2(folder, HEADS, HEADS, width, max(lengths), init=PEAKY)
     items = [fixtures.causal_input(t, seed=t, ident=f"t{t}") for t in lengths]
     settings = Settings(
         model=str(model), device="cpu", batch_size=1, metric="flow:ENV->LAN", ablate_k=0
@@ -353,22 +358,24 @@ def run(opts: Options) -> list[Table]:
 def _targets(
     opts: Options, found: dict[int, dict[str, float]], label: str, single_bytes: int
 ) -> Table:
-    """The browser targets at T = 512 (the largest length run in quick mode), mouse timings."""
+    """The browser targets at T = 512 (the largest length run, in quick mode), each interaction
+    judged both ways: through the view API and with the mouse."""
     tokens = max(found)
     got = found[tokens]
-    table = Table(
-        f"3b. Browser targets (T = {tokens}; judged on the mouse timings)",
-        ["measure", "measured", "target", "met"],
-    )
-    rows = [
-        ("first render", got["first render"], TARGETS_MS["first render"], "ms"),
-        ("click on a head", got["click mouse"], TARGETS_MS["click"], "ms"),
-        ("brush median", got["brush mouse"], TARGETS_MS["brush"], "ms"),
-        ("brush over all heads", got["full mouse"], TARGETS_MS["full brush"], "ms"),
-    ]
-    for name, value, limit, unit in rows:
+    table = Table(f"3b. Browser targets (T = {tokens})", ["measure", "measured", "target", "met"])
+
+    def row(name: str, value: float, limit: float) -> None:
         met = verdict(value, limit, at_most=True, quick=opts.quick)
-        table.add(name, f"{value:.1f} {unit}", f"≤ {limit:.0f} {unit}", met)
+        table.add(name, f"{value:.1f} ms", f"≤ {limit:.0f} ms", met)
+
+    row("first render", got["first render"], TARGETS_MS["first render"])
+    for name, key, target in (
+        ("click on a head", "click", "click"),
+        ("brush median", "brush", "brush"),
+        ("brush over all heads", "full", "full brush"),
+    ):
+        row(f"{name}: view API", got[f"{key} api"], TARGETS_MS[target])
+        row(f"{name}: mouse", got[f"{key} mouse"], TARGETS_MS[target])
     mb = 2**20
     table.add(
         "page bytes",
@@ -381,6 +388,11 @@ def _targets(
         f"{single_bytes / mb:.2f} MB",
         f"≤ {SINGLE_FILE_LIMIT / mb:.1f} MB",
         verdict(single_bytes, SINGLE_FILE_LIMIT, True, opts.quick),
+    )
+    table.notes.append(
+        "Mouse timings include Vega's event handling and the page's own listeners (the caption "
+        "update), up to the first task after the heatmap's data changed; view-API timings end "
+        "when `runAsync()` resolves (rendered)."
     )
     if tokens != TARGET_T:
         table.notes.append(f"Quick mode: T = {tokens} instead of {TARGET_T}; nothing judged.")

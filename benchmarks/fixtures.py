@@ -77,9 +77,15 @@ def _tokenizer(words: list[str], bert: bool) -> Any:
 
 
 def gpt2(
-    folder: Path, layers: int = 12, heads: int = 12, width: int = 96, positions: int = 512
+    folder: Path,
+    layers: int = 12,
+    heads: int = 12,
+    width: int = 96,
+    positions: int = 512,
+    init: float = 0.02,
 ) -> Path:
-    """A random GPT-2 over the demo vocabulary (the demo model's shape by default), saved once."""
+    """A random GPT-2 over the demo vocabulary (the demo model's shape by default), saved once.
+    A larger `init` (weights' standard deviation) makes attention peaky, as trained heads are."""
     if (folder / "config.json").is_file():
         return folder
     import torch
@@ -95,6 +101,7 @@ def gpt2(
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        initializer_range=init,
         bos_token_id=2,
         eos_token_id=2,
         pad_token_id=0,
