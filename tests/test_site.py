@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import re
 from html.parser import HTMLParser
@@ -252,8 +254,18 @@ def test_single_file_is_self_contained(built: Path) -> None:
     hrefs = [a.get("href") for a in tags.named("a")]
     assert hrefs and all(h and h.startswith("#") for h in hrefs)
     assert "#example-3" in hrefs and "#about" in hrefs
-    assert html.count("window.vegaEmbed=") == 1  # the bundle, once
+    packed = re.findall(
+        r'<script type="application/gzip"( id="rg-vega")?[^>]*>([^<]*)</script>', html
+    )
+    assert [bool(vega) for vega, _ in packed].count(True) == 1, "the bundle, once"
+    texts = {gzip.decompress(base64.b64decode(body)).decode("utf-8"): vega for vega, body in packed}
+    [bundle] = [text for text, vega in texts.items() if vega]
+    assert bundle.count("window.vegaEmbed=") == 1 and bundle == site.vega_bundle()
+    pages = [json.loads(text) for text, vega in texts.items() if not vega]
+    assert [p["kind"] for p in pages] == ["index", "about", "example", "example", "example"]
     assert HOSTILE not in html
+    packed_json = [json.dumps(p, ensure_ascii=False) for p in pages]
+    assert any(HOSTILE in t for t in packed_json), "hostile tokens are data, packed with the page"
     sections = [s.get("data-key") for s in tags.named("section") if s.get("data-key")]
     assert sections == ["index", "about", "example-1", "example-2", "example-3"]
     csp = [m for m in tags.named("meta") if m.get("http-equiv") == "Content-Security-Policy"]
@@ -267,8 +279,8 @@ def test_single_file_on_its_own_and_its_size_limit(
     path = tmp_path / "report.html"
     assert site.render_single_file(run, path, Settings()) == path
     before = path.read_bytes()
-    monkeypatch.setattr(site, "SINGLE_FILE_LIMIT", 920_000)
-    with pytest.raises(OutputError, match=r"would exceed 0.877 MB .* use the site folder"):
+    monkeypatch.setattr(site, "SINGLE_FILE_LIMIT", 420_000)  # the packed bundle is ~406 KB
+    with pytest.raises(OutputError, match=r"would exceed 0.401 MB .* use the site folder"):
         site.render_single_file(run, path, Settings())
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
