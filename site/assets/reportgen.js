@@ -256,6 +256,15 @@
       });
   }
 
+  /* The single file carries the Vega bundle and each page's data gzipped, in base64. */
+  function inflate(element) {
+    var binary = atob(element.textContent.trim());
+    var bytes = new Uint8Array(binary.length);
+    for (var k = 0; k < binary.length; k++) bytes[k] = binary.charCodeAt(k);
+    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+    return new Response(stream).text();
+  }
+
   /* Single-file report: every page is a hidden <section>; a fragment link switches pages. */
   function router() {
     var sections = {};
@@ -281,8 +290,9 @@
       document.title = key === "index" ? baseTitle : title + " · " + baseTitle;
       var chart = find(section, "chart");
       if (chart) chart.textContent = "";
-      var data = JSON.parse(section.querySelector("script.rg-page-data").textContent);
-      mount(section, data);
+      inflate(section.querySelector("script.rg-page-data")).then(function (text) {
+        if (current === key) mount(section, JSON.parse(text));
+      });
       window.scrollTo(0, 0);
       return rg.ready;
     };
@@ -320,7 +330,16 @@
 
   var boot = JSON.parse(document.getElementById("rg-data").textContent);
   if (boot.kind === "single") {
-    router();
+    inflate(document.getElementById("rg-vega"))
+      .then(function (source) {
+        (0, eval)(source); // the bundle defines window.vegaEmbed
+        router();
+      })
+      .catch(function (err) {
+        document.getElementById("rg-main").textContent =
+          "This report needs a browser with DecompressionStream (2023 or later): " + err;
+        resolveReady(null);
+      });
   } else {
     mount(document, boot);
   }
