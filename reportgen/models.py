@@ -253,6 +253,8 @@ def load_model(
         raise ModelError(f"model '{name}': reportgen needs a fast tokenizer (for offset mappings)")
     torch_device = pick_device(device)
     model.eval().to(torch_device)
+    # No key/value cache: nothing here generates, and filling it costs a copy per layer.
+    model.config.use_cache = False
     loaded = LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -135,20 +135,21 @@ def head_scores(
     example_id: str = "",
 ) -> np.ndarray:
     """Each head's share of the metric's saliency mass, float32 [layers, heads], summing to 1."""
-    magnitude = np.abs(scores, dtype=np.float64)
     if metric.kind == "total":
-        mass = magnitude.sum(axis=(2, 3))
+        part = scores
     elif metric.kind == "prediction":
         if prediction_position is None:
             raise SaliencyError(
                 f"input '{example_id}': metric 'prediction' needs a prediction position, which a "
                 "bare encoder has not; use total or flow:SRC->DST"
             )
-        mass = magnitude[:, :, prediction_position, :].sum(axis=2)
+        part = scores[:, :, prediction_position : prediction_position + 1, :]
     else:
         by_name = {s.name: s for s in spans}
         src, dst = by_name[metric.src or ""], by_name[metric.dst or ""]
-        mass = magnitude[:, :, dst.start : dst.end, src.start : src.end].sum(axis=(2, 3))
+        part = scores[:, :, dst.start : dst.end, src.start : src.end]
+    # Slice first, then take magnitudes (float32) and add them up in float64.
+    mass = np.abs(part).sum(axis=(2, 3), dtype=np.float64)
     total = mass.sum()
     if not total > 0:
         raise SaliencyError(
@@ -423,37 +424,39 @@ def _attn_grad(lm: LoadedModel, rows: Sequence[Encoded], signed: bool) -> tuple[
 
     run = _forward(lm, rows, record=True)
     grads = torch.autograd.grad(run.losses.sum(), run.weights)
-    products = [a.detach() * g for a, g in zip(run.weights, grads, strict=True)]
-    return run, products if signed else [p.abs() for p in products]
+    # In place: the gradients are fresh tensors of ours, and on CPU a new [B, H, T, T] tensor per
+    # layer costs about as much as the product itself.
+    products = [g.mul_(a.detach()) for a, g in zip(run.weights, grads, strict=True)]
+    return run, products if signed else [p.abs_() for p in products]
 
 
 def _attattr(
     lm: LoadedModel, rows: Sequence[Encoded], base: _Pass, steps: int, budget: int
 ) -> list[Any]:
-    """Integrated gradients on attention, all (example, layer, step) rows batched, `budget` rows
+    """Integrated gradients on attention: each input's (layer, step) rows batched, `budget` rows
     per pass. Returns [L][B, H, T, T] (signed)."""
     import torch
 
     layers, heads = lm.num_layers, lm.num_heads
     fixed = [replace(r, target_ids=t) for r, t in zip(rows, base.targets, strict=True)]
-    jobs = [
-        (b, layer, k)
-        for b in range(len(rows))
-        for layer in range(layers)
-        for k in range(1, steps + 1)
-    ]
+    # One input per pass (no padding), its layers in order, so that a pass's backward stops at
+    # the lowest layer it holds: a row scaled at layer l needs dL/dA_l only.
     total = [torch.zeros_like(a, dtype=torch.float64) for a in base.weights]
-    for start in range(0, len(jobs), budget):
-        chunk = jobs[start : start + budget]
-        gates = torch.ones(len(chunk), layers, heads, dtype=lm.dtype, device=lm.device)
-        for r, (_, layer, k) in enumerate(chunk):
-            gates[r, layer] = k / steps
-        run = _forward(lm, [fixed[b] for b, _, _ in chunk], gates=gates, record=True)
-        grads = torch.autograd.grad(run.losses.sum(), run.weights)
-        for r, (b, layer, k) in enumerate(chunk):
-            # Head outputs are scaled by alpha, so dL/dA = alpha * dF/dX at X = alpha * A.
-            g = grads[layer][r, :, : len(rows[b].ids), : len(rows[b].ids)]
-            total[layer][b, :, : g.shape[1], : g.shape[2]] += g.double() / (k / steps)
+    steps_of = [(layer, k) for layer in range(layers) for k in range(1, steps + 1)]
+    for b, row in enumerate(fixed):
+        n = len(row.ids)
+        for start in range(0, len(steps_of), budget):
+            chunk = steps_of[start : start + budget]
+            gates = torch.ones(len(chunk), layers, heads, dtype=lm.dtype, device=lm.device)
+            for r, (layer, k) in enumerate(chunk):
+                gates[r, layer] = k / steps
+            run = _forward(lm, [row] * len(chunk), gates=gates, record=True)
+            wanted = sorted({layer for layer, _ in chunk})
+            found = torch.autograd.grad(run.losses.sum(), [run.weights[layer] for layer in wanted])
+            grads = dict(zip(wanted, found, strict=True))
+            for r, (layer, k) in enumerate(chunk):
+                # Head outputs are scaled by alpha, so dL/dA = alpha * dF/dX at X = alpha * A.
+                total[layer][b, :, :n, :n] += grads[layer][r].double() / (k / steps)
     return [(a.detach().double() * t / steps) for a, t in zip(base.weights, total, strict=True)]
 
 
@@ -521,11 +524,15 @@ def compute_batch(
         if settings.method == "attattr":
             budget = max(1, settings.batch_size) * settings.steps
             per_layer = _attattr(lm, batch, base, settings.steps, budget)
-    stacked = torch.stack(per_layer, dim=1)  # [B, L, H, T, T]
     results = []
     for b, row in enumerate(batch):
         n = len(row.ids)
-        scores = stacked[b, :, :, :n, :n].to("cpu", torch.float32).numpy().copy()
+        # Each layer's block is copied (and cast) straight into the example's array: no
+        # [B, L, H, T, T] stack and no second copy.
+        scores = np.empty((len(per_layer), lm.num_heads, n, n), dtype=np.float32)
+        into = torch.from_numpy(scores)
+        for layer, part in enumerate(per_layer):
+            into[layer].copy_(part[b, :, :n, :n])
         names = dict.fromkeys(["total", metric.name])
         if row.prediction_position is not None:
             names["prediction"] = None
@@ -588,8 +595,39 @@ def compute(
             "use total or flow:SRC->DST"
         )
     encoded = [encode(ex, lm, settings.max_tokens, settings.truncate) for ex in examples]
-    for start in range(0, len(encoded), settings.batch_size):
-        batch = encoded[start : start + settings.batch_size]
-        yield from compute_batch(lm, batch, settings)
-        if progress is not None:
-            progress(len(batch))
+    for window in _windows(encoded, lm, settings.batch_size):
+        # Batches of similar lengths pad less; results still leave in input order.
+        order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
+        done: dict[int, Result] = {}
+        for start in range(0, len(order), settings.batch_size):
+            picked = order[start : start + settings.batch_size]
+            batch = [window[i] for i in picked]
+            done.update(zip(picked, compute_batch(lm, batch, settings), strict=True))
+            if progress is not None:
+                progress(len(batch))
+        yield from (done[i] for i in range(len(window)))
+
+
+WINDOW_BATCHES = 8
+"""Inputs are sorted by length within windows of this many batches..."""
+WINDOW_BYTES = 128 * 2**20
+"""...or of this many bytes of scores, whichever is smaller (a window's results are held)."""
+
+
+def _windows(
+    encoded: Sequence[Encoded], lm: LoadedModel, batch_size: int
+) -> Iterator[list[Encoded]]:
+    """Consecutive runs of inputs, each at most WINDOW_BATCHES batches and WINDOW_BYTES of
+    float32 scores (but at least one input)."""
+    window: list[Encoded] = []
+    size = 0
+    per_cell = 4 * lm.num_layers * lm.num_heads
+    for row in encoded:
+        cost = per_cell * len(row.ids) ** 2
+        if window and (len(window) == WINDOW_BATCHES * batch_size or size + cost > WINDOW_BYTES):
+            yield window
+            window, size = [], 0
+        window.append(row)
+        size += cost
+    if window:
+        yield window
