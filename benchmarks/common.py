@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+MIN_ROUNDS = 3
+"""Fewest timed rounds of a comparison, whatever its time budget."""
+
 
 @dataclass(frozen=True)
 class Options:
@@ -62,20 +65,28 @@ class Table:
 
 
 def interleaved(
-    candidates: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1
+    candidates: Mapping[str, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    budget: float | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each candidate over `rounds` rounds, the order alternating each
-    round so that neither always runs first; `warmup` untimed calls each before."""
+    round so that neither always runs first; `warmup` untimed calls each before. With a
+    `budget` (seconds), stop after the round that exceeds it, but not before MIN_ROUNDS."""
     names = list(candidates)
     for _ in range(warmup):
         for name in names:
             candidates[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
+    began = time.perf_counter()
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
             start = time.perf_counter()
             candidates[name]()
             times[name].append(time.perf_counter() - start)
+        spent = time.perf_counter() - began
+        if budget is not None and r + 1 >= MIN_ROUNDS and spent > budget:
+            break
     return times
 
 

@@ -19,6 +19,8 @@ from benchmarks.common import Options, Table, interleaved, median, ms, paired_ra
 TARGET = 3.0
 """Saliency at most this many plain SDPA forwards, at batch 8 and T = 128."""
 TARGET_AT = (8, 128)
+CELL_BUDGET = 90.0
+"""Seconds of timing per (model, batch, T) after which its rounds stop (at least 3 are run)."""
 
 
 def _models(opts: Options) -> list[tuple[str, Path]]:
@@ -67,6 +69,7 @@ def _time(
             "saliency": lambda: compute_batch(lm, rows, settings, ablate=False),
         },
         reps,
+        budget=CELL_BUDGET,
     )
 
 
@@ -136,7 +139,8 @@ def run(opts: Options) -> list[Table]:
                 )
     table.notes += [
         "Ratios are medians over rounds of (saliency ÷ forward) timed in the same round; "
-        f"{opts.reps} rounds, candidates interleaved, one warm-up call each.",
+        f"{opts.reps} rounds (fewer, but at least 3, where a cell's rounds pass "
+        f"{CELL_BUDGET:.0f} s), candidates interleaved, one warm-up call each.",
         "Saliency = `compute_batch(..., ablate=False)`: gated eager forward with gradients, "
         "backward to the attention weights, |A ⊙ ∂L/∂A| for every head, head scores, numpy "
         "out. Forwards run under `torch.inference_mode()`.",
