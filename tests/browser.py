@@ -36,6 +36,7 @@ CELL_CENTER_JS = """
   const canvas = view.container().querySelector("canvas");
   const box = canvas.getBoundingClientRect();
   const origin = view.origin();
+  const pad = view.padding();
   let found = null;
   const hit = (datum) => datum && Object.keys(match).every((k) => datum[k] === match[k]);
   function walk(mark, ox, oy) {
@@ -44,8 +45,8 @@ CELL_CENTER_JS = """
       for (const item of mark.items) {
         if (hit(item.datum)) {
           found = {
-            x: box.left + origin[0] + ox + item.x + item.width / 2,
-            y: box.top + origin[1] + oy + item.y + item.height / 2,
+            x: box.left + pad.left + origin[0] + ox + item.x + item.width / 2,
+            y: box.top + pad.top + origin[1] + oy + item.y + item.height / 2,
           };
           return;
         }
