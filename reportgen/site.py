@@ -55,7 +55,7 @@ VEGA_ASSET = "vega.js"
 TOP_HEADS_SHOWN = 5
 EXCERPT = 90
 RANK_SCALE = 100_000
-"""Per-input head scores are embedded in the index as integers, score × RANK_SCALE."""
+"""Per-input head scores are embedded in the index as uint32 integers, score × RANK_SCALE."""
 
 
 # --- helpers shared with templates ----------------------------------------------------------
@@ -330,7 +330,9 @@ def _index_page(site: _Site) -> Page:
         "spec": charts.grid_spec(mean),
         "heads": heads,
         "scale": RANK_SCALE,
-        "scores": ranking.astype(np.int64).tolist(),
+        "per_input": layers * heads,
+        # Little-endian uint32 in base64: 10,000 inputs as Python ints would cost ~50 MB.
+        "scores": base64.b64encode(ranking.astype("<u4").tobytes()).decode("ascii"),
     }
     context = {
         "rows": rows,
