@@ -198,13 +198,18 @@
     var rows = Array.prototype.slice.call(body.rows);
     var caption = find(root, "caption");
     var heads = data.heads;
+    var binary = atob(data.scores); // uint32 little-endian, one row of layers × heads per input
+    var bytes = new Uint8Array(binary.length);
+    for (var k = 0; k < binary.length; k++) bytes[k] = binary.charCodeAt(k);
+    var scoresOf = new DataView(bytes.buffer);
+    var perInput = data.per_input;
     function rank() {
       var chosen = rg.selection();
       var scores = rows.map(function (row) {
         var n = +row.getAttribute("data-row");
         var s = 0;
         chosen.forEach(function (h) {
-          s += data.scores[n][(h[0] - 1) * heads + (h[1] - 1)];
+          s += scoresOf.getUint32(4 * (n * perInput + (h[0] - 1) * heads + (h[1] - 1)), true);
         });
         return s / data.scale;
       });
