@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -705,8 +705,3 @@ def _zoom_lines(
         in_grid.append({"x": x0, "y": y0, "x2": grid_width, "y2": sig(y_edge)})
         in_connector.append({"x": 0, "y": sig(y_edge), "x2": connector_width, "y2": y1})
     return in_grid, in_connector
-
-
-def spec_size(spec: Mapping[str, Any]) -> int:
-    """Bytes of a spec as compact JSON (for the page-size statements and tests)."""
-    return len(json.dumps(spec, separators=(",", ":"), ensure_ascii=False).encode())
