@@ -7,6 +7,13 @@ gate. Scaling head h's output by g is the same as scaling its attention weights 
 out_h = A_h V_h; this gives ablation, integrated gradients and head-gate gradients for any model
 whose attention goes through transformers' `AttentionInterface` (transformers 5 dropped
 `head_mask`).
+
+Most models' eager attention is softmax(q·kᵀ·scaling + mask)·v. `_fused_attention` computes the
+same with two fewer full-size [B, H, T, T] temporaries in the forward and one fewer in the
+backward (the scale goes on q, the mask is added in place), which on CPU is a quarter of the
+attention's cost. It is used only where `check_attention` found it equal to the model's own
+eager attention on a padded probe batch, and only for calls that carry nothing else (no
+softcapping, sinks or dropout); anything else runs the model's own function.
 """
 
 from __future__ import annotations
@@ -80,6 +87,8 @@ class LoadedModel:
     max_tokens: int | None
     weights_sha256: str
     accepts_position_ids: bool
+    fused_attention: bool = False
+    """Whether attention runs through `_fused_attention` (checked equal to the model's own)."""
 
     @property
     def architecture(self) -> str:
@@ -95,6 +104,11 @@ class _Control:
 
 
 _ACTIVE: ContextVar[_Control | None] = ContextVar("reportgen_attention_control", default=None)
+_OWN_EAGER: ContextVar[bool] = ContextVar("reportgen_own_eager", default=False)
+_SEEN: ContextVar[list[tuple[torch.nn.Module, bool]] | None] = ContextVar(
+    "reportgen_seen", default=None
+)
+_FUSED_FLAG = "_reportgen_fused"
 
 
 @contextmanager
@@ -110,6 +124,16 @@ def attention_control(
         yield control.weights
     finally:
         _ACTIVE.reset(token)
+
+
+@contextmanager
+def own_eager() -> Iterator[None]:
+    """Within the block, every attention layer runs the model's own eager function."""
+    token = _OWN_EAGER.set(True)
+    try:
+        yield
+    finally:
+        _OWN_EAGER.reset(token)
 
 
 def _eager_of(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
@@ -130,7 +154,16 @@ def _reportgen_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    out, weights = _eager_of(module)(module, query, key, value, attention_mask, **kwargs)
+    seen = _SEEN.get()
+    found = None
+    if getattr(module, _FUSED_FLAG, False) and not _OWN_EAGER.get():
+        found = _fused_attention(query, key, value, attention_mask, **kwargs)
+    fused = found is not None
+    if found is None:
+        found = _eager_of(module)(module, query, key, value, attention_mask, **kwargs)
+    if seen is not None:
+        seen.append((module, fused))
+    out, weights = found
     control = _ACTIVE.get()
     if control is None:
         return out, weights
@@ -147,6 +180,47 @@ def _reportgen_attention(
             )
         out = out * control.gates[:, layer, :, None].to(out.dtype)[:, None]
     return out, weights
+
+
+# Keyword arguments the standard eager attention receives and ignores (a None or False value of
+# any other argument is also harmless; anything else, e.g. softcap or s_aux, needs the model's).
+_IGNORED_KWARGS = frozenset(
+    {"position_ids", "cache_position", "use_cache", "output_attentions", "is_causal"}
+)
+
+
+def _fused_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """softmax(q·kᵀ·scaling + mask)·v and its weights, as the standard eager attention returns
+    them ([B, T, H, D] and [B, H, Tq, Tk]); None for a call with anything else in it."""
+    if dropout or any(
+        v is not None and v is not False and k not in _IGNORED_KWARGS for k, v in kwargs.items()
+    ):
+        return None
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        return None
+    heads = query.shape[1]
+    if key.shape[1] != heads:  # grouped-query attention: each key/value head serves a group
+        key = key.repeat_interleave(heads // key.shape[1], dim=1)
+        value = value.repeat_interleave(heads // value.shape[1], dim=1)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    # Scaling q (B·H·T·D values) instead of the scores (B·H·T·T) saves a full-size temporary in
+    # the forward and another in the backward; adding the mask in place saves one more.
+    scores = torch.matmul(query * scale, key.transpose(-1, -2))
+    if attention_mask is not None:
+        scores.add_(attention_mask[:, :, :, : key.shape[-2]])
+    if query.element_size() < 4:
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    else:
+        weights = torch.softmax(scores, dim=-1)
+    return torch.matmul(weights, value).transpose(1, 2), weights
 
 
 AttentionInterface.register(ATTENTION_NAME, _reportgen_attention)
@@ -270,6 +344,7 @@ def load_model(
         accepts_position_ids=_accepts(model, "position_ids"),
     )
     loaded.num_layers, loaded.num_heads = check_attention(loaded)
+    loaded.fused_attention = enable_fused_attention(loaded)
     return loaded
 
 
@@ -296,6 +371,55 @@ def check_attention(lm: LoadedModel) -> tuple[int, int]:
             f"model '{lm.name}' has layers with different head counts: {sorted(heads)}"
         )
     return len(weights), heads.pop()
+
+
+# Largest difference allowed between the fused and the model's own attention on the probe, for
+# attention weights and (relative to the largest magnitude) final outputs: rounding order only.
+_PROBE_TOLERANCE = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-4,
+    torch.bfloat16: 5e-2,
+    torch.float16: 1e-2,
+}
+
+
+def enable_fused_attention(lm: LoadedModel) -> bool:
+    """Run every attention layer through `_fused_attention` if, on a seeded probe batch with
+    padding, it gives the model's own attention weights and outputs; return whether it does.
+    A model whose eager attention computes anything else keeps its own."""
+    vocab = lm.model.get_input_embeddings().num_embeddings
+    ids = torch.randint(vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    inputs = {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device)}
+    seen: list[tuple[torch.nn.Module, bool]] = []
+    token = _SEEN.set(seen)
+    try:
+        with torch.no_grad(), own_eager(), attention_control(record=True) as own_weights:
+            own = lm.model(**inputs)[0]
+        modules = list(dict.fromkeys(module for module, _ in seen))
+        for module in modules:
+            setattr(module, _FUSED_FLAG, True)
+        seen.clear()
+        with torch.no_grad(), attention_control(record=True) as fused_weights:
+            fused = lm.model(**inputs)[0]
+    finally:
+        _SEEN.reset(token)
+    tol = _PROBE_TOLERANCE[lm.dtype]
+    same = (
+        bool(seen)
+        and all(used for _, used in seen)
+        and len(own_weights) == len(fused_weights)
+        and all(
+            a.shape == b.shape and float((a - b).abs().max()) <= tol
+            for a, b in zip(own_weights, fused_weights, strict=True)
+        )
+        and float((own - fused).abs().max()) <= tol * max(1.0, float(own.abs().max()))
+    )
+    if not same:
+        for module in modules:
+            setattr(module, _FUSED_FLAG, False)
+    return same
 
 
 def weights_sha256(path: Path) -> str:

@@ -418,16 +418,15 @@ def _target_text(lm: LoadedModel, ids: tuple[int, ...] | None) -> str | None:
     return str(lm.tokenizer.decode(list(ids))).strip()
 
 
-def _attn_grad(lm: LoadedModel, rows: Sequence[Encoded], signed: bool) -> tuple[_Pass, list[Any]]:
-    """Base pass with gradients: A ⊙ ∂L/∂A per layer, [L][B, H, T, T] (absolute unless signed)."""
+def _attn_grad(lm: LoadedModel, rows: Sequence[Encoded]) -> tuple[_Pass, list[Any]]:
+    """Base pass with gradients: A ⊙ ∂L/∂A per layer, [L][B, H, T, T], signed."""
     import torch
 
     run = _forward(lm, rows, record=True)
     grads = torch.autograd.grad(run.losses.sum(), run.weights)
     # In place: the gradients are fresh tensors of ours, and on CPU a new [B, H, T, T] tensor per
     # layer costs about as much as the product itself.
-    products = [g.mul_(a.detach()) for a, g in zip(run.weights, grads, strict=True)]
-    return run, products if signed else [p.abs_() for p in products]
+    return run, [g.mul_(a.detach()) for a, g in zip(run.weights, grads, strict=True)]
 
 
 def _attattr(
@@ -520,19 +519,25 @@ def compute_batch(
             base = _forward(lm, batch, record=True)
         per_layer = [w.detach() for w in base.weights]
     else:
-        base, per_layer = _attn_grad(lm, batch, signed=settings.method == "attattr")
+        base, per_layer = _attn_grad(lm, batch)
         if settings.method == "attattr":
             budget = max(1, settings.batch_size) * settings.steps
             per_layer = _attattr(lm, batch, base, settings.steps, budget)
     results = []
     for b, row in enumerate(batch):
         n = len(row.ids)
-        # Each layer's block is copied (and cast) straight into the example's array: no
-        # [B, L, H, T, T] stack and no second copy.
+        # Each layer's block is copied (and cast) straight into the example's array, taking
+        # magnitudes on the way for attn-grad: no [B, L, H, T, T] stack, no second pass.
         scores = np.empty((len(per_layer), lm.num_heads, n, n), dtype=np.float32)
         into = torch.from_numpy(scores)
         for layer, part in enumerate(per_layer):
-            into[layer].copy_(part[b, :, :n, :n])
+            block = part[b, :, :n, :n]
+            if settings.method != "attn-grad":
+                into[layer].copy_(block)
+            elif block.dtype == into.dtype:
+                torch.abs(block, out=into[layer])
+            else:
+                into[layer].copy_(block.abs())
         names = dict.fromkeys(["total", metric.name])
         if row.prediction_position is not None:
             names["prediction"] = None
@@ -573,7 +578,9 @@ def compute(
 ) -> Iterator[Result]:
     """Saliency for every example, in input order, one batch at a time (results stream out).
 
-    All inputs are encoded and checked before the first pass, so a bad input fails fast."""
+    All inputs are encoded and checked before the first pass, so a bad input fails fast; only
+    their lengths are kept, and each window of inputs is encoded again when its turn comes (this
+    costs ~0.1 ms per input and keeps memory flat in the number of inputs)."""
     from reportgen.models import Task
 
     check_method(settings.method)
@@ -594,8 +601,11 @@ def compute(
             "metric 'prediction' needs a prediction position, which a bare encoder has not; "
             "use total or flow:SRC->DST"
         )
-    encoded = [encode(ex, lm, settings.max_tokens, settings.truncate) for ex in examples]
-    for window in _windows(encoded, lm, settings.batch_size):
+    lengths = [len(encode(ex, lm, settings.max_tokens, settings.truncate).ids) for ex in examples]
+    for first, last in _windows(lengths, lm, settings.batch_size):
+        window = [
+            encode(ex, lm, settings.max_tokens, settings.truncate) for ex in examples[first:last]
+        ]
         # Batches of similar lengths pad less; results still leave in input order.
         order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
         done: dict[int, Result] = {}
@@ -614,20 +624,18 @@ WINDOW_BYTES = 128 * 2**20
 """...or of this many bytes of scores, whichever is smaller (a window's results are held)."""
 
 
-def _windows(
-    encoded: Sequence[Encoded], lm: LoadedModel, batch_size: int
-) -> Iterator[list[Encoded]]:
-    """Consecutive runs of inputs, each at most WINDOW_BATCHES batches and WINDOW_BYTES of
-    float32 scores (but at least one input)."""
-    window: list[Encoded] = []
-    size = 0
+def _windows(lengths: Sequence[int], lm: LoadedModel, batch_size: int) -> Iterator[tuple[int, int]]:
+    """Consecutive runs [first, last) of inputs (given their token counts), each at most
+    WINDOW_BATCHES batches and WINDOW_BYTES of float32 scores (but at least one input)."""
+    first, size = 0, 0
     per_cell = 4 * lm.num_layers * lm.num_heads
-    for row in encoded:
-        cost = per_cell * len(row.ids) ** 2
-        if window and (len(window) == WINDOW_BATCHES * batch_size or size + cost > WINDOW_BYTES):
-            yield window
-            window, size = [], 0
-        window.append(row)
+    for index, length in enumerate(lengths):
+        cost = per_cell * length**2
+        if index > first and (
+            index - first == WINDOW_BATCHES * batch_size or size + cost > WINDOW_BYTES
+        ):
+            yield first, index
+            first, size = index, 0
         size += cost
-    if window:
-        yield window
+    if lengths:
+        yield first, len(lengths)

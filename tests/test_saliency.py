@@ -128,7 +128,8 @@ def _perturbed_loss(lm, row, where, eps):
 
     models._eager_of = eager_of
     try:
-        with torch.no_grad():
+        # Through the model's own eager attention: independent of reportgen's fused attention.
+        with torch.no_grad(), models.own_eager():
             return _loss_with(lm, row).losses.item()
     finally:
         models._eager_of = real_eager_of
@@ -403,6 +404,72 @@ def test_sdpa_only_attention_is_a_clear_error(loaded):
         lm.model.set_attn_implementation(models.ATTENTION_NAME)
 
 
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_attention_gives_the_models_own_scores(tiny_models, loaded, name, dtype, monkeypatch):
+    lm = loaded[name] if dtype == "float64" else load_model(tiny_models[name], "cpu", dtype)
+    # Llama's own eager softmax runs in float32, which a float64 fused softmax does not match.
+    assert lm.fused_attention == (name != "llama" or dtype == "float32")
+    calls = {"n": 0}
+    real = models._fused_attention
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "_fused_attention", counted)
+    rows = _encoded(lm, INPUTS[name])
+    for method in ("attn-grad", "attention"):
+        settings = Settings(method=method, dtype=dtype)
+        fused = compute_batch(lm, rows, settings, ablate=False)
+        assert (calls["n"] > 0) == lm.fused_attention
+        calls["n"] = 0
+        with models.own_eager():
+            own = compute_batch(lm, rows, settings, ablate=False)
+        assert calls["n"] == 0
+        for a, b in zip(fused, own, strict=True):
+            scale = np.abs(b.scores).max()
+            rtol = 1e-5 if dtype == "float32" else 1e-10
+            np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=rtol * scale)
+            assert a.value == pytest.approx(b.value, rel=rtol)
+
+
+def test_fused_attention_is_refused_where_the_models_own_attention_differs(
+    tiny_models, monkeypatch
+):
+    import transformers.models.gpt2.modeling_gpt2 as gpt2
+
+    real = gpt2.eager_attention_forward
+    calls = {"n": 0}
+
+    def rescaled(module, query, key, value, mask, **kwargs):
+        """An eager attention that does not compute the standard softmax(q·kᵀ·scaling)."""
+        calls["n"] += 1
+        return real(module, query, key, value, mask, **{**kwargs, "scaling": 0.7})
+
+    monkeypatch.setattr(gpt2, "eager_attention_forward", rescaled)
+    lm = load_model(tiny_models["gpt2"], "cpu")
+    assert not lm.fused_attention
+    assert not any(getattr(m, models._FUSED_FLAG, False) for m in lm.model.modules())
+    calls["n"] = 0
+    compute_batch(lm, _encoded(lm, CAUSAL_INPUTS), Settings(), ablate=False)
+    assert calls["n"] == lm.num_layers, "every layer ran the model's own attention"
+
+
+def test_fused_attention_leaves_calls_with_other_arguments_to_the_model():
+    q, k, v = (torch.randn(1, 4, 3, 2) for _ in range(3))
+    assert models._fused_attention(q, k, v, None, scaling=0.5, softcap=30.0) is None
+    assert models._fused_attention(q, k, v, None, scaling=0.5, dropout=0.1) is None
+    out, weights = models._fused_attention(q, k, v, None, scaling=0.5, position_ids=torch.ones(1))
+    expected = torch.softmax(q @ k.transpose(-1, -2) * 0.5, dim=-1)
+    torch.testing.assert_close(weights, expected)
+    torch.testing.assert_close(out, (expected @ v).transpose(1, 2))
+    grouped, _ = models._fused_attention(q, k[:, :2], v[:, :2], None, scaling=0.5)
+    torch.testing.assert_close(
+        grouped[:, :, 1], (torch.softmax(q[:, 1] @ k[:, 0].transpose(-1, -2) * 0.5, -1) @ v[:, 0])
+    )
+
+
 def test_nan_model_is_a_clear_error(loaded):
     lm = loaded["gpt2"]
     weight = lm.model.lm_head.weight
@@ -447,3 +514,16 @@ def test_task_specific_input_errors(loaded):
                 examples_from_items(ENCODER_INPUTS), loaded["bert"], Settings(metric="prediction")
             )
         )
+
+
+def test_windows_bound_the_inputs_and_bytes_held(loaded):
+    from reportgen.saliency import WINDOW_BATCHES, WINDOW_BYTES, _windows
+
+    lm = loaded["gpt2"]
+    lengths = [5] * (WINDOW_BATCHES * 2 * 3 + 1)
+    spans = list(_windows(lengths, lm, 2))
+    assert spans[0] == (0, WINDOW_BATCHES * 2) and spans[-1] == (len(lengths) - 1, len(lengths))
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    big = int((WINDOW_BYTES / (4 * lm.num_layers * lm.num_heads)) ** 0.5) + 1
+    assert list(_windows([big, big, 3], lm, 8)) == [(0, 1), (1, 2), (2, 3)]
+    assert list(_windows([], lm, 8)) == []
