@@ -63,7 +63,7 @@ def load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def describe(load_at_start: str) -> str:
+def describe(load_at_start: str, allocator: str) -> str:
     """Machine, load, and versions (reportgen's commit included) as Markdown."""
     import torch
 
@@ -74,6 +74,8 @@ def describe(load_at_start: str) -> str:
         "",
         f"- CPU: {_cpu()}, {os.cpu_count()} cores; torch threads: {torch.get_num_threads()}; "
         f"memory: {_memory()}; GPU: none used",
+        f"- allocator: {allocator} (`reportgen.models.keep_freed_memory`, as the command line "
+        "sets it before computing)",
         f"- load average (1/5/15 min) at start: {load_at_start}; at end: {load()}",
         f"- OS: {platform.platform()}; Python {platform.python_version()}",
         f"- reportgen {_version('reportgen')} at commit {commit}"

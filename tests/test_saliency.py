@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -523,7 +524,15 @@ def test_windows_bound_the_inputs_and_bytes_held(loaded):
     lengths = [5] * (WINDOW_BATCHES * 2 * 3 + 1)
     spans = list(_windows(lengths, lm, 2))
     assert spans[0] == (0, WINDOW_BATCHES * 2) and spans[-1] == (len(lengths) - 1, len(lengths))
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     big = int((WINDOW_BYTES / (4 * lm.num_layers * lm.num_heads)) ** 0.5) + 1
     assert list(_windows([big, big, 3], lm, 8)) == [(0, 1), (1, 2), (2, 3)]
     assert list(_windows([], lm, 8)) == []
+
+
+def test_keep_freed_memory_applies_with_glibc():
+    import platform
+    import sys
+
+    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert models.keep_freed_memory() == on_glibc
