@@ -116,3 +116,143 @@ def test_opening_something_that_is_not_a_run(tmp_path):
 def test_timestamp_honours_source_date_epoch(monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     assert timestamp() == "2023-11-14T22:13:20Z"
+
+
+def _many(run: Run, out, n: int) -> Run:
+    """A run of `n` entries (the fixture's examples over and over, with fresh ids)."""
+    from dataclasses import replace
+
+    results = list(run.results())
+    with RunWriter(out, run.info) as writer:
+        for i in range(n):
+            result = results[i % len(results)]
+            writer.add(replace(result, example=replace(result.example, id=f"x{i}")))
+    return Run.open(out)
+
+
+def test_writer_streams_entries_to_the_manifest_and_keeps_none(gpt2_run, tmp_path):
+    import tracemalloc
+
+    run = Run.open(gpt2_run)
+    result = run.result(0)
+    tracemalloc.start()
+    try:
+        with RunWriter(tmp_path / "run", run.info) as writer:
+            for _ in range(20):
+                writer.add(result)
+            settled = tracemalloc.get_traced_memory()[0]
+            manifest = writer._tmp / "manifest.json"
+            size = manifest.stat().st_size
+            for _ in range(300):
+                writer.add(result)
+            grown = tracemalloc.get_traced_memory()[0] - settled
+            assert manifest.stat().st_size > size, "entries go to the file as they come"
+    finally:
+        tracemalloc.stop()
+    # Held entries would cost ~1.5 KB each as dicts (the old writer: ~450 KB here).
+    assert grown < 60_000, f"the writer grew by {grown} bytes over 300 results"
+    text = (tmp_path / "run" / "manifest.json").read_text("utf-8")
+    data = json.loads(text)
+    assert len(data["examples"]) == 320
+    assert data["examples"][-1]["record"] == "records/000320.safetensors"
+    # Byte for byte what json.dumps(indent=1) makes of the whole manifest, as before streaming.
+    assert text == json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False) + "\n"
+
+
+def test_manifest_layout_is_json_indent_1_for_0_1_and_n_entries(gpt2_run, tmp_path):
+    run = Run.open(gpt2_run)
+    for n in (0, 1, 3):
+        opened = _many(run, tmp_path / f"run{n}", n)
+        text = (opened.path / "manifest.json").read_text("utf-8")
+        assert text == json.dumps(json.loads(text), ensure_ascii=False, indent=1) + "\n"
+        assert list(opened.ids) == [f"x{i}" for i in range(n)]
+
+
+def test_a_run_with_many_entries_opens_lazily_and_reads_back(gpt2_run, tmp_path):
+    import tracemalloc
+    from dataclasses import replace
+
+    many = _many(Run.open(gpt2_run), tmp_path / "run", 400)
+    manifest = json.loads((many.path / "manifest.json").read_text("utf-8"))
+    tracemalloc.start()
+    try:
+        run = Run.open(many.path)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 150_000, f"Run.open holds {held} bytes for 400 entries"  # was ~2 MB
+    assert len(run) == 400 and run.ids == tuple(e["id"] for e in manifest["examples"])
+    entries = list(run.entries)
+    assert [e.record for e in entries] == [e["record"] for e in manifest["examples"]]
+    assert run.entries[-1] == entries[399] and run.entries[1:3] == entries[1:3]
+    with pytest.raises(IndexError):
+        run.entries[400]
+    original = Run.open(gpt2_run).result(123 % 3)
+    _assert_same(run.result(123), replace(original, example=replace(original.example, id="x123")))
+    assert run.head_scores(run.info.metric).shape == (400, run.info.num_layers, run.info.num_heads)
+
+
+@pytest.mark.parametrize("layout", ["compact", "crlf", "indent 2"])
+def test_a_manifest_laid_out_otherwise_still_opens(gpt2_run, tmp_path, layout):
+    """Hand-edited or reformatted manifests are read whole, as they always were."""
+    import shutil
+
+    shutil.copytree(gpt2_run, tmp_path / "run")
+    path = tmp_path / "run" / "manifest.json"
+    data = json.loads(path.read_text("utf-8"))
+    if layout == "compact":
+        path.write_text(json.dumps(data, ensure_ascii=False), "utf-8")
+    elif layout == "crlf":
+        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    else:
+        path.write_text(json.dumps(data, indent=2), "utf-8")
+    original, run = Run.open(gpt2_run), Run.open(tmp_path / "run")
+    assert run.info == original.info and list(run.entries) == list(original.entries)
+    _assert_same(run.result(2), original.result(2))
+    from reportgen.records import is_run
+
+    assert is_run(tmp_path / "run")
+
+
+def test_a_malformed_entry_is_named(gpt2_run, tmp_path):
+    import shutil
+
+    shutil.copytree(gpt2_run, tmp_path / "run")
+    path = tmp_path / "run" / "manifest.json"
+    path.write_text(path.read_text("utf-8").replace('"tokens"', '"tokenz"', 1), "utf-8")
+    with pytest.raises(RunError, match=r"manifest.json: entry 1 is incomplete .*tokens"):
+        Run.open(tmp_path / "run")
+
+
+def test_a_manifest_replaced_after_opening_is_not_misread(gpt2_run, tmp_path):
+    import shutil
+
+    shutil.copytree(gpt2_run, tmp_path / "run")
+    run = Run.open(tmp_path / "run")
+    _many(run, tmp_path / "run", 5)  # another compute replaces the folder
+    with pytest.raises(RunError, match="changed since the run was opened"):
+        run.result(0)
+
+
+@pytest.mark.parametrize("when", ["first", "middle"])
+def test_an_interrupted_writer_leaves_nothing_behind(gpt2_run, tmp_path, when):
+    run = Run.open(gpt2_run)
+    with pytest.raises(KeyboardInterrupt), RunWriter(tmp_path / "new", run.info) as writer:
+        if when == "middle":
+            writer.add(run.result(0))
+            writer.add(run.result(1))
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == [], "no run and no temporary folder"
+
+
+def test_a_result_that_cannot_be_written_fails_the_run_cleanly(gpt2_run, tmp_path):
+    from dataclasses import replace
+
+    run = Run.open(gpt2_run)
+    with (
+        pytest.raises(ValueError, match="Out of range float"),
+        RunWriter(tmp_path / "new", run.info) as writer,
+    ):
+        writer.add(run.result(0))
+        writer.add(replace(run.result(1), value=float("nan")))
+    assert list(tmp_path.iterdir()) == []
