@@ -207,7 +207,7 @@ def figure(
         if out.suffix.lower() not in (".svg", ".png"):
             raise _UsageError(f"--out {out}: the figure is written as .svg or .png")
         opened = Run.open(run)
-        ids = [e.id for e in opened.entries]
+        ids = opened.ids
         if id not in ids:
             shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
             raise _UsageError(f"--id {id}: no such input in {run} (ids: {shown})")

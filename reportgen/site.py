@@ -12,8 +12,10 @@ file name). Each page's data is JSON inside `<script type="application/json">` w
 (`<script src>`), and nothing is fetched: the site works from file:// and under any sub-path,
 and a Content-Security-Policy forbids network connections.
 
-Example pages are rendered one at a time from `run.result(i)`, so memory does not grow with the
-number of inputs. Output is deterministic: the same run renders to byte-identical files.
+Pages are rendered one at a time (an example page from `run.result(i)`) and streamed to their
+files; the index table's rows are made from the manifest as they are written. So memory does not
+grow with the number of inputs (but for the index page's packed scores, 4 bytes a head per
+input). Output is deterministic: the same run renders to byte-identical files.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import os
 import re
 import tempfile
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,8 @@ TOP_HEADS_SHOWN = 5
 EXCERPT = 90
 RANK_SCALE = 100_000
 """Per-input head scores are embedded in the index as uint32 integers, score × RANK_SCALE."""
+RANK_BLOCK = 1024
+"""Inputs whose scores are scaled at a time (so there is no float64 copy of them all)."""
 
 
 # --- helpers shared with templates ----------------------------------------------------------
@@ -246,9 +250,8 @@ def _excerpt(text: str, limit: int = EXCERPT) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _row(index: int, entry: Entry, name: str, grid: np.ndarray) -> Row:
+def _row(index: int, entry: Entry, name: str, top: tuple[int, int], top_score: float) -> Row:
     ablation = entry.ablation
-    top = charts.top_head(grid)
     return Row(
         index=index,
         id=entry.id,
@@ -259,7 +262,7 @@ def _row(index: int, entry: Entry, name: str, grid: np.ndarray) -> Row:
         predicted=entry.predicted,
         value=entry.value,
         top=top,
-        top_score=float(grid[top]),
+        top_score=top_score,
         delta_top=None if ablation is None else ablation.delta_top,
         delta_random=None if ablation is None else ablation.delta_random,
     )
@@ -288,20 +291,18 @@ class _Site:
     title: str
     value_label: str
     method: str
-    grids: np.ndarray = field(repr=False)
 
     @classmethod
     def gather(cls, run: Run, settings: Settings) -> _Site:
         env = environment(settings.templates)
-        count = len(run.entries)
-        names = tuple(page_name(i, e.id, count) for i, e in enumerate(run.entries))
+        count = len(run)
+        names = tuple(page_name(i, id_, count) for i, id_ in enumerate(run.ids))
         info = run.info
         model = info.model.rstrip("/").rsplit("/", 1)[-1] or info.model
         title = settings.title or info.title or f"{model} · {count} input{'s' * (count != 1)}"
         value_label = "cosine" if info.task == "encoder" else "p(target)"
         method = f"{info.method}: {METHODS.get(info.method, '')}".rstrip(": ")
-        grids = run.head_scores(info.metric)
-        return cls(run, settings, env, names, title, value_label, method, grids)
+        return cls(run, settings, env, names, title, value_label, method)
 
     def common(self, links: Links) -> dict[str, Any]:
         info = self.run.info
@@ -316,30 +317,62 @@ class _Site:
         }
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """The index table's rows, made afresh from the manifest on each pass (as the page is
+    written), so 10,000 inputs do not mean 10,000 rows in memory."""
+
+    run: Run
+    names: tuple[str, ...]
+    tops: np.ndarray
+    """Each input's top head as a flat index layer * heads + head."""
+    top_scores: np.ndarray
+
+    def __iter__(self) -> Iterator[Row]:
+        heads = self.run.info.num_heads
+        for i, entry in enumerate(self.run.entries):
+            top = (int(self.tops[i]) // heads, int(self.tops[i]) % heads)
+            yield _row(i, entry, self.names[i], top, float(self.top_scores[i]))
+
+
 def _index_page(site: _Site) -> Page:
     info = site.run.info
-    grids = site.grids
     layers, heads = info.num_layers, info.num_heads
-    mean = grids.mean(axis=0) if len(grids) else np.zeros((layers, heads), np.float32)
-    rows = [_row(i, entry, site.names[i], grids[i]) for i, entry in enumerate(site.run.entries)]
-    deltas = [r.delta_top for r in rows if r.delta_top is not None]
-    randoms = [r.delta_random for r in rows if r.delta_random is not None]
-    ranking = np.rint(grids.reshape(len(grids), layers * heads).astype(np.float64) * RANK_SCALE)
+    grids = site.run.head_scores(info.metric)
+    count = len(grids)
+    mean = grids.mean(axis=0) if count else np.zeros((layers, heads), np.float32)
+    flat = grids.reshape(count, layers * heads)
+    tops = flat.argmax(axis=1)  # as charts.top_head: the first one on ties
+    top_scores = flat[np.arange(count), tops]
+    # Little-endian uint32 in base64: 10,000 inputs as Python ints would cost ~50 MB. Made a
+    # block at a time, without a float64 copy of every score.
+    ranking = np.empty((count, layers * heads), "<u4")
+    for start in range(0, count, RANK_BLOCK):
+        block = flat[start : start + RANK_BLOCK]
+        ranking[start : start + RANK_BLOCK] = np.rint(block.astype(np.float64) * RANK_SCALE)
+    del grids, flat
+    deltas: list[float] = []
+    randoms: list[float] = []
+    values: list[float] = []
+    for entry in site.run.entries:
+        values.append(entry.value)
+        if entry.ablation is not None:
+            deltas.append(entry.ablation.delta_top)
+            randoms.append(entry.ablation.delta_random)
     data = {
         "kind": "index",
         "spec": charts.grid_spec(mean),
         "heads": heads,
         "scale": RANK_SCALE,
         "per_input": layers * heads,
-        # Little-endian uint32 in base64: 10,000 inputs as Python ints would cost ~50 MB.
-        "scores": base64.b64encode(ranking.astype("<u4").tobytes()).decode("ascii"),
+        "scores": base64.b64encode(ranking.data).decode("ascii"),
     }
     context = {
-        "rows": rows,
-        "top_heads": charts.top_heads(mean, TOP_HEADS_SHOWN) if len(grids) else [],
+        "rows": _Rows(site.run, site.names, tops, top_scores),
+        "top_heads": charts.top_heads(mean, TOP_HEADS_SHOWN) if count else [],
         "mean_delta_top": float(np.mean(deltas)) if deltas else None,
         "mean_delta_random": float(np.mean(randoms)) if randoms else None,
-        "mean_value": float(np.mean([r.value for r in rows])) if rows else None,
+        "mean_value": float(np.mean(values)) if values else None,
     }
     return Page("index", "index.html", "index.html", site.title, context, data)
 
@@ -361,8 +394,8 @@ def _example_page(site: _Site, index: int, result: Result) -> Page:
     grid = np.asarray(result.head_scores[linked.metric])
     count = len(site.names)
     neighbour = {
-        "prev": (index - 1, site.run.entries[index - 1].id) if index > 0 else None,
-        "next": (index + 1, site.run.entries[index + 1].id) if index + 1 < count else None,
+        "prev": (index - 1, site.run.ids[index - 1]) if index > 0 else None,
+        "next": (index + 1, site.run.ids[index + 1]) if index + 1 < count else None,
     }
     name = site.names[index]
     context = {
@@ -405,9 +438,10 @@ def _meta_text(value: Any) -> str:
 # --- rendering ------------------------------------------------------------------------------
 
 
-def _render(site: _Site, page: Page, links: Links) -> str:
+def _render(site: _Site, page: Page, links: Links) -> Iterator[str]:
+    """The page's HTML in pieces, as the template makes them (written out as they come)."""
     template = site.env.get_template(page.template)
-    return template.render(
+    return template.generate(
         **site.common(links), **page.context, page=page, data=page.data, inline=False
     )
 
@@ -429,10 +463,13 @@ def _site_assets(env: jinja2.Environment) -> dict[str, str]:
     }
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str | Iterable[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
+        if isinstance(text, str):
+            fh.write(text)
+        else:
+            fh.writelines(text)
 
 
 def _pages(site: _Site) -> Iterator[tuple[Page, int]]:
@@ -546,7 +583,7 @@ class _SingleFile:
         """Write the file next to `path` under a temporary name; the caller renames it."""
         env = self.site.env
         template = env.get_template("single.html")
-        html = template.render(
+        html = template.generate(
             **self.site.common(self.links),
             sections=self.sections,
             data={"kind": "single"},
@@ -562,7 +599,7 @@ class _SingleFile:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(html)
+                fh.writelines(html)
             os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
         except BaseException:
             os.unlink(tmp)

@@ -322,3 +322,39 @@ def test_an_empty_run_renders(run: Run, tmp_path: Path) -> None:
     out = site.render_site(Run.open(tmp_path / "empty"), tmp_path / "site", Settings())
     index = (out / "index.html").read_text("utf-8")
     assert "0 inputs" in index and not list((out / "examples").glob("*.html"))
+
+
+def test_index_rows_are_made_as_the_page_is_written(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index of many inputs: rows come from the manifest on each pass (none are held), the
+    page is written in pieces, and its packed scores are made a block at a time."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from reportgen.charts import top_head
+    from reportgen.records import RunWriter
+
+    results = list(run.results())
+    with RunWriter(tmp_path / "run", run.info) as writer:
+        for i in range(50):
+            result = results[i % len(results)]
+            writer.add(replace(result, example=replace(result.example, id=f"x{i}")))
+    many = Run.open(tmp_path / "run")
+    monkeypatch.setattr(site, "RANK_BLOCK", 7)
+    gathered = site._Site.gather(many, Settings())
+    page = site._index_page(gathered)
+    rows = page.context["rows"]
+    assert not isinstance(rows, (list, tuple))
+    first = list(rows)
+    assert first == list(rows) and [r.id for r in first] == [f"x{i}" for i in range(50)]
+    grids = many.head_scores(many.info.metric)
+    assert [r.top for r in first] == [top_head(g) for g in grids]
+    assert [r.top_score for r in first] == [float(g[top_head(g)]) for g in grids]
+    packed = np.frombuffer(base64.b64decode(page.data["scores"]), "<u4").reshape(50, -1)
+    expected = np.rint(grids.reshape(50, -1).astype(np.float64) * site.RANK_SCALE)
+    np.testing.assert_array_equal(packed, expected.astype("<u4"))
+    pieces = site._render(gathered, page, site.Links(gathered.names))
+    assert not isinstance(pieces, str)
+    assert "".join(pieces).count("<tr data-row=") == 50
