@@ -79,7 +79,9 @@ class Watched:
         return bool((frame or self.page).evaluate("() => window.reportgen.ready.then(v => !!v)"))
 
     def settle(self) -> None:
-        self.page.evaluate("() => window.reportgen.view.runAsync().then(() => true)")
+        """Wait until the view has run and the page's text (caption, index order) caught up:
+        the page writes that text in a task after the one that drew the chart."""
+        self.page.evaluate("() => window.reportgen.settled().then(() => true)")
 
 
 @pytest.fixture
@@ -208,7 +210,7 @@ def test_the_index_ranks_inputs_by_the_selected_head(watched: Watched, www: Path
 def test_the_single_file_works_in_a_sandboxed_iframe(watched: Watched, www: Path, run: Run) -> None:
     watched.page.goto((www / "host.html").as_uri())
     frame = watched.page.frames[1]
-    assert frame.url == "about:srcdoc"
+    frame.wait_for_url("about:srcdoc")  # Playwright may not have seen the frame commit yet
     assert watched.wait(frame)  # the index grid
     frame.click("a[href='#example-2']")
     assert watched.wait(frame)
