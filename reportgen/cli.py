@@ -88,6 +88,13 @@ def main_callback(
     """Attention saliency for Hugging Face transformers models, as a static HTML report."""
 
 
+def _tune_allocator() -> None:
+    """Before computing: keep freed memory for the next batch (see keep_freed_memory)."""
+    from reportgen.models import keep_freed_memory
+
+    keep_freed_memory()
+
+
 @app.command()
 def build(
     inputs: InputsArg,
@@ -118,6 +125,7 @@ def build(
     with _errors(debug), _Progress(settings.quiet) as progress:
         from reportgen.pipeline import build as run_build
 
+        _tune_allocator()
         report = run_build(
             inputs,
             out,
@@ -155,6 +163,7 @@ def compute(
     with _errors(debug), _Progress(settings.quiet) as progress:
         from reportgen.pipeline import compute as run_compute
 
+        _tune_allocator()
         run = run_compute(
             inputs, out, settings, progress=progress.compute, on_loaded=progress.start_compute
         )

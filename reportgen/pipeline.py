@@ -88,7 +88,12 @@ def run_info(lm: Any, settings: Settings, command: str | None) -> RunInfo:
         task=lm.task.value,
         num_layers=lm.num_layers,
         num_heads=lm.num_heads,
-        attn_implementation="eager (reportgen gated wrapper)",
+        attn_implementation=(
+            "reportgen's fused softmax(q·kᵀ·scale + mask)·v, checked equal to the model's eager "
+            "attention at load"
+            if lm.fused_attention
+            else "the model's own eager attention, in reportgen's gated wrapper"
+        ),
         dtype=settings.dtype,
         device=str(lm.device),
         method=settings.method,

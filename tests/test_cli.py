@@ -67,6 +67,7 @@ def test_compute_writes_a_run_folder(tiny_models, tmp_path):
     assert manifest["examples"][0]["id"] == "a"
     assert manifest["run"]["parameters"]["ablate_k"] == 2
     assert manifest["run"]["parameters"]["seed"] == 3
+    assert manifest["run"]["attn_implementation"].startswith("reportgen's fused softmax")
     assert "1 inputs (4 tokens) in" in result.stderr and "run folder" in result.stderr
 
 
