@@ -390,9 +390,10 @@ def _targets(
         verdict(single_bytes, SINGLE_FILE_LIMIT, True, opts.quick),
     )
     table.notes.append(
-        "Mouse timings include Vega's event handling and the page's own listeners (the caption "
-        "update), up to the first task after the heatmap's data changed; view-API timings end "
-        "when `runAsync()` resolves (rendered)."
+        "Mouse timings include Vega's event handling and drawing, up to the first task after "
+        "the heatmap's data changed (the page writes its caption in a task of its own after "
+        "that; `window.reportgen.settled()` waits for it); view-API timings end when "
+        "`runAsync()` resolves (rendered)."
     )
     if tokens != TARGET_T:
         table.notes.append(f"Quick mode: T = {tokens} instead of {TARGET_T}; nothing judged.")
