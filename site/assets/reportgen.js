@@ -9,6 +9,9 @@
  *                 query, key), "cells" (packed per-head rows), "heads" (the grid), or any Vega
  *                 dataset name
  *   selection()   the selected heads as [[layer, head], ...], 1-based, sorted
+ *   settled()     a Promise, resolved once the view has run and the page's own text (the
+ *                 caption, the index's order) shows the current selection: that text follows
+ *                 a selection in a task of its own, after the chart has been drawn
  *   show(key)     single-file report only: switch to a page ("index", "about", "example-3")
  * Selections are the Vega-Lite params "pick" (click a head) and "brush" (drag a block).
  */
@@ -26,6 +29,7 @@
   }
   newReady();
   rg.view = null;
+  var textDone = Promise.resolve(); // the page text's update for the last selection change
 
   function find(root, name) {
     return root.querySelector('[data-rg="' + name + '"]');
@@ -113,14 +117,39 @@
     a.remove();
   }
 
+  rg.settled = function () {
+    if (!rg.view) return Promise.resolve(null);
+    return rg.view.runAsync().then(function (view) {
+      return textDone.then(function () {
+        return view;
+      });
+    });
+  };
+
+  /* Calls `callback` after the selection changed: once per burst of changes, in a task after
+   * the one that handled the event, so that the page's text stays off the path from a click to
+   * the drawn heatmap (issue 6). Text written in the event's task is laid out in the heatmap's
+   * frame; and a view.runAfter() callback made Vega draw the whole canvas a second time (the
+   * store's nested run and the event's run each drew). The callback's own runAsync() waits for
+   * any dataflow run still going. */
   function onSelection(view, callback) {
     var pending = false;
     function later() {
       if (pending) return;
       pending = true;
-      view.runAfter(function () {
-        pending = false;
-        callback();
+      textDone = new Promise(function (resolve) {
+        setTimeout(function () {
+          pending = false;
+          view
+            .runAsync()
+            .then(function () {
+              if (view === rg.view) callback();
+            })
+            .catch(function (err) {
+              console.error(err);
+            })
+            .then(resolve);
+        }, 0);
       });
     }
     ["pick", "brush"].forEach(function (name) {
