@@ -148,8 +148,10 @@ def head_scores(
         by_name = {s.name: s for s in spans}
         src, dst = by_name[metric.src or ""], by_name[metric.dst or ""]
         part = scores[:, :, dst.start : dst.end, src.start : src.end]
-    # Slice first, then take magnitudes (float32) and add them up in float64.
-    mass = np.abs(part).sum(axis=(2, 3), dtype=np.float64)
+    # Slice first, then take magnitudes and add up each head's along one contiguous axis: numpy
+    # sums that pairwise (relative error ~1e-7 in float32), twice as fast as a float64 sum.
+    magnitudes = np.abs(part)
+    mass = magnitudes.reshape(*magnitudes.shape[:2], -1).sum(axis=-1).astype(np.float64)
     total = mass.sum()
     if not total > 0:
         raise SaliencyError(
