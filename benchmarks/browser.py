@@ -304,8 +304,8 @@ def run(opts: Options) -> list[Table]:
         "(file://), ms",
         [
             "T",
-            "page (KB)",
-            "gzipped (KB)",
+            "page (KiB)",
+            "gzipped (KiB)",
             "first render",
             "click: mouse",
             "click: view API",
@@ -349,7 +349,7 @@ def run(opts: Options) -> list[Table]:
         f"Medians over {reps} repetitions. Brushes are drags between random cells (a "
         "double-click clears the last selection first); the full brush spans all "
         f"{HEADS * HEADS} heads, alternating corners.",
-        "Page: the example's HTML (its data inline); the Vega bundle (~0.9 MB) is a shared "
+        "Page: the example's HTML (its data inline); the Vega bundle (~0.9 MiB) is a shared "
         "asset of the site, loaded from disk.",
     ]
     return [table, _targets(opts, found, label, single_bytes)]
@@ -376,17 +376,17 @@ def _targets(
     ):
         row(f"{name}: view API", got[f"{key} api"], TARGETS_MS[target])
         row(f"{name}: mouse", got[f"{key} mouse"], TARGETS_MS[target])
-    mb = 2**20
+    mib = 2**20
     table.add(
         "page bytes",
-        f"{got['bytes'] / mb:.2f} MB",
-        f"≤ {PAGE_LIMIT / mb:.0f} MB",
+        f"{got['bytes'] / mib:.2f} MiB ({got['bytes']:,} bytes)",
+        f"≤ {PAGE_LIMIT / mib:.0f} MiB",
         verdict(got["bytes"], PAGE_LIMIT, True, opts.quick),
     )
     table.add(
         f"single-file demo report ({label}, {fixtures.DEMO_INPUTS.name})",
-        f"{single_bytes / mb:.2f} MB",
-        f"≤ {SINGLE_FILE_LIMIT / mb:.1f} MB",
+        f"{single_bytes / mib:.2f} MiB ({single_bytes:,} bytes)",
+        f"≤ {SINGLE_FILE_LIMIT / mib:.1f} MiB",
         verdict(single_bytes, SINGLE_FILE_LIMIT, True, opts.quick),
     )
     table.notes.append(
