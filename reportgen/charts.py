@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -228,6 +229,14 @@ def _label_size(tokens: int) -> int:
     return 11 if tokens <= 40 else 9 if tokens <= 96 else 8
 
 
+def label_stride(tokens: int) -> int:
+    """Every how many positions a token axis puts a label: 1 while a band is as tall as a label;
+    at T = 512 (1.25 px bands, 8 px labels) every 7th, which is about all that fits anyway.
+    Fewer label and tick items keep a redraw of the heatmap short."""
+    band = heat_side(tokens) / max(tokens, 1)
+    return max(1, math.ceil(_label_size(tokens) / band))
+
+
 def _named_spans(spans: Sequence[TokenSpan]) -> list[TokenSpan]:
     return [s for s in spans if s.name and s.end > s.start]
 
@@ -349,8 +358,14 @@ def _heat_view(
     """The T × T heatmap of the selected heads, from the packed per-head rows.
 
     Filter (selection) → joinaggregate (the selection's total and size) → cut each row to its
-    strongest ⌈budget / heads⌉ cells → flatten → aggregate (sum over heads) → share. Filtering
-    and cutting first keep an update at no more than k cells per head and `budget` in all."""
+    strongest ⌈budget / heads⌉ cells → flatten → each cell's share of the total → aggregate
+    (sum over heads). Filtering and cutting first keep an update at no more than k cells per
+    head and `budget` in all.
+
+    Per-cell work is what a click at T = 512 pays for (issue 6), so a cell carries only its
+    position and share: no ARIA description (the canvas renderer never reads it), and the
+    tooltip is the datum itself, which the page formats when a cell is hovered (`reportgen.js`
+    looks the tokens up then). Long token axes list every n-th label rather than all T."""
     side = heat_side(tokens)
     rows, cols = ("j", "i") if keys_as_rows else ("i", "j")
     titles = {"i": QUERY_TITLE, "j": KEY_TITLE}
@@ -368,6 +383,9 @@ def _heat_view(
         "offset": gap,
         "titlePadding": 8,
     }
+    stride = label_stride(tokens)
+    if stride > 1:
+        axis_style["values"] = list(range(0, tokens, stride))
     band: dict[str, Any] = {"domain": domain, "paddingInner": 0, "paddingOuter": 0}
     cells = alt.Chart(alt.Data(name=CELLS_DATA))
     if selected is not None:
@@ -381,15 +399,10 @@ def _heat_view(
         cells = cells.transform_calculate(ck="datum.c", vk="datum.v")
     cells = (
         cells.transform_flatten(["ck", "vk"])
-        .transform_aggregate(sv="sum(vk)", seltot="max(seltot)", groupby=["ck"])
-        .transform_calculate(
-            i=f"floor(datum.ck / {tokens})",
-            j=f"datum.ck % {tokens}",
-            share="datum.seltot > 0 ? datum.sv / datum.seltot : 0",
-            query=f"{TOKENS}[datum.i]",
-            key=f"{TOKENS}[datum.j]",
-        )
-        .mark_rect()
+        .transform_calculate(part="datum.seltot > 0 ? datum.vk / datum.seltot : 0")
+        .transform_aggregate(share="sum(part)", groupby=["ck"])
+        .transform_calculate(i=f"floor(datum.ck / {tokens})", j=f"datum.ck % {tokens}")
+        .mark_rect(aria=False, tooltip=alt.ExprRef(expr="datum"))
         .encode(
             x=alt.X(
                 f"{cols}:O",
@@ -420,13 +433,6 @@ def _heat_view(
                     offset=12,
                 ),
             ),
-            tooltip=[
-                alt.Tooltip("query:N", title="query"),
-                alt.Tooltip("key:N", title="key"),
-                alt.Tooltip("i:O", title="query position"),
-                alt.Tooltip("j:O", title="key position"),
-                alt.Tooltip("share:Q", title="saliency", format=".4f"),
-            ],
         )
         .properties(name=HEAT_CELLS)
     )

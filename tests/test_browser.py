@@ -240,6 +240,12 @@ def test_the_hostile_token_stays_text(watched: Watched, www: Path, run: Run) -> 
     page.mouse.move(x, y, steps=3)
     tooltip = page.locator("#vg-tooltip-element")
     tooltip.wait_for(state="visible")
-    assert HOSTILE in tooltip.inner_text()
+    text = tooltip.inner_text()
+    assert HOSTILE in text
     assert tooltip.locator("img, script").count() == 0
+    # the page writes the cell's tooltip from its datum: tokens, positions, share
+    for name in ("query", "key", "query position", "key position", "saliency"):
+        assert name in text
+    assert f"{cells[(i, j)]:.4f}" in text
+    assert "ck" not in text.split()
     assert page.evaluate(count) == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -129,7 +130,13 @@ def test_heatmap_filters_by_selection_before_flatten(linked: charts.LinkedChart)
     assert calcs["n"] == f"ceil({linked.budget} / datum.nsel)"
     assert calcs["ck"] == "slice(datum.c, 0, datum.n)"
     assert transforms[kinds.index("flatten")]["flatten"] == ["ck", "vk"]
-    assert "datum.sv / datum.seltot" in calcs["share"]
+    assert "datum.vk / datum.seltot" in calcs["part"]
+    assert kinds.index("flatten") < kinds.index("calculate", kinds.index("flatten"))
+    aggregate = transforms[kinds.index("aggregate")]
+    assert aggregate == {
+        "aggregate": [{"op": "sum", "field": "part", "as": "share"}],
+        "groupby": ["ck"],
+    }
     join = transforms[kinds.index("joinaggregate")]["joinaggregate"]
     assert {"op": "sum", "field": "tot", "as": "seltot"} in join
 
@@ -172,14 +179,45 @@ def test_tokens_are_data_never_expressions(result: Result, linked: charts.Linked
     assert result.tokens.count("a") == 2
     expressions = strings_under(spec, {"labelExpr", "calculate", "filter", "expr", "test"})
     assert expressions and not any("<" in e or "alert" in e for e in expressions)
-    tooltip = {t["title"]: t["field"] for t in encoding["tooltip"]}
-    assert tooltip == {
-        "query": "query",
-        "key": "key",
-        "query position": "i",
-        "key position": "j",
-        "saliency": "share",
-    }
+    # the tooltip is the cell's datum (positions and share); the page looks tokens up on hover
+    mark = heat_cells_view(spec)["mark"]
+    assert mark["tooltip"] == {"expr": "datum"} and "tooltip" not in encoding
+
+
+def test_heat_cells_carry_no_per_cell_text(linked: charts.LinkedChart) -> None:
+    """Each of ~1,000 cells is encoded on every click: no ARIA description (the canvas never
+    reads it) and no tooltip object or token lookups per cell."""
+    import vl_convert
+
+    view = heat_cells_view(linked.spec)
+    assert view["mark"]["aria"] is False
+    assert {t.get("as") for t in view["transform"]}.isdisjoint({"query", "key"})
+
+    def marks(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        for mark in node.get("marks", []):
+            yield mark
+            yield from marks(mark)
+
+    vega = vl_convert.vegalite_to_vega(linked.spec)
+    heat = next(m for m in marks(vega) if m.get("name") == "heat_cells_marks")
+    encode = heat["encode"]["update"]
+    assert "description" not in encode
+    assert encode["tooltip"] == {"signal": "datum"}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "stride"), [(13, 1), (64, 1), (96, 2), (128, 2), (256, 4), (512, 7)]
+)
+def test_long_token_axes_label_every_nth_position(tokens: int, stride: int) -> None:
+    assert charts.label_stride(tokens) == stride
+    # a label is never taller than its stride of bands
+    band = charts.heat_side(tokens) / tokens
+    assert stride * band >= charts._label_size(tokens) > (stride - 1) * band
+    view = charts._heat_view(tokens, False, None, False, None).to_dict()
+    encoding = view["layer"][0]["encoding"]
+    for channel in ("x", "y"):
+        values = encoding[channel]["axis"].get("values")
+        assert values == (list(range(0, tokens, stride)) if stride > 1 else None)
 
 
 def test_segment_brackets_are_data(result: Result, linked: charts.LinkedChart) -> None:

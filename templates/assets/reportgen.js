@@ -21,6 +21,7 @@
   var rg = (window.reportgen = window.reportgen || {});
   var resolveReady = null;
   var datasets = {};
+  var HEAT_MARK = "heat_cells_marks";
 
   function newReady() {
     rg.ready = new Promise(function (resolve) {
@@ -48,8 +49,33 @@
 
   rg.data = function (name) {
     if (!rg.view) return [];
-    return rg.view.data(datasets[name] || name);
+    var rows = rg.view.data(datasets[name] || name);
+    if (name !== "heat") return rows;
+    var tokens = rg.view.signal("tokens");
+    return rows.map(function (d) {
+      return { i: d.i, j: d.j, share: d.share, query: tokens[d.i], key: tokens[d.j] };
+    });
   };
+
+  /* A heatmap cell's tooltip. The spec hands over the datum itself (building a tooltip object
+   * for each of ~1,000 cells on every click cost more than drawing them); the text is made
+   * here, for the one cell hovered. Values stay text: the tooltip handler escapes them. */
+  function cellTooltip(view) {
+    var show = view.tooltip();
+    view.tooltip(function (handler, event, item, value) {
+      if (value && item && item.mark && item.mark.name === HEAT_MARK) {
+        var tokens = view.signal("tokens");
+        value = {
+          query: tokens[value.i],
+          key: tokens[value.j],
+          "query position": value.i,
+          "key position": value.j,
+          saliency: value.share.toFixed(4),
+        };
+      }
+      return show.call(this, handler, event, item, value);
+    });
+  }
 
   function storeHeads(view, store) {
     var heads = [];
@@ -176,7 +202,8 @@
 
   function mountExample(root, data, result) {
     var view = result.view;
-    datasets = { heat: markData(result.vgSpec, "heat_cells_marks") };
+    datasets = { heat: markData(result.vgSpec, HEAT_MARK) };
+    cellTooltip(view);
     var caption = find(root, "caption");
     function update() {
       var heads = rg.selection();
