@@ -238,7 +238,7 @@ def test_the_hostile_token_stays_text(watched: Watched, www: Path, run: Run) -> 
     i, j = next(cell for cell in sorted(cells) if position in cell)
     x, y = cell_center(page, "heat_cells_marks", i=i, j=j)
     page.mouse.move(x, y, steps=3)
-    tooltip = page.locator("#vg-tooltip-element")
+    tooltip = page.locator("[data-rg=tooltip]")
     tooltip.wait_for(state="visible")
     text = tooltip.inner_text()
     assert HOSTILE in text

@@ -369,3 +369,29 @@ def test_specs_compile_to_vega_with_the_mark_names_pages_use(
     assert {"grid_cells_marks", "heat_cells_marks"} <= set(names)
     signals = {s["name"] for s in vl_convert.vegalite_to_vega(linked.spec)["signals"]}
     assert {"pick", "brush", "tokens"} <= signals
+
+
+def test_to_vega_is_the_compiled_spec_with_its_values_put_back(result: Result) -> None:
+    """Pages carry Vega compiled once per shape, with the datasets and param values filled in
+    afterwards: the result equals compiling each spec whole."""
+    import vl_convert
+
+    charts._compiled.cache_clear()
+    specs = [
+        charts.linked_spec(result).spec,
+        charts.linked_spec(result, keys_as_rows=True, top_k=5).spec,
+        charts.grid_spec(np.asarray(result.head_scores["total"])),
+    ]
+    other = dict(specs[0], datasets=dict(specs[0]["datasets"], heads=[]))
+    other["params"] = [
+        dict(p, value=[{"layer": 2, "head": 3}]) if p["name"] == "pick" else p
+        for p in other["params"]
+    ]
+    for spec in [*specs, other]:
+        assert charts.to_vega(spec) == vl_convert.vegalite_to_vega(spec)
+    assert charts._compiled.cache_info().misses == 3  # `other` has the first spec's shape
+    vega = charts.to_vega(other)
+    [pick] = [d for d in vega["data"] if d["name"] == "pick_store"]
+    assert pick["values"][0]["values"] == [2, 3]
+    tokens = next(s for s in vega["signals"] if s["name"] == "tokens")
+    assert tokens["value"] == list(result.tokens)

@@ -83,7 +83,8 @@ def test_layout(built: Path) -> None:
         *(f"examples/{name}" for name in EXAMPLES),
     } == files
     bundle = (built / "assets/vega.js").read_text("utf-8")
-    assert "vegaEmbed" in bundle and len(bundle) > 500_000
+    assert "window.vega=" in bundle and len(bundle) > 500_000
+    assert "vegaEmbed" not in bundle  # pages carry compiled Vega: no Vega-Lite, no vega-embed
     for page in ["index.html", "about.html", *(f"examples/{n}" for n in EXAMPLES)]:
         html = (built / page).read_text("utf-8")
         assert len(html) < 100_000  # the bundle is written once, not per page
@@ -129,7 +130,7 @@ def test_hostile_text_is_text(built: Path) -> None:
         assert "</" not in data and "<!--" not in data
         parsed = json.loads(data)
         if page.startswith("examples/"):
-            tokens = next(p for p in parsed["spec"]["params"] if p["name"] == "tokens")
+            tokens = next(s for s in parsed["spec"]["signals"] if s["name"] == "tokens")
             assert HOSTILE in tokens["value"]  # the token survives, as data
     html = (built / "examples" / EXAMPLES[2]).read_text("utf-8")
     assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html  # the meta value, escaped
@@ -260,7 +261,7 @@ def test_single_file_is_self_contained(built: Path) -> None:
     assert [bool(vega) for vega, _ in packed].count(True) == 1, "the bundle, once"
     texts = {gzip.decompress(base64.b64decode(body)).decode("utf-8"): vega for vega, body in packed}
     [bundle] = [text for text, vega in texts.items() if vega]
-    assert bundle.count("window.vegaEmbed=") == 1 and bundle == site.vega_bundle()
+    assert bundle.count("window.vega=") == 1 and bundle == site.vega_bundle()
     pages = [json.loads(text) for text, vega in texts.items() if not vega]
     assert [p["kind"] for p in pages] == ["index", "about", "example", "example", "example"]
     assert HOSTILE not in html
@@ -279,8 +280,8 @@ def test_single_file_on_its_own_and_its_size_limit(
     path = tmp_path / "report.html"
     assert site.render_single_file(run, path, Settings()) == path
     before = path.read_bytes()
-    monkeypatch.setattr(site, "SINGLE_FILE_LIMIT", 420_000)  # the packed bundle is ~406 KB
-    with pytest.raises(OutputError, match=r"would exceed 0.401 MB .* use the site folder"):
+    monkeypatch.setattr(site, "SINGLE_FILE_LIMIT", 290_000)  # the packed bundle is ~273 KB
+    with pytest.raises(OutputError, match=r"would exceed 0.277 MiB .* use the site folder"):
         site.render_single_file(run, path, Settings())
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
