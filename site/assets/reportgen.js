@@ -21,6 +21,7 @@
   var rg = (window.reportgen = window.reportgen || {});
   var resolveReady = null;
   var datasets = {};
+  var HEAT_MARK = "heat_cells_marks";
 
   function newReady() {
     rg.ready = new Promise(function (resolve) {
@@ -48,8 +49,69 @@
 
   rg.data = function (name) {
     if (!rg.view) return [];
-    return rg.view.data(datasets[name] || name);
+    var rows = rg.view.data(datasets[name] || name);
+    if (name !== "heat") return rows;
+    var tokens = rg.view.signal("tokens");
+    return rows.map(function (d) {
+      return { i: d.i, j: d.j, share: d.share, query: tokens[d.i], key: tokens[d.j] };
+    });
   };
+
+  /* Tooltips, drawn by the page: one floating element, filled with textContent only, so a token
+   * is text whatever it holds. Vega calls the handler with the hovered item's tooltip value (an
+   * object of label: value, or null to hide). A heatmap cell hands over its datum: building a
+   * tooltip object for each of ~1,000 cells on every click cost more than drawing them, so the
+   * cell's text is made here, for the one cell hovered. */
+  var tooltipBox = null;
+
+  function tooltipValue(view, item, value) {
+    if (!(item && item.mark && item.mark.name === HEAT_MARK)) return value;
+    var tokens = view.signal("tokens");
+    return {
+      query: tokens[value.i],
+      key: tokens[value.j],
+      "query position": value.i,
+      "key position": value.j,
+      saliency: value.share.toFixed(4),
+    };
+  }
+
+  function tooltip(handler, event, item, value) {
+    var box = tooltipBox;
+    if (value == null || value === "") {
+      if (box) box.hidden = true;
+      return;
+    }
+    if (!box || !box.isConnected) {
+      box = tooltipBox = document.createElement("div");
+      box.className = "rg-tooltip";
+      box.setAttribute("data-rg", "tooltip");
+      box.setAttribute("role", "tooltip");
+      document.body.appendChild(box);
+    }
+    value = tooltipValue(this, item, value);
+    box.textContent = "";
+    if (typeof value === "object") {
+      var table = document.createElement("table");
+      Object.keys(value).forEach(function (label) {
+        var row = table.insertRow();
+        row.insertCell().textContent = label;
+        row.insertCell().textContent = String(value[label]);
+      });
+      box.appendChild(table);
+    } else {
+      box.textContent = String(value);
+    }
+    box.hidden = false;
+    // beside the pointer, flipped to the other side near the window's edges
+    var gap = 12;
+    var x = event.clientX + gap;
+    var y = event.clientY + gap;
+    if (x + box.offsetWidth > window.innerWidth) x = event.clientX - gap - box.offsetWidth;
+    if (y + box.offsetHeight > window.innerHeight) y = event.clientY - gap - box.offsetHeight;
+    box.style.left = Math.max(0, x) + "px";
+    box.style.top = Math.max(0, y) + "px";
+  }
 
   function storeHeads(view, store) {
     var heads = [];
@@ -161,22 +223,21 @@
     });
   }
 
+  /* Draw the page's Vega spec (compiled from Vega-Lite when the site was built) on a canvas.
+   * Resolves the view once it has run. */
   function embed(root, spec) {
     var el = find(root, "chart");
-    if (typeof window.vegaEmbed !== "function") {
-      throw new Error("reportgen: the Vega bundle (assets/vega.js) did not load");
-    }
-    return window.vegaEmbed(el, spec, {
+    if (!window.vega) throw new Error("reportgen: the Vega bundle (assets/vega.js) did not load");
+    var view = new window.vega.View(window.vega.parse(spec), {
       renderer: "canvas",
-      actions: false,
-      mode: "vega-lite",
-      tooltip: { theme: "light" },
+      container: el,
+      tooltip: tooltip,
     });
+    return view.runAsync();
   }
 
-  function mountExample(root, data, result) {
-    var view = result.view;
-    datasets = { heat: markData(result.vgSpec, "heat_cells_marks") };
+  function mountExample(root, data, view) {
+    datasets = { heat: markData(data.spec, HEAT_MARK) };
     var caption = find(root, "caption");
     function update() {
       var heads = rg.selection();
@@ -220,8 +281,7 @@
     });
   }
 
-  function mountIndex(root, data, result) {
-    var view = result.view;
+  function mountIndex(root, data, view) {
     var table = find(root, "table");
     var body = table.tBodies[0];
     var rows = Array.prototype.slice.call(body.rows);
@@ -271,11 +331,11 @@
       return Promise.resolve(null);
     }
     return embed(root, data.spec)
-      .then(function (result) {
-        rg.view = result.view;
-        if (data.kind === "example") mountExample(root, data, result);
-        if (data.kind === "index") mountIndex(root, data, result);
-        return result.view.runAsync();
+      .then(function (view) {
+        rg.view = view;
+        if (data.kind === "example") mountExample(root, data, view);
+        if (data.kind === "index") mountIndex(root, data, view);
+        return view.runAsync();
       })
       .then(function (view) {
         resolveReady(view);
@@ -366,7 +426,7 @@
   if (boot.kind === "single") {
     inflate(document.getElementById("rg-vega"))
       .then(function (source) {
-        (0, eval)(source); // the bundle defines window.vegaEmbed
+        (0, eval)(source); // the bundle defines window.vega
         router();
       })
       .catch(function (err) {
