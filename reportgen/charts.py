@@ -53,6 +53,11 @@ KEY_TITLE = "key token (attended to)"
 LEGEND_TITLE = "saliency"
 
 FLATTEN_BUDGET = 4096
+MAX_DEFAULT_CELLS = 512
+"""Most cells kept per head by default (`default_top_k`). A click redraws one head's cells, and
+Vega's work and the canvas's grow with them: at T = 512 (1.25 px cells), 1,024 cells per head
+put a click at ~20 ms, 512 at ~13 ms, keeping ~63% of a head's saliency instead of ~73% (the
+benchmark's random 12 × 12 model; trained heads are sharper). `--top-k` sets it."""
 """Fewest cells a heatmap update flattens before it cuts the selected heads' rows short."""
 _GRID_PAD_INNER, _GRID_PAD_OUTER = 0.08, 0.04
 _AXIS_GAP = 22
@@ -142,14 +147,15 @@ class Packed:
 
 
 def pack_cells(scores: np.ndarray, top_k: int | None = None) -> Packed:
-    """Pack |scores| [L, H, T, T] into one row per head with its top-k cells (default k = 2T).
+    """Pack |scores| [L, H, T, T] into one row per head with its top-k cells (default k =
+    `default_top_k(T)`).
 
     Values are absolute (attattr scores are signed) and rounded; zero cells are never kept.
     Cells are listed strongest first (ties by position), so the heatmap can cut a row short
     when many heads are selected, and the output is deterministic."""
     layers, heads, t, _ = scores.shape
     n = t * t
-    k = max(1, min(n, 2 * t if top_k is None else top_k))
+    k = max(1, min(n, default_top_k(t) if top_k is None else top_k))
     totals = np.abs(np.asarray(scores)).sum(axis=(2, 3), dtype=np.float64).ravel()
     scale = 1.0 / totals.max() if totals.size and totals.max() > 0 else 1.0
     cells, values = [], []
@@ -194,6 +200,12 @@ def pack_cells(scores: np.ndarray, top_k: int | None = None) -> Packed:
         kept_share=kept_total / grand if grand > 0 else 1.0,
         min_kept_share=float(shares.min()) if shares.size else 1.0,
     )
+
+
+def default_top_k(tokens: int) -> int:
+    """Cells kept per head unless asked otherwise: 2T (a head's strongest links, about two per
+    query), at most MAX_DEFAULT_CELLS."""
+    return min(2 * tokens, MAX_DEFAULT_CELLS)
 
 
 def flatten_budget(packed_k: int) -> int:

@@ -51,7 +51,8 @@ AblateOpt = Annotated[
 ]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of the random ablation baseline.")]
 TopKOpt = Annotated[
-    int | None, typer.Option("--top-k", help="Cells kept per head on a page [default: 2T].")
+    int | None,
+    typer.Option("--top-k", help="Cells kept per head on a page [default: 2T, at most 512]."),
 ]
 SingleOpt = Annotated[
     Path | None, typer.Option("--single-file", help="Also write one self-contained HTML file.")

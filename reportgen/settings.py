@@ -39,7 +39,7 @@ class Settings:
     seed: int = 0
     """Seed of the random ablation baseline."""
     top_k: int | None = None
-    """Cells kept per head in the page data; None means 2 × T."""
+    """Cells kept per head in the page data; None means 2 × T, at most 512."""
     keys_as_rows: bool = False
     """Draw keys as heatmap rows (as the reference figure does) instead of queries."""
     title: str | None = None

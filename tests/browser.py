@@ -115,7 +115,8 @@ def expected_heat(
     run: Run, index: int, heads: list[tuple[int, int]]
 ) -> dict[tuple[int, int], float]:
     """The heatmap the page should draw for 0-based heads, computed here from the run: each
-    head's top-k cells (k = 2T, by an independent sort), summed, over the heads' total."""
+    head's top-k cells (k = 2T up to 512, by an independent sort), summed, over the heads'
+    total."""
     result = run.result(index)
     mag = np.abs(result.scores.astype(np.float64))
     t = len(result.tokens)
@@ -123,7 +124,7 @@ def expected_heat(
     cells: dict[tuple[int, int], float] = {}
     for layer, head in heads:
         flat = mag[layer, head].ravel()
-        for c in np.argsort(-flat, kind="stable")[: 2 * t]:
+        for c in np.argsort(-flat, kind="stable")[: min(2 * t, 512)]:
             if flat[c] > 0:
                 key = (int(c // t), int(c % t))
                 cells[key] = cells.get(key, 0.0) + flat[c] / total

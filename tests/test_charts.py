@@ -249,6 +249,7 @@ def test_top_k_packing(result: Result) -> None:
     tokens = len(result.tokens)
     packed = charts.pack_cells(result.scores)
     assert packed.k == 2 * tokens and packed.cells == tokens * tokens
+    assert [charts.default_top_k(t) for t in (13, 256, 257, 512, 4096)] == [26, 512] + [512] * 3
     mag = np.abs(result.scores.astype(np.float64))
     scale = 1 / mag.sum(axis=(2, 3)).max()
     for row in packed.rows:
