@@ -549,7 +549,12 @@ def to_vega(spec: Mapping[str, Any]) -> dict[str, Any]:
         }
     if "params" in spec:
         skeleton["params"] = [_param_skeleton(param, hole) for param in spec["params"]]
-    compiled = json.loads(_compiled(json.dumps(skeleton)))
+    text = json.dumps(skeleton)
+    datasets = len(spec.get("datasets", {}))  # their placeholders name the prefix twice
+    if text.count(_HOLE) != len(values) + datasets:
+        # the spec's own text holds the placeholder prefix (a title, say): compile it whole
+        return dict(json.loads(_compiled(json.dumps(spec))))
+    compiled = json.loads(_compiled(text))
     filled = _fill(compiled, values)
     if values:
         raise ValueError(f"vl-convert dropped values from the spec: {sorted(values)}")

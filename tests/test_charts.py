@@ -396,3 +396,17 @@ def test_to_vega_is_the_compiled_spec_with_its_values_put_back(result: Result) -
     assert pick["values"][0]["values"] == [2, 3]
     tokens = next(s for s in vega["signals"] if s["name"] == "tokens")
     assert tokens["value"] == list(result.tokens)
+
+
+def test_to_vega_with_the_placeholder_text_in_the_spec(result: Result) -> None:
+    """A spec whose own text holds the placeholder prefix (here a title) is compiled whole."""
+    import vl_convert
+
+    spec = charts.grid_spec(np.asarray(result.head_scores["total"]), title="__reportgen_hole__0")
+    assert charts.to_vega(spec) == vl_convert.vegalite_to_vega(spec)
+    linked = charts.linked_spec(result).spec
+    linked["params"] = [
+        dict(p, value=["__reportgen_hole__1", *p["value"]]) if p["name"] == "tokens" else p
+        for p in linked["params"]
+    ]
+    assert charts.to_vega(linked) == vl_convert.vegalite_to_vega(linked)

@@ -376,6 +376,7 @@
         rg.view.finalize();
         rg.view = null;
       }
+      if (tooltipBox) tooltipBox.hidden = true;
       newReady();
       current = key;
       var section = sections[key];
