@@ -53,12 +53,12 @@ KEY_TITLE = "key token (attended to)"
 LEGEND_TITLE = "saliency"
 
 FLATTEN_BUDGET = 4096
+"""Fewest cells a heatmap update flattens before it cuts the selected heads' rows short."""
 MAX_DEFAULT_CELLS = 512
 """Most cells kept per head by default (`default_top_k`). A click redraws one head's cells, and
 Vega's work and the canvas's grow with them: at T = 512 (1.25 px cells), 1,024 cells per head
 put a click at ~20 ms, 512 at ~13 ms, keeping ~63% of a head's saliency instead of ~73% (the
 benchmark's random 12 × 12 model; trained heads are sharper). `--top-k` sets it."""
-"""Fewest cells a heatmap update flattens before it cuts the selected heads' rows short."""
 _GRID_PAD_INNER, _GRID_PAD_OUTER = 0.08, 0.04
 _AXIS_GAP = 22
 """Pixels between the heatmap and its token labels, where the segment brackets are drawn."""
@@ -534,7 +534,11 @@ def to_vega(spec: Mapping[str, Any]) -> dict[str, Any]:
     Pages carry Vega, not Vega-Lite, so the browser needs no Vega-Lite compiler (a third of the
     bundle) and draws without compiling first. Compiling takes ~15 ms, so it happens once per
     shape: the datasets and param values are swapped for placeholders, that skeleton is compiled
-    (cached), and the values are put back into the compiled spec."""
+    (cached), and the values are put back into the compiled spec. That holds only where
+    Vega-Lite copies each value through as it is; where it does more (an interval's initial
+    extent becomes expressions, a date object a timestamp), or where the spec's own text holds
+    the placeholder prefix, the placeholders do not come back once each as plain values, and the
+    spec is compiled whole instead. The result shares the datasets' rows with `spec`."""
     values: dict[str, Any] = {}
 
     def hole(value: Any) -> str:
@@ -550,15 +554,18 @@ def to_vega(spec: Mapping[str, Any]) -> dict[str, Any]:
     if "params" in spec:
         skeleton["params"] = [_param_skeleton(param, hole) for param in spec["params"]]
     text = json.dumps(skeleton)
-    datasets = len(spec.get("datasets", {}))  # their placeholders name the prefix twice
-    if text.count(_HOLE) != len(values) + datasets:
-        # the spec's own text holds the placeholder prefix (a title, say): compile it whole
-        return dict(json.loads(_compiled(json.dumps(spec))))
-    compiled = json.loads(_compiled(text))
-    filled = _fill(compiled, values)
-    if values:
-        raise ValueError(f"vl-convert dropped values from the spec: {sorted(values)}")
-    return dict(filled)
+    expected = len(values) + len(spec.get("datasets", {}))  # a dataset's names the prefix twice
+    if text.count(_HOLE) == expected:
+        compiled = _compiled(text)
+        if compiled.count(_HOLE) == expected and all(
+            compiled.count(json.dumps(key)) == 1 for key in values
+        ):
+            filled = _fill(json.loads(compiled), values)
+            if not values:
+                return dict(filled)
+    import vl_convert
+
+    return dict(vl_convert.vegalite_to_vega(dict(spec)))
 
 
 def _param_skeleton(param: Mapping[str, Any], hole: Any) -> dict[str, Any]:

@@ -248,4 +248,37 @@ def test_the_hostile_token_stays_text(watched: Watched, www: Path, run: Run) -> 
         assert name in text
     assert f"{cells[(i, j)]:.4f}" in text
     assert "ck" not in text.split()
+    page.mouse.move(1, 1, steps=2)  # off the chart: the tooltip goes
+    tooltip.wait_for(state="hidden")
     assert page.evaluate(count) == before
+
+
+def test_a_chart_vega_cannot_draw_says_so(browser: Any, www: Path, tmp_path: Path) -> None:
+    """A spec Vega refuses gives a message in the chart's place, and `ready` resolves to null
+    (nothing waiting on the page hangs)."""
+    import json
+    import re
+    import shutil
+
+    root = tmp_path / "report"
+    shutil.copytree(www / "report", root)
+    page_file = root / PAGES[2]
+    html = page_file.read_text("utf-8")
+    spec = {"signals": [{"name": "x", "update": "no_such_function()"}]}
+    broken = json.dumps({"kind": "example", "spec": spec})
+    html = re.sub(
+        r'(<script type="application/json" id="rg-data">).*?(</script>)',
+        lambda m: m.group(1) + broken + m.group(2),
+        html,
+        count=1,
+        flags=re.S,
+    )
+    page_file.write_text(html, "utf-8")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(page_file.as_uri())
+        assert page.evaluate("() => window.reportgen.ready.then(v => v === null)")
+        assert "could not be drawn" in page.inner_text("[data-rg=chart]")
+    finally:
+        context.close()

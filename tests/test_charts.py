@@ -398,15 +398,26 @@ def test_to_vega_is_the_compiled_spec_with_its_values_put_back(result: Result) -
     assert tokens["value"] == list(result.tokens)
 
 
-def test_to_vega_with_the_placeholder_text_in_the_spec(result: Result) -> None:
-    """A spec whose own text holds the placeholder prefix (here a title) is compiled whole."""
+def test_to_vega_compiles_whole_what_placeholders_cannot_stand_for(result: Result) -> None:
+    """Where a placeholder would not come back once, as a plain value, the spec is compiled
+    whole: a title holding the placeholder prefix; an interval selection's initial extent
+    (Vega-Lite turns it into expressions); a token holding the prefix (inside a placeholder's
+    value, so filled as it is)."""
     import vl_convert
 
-    spec = charts.grid_spec(np.asarray(result.head_scores["total"]), title="__reportgen_hole__0")
-    assert charts.to_vega(spec) == vl_convert.vegalite_to_vega(spec)
-    linked = charts.linked_spec(result).spec
-    linked["params"] = [
-        dict(p, value=["__reportgen_hole__1", *p["value"]]) if p["name"] == "tokens" else p
-        for p in linked["params"]
+    grid = np.asarray(result.head_scores["total"])
+    titled = charts.grid_spec(grid, title="__reportgen_hole__0")
+    brushed = charts.linked_spec(result).spec
+    brushed["params"] = [
+        dict(p, value={"x": [1, 3], "y": [1, 2]}) if p["name"] == "brush" else p
+        for p in brushed["params"]
     ]
-    assert charts.to_vega(linked) == vl_convert.vegalite_to_vega(linked)
+    tokens = charts.linked_spec(result).spec
+    tokens["params"] = [
+        dict(p, value=["__reportgen_hole__1", *p["value"]]) if p["name"] == "tokens" else p
+        for p in tokens["params"]
+    ]
+    for spec in (titled, brushed, tokens):
+        vega = charts.to_vega(spec)
+        assert vega == vl_convert.vegalite_to_vega(spec)
+    assert "__reportgen_hole__" not in json.dumps(charts.to_vega(brushed))

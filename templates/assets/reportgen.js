@@ -103,7 +103,10 @@
       box.textContent = String(value);
     }
     box.hidden = false;
-    // beside the pointer, flipped to the other side near the window's edges
+    // beside the pointer, flipped to the other side near the window's edges (measured at the
+    // window's corner, where nothing squeezes it)
+    box.style.left = "0px";
+    box.style.top = "0px";
     var gap = 12;
     var x = event.clientX + gap;
     var y = event.clientY + gap;
@@ -232,6 +235,7 @@
       renderer: "canvas",
       container: el,
       tooltip: tooltip,
+      logLevel: window.vega.Warn,
     });
     return view.runAsync();
   }
@@ -330,7 +334,10 @@
       resolveReady(null);
       return Promise.resolve(null);
     }
-    return embed(root, data.spec)
+    return Promise.resolve()
+      .then(function () {
+        return embed(root, data.spec); // a spec Vega cannot parse rejects here, not throws
+      })
       .then(function (view) {
         rg.view = view;
         if (data.kind === "example") mountExample(root, data, view);
