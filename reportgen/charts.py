@@ -553,16 +553,14 @@ def to_vega(spec: Mapping[str, Any]) -> dict[str, Any]:
         }
     if "params" in spec:
         skeleton["params"] = [_param_skeleton(param, hole) for param in spec["params"]]
-    text = json.dumps(skeleton)
+    compiled = _compiled(json.dumps(skeleton))
     expected = len(values) + len(spec.get("datasets", {}))  # a dataset's names the prefix twice
-    if text.count(_HOLE) == expected:
-        compiled = _compiled(text)
-        if compiled.count(_HOLE) == expected and all(
-            compiled.count(json.dumps(key)) == 1 for key in values
-        ):
-            filled = _fill(json.loads(compiled), values)
-            if not values:
-                return dict(filled)
+    if compiled.count(_HOLE) == expected and all(
+        compiled.count(json.dumps(key)) == 1 for key in values
+    ):
+        filled = _fill(json.loads(compiled), values)
+        if not values:
+            return dict(filled)
     import vl_convert
 
     return dict(vl_convert.vegalite_to_vega(dict(spec)))
@@ -587,7 +585,7 @@ def _param_skeleton(param: Mapping[str, Any], hole: Any) -> dict[str, Any]:
 def _fill(node: Any, values: dict[str, Any]) -> Any:
     """`node` with every placeholder replaced by its value (each used, and removed, once)."""
     if isinstance(node, str):
-        return values.pop(node) if node.startswith(_HOLE) and node in values else node
+        return values.pop(node) if node in values else node
     if isinstance(node, list):
         if len(node) == 1 and isinstance(node[0], dict) and set(node[0]) == {_HOLE}:
             return values.pop(node[0][_HOLE])  # a dataset's rows

@@ -184,6 +184,13 @@ def test_tokens_are_data_never_expressions(result: Result, linked: charts.Linked
     assert mark["tooltip"] == {"expr": "datum"} and "tooltip" not in encoding
 
 
+def vega_marks(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every mark of a compiled Vega spec, nested ones included."""
+    for mark in node.get("marks", []):
+        yield mark
+        yield from vega_marks(mark)
+
+
 def test_heat_cells_carry_no_per_cell_text(linked: charts.LinkedChart) -> None:
     """Each of ~1,000 cells is encoded on every click: no ARIA description (the canvas never
     reads it) and no tooltip object or token lookups per cell."""
@@ -193,13 +200,8 @@ def test_heat_cells_carry_no_per_cell_text(linked: charts.LinkedChart) -> None:
     assert view["mark"]["aria"] is False
     assert {t.get("as") for t in view["transform"]}.isdisjoint({"query", "key"})
 
-    def marks(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        for mark in node.get("marks", []):
-            yield mark
-            yield from marks(mark)
-
     vega = vl_convert.vegalite_to_vega(linked.spec)
-    heat = next(m for m in marks(vega) if m.get("name") == "heat_cells_marks")
+    heat = next(m for m in vega_marks(vega) if m.get("name") == "heat_cells_marks")
     encode = heat["encode"]["update"]
     assert "description" not in encode
     assert encode["tooltip"] == {"signal": "datum"}
@@ -360,13 +362,7 @@ def test_specs_compile_to_vega_with_the_mark_names_pages_use(
 ) -> None:
     vl_convert = pytest.importorskip("vl_convert")
 
-    def marks(node: dict[str, Any]) -> list[str]:
-        names = []
-        for mark in node.get("marks", []):
-            names += [mark.get("name"), *marks(mark)]
-        return names
-
-    names = marks(vl_convert.vegalite_to_vega(linked.spec))
+    names = [m.get("name") for m in vega_marks(vl_convert.vegalite_to_vega(linked.spec))]
     assert {"grid_cells_marks", "heat_cells_marks"} <= set(names)
     signals = {s["name"] for s in vl_convert.vegalite_to_vega(linked.spec)["signals"]}
     assert {"pick", "brush", "tokens"} <= signals

@@ -172,6 +172,13 @@
     return heads.length === 1 ? headLabel(heads[0]) : heads.length + " heads: " + names;
   }
 
+  function base64Bytes(text) {
+    var binary = atob(text);
+    var bytes = new Uint8Array(binary.length);
+    for (var k = 0; k < binary.length; k++) bytes[k] = binary.charCodeAt(k);
+    return bytes;
+  }
+
   function download(url, filename) {
     var a = document.createElement("a");
     a.href = url;
@@ -291,10 +298,8 @@
     var rows = Array.prototype.slice.call(body.rows);
     var caption = find(root, "caption");
     var heads = data.heads;
-    var binary = atob(data.scores); // uint32 little-endian, one row of layers × heads per input
-    var bytes = new Uint8Array(binary.length);
-    for (var k = 0; k < binary.length; k++) bytes[k] = binary.charCodeAt(k);
-    var scoresOf = new DataView(bytes.buffer);
+    // uint32 little-endian, one row of layers × heads per input
+    var scoresOf = new DataView(base64Bytes(data.scores).buffer);
     var perInput = data.per_input;
     function rank() {
       var chosen = rg.selection();
@@ -359,9 +364,7 @@
 
   /* The single file carries the Vega bundle and each page's data gzipped, in base64. */
   function inflate(element) {
-    var binary = atob(element.textContent.trim());
-    var bytes = new Uint8Array(binary.length);
-    for (var k = 0; k < binary.length; k++) bytes[k] = binary.charCodeAt(k);
+    var bytes = base64Bytes(element.textContent.trim());
     var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
     return new Response(stream).text();
   }
