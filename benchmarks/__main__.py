@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     tables: list[Table] = []
     _quiet_transformers()
     # As `reportgen` does before it computes; benchmark 4 runs the command itself.
-    from reportgen.models import keep_freed_memory
+    from reportgen.engine import keep_freed_memory
 
     allocator = "glibc malloc keeps freed memory" if keep_freed_memory() else "default malloc"
     with tempfile.TemporaryDirectory(prefix="reportgen-bench-") as tmp:

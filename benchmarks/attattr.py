@@ -35,7 +35,7 @@ def reference(lm: Any, rows: Sequence[Any], steps: int) -> list[np.ndarray]:
     given targets)."""
     import torch
 
-    from reportgen.models import attention_control
+    from reportgen.engine.attention import attention_control
 
     width = max(len(r.ids) for r in rows)
     ids = torch.full((len(rows), width), lm.tokenizer.pad_token_id or 0)
@@ -93,7 +93,7 @@ def _time(
     lm: Any, rows: Sequence[Any], settings: Any, reps: int, batched: bool
 ) -> dict[str, list[float]]:
     """Seconds per call of the reference loops and the engine, interleaved."""
-    from reportgen.saliency import compute_batch
+    from reportgen.engine import compute_batch
 
     candidates = {
         "per input": lambda: per_input(lm, rows, settings.steps),
@@ -106,9 +106,10 @@ def _time(
 
 
 def run(opts: Options) -> list[Table]:
+    from reportgen.engine import load_model
+    from reportgen.engine.encoding import encode
+    from reportgen.engine.runner import compute_batch
     from reportgen.inputs import examples_from_items
-    from reportgen.models import load_model
-    from reportgen.saliency import compute_batch, encode
     from reportgen.settings import Settings
 
     steps = 4 if opts.quick else 20

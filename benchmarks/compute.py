@@ -3,7 +3,7 @@
 The baseline is what a user runs anyway: the same weights loaded with transformers' default SDPA
 attention, one `inference_mode` forward over the same batch. The eager forward (what reportgen's
 attention wrapper runs) is timed beside it to show where the cost goes. Saliency is
-`saliency.compute_batch` without the ablation check: gated eager forward with gradients,
+`engine.compute_batch` without the ablation check: gated eager forward with gradients,
 backward to the attention weights, |A ⊙ ∂L/∂A| and head scores, numpy arrays out.
 """
 
@@ -54,7 +54,7 @@ def _time(
     """Seconds per call of the SDPA and eager forwards and of saliency, interleaved."""
     import torch
 
-    from reportgen.saliency import compute_batch
+    from reportgen.engine import compute_batch
 
     kwargs = _batch_inputs(lm, rows)
 
@@ -77,9 +77,9 @@ def run(opts: Options) -> list[Table]:
     import torch
     import transformers
 
+    from reportgen.engine import load_model
+    from reportgen.engine.encoding import encode
     from reportgen.inputs import examples_from_items
-    from reportgen.models import load_model
-    from reportgen.saliency import encode
     from reportgen.settings import Settings
 
     table = Table(

@@ -74,7 +74,7 @@ def describe(load_at_start: str, allocator: str) -> str:
         "",
         f"- CPU: {_cpu()}, {os.cpu_count()} cores; torch threads: {torch.get_num_threads()}; "
         f"memory: {_memory()}; GPU: none used",
-        f"- allocator: {allocator} (`reportgen.models.keep_freed_memory`, as the command line "
+        f"- allocator: {allocator} (`reportgen.engine.keep_freed_memory`, as the command line "
         "sets it before computing)",
         f"- load average (1/5/15 min) at start: {load_at_start}; at end: {load()}",
         f"- OS: {platform.platform()}; Python {platform.python_version()}",

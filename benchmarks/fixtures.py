@@ -30,7 +30,7 @@ def corpus() -> ModuleType:
 
 def demo_model() -> Path | None:
     """The shipped demo model's folder, or None while it has not been trained yet."""
-    from reportgen.models import demo_model_path
+    from reportgen.engine import demo_model_path
 
     path = demo_model_path()
     return path if (path / "config.json").is_file() else None

@@ -6,7 +6,6 @@ Exit codes: 0 success, 2 bad usage or bad input, 1 any other failure, 130 interr
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +47,10 @@ MaxTokOpt = Annotated[
 TruncOpt = Annotated[bool, typer.Option("--truncate", help="Cut over-long inputs, not fail.")]
 AblateOpt = Annotated[
     int | None, typer.Option("--ablate-k", help="Heads zeroed by the ablation check (0: skip).")
+]
+DrawsOpt = Annotated[
+    int | None,
+    typer.Option("--ablate-draws", help="Random head sets averaged for the ablation baseline."),
 ]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of the random ablation baseline.")]
 TopKOpt = Annotated[
@@ -91,7 +94,7 @@ def main_callback(
 
 def _tune_allocator() -> None:
     """Before computing: keep freed memory for the next batch (see keep_freed_memory)."""
-    from reportgen.models import keep_freed_memory
+    from reportgen.engine import keep_freed_memory
 
     keep_freed_memory()
 
@@ -111,6 +114,7 @@ def build(
     max_tokens: MaxTokOpt = None,
     truncate: TruncOpt = False,
     ablate_k: AblateOpt = None,
+    ablate_draws: DrawsOpt = None,
     seed: SeedOpt = None,
     top_k: TopKOpt = None,
     single_file: SingleOpt = None,
@@ -153,6 +157,7 @@ def compute(
     max_tokens: MaxTokOpt = None,
     truncate: TruncOpt = False,
     ablate_k: AblateOpt = None,
+    ablate_draws: DrawsOpt = None,
     seed: SeedOpt = None,
     title: TitleOpt = None,
     quiet: QuietOpt = False,
@@ -250,6 +255,7 @@ def _settings(options: dict[str, Any]) -> Settings:
         "dtype",
         "max_tokens",
         "ablate_k",
+        "ablate_draws",
         "seed",
         "top_k",
         "single_file",
@@ -269,17 +275,9 @@ class _UsageError(ValueError):
 @contextmanager
 def _errors(debug: bool) -> Iterator[None]:
     """Turn known failures into one clear line and an exit code; tracebacks only with --debug."""
-    from reportgen.fsutil import OutputError
-    from reportgen.inputs import InputError
-    from reportgen.records import RunError
+    from reportgen.errors import ReportgenError
 
-    user_errors: tuple[type[BaseException], ...] = (
-        _UsageError,
-        InputError,
-        RunError,
-        OutputError,
-        *_engine_errors(),
-    )
+    user_errors = (_UsageError, ReportgenError)
     try:
         yield
     except (typer.Exit, typer.Abort):
@@ -298,16 +296,6 @@ def _errors(debug: bool) -> Iterator[None]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         typer.echo(f"error: {type(err).__name__}: {first} (run with --debug for details)", err=True)
         raise typer.Exit(1) from None
-
-
-def _engine_errors() -> tuple[type[BaseException], ...]:
-    """The engine's error types, if the engine was imported (importing it here would load torch)."""
-    found: list[type[BaseException]] = []
-    if "reportgen.models" in sys.modules:
-        found.append(sys.modules["reportgen.models"].ModelError)
-    from reportgen.saliency import SaliencyError
-
-    return (*found, SaliencyError)
 
 
 class _Progress:

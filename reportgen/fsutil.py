@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from reportgen.errors import OutputError
 
-class OutputError(RuntimeError):
-    """The output path cannot be written; the message says why and what to do."""
+__all__ = ["OutputError", "atomic_dir"]
 
 
 @contextmanager

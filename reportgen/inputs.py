@@ -10,54 +10,13 @@ import io
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MAX_REPORTED_ERRORS = 20
+from reportgen.data.examples import Example, Segment
+from reportgen.errors import InputError
 
-
-class InputError(ValueError):
-    """Malformed inputs; one line per problem, each naming the file and line."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        shown = self.problems[:MAX_REPORTED_ERRORS]
-        more = len(self.problems) - len(shown)
-        super().__init__("\n".join(shown + ([f"... and {more} more problems"] if more else [])))
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A named part of an input's text, e.g. ENV or LAN; the name is empty for plain text."""
-
-    name: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Example:
-    """One input: its text as ordered segments, an optional target, and free-form metadata."""
-
-    id: str
-    segments: tuple[Segment, ...]
-    target: str | None = None
-    meta: Mapping[str, Any] = field(default_factory=dict)
-    source: str = ""
-    """Where it came from, e.g. `inputs.jsonl:12`, for error messages."""
-
-    @property
-    def text(self) -> str:
-        """The segments joined with single spaces: what the model reads."""
-        return " ".join(s.text for s in self.segments)
-
-    def char_spans(self) -> list[tuple[str, int, int]]:
-        """(name, start, end) character offsets of each segment within `text`."""
-        spans, start = [], 0
-        for seg in self.segments:
-            spans.append((seg.name, start, start + len(seg.text)))
-            start += len(seg.text) + 1
-        return spans
+__all__ = ["Example", "InputError", "Segment", "examples_from_items", "read_inputs"]
 
 
 def read_inputs(path: str | Path) -> list[Example]:
@@ -98,14 +57,23 @@ def parse_text(data: bytes, name: str, format_of: Any) -> list[Example]:
     return _PARSERS[format_of(text)](text, name)
 
 
+def _lines(text: str) -> list[str]:
+    """Lines split at LF (and CR LF) only: `str.splitlines()` also splits at U+2028, NEL, FF
+    and RS, which may stand inside a JSON string or a line of text."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def _sniff_stdin_format(text: str) -> str:
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = next((line for line in _lines(text) if line.strip()), "")
     return "jsonl" if first.lstrip().startswith("{") else "txt"
 
 
 def _parse_txt(text: str, name: str) -> list[Example]:
     parsed: list[Example | str] = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(_lines(text), start=1):
         line = line.strip()
         if line:
             parsed.append(_example(None, (Segment("", line),), None, {}, f"{name}:{n}"))
@@ -114,7 +82,7 @@ def _parse_txt(text: str, name: str) -> list[Example]:
 
 def _parse_jsonl(text: str, name: str) -> list[Example]:
     parsed: list[Example | str] = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         where = f"{name}:{n}"
@@ -212,10 +180,11 @@ def _segments(value: object, where: str) -> tuple[Segment, ...] | str:
             return f'{where}: segment {k}: "name" must be a string'
         if not seg["text"].strip():
             return f"{where}: segment {k} ({name or 'unnamed'}) is empty"
+        name = name.strip()
         if name and name in seen:
             return f"{where}: segment name '{name}' appears twice"
         seen.add(name)
-        out.append(Segment(name.strip(), seg["text"].strip()))
+        out.append(Segment(name, seg["text"].strip()))
     return tuple(out)
 
 
@@ -230,20 +199,32 @@ def _example(
 
 
 def _finish(parsed: Sequence[Example | str], name: str) -> list[Example]:
-    """Raise every problem at once; give ids to examples without one; reject duplicate ids."""
+    """Raise every problem at once; reject duplicate given ids; give ids to examples without one.
+
+    A generated id is the input's position (`1`, `2`, ...), or, where a given id already is that
+    number, the position with the first free suffix (`2-2`): never a clash with a given id."""
     problems = [p for p in parsed if isinstance(p, str)]
     examples = [p for p in parsed if isinstance(p, Example)]
     if not problems and not examples:
         problems.append(f"{name}: no inputs (the file is empty or has only blank lines)")
     first_seen: dict[str, str] = {}
-    numbered: list[Example] = []
-    for n, ex in enumerate(examples, start=1):
-        ex = ex if ex.id else Example(str(n), ex.segments, ex.target, ex.meta, ex.source)
+    for ex in examples:
+        if not ex.id:
+            continue
         if ex.id in first_seen:
             problems.append(
                 f"{ex.source}: duplicate id '{ex.id}' (first used at {first_seen[ex.id]})"
             )
         first_seen.setdefault(ex.id, ex.source)
+    numbered: list[Example] = []
+    for n, ex in enumerate(examples, start=1):
+        if not ex.id:
+            generated, suffix = str(n), 1
+            while generated in first_seen:
+                suffix += 1
+                generated = f"{n}-{suffix}"
+            first_seen[generated] = ex.source
+            ex = Example(generated, ex.segments, ex.target, ex.meta, ex.source)
         numbered.append(ex)
     if problems:
         raise InputError(problems)

@@ -10,11 +10,16 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reportgen.inputs import Example, examples_from_items, read_inputs
+from reportgen.data.examples import Example
+from reportgen.data.metrics import check_metric
+from reportgen.inputs import examples_from_items, read_inputs
 from reportgen.records import Run, RunInfo, RunWriter, timestamp
 from reportgen.settings import Settings
+
+if TYPE_CHECKING:
+    from reportgen.engine import LoadedModel
 
 Inputs = str | Path | Sequence[str | Mapping[str, Any]]
 Progress = Callable[[int], None]
@@ -57,12 +62,16 @@ def compute(
     command: str | None = None,
     on_loaded: Callable[[int], None] | None = None,
 ) -> Run:
-    """Compute saliency for `inputs` into the run folder `out`; returns the opened run."""
-    from reportgen.models import load_model
-    from reportgen.saliency import compute as compute_saliency
+    """Compute saliency for `inputs` into the run folder `out`; returns the opened run.
 
-    settings = settings or Settings()
+    The settings and inputs are checked before the model loads (torch is imported only then),
+    and everything that needs the model before its first pass."""
+    settings = (settings or Settings()).validate()
     examples = load_examples(inputs)
+    check_metric(settings.metric, examples)
+    from reportgen.engine import compute as compute_saliency
+    from reportgen.engine import load_model
+
     lm = load_model(settings.model, device=settings.device, dtype=settings.dtype)
     if on_loaded is not None:
         on_loaded(len(examples))
@@ -73,7 +82,7 @@ def compute(
     return Run.open(out)
 
 
-def run_info(lm: Any, settings: Settings, command: str | None) -> RunInfo:
+def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInfo:
     """The manifest's description of a run: model, versions, method and parameters."""
     import torch
     import transformers
@@ -82,7 +91,7 @@ def run_info(lm: Any, settings: Settings, command: str | None) -> RunInfo:
 
     return RunInfo(
         model=lm.name,
-        model_path=str(lm.path),
+        model_path=shown_path(lm.path),
         weights_sha256=lm.weights_sha256,
         architecture=lm.architecture,
         task=lm.task.value,
@@ -97,7 +106,7 @@ def run_info(lm: Any, settings: Settings, command: str | None) -> RunInfo:
         dtype=settings.dtype,
         device=str(lm.device),
         method=settings.method,
-        metric=settings.metric,
+        metric=settings.metric.name,
         parameters={
             "steps": settings.steps if settings.method == "attattr" else None,
             "batch_size": settings.batch_size,
@@ -119,6 +128,26 @@ def run_info(lm: Any, settings: Settings, command: str | None) -> RunInfo:
     )
 
 
+def shown_path(path: Path) -> str:
+    """A model folder as the report shows it: the demo model as `reportgen/demo_model`, a folder
+    under the working directory relative to it, a hub cache snapshot as `hub:ORG/NAME@REV`, and
+    anything else by its last two parts (a report is shared; a home folder's name is not)."""
+    from reportgen.engine import demo_model_path
+
+    path = Path(path).resolve()
+    if path == demo_model_path().resolve():
+        return "reportgen/demo_model"
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        pass
+    parts = path.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        repo = parts[-3][len("models--") :].replace("--", "/")
+        return f"hub:{repo}@{parts[-1][:12]}"
+    return "…/" + "/".join(parts[-2:])
+
+
 def render(
     run: str | Path | Run,
     out: str | Path,
@@ -128,7 +157,7 @@ def render(
     """Render a run folder into a static site at `out` (and the single file, if asked)."""
     from reportgen.site import render_site
 
-    settings = settings or Settings()
+    settings = (settings or Settings()).validate()
     opened = run if isinstance(run, Run) else Run.open(run)
     site = render_site(opened, Path(out), settings, progress)
     tokens = sum(len(e.tokens) for e in opened.entries)

@@ -1,12 +1,13 @@
 """Records: a run folder on disk, written as results stream in and read back lazily.
 
-    RUN/manifest.json               run information and one entry per example
+    RUN/manifest.json               the format, the run's description and the entry count
+    RUN/entries.jsonl               one JSON line per example: everything but its arrays
     RUN/records/000001.safetensors  `scores` [L, H, T, T] and `head_scores/<metric>` [L, H]
 
-Nothing but numpy arrays and plain values is stored; loading gives back equal `Result`s.
-Neither side holds the manifest in memory: the writer appends each entry to it as its result
-arrives, and the reader keeps only each entry's id and place in the file, parsing an entry again
-when it is asked for. So memory does not grow with the number of examples.
+Nothing but numpy arrays and plain values is stored; loading gives back equal `Result`s. The
+writer appends each entry line as its result arrives and writes the manifest last; the reader
+keeps only each entry's id and byte offset, parsing a line again when it is asked for. So memory
+does not grow with the number of examples.
 """
 
 from __future__ import annotations
@@ -23,16 +24,15 @@ from typing import IO, Any, overload
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from reportgen.data.examples import Example, Segment
+from reportgen.data.results import Ablation, Result, TokenSpan
+from reportgen.errors import RunError
 from reportgen.fsutil import atomic_dir
-from reportgen.inputs import Example, Segment
-from reportgen.saliency import Ablation, Result, TokenSpan
 
 MANIFEST = "manifest.json"
-FORMAT = "reportgen-run/1"
-
-
-class RunError(RuntimeError):
-    """A run folder that cannot be read; the message says which and why."""
+ENTRIES = "entries.jsonl"
+FORMAT = "reportgen-run/2"
+OLD_FORMATS = {"reportgen-run/1": "reportgen 0.1"}
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class Entry:
-    """A manifest entry: everything about an example but its arrays, and where those are."""
+    """An entry of entries.jsonl: everything about an example but its arrays, and where those
+    are."""
 
     record: str
     example: Example
@@ -91,22 +92,21 @@ def timestamp() -> str:
 
 
 def is_run(path: Path) -> bool:
-    """Whether a folder looks like a reportgen run (only the manifest's head is read)."""
+    """Whether a folder looks like a reportgen run (its manifest names a run format)."""
     try:
-        scanned = _scan(path / MANIFEST, header_only=True)
-        if scanned is None:  # not the layout RunWriter writes: read it all
-            return json.loads((path / MANIFEST).read_text("utf-8")).get("format") == FORMAT
-        return scanned[0].get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        head = json.loads((Path(path) / MANIFEST).read_text("utf-8"))
+    except (OSError, ValueError):
         return False
+    found = head.get("format") if isinstance(head, dict) else None
+    return found == FORMAT or found in OLD_FORMATS
 
 
 class RunWriter:
     """Stream results into a new run folder that replaces `out` only once complete.
 
-    Each result's arrays go to its record file and its manifest entry is appended to the
-    manifest at once, so nothing accumulates in memory; the manifest is closed on success, and
-    the folder (in a temporary place until then) is swapped in."""
+    Each result's arrays go to its record file and its entry line to entries.jsonl at once, so
+    nothing accumulates in memory; the manifest is written on success, and the folder (in a
+    temporary place until then) is swapped in."""
 
     def __init__(self, out: Path, info: RunInfo, force: bool = False) -> None:
         self.out, self.info, self.force = Path(out), info, force
@@ -117,8 +117,7 @@ class RunWriter:
         self._tmp = self._ctx.__enter__()
         try:
             (self._tmp / "records").mkdir()
-            self._manifest: IO[str] = open(self._tmp / MANIFEST, "w", encoding="utf-8")
-            self._manifest.write(_manifest_head(self.info))
+            self._entries: IO[str] = open(self._tmp / ENTRIES, "w", encoding="utf-8", newline="\n")
         except BaseException:
             self._ctx.__exit__(*sys.exc_info())
             raise
@@ -126,20 +125,20 @@ class RunWriter:
 
     def add(self, result: Result) -> None:
         record = f"records/{self._count + 1:06d}.safetensors"
-        text = _dumps_entry(_entry_json(result, record))
+        line = _dumps_line(_entry_json(result, record))
         arrays = {"scores": np.ascontiguousarray(result.scores, dtype=np.float32)}
         for name, grid in result.head_scores.items():
             arrays[f"head_scores/{name}"] = np.ascontiguousarray(grid, dtype=np.float32)
         save_file(arrays, str(self._tmp / record))
-        # As json.dumps(manifest, indent=1) lays out the list "examples" (see _manifest_head).
-        self._manifest.write(("\n  " if self._count == 0 else ",\n  ") + text)
+        self._entries.write(line)
         self._count += 1
 
     def __exit__(self, *exc: object) -> None:
         try:
-            with self._manifest:
-                if exc[0] is None:
-                    self._manifest.write("\n ]\n}\n" if self._count else "]\n}\n")
+            self._entries.close()
+            if exc[0] is None:
+                head = {"format": FORMAT, "run": asdict(self.info), "count": self._count}
+                (self._tmp / MANIFEST).write_text(_dumps(head), "utf-8")
         except BaseException as err:
             self._ctx.__exit__(type(err), err, err.__traceback__)
             raise
@@ -147,23 +146,15 @@ class RunWriter:
 
 
 class Entries(Sequence[Entry]):
-    """A run's manifest entries, parsed from the manifest when asked for, not held in memory:
-    only each entry's id and byte range are kept (or, for a manifest not laid out as RunWriter
-    writes it, the parsed JSON)."""
+    """A run's entries, parsed from entries.jsonl when asked for, not held in memory: only each
+    entry's id and byte offset are kept."""
 
-    def __init__(
-        self,
-        manifest: Path,
-        ids: Sequence[str],
-        spans: np.ndarray | None = None,
-        parsed: Sequence[Mapping[str, Any]] | None = None,
-    ) -> None:
-        self.manifest = manifest
+    def __init__(self, path: Path, ids: Sequence[str], offsets: np.ndarray) -> None:
+        self.path = path
         self.ids: tuple[str, ...] = tuple(ids)
         """Every entry's example id, in order."""
-        self._spans = spans
-        self._parsed = parsed
-        self._stamp = _stamp(manifest) if spans is not None else None
+        self._offsets = offsets
+        self._stamp = _stamp(path)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -178,32 +169,21 @@ class Entries(Sequence[Entry]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         i = range(len(self))[index]  # IndexError and negative indices as for a list
-        if self._parsed is not None:
-            return _entry(self._parsed[i], i, self.manifest)
         with self._open() as fh:
-            return self._read(fh, i)
+            fh.seek(int(self._offsets[i]))
+            return _entry(fh.readline(), i, self.path)
 
     def __iter__(self) -> Iterator[Entry]:
-        if self._parsed is not None:
-            for i, raw in enumerate(self._parsed):
-                yield _entry(raw, i, self.manifest)
-            return
         with self._open() as fh:
             for i in range(len(self)):
-                yield self._read(fh, i)
+                yield _entry(fh.readline(), i, self.path)
 
     def _open(self) -> IO[bytes]:
-        fh = open(self.manifest, "rb")  # noqa: SIM115 (closed by the callers' `with`)
+        fh = open(self.path, "rb")  # noqa: SIM115 (closed by the callers' `with`)
         if _stamp(fh) != self._stamp:
             fh.close()
-            raise RunError(f"{self.manifest}: changed since the run was opened; open it again")
+            raise RunError(f"{self.path}: changed since the run was opened; open it again")
         return fh
-
-    def _read(self, fh: IO[bytes], i: int) -> Entry:
-        assert self._spans is not None
-        start, end = (int(x) for x in self._spans[i])
-        fh.seek(start)
-        return _entry(json.loads(fh.read(end - start).decode("utf-8")), i, self.manifest)
 
 
 @dataclass(frozen=True)
@@ -219,38 +199,40 @@ class Run:
         path = Path(path)
         manifest = path / MANIFEST
         try:
-            scanned = _scan(manifest)
-            if scanned is None:  # not the layout RunWriter writes: read it all
-                data = json.loads(manifest.read_text("utf-8"))
-                header, examples = data, data.get("examples") if isinstance(data, dict) else None
-            else:
-                header, ids, spans = scanned
+            head = json.loads(manifest.read_text("utf-8"))
         except FileNotFoundError:
             raise RunError(
                 f"{path} is not a run folder (no {MANIFEST}); make one with `reportgen compute`"
             ) from None
         except (OSError, ValueError) as err:
             raise RunError(f"{manifest}: cannot be read ({err})") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = head.get("format") if isinstance(head, dict) else None
+        if found in OLD_FORMATS:
+            raise RunError(
+                f"{path}: a run folder of format {found}, written by {OLD_FORMATS[found]}; this "
+                f"reportgen reads {FORMAT}: compute it again with `reportgen compute`"
+            )
+        if found != FORMAT:
             raise RunError(f"{manifest}: not a {FORMAT} manifest")
         try:
-            run = header["run"]
+            run, count = head["run"], head["count"]
             info = RunInfo(**{**run, "parameters": run["parameters"], "versions": run["versions"]})
         except (KeyError, TypeError) as err:
             raise RunError(f"{manifest}: the run description is incomplete ({err})") from None
-        if scanned is None:
-            if not isinstance(examples, list):
-                raise RunError(f'{manifest}: "examples" is not a list')
-            ids = [_entry(e, i, manifest).id for i, e in enumerate(examples)]
-            return cls(path, info, Entries(manifest, ids, parsed=examples))
-        return cls(path, info, Entries(manifest, ids, spans=spans))
+        ids, offsets = _scan(path / ENTRIES)
+        if len(ids) != count:
+            raise RunError(
+                f"{path / ENTRIES}: {len(ids)} entries, but the manifest counts {count}; the run "
+                "folder was changed after it was written: compute it again"
+            )
+        return cls(path, info, Entries(path / ENTRIES, ids, offsets))
 
     def __len__(self) -> int:
         return len(self.entries)
 
     @property
     def ids(self) -> tuple[str, ...]:
-        """Every example's id, in order (without reading the manifest again)."""
+        """Every example's id, in order (without reading the entries again)."""
         return self.entries.ids
 
     def result(self, index: int) -> Result:
@@ -311,6 +293,25 @@ class Run:
             raise RunError(f"{self.path / entry.record}: cannot be read ({err})") from None
 
 
+def _scan(path: Path) -> tuple[list[str], np.ndarray]:
+    """Every entry's id and byte offset; each line is parsed (and checked) once, then dropped."""
+    ids: list[str] = []
+    offsets: list[int] = []
+    offset = 0
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    ids.append(_entry(line, len(ids), path).id)
+                    offsets.append(offset)
+                offset += len(line)
+    except FileNotFoundError:
+        raise RunError(
+            f"{path.parent}: the run folder has no {ENTRIES}; compute it again"
+        ) from None
+    return ids, np.array(offsets, np.int64)
+
+
 def _entry_json(result: Result, record: str) -> dict[str, Any]:
     ex = result.example
     return {
@@ -339,13 +340,14 @@ def _entry_json(result: Result, record: str) -> dict[str, Any]:
     }
 
 
-def _entry(e: Mapping[str, Any], index: int, manifest: Path) -> Entry:
+def _entry(line: bytes, index: int, path: Path) -> Entry:
     try:
-        return _entry_from(e)
+        raw = json.loads(line.decode("utf-8"))
+        if not isinstance(raw, dict):
+            raise TypeError(f"a JSON {type(raw).__name__}, not an object")
+        return _entry_from(raw)
     except (KeyError, TypeError, ValueError) as err:
-        raise RunError(
-            f"{manifest}: entry {index + 1} is incomplete or malformed ({err!r})"
-        ) from None
+        raise RunError(f"{path}: entry {index + 1} is incomplete or malformed ({err!r})") from None
 
 
 def _entry_from(e: Mapping[str, Any]) -> Entry:
@@ -383,78 +385,9 @@ def _dumps(data: object) -> str:
     return json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False) + "\n"
 
 
-def _dumps_entry(entry: Mapping[str, Any]) -> str:
-    """An entry as `_dumps` lays it out inside the manifest's list (two levels deep): json
-    escapes newlines inside strings, so every newline is indentation."""
-    text = json.dumps(entry, ensure_ascii=False, indent=1, allow_nan=False)
-    return text.replace("\n", "\n  ")
-
-
-def _manifest_head(info: RunInfo) -> str:
-    """The manifest up to the opening `[` of its list "examples" (its last key), exactly as
-    `_dumps` writes it; RunWriter appends the entries and the closing brackets."""
-    text = _dumps({"format": FORMAT, "run": asdict(info), "examples": []})
-    tail = '"examples": []\n}\n'
-    assert text.endswith(tail), "examples must be the manifest's last key"
-    return text[: -len(tail)] + '"examples": ['
-
-
-_EXAMPLES_OPEN, _EXAMPLES_EMPTY = b' "examples": [', b' "examples": []'
-_ENTRY_OPEN, _ENTRY_CLOSE, _ENTRY_CLOSE_MORE = b"  {", b"  }", b"  },"
-
-
-def _scan(
-    manifest: Path, header_only: bool = False
-) -> tuple[dict[str, Any], list[str], np.ndarray] | None:
-    """Read a manifest laid out as RunWriter writes it (`_dumps`: json with indent 1), one
-    line at a time: (everything but the entries, their ids, their byte ranges [start, end)).
-
-    In that layout an entry of "examples" is exactly the lines from `  {` to `  }` (deeper
-    values are indented further, and json escapes newlines in strings). Each entry is parsed
-    as it is passed (to check it and take its id), then dropped. None if the file is laid out
-    otherwise (edited by hand, say): the caller then parses it whole."""
-    header = bytearray()
-    ids: list[str] = []
-    bounds: list[int] = []
-    entry: list[bytes] = []
-    state, offset = "header", 0
-    with open(manifest, "rb") as fh:
-        for line in fh:
-            bare = line.rstrip(b"\r\n")
-            if state == "entry":
-                entry.append(line)
-                if bare in (_ENTRY_CLOSE, _ENTRY_CLOSE_MORE):
-                    raw = json.loads(b"".join(entry).decode("utf-8").rstrip().rstrip(","))
-                    if not isinstance(raw, dict):
-                        return None
-                    ids.append(_entry(raw, len(ids), manifest).id)
-                    bounds.append(offset + len(_ENTRY_CLOSE))
-                    entry.clear()
-                    state = "next" if bare == _ENTRY_CLOSE_MORE else "last"
-            elif state == "header":
-                if bare in (_EXAMPLES_OPEN, _EXAMPLES_EMPTY):
-                    parsed = json.loads(bytes(header + b'"examples": []}').decode("utf-8"))
-                    if not isinstance(parsed, dict):
-                        return None
-                    if header_only:
-                        return parsed, [], np.zeros((0, 2), np.int64)
-                    state = "first" if bare == _EXAMPLES_OPEN else "end"
-                else:
-                    header += line
-            elif state in ("first", "next") and bare == _ENTRY_OPEN:
-                entry.append(line)
-                bounds.append(offset)
-                state = "entry"
-            elif state in ("first", "last") and bare == b" ]":
-                state = "end"
-            elif state == "end" and bare == b"}":
-                state = "done"
-            elif not (state == "done" and not line.strip()):
-                return None
-            offset += len(line)
-    if state != "done":
-        return None
-    return parsed, ids, np.array(bounds, np.int64).reshape(-1, 2)
+def _dumps_line(data: object) -> str:
+    """One JSON line: json escapes newlines inside strings, so the line holds no LF."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
 
 
 def _stamp(file: Path | IO[bytes]) -> tuple[int, ...]:

@@ -1,13 +1,22 @@
 """All of reportgen's options, with their defaults in one place.
 
 The command line, the Python API and the tests build a `Settings` and pass it down the pipeline;
-a stage reads only the fields it needs.
+a stage reads only the fields it needs. Values are parsed once, here: `metric` becomes a
+`Metric`, paths become `Path`s, and `validate()` checks every range before any model loads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+from reportgen.data.methods import parse_method
+from reportgen.data.metrics import Metric, parse_metric
+from reportgen.errors import SettingsError
+
+TOTAL = Metric("total")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -18,8 +27,8 @@ class Settings:
     """Local folder or hub id (resolved from the local cache); None means the demo model."""
     method: str = "attn-grad"
     """Saliency method: attn-grad, attention or attattr."""
-    metric: str = "total"
-    """Head score shown in the grid: total, prediction or flow:SRC->DST."""
+    metric: Metric = TOTAL
+    """Head score shown in the grid: total, prediction or flow:SRC->DST (a string is parsed)."""
     steps: int = 20
     """Integration steps m of attattr (alpha = k/m, k = 1..m)."""
     batch_size: int = 8
@@ -33,7 +42,7 @@ class Settings:
     truncate: bool = False
     """Cut over-long inputs to max_tokens instead of failing."""
     ablate_k: int = 3
-    """Heads zeroed by the ablation check (top-k of the grid, and k random heads)."""
+    """Heads zeroed by the ablation check (top-k of the grid, and k random heads); 0 skips it."""
     ablate_draws: int = 8
     """Random head sets averaged for the ablation baseline."""
     seed: int = 0
@@ -45,13 +54,21 @@ class Settings:
     title: str | None = None
     """Report title; None derives it from the model and the inputs."""
     templates: Path | None = None
-    """Folder of user templates that override the built-in ones."""
+    """Folder of user templates that override the built-in ones (a string is taken as a path)."""
     single_file: Path | None = None
-    """Also write the whole report as one self-contained HTML file here."""
+    """Also write the whole report as one self-contained HTML file here (a string is a path)."""
     force: bool = False
     """Replace an existing output folder that does not look like a reportgen output."""
     quiet: bool = False
     """No progress bars or summary."""
+
+    def __post_init__(self) -> None:
+        # Parse once at the edge: later stages get typed values, never strings to re-parse.
+        object.__setattr__(self, "metric", parse_metric(self.metric))
+        for name in ("templates", "single_file"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
 
     def override(self, **changes: object) -> Settings:
         """A copy with the given fields replaced; None values (options not given) are skipped."""
@@ -60,3 +77,34 @@ class Settings:
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+    def validate(self) -> Settings:
+        """Check every option that can be checked without the model; returns self.
+
+        Messages name the command line's options. What needs the model (the number of heads
+        for --ablate-k, its token limit for --max-tokens) is checked as soon as it has loaded."""
+        parse_method(self.method)
+        at_least = {
+            "--batch-size": (self.batch_size, 1),
+            "--steps": (self.steps, 1),
+            "--ablate-k": (self.ablate_k, 0),
+            "--ablate-draws": (self.ablate_draws, 1),
+        }
+        if self.max_tokens is not None:
+            at_least["--max-tokens"] = (self.max_tokens, 1)
+        if self.top_k is not None:
+            at_least["--top-k"] = (self.top_k, 1)
+        for option, (value, low) in at_least.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SettingsError(f"{option} must be an integer, got {value!r}")
+            if value < low:
+                raise SettingsError(f"{option} must be at least {low}, got {value}")
+        if self.dtype not in DTYPES:
+            raise SettingsError(f"unknown --dtype '{self.dtype}' (use {', '.join(DTYPES)})")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise SettingsError(
+                f"unknown --device '{self.device}' (use auto, cpu, cuda, cuda:N or mps)"
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise SettingsError(f"--seed must be an integer, got {self.seed!r}")
+        return self

@@ -153,7 +153,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def loaded(tiny_models):
     """Loaded tiny models in float64 (for exact gradient checks), keyed like tiny_models."""
-    from reportgen.models import load_model
+    from reportgen.engine import load_model
 
     return {
         name: load_model(path, device="cpu", dtype="float64") for name, path in tiny_models.items()

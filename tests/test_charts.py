@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from reportgen import charts
-from reportgen.inputs import Example, Segment
-from reportgen.saliency import Result, TokenSpan
+from reportgen.data.examples import Example, Segment
+from reportgen.data.results import Result, TokenSpan
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -214,8 +214,8 @@ def test_long_token_axes_label_every_nth_position(tokens: int, stride: int) -> N
     assert charts.label_stride(tokens) == stride
     # a label is never taller than its stride of bands
     band = charts.heat_side(tokens) / tokens
-    assert stride * band >= charts._label_size(tokens) > (stride - 1) * band
-    view = charts._heat_view(tokens, False, None, False, None).to_dict()
+    assert stride * band >= charts.geometry._label_size(tokens) > (stride - 1) * band
+    view = charts.views._heat_view(tokens, False, None, False, None).to_dict()
     encoding = view["layer"][0]["encoding"]
     for channel in ("x", "y"):
         values = encoding[channel]["axis"].get("values")
@@ -373,7 +373,7 @@ def test_to_vega_is_the_compiled_spec_with_its_values_put_back(result: Result) -
     afterwards: the result equals compiling each spec whole."""
     import vl_convert
 
-    charts._compiled.cache_clear()
+    charts.vega._compiled.cache_clear()
     specs = [
         charts.linked_spec(result).spec,
         charts.linked_spec(result, keys_as_rows=True, top_k=5).spec,
@@ -386,7 +386,7 @@ def test_to_vega_is_the_compiled_spec_with_its_values_put_back(result: Result) -
     ]
     for spec in [*specs, other]:
         assert charts.to_vega(spec) == vl_convert.vegalite_to_vega(spec)
-    assert charts._compiled.cache_info().misses == 3  # `other` has the first spec's shape
+    assert charts.vega._compiled.cache_info().misses == 3  # `other` has the first spec's shape
     vega = charts.to_vega(other)
     [pick] = [d for d in vega["data"] if d["name"] == "pick_store"]
     assert pick["values"][0]["values"] == [2, 3]

@@ -64,7 +64,8 @@ def test_compute_writes_a_run_folder(tiny_models, tmp_path):
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text("utf-8"))
-    assert manifest["examples"][0]["id"] == "a"
+    first = json.loads((tmp_path / "run" / "entries.jsonl").read_text("utf-8").splitlines()[0])
+    assert first["id"] == "a"
     assert manifest["run"]["parameters"]["ablate_k"] == 2
     assert manifest["run"]["parameters"]["seed"] == 3
     assert manifest["run"]["attn_implementation"].startswith("reportgen's fused softmax")
@@ -124,7 +125,7 @@ def test_model_and_option_errors_exit_2(tiny_models, tmp_path):
     )
     _assert_one_line_error(
         _invoke("compute", plain, "-o", out, "-m", tiny_models["gpt2"], "--dtype", "int8"),
-        "unknown dtype 'int8'",
+        "unknown --dtype 'int8'",
     )
     long = _inputs(tmp_path, [{"id": "long", "text": " ".join(["a"] * 60)}], "long.jsonl")
     _assert_one_line_error(
@@ -170,12 +171,12 @@ def test_figure_argument_errors(gpt2_run, tmp_path):
 
 
 def test_unexpected_failures_exit_1_without_traceback(tiny_models, tmp_path, monkeypatch):
-    import reportgen.saliency
+    import reportgen.engine.runner
 
     def boom(*args, **kwargs):
         raise MemoryError("out of memory")
 
-    monkeypatch.setattr(reportgen.saliency, "compute_batch", boom)
+    monkeypatch.setattr(reportgen.engine.runner, "compute_batch", boom)
     inputs = _inputs(tmp_path, [{"text": "a b"}])
     result = _invoke("compute", inputs, "-o", tmp_path / "run", "-m", tiny_models["gpt2"])
     assert result.exit_code == 1

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
+from reportgen.engine import compute as compute_saliency
+from reportgen.engine.loading import load_model, resolve_model_path
 from reportgen.inputs import read_inputs
-from reportgen.models import load_model, resolve_model_path
 from reportgen.pipeline import compute
 from reportgen.records import Run
-from reportgen.saliency import compute as compute_saliency
 from reportgen.settings import Settings
 
 AWKWARD = [

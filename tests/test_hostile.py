@@ -254,8 +254,9 @@ def test_sigint_during_render_keeps_the_previous_site(gpt2_run, tmp_path):
 def test_title_and_manifest_keep_hostile_text_verbatim(hostile):
     manifest = json.loads((hostile["root"] / "run" / "manifest.json").read_text("utf-8"))
     assert manifest["run"]["title"] == TITLE
-    assert manifest["examples"][0]["id"] == SCRIPT
-    assert manifest["examples"][0]["target"] == SCRIPT
+    entries = (hostile["root"] / "run" / "entries.jsonl").read_text("utf-8").splitlines()
+    first = json.loads(entries[0])
+    assert first["id"] == SCRIPT and first["target"] == SCRIPT
     html = (hostile["site"] / "index.html").read_text("utf-8")
     assert SCRIPT not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     names = sorted(p.name for p in (hostile["site"] / "examples").iterdir())

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import DEMO_INPUTS
 
+from reportgen.engine import compute
 from reportgen.fsutil import OutputError
 from reportgen.inputs import examples_from_items
 from reportgen.records import Run, RunError, RunWriter, timestamp
-from reportgen.saliency import compute
 from reportgen.settings import Settings
 
 
@@ -72,7 +72,10 @@ def test_manifest_describes_the_run(gpt2_run):
     ):
         assert key in run
     assert set(run["versions"]) >= {"transformers", "torch", "reportgen"}
-    example = manifest["examples"][0]
+    assert manifest["format"] == "reportgen-run/2" and manifest["count"] == 3
+    lines = (gpt2_run / "entries.jsonl").read_text("utf-8").splitlines()
+    assert len(lines) == 3
+    example = json.loads(lines[0])
     assert example["id"] == "reference" and example["target"] == "horse"
     assert example["tokens"][:2] == ["<CHI>", "painted"]
     assert (gpt2_run / example["record"]).is_file()
@@ -130,7 +133,11 @@ def _many(run: Run, out, n: int) -> Run:
     return Run.open(out)
 
 
-def test_writer_streams_entries_to_the_manifest_and_keeps_none(gpt2_run, tmp_path):
+def _lines(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "entries.jsonl").read_bytes().splitlines()]
+
+
+def test_writer_streams_entries_to_their_file_and_keeps_none(gpt2_run, tmp_path):
     import tracemalloc
 
     run = Run.open(gpt2_run)
@@ -141,31 +148,30 @@ def test_writer_streams_entries_to_the_manifest_and_keeps_none(gpt2_run, tmp_pat
             for _ in range(20):
                 writer.add(result)
             settled = tracemalloc.get_traced_memory()[0]
-            manifest = writer._tmp / "manifest.json"
-            size = manifest.stat().st_size
+            entries = writer._tmp / "entries.jsonl"
+            writer._entries.flush()
+            size = entries.stat().st_size
             for _ in range(300):
                 writer.add(result)
             grown = tracemalloc.get_traced_memory()[0] - settled
-            assert manifest.stat().st_size > size, "entries go to the file as they come"
+            writer._entries.flush()
+            assert entries.stat().st_size > size, "entries go to the file as they come"
+            assert not (writer._tmp / "manifest.json").exists(), "the manifest comes last"
     finally:
         tracemalloc.stop()
-    # Held entries would cost ~1.5 KB each as dicts (the old writer: ~450 KB here).
+    # Held entries would cost ~1.5 KB each as dicts.
     assert grown < 60_000, f"the writer grew by {grown} bytes over 300 results"
-    text = (tmp_path / "run" / "manifest.json").read_text("utf-8")
-    data = json.loads(text)
-    assert len(data["examples"]) == 320
-    assert data["examples"][-1]["record"] == "records/000320.safetensors"
-    # Byte for byte what json.dumps(indent=1) makes of the whole manifest, as before streaming.
-    assert text == json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False) + "\n"
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text("utf-8"))
+    assert manifest["count"] == 320
+    lines = _lines(tmp_path / "run")
+    assert len(lines) == 320 and lines[-1]["record"] == "records/000320.safetensors"
 
 
-def test_manifest_layout_is_json_indent_1_for_0_1_and_n_entries(gpt2_run, tmp_path):
-    run = Run.open(gpt2_run)
-    for n in (0, 1, 3):
-        opened = _many(run, tmp_path / f"run{n}", n)
-        text = (opened.path / "manifest.json").read_text("utf-8")
-        assert text == json.dumps(json.loads(text), ensure_ascii=False, indent=1) + "\n"
-        assert list(opened.ids) == [f"x{i}" for i in range(n)]
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_runs_of_0_1_and_n_entries_open(gpt2_run, tmp_path, n):
+    opened = _many(Run.open(gpt2_run), tmp_path / f"run{n}", n)
+    assert list(opened.ids) == [f"x{i}" for i in range(n)]
+    assert len(_lines(opened.path)) == n
 
 
 def test_a_run_with_many_entries_opens_lazily_and_reads_back(gpt2_run, tmp_path):
@@ -173,17 +179,17 @@ def test_a_run_with_many_entries_opens_lazily_and_reads_back(gpt2_run, tmp_path)
     from dataclasses import replace
 
     many = _many(Run.open(gpt2_run), tmp_path / "run", 400)
-    manifest = json.loads((many.path / "manifest.json").read_text("utf-8"))
+    lines = _lines(many.path)
     tracemalloc.start()
     try:
         run = Run.open(many.path)
         held = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    assert held < 150_000, f"Run.open holds {held} bytes for 400 entries"  # was ~2 MB
-    assert len(run) == 400 and run.ids == tuple(e["id"] for e in manifest["examples"])
+    assert held < 150_000, f"Run.open holds {held} bytes for 400 entries"
+    assert len(run) == 400 and run.ids == tuple(e["id"] for e in lines)
     entries = list(run.entries)
-    assert [e.record for e in entries] == [e["record"] for e in manifest["examples"]]
+    assert [e.record for e in entries] == [e["record"] for e in lines]
     assert run.entries[-1] == entries[399] and run.entries[1:3] == entries[1:3]
     with pytest.raises(IndexError):
         run.entries[400]
@@ -192,35 +198,43 @@ def test_a_run_with_many_entries_opens_lazily_and_reads_back(gpt2_run, tmp_path)
     assert run.head_scores(run.info.metric).shape == (400, run.info.num_layers, run.info.num_heads)
 
 
-@pytest.mark.parametrize("layout", ["compact", "crlf", "indent 2"])
-def test_a_manifest_laid_out_otherwise_still_opens(gpt2_run, tmp_path, layout):
-    """Hand-edited or reformatted manifests are read whole, as they always were."""
+def test_a_text_separator_inside_an_entry_is_not_a_line_break(gpt2_run, tmp_path):
+    """json keeps U+2028, NEL and FF raw (ensure_ascii=False); only LF ends an entry."""
+    from dataclasses import replace
+
+    run = Run.open(gpt2_run)
+    odd = "a\u2028b\x85c\x0cd\x1ee"
+    result = run.result(0)
+    with RunWriter(tmp_path / "run", run.info) as writer:
+        writer.add(replace(result, example=replace(result.example, id=odd)))
+        writer.add(run.result(1))
+    again = Run.open(tmp_path / "run")
+    assert again.ids == (odd, run.ids[1])
+
+
+def test_an_old_run_folder_names_its_version(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "reportgen-run/1"}))
+    with pytest.raises(RunError, match=r"format reportgen-run/1, written by reportgen 0\.1"):
+        Run.open(tmp_path)
+
+
+def test_a_run_whose_entries_disagree_with_the_manifest_count(gpt2_run, tmp_path):
     import shutil
 
     shutil.copytree(gpt2_run, tmp_path / "run")
-    path = tmp_path / "run" / "manifest.json"
-    data = json.loads(path.read_text("utf-8"))
-    if layout == "compact":
-        path.write_text(json.dumps(data, ensure_ascii=False), "utf-8")
-    elif layout == "crlf":
-        path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
-    else:
-        path.write_text(json.dumps(data, indent=2), "utf-8")
-    original, run = Run.open(gpt2_run), Run.open(tmp_path / "run")
-    assert run.info == original.info and list(run.entries) == list(original.entries)
-    _assert_same(run.result(2), original.result(2))
-    from reportgen.records import is_run
-
-    assert is_run(tmp_path / "run")
+    path = tmp_path / "run" / "entries.jsonl"
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:2]))
+    with pytest.raises(RunError, match="2 entries, but the manifest counts 3"):
+        Run.open(tmp_path / "run")
 
 
 def test_a_malformed_entry_is_named(gpt2_run, tmp_path):
     import shutil
 
     shutil.copytree(gpt2_run, tmp_path / "run")
-    path = tmp_path / "run" / "manifest.json"
+    path = tmp_path / "run" / "entries.jsonl"
     path.write_text(path.read_text("utf-8").replace('"tokens"', '"tokenz"', 1), "utf-8")
-    with pytest.raises(RunError, match=r"manifest.json: entry 1 is incomplete .*tokens"):
+    with pytest.raises(RunError, match=r"entries.jsonl: entry 1 is incomplete .*tokens"):
         Run.open(tmp_path / "run")
 
 

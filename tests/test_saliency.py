@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from reportgen import models
+from reportgen.data.metrics import head_scores, parse_metric
+from reportgen.engine import attention as models
+from reportgen.engine import compute, compute_batch
+from reportgen.engine.encoding import encode
+from reportgen.engine.loading import check_attention, load_model
+from reportgen.engine.memory import keep_freed_memory
+from reportgen.errors import ModelError, SaliencyError, SettingsError
 from reportgen.inputs import examples_from_items
-from reportgen.models import ModelError, load_model
-from reportgen.saliency import (
-    SaliencyError,
-    compute,
-    compute_batch,
-    encode,
-    head_scores,
-    parse_metric,
-)
 from reportgen.settings import Settings
 
 REFERENCE = {
@@ -64,7 +61,7 @@ def _encoded(lm, items):
 
 def _loss_with(lm, row, gates=None, record=False):
     """Objective of one row through reportgen's forward (targets fixed by the first call)."""
-    from reportgen.saliency import _forward
+    from reportgen.engine.objectives import forward as _forward
 
     return _forward(lm, [row], gates=gates, record=record)
 
@@ -111,7 +108,7 @@ def _perturbed_loss(lm, row, where, eps):
     gate: the wrapped eager output gains eps * V[j] at query i of that head."""
     layer, head, i, j = where
     calls = {"n": 0}
-    real_eager_of = models._eager_of
+    real_eager_of = models.eager_of
 
     def eager_of(module):
         eager = real_eager_of(module)
@@ -127,13 +124,13 @@ def _perturbed_loss(lm, row, where, eps):
 
         return perturbed
 
-    models._eager_of = eager_of
+    models.eager_of = eager_of
     try:
         # Through the model's own eager attention: independent of reportgen's fused attention.
         with torch.no_grad(), models.own_eager():
             return _loss_with(lm, row).losses.item()
     finally:
-        models._eager_of = real_eager_of
+        models.eager_of = real_eager_of
 
 
 @pytest.mark.parametrize("name", FLOAT64_EXACT)
@@ -216,7 +213,7 @@ def test_padded_batch_equals_one_at_a_time(tiny_models, loaded, name, dtype):
 def test_pad_columns_carry_no_attention(loaded):
     """Real queries put zero weight on pad keys in a right-padded batch."""
     lm = loaded["bert-mlm"]
-    from reportgen.saliency import _forward
+    from reportgen.engine.objectives import forward as _forward
 
     rows = _encoded(lm, MLM_INPUTS)
     run = _forward(lm, rows, record=True)
@@ -270,9 +267,9 @@ def test_head_scores_reject_a_metric_without_mass():
 
 
 def test_unknown_metric_and_method_list_the_choices(loaded):
-    with pytest.raises(SaliencyError, match="Available: total, prediction, flow"):
+    with pytest.raises(SettingsError, match="Available: total, prediction, flow"):
         parse_metric("flux")
-    with pytest.raises(SaliencyError, match="Available: attn-grad, attention, attattr"):
+    with pytest.raises(SettingsError, match="Available: attn-grad, attention, attattr"):
         list(compute(examples_from_items(["a"]), loaded["gpt2"], Settings(method="lrp")))
 
 
@@ -400,7 +397,7 @@ def test_sdpa_only_attention_is_a_clear_error(loaded):
     lm.model.set_attn_implementation("sdpa")
     try:
         with pytest.raises(ModelError, match="returned no attention weights"):
-            models.check_attention(lm)
+            check_attention(lm)
     finally:
         lm.model.set_attn_implementation(models.ATTENTION_NAME)
 
@@ -412,13 +409,13 @@ def test_fused_attention_gives_the_models_own_scores(tiny_models, loaded, name, 
     # Llama's own eager softmax runs in float32, which a float64 fused softmax does not match.
     assert lm.fused_attention == (name != "llama" or dtype == "float32")
     calls = {"n": 0}
-    real = models._fused_attention
+    real = models.fused_attention
 
     def counted(*args, **kwargs):
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models, "_fused_attention", counted)
+    monkeypatch.setattr(models, "fused_attention", counted)
     rows = _encoded(lm, INPUTS[name])
     for method in ("attn-grad", "attention"):
         settings = Settings(method=method, dtype=dtype)
@@ -451,7 +448,7 @@ def test_fused_attention_is_refused_where_the_models_own_attention_differs(
     monkeypatch.setattr(gpt2, "eager_attention_forward", rescaled)
     lm = load_model(tiny_models["gpt2"], "cpu")
     assert not lm.fused_attention
-    assert not any(getattr(m, models._FUSED_FLAG, False) for m in lm.model.modules())
+    assert not any(getattr(m, models.FUSED_FLAG, False) for m in lm.model.modules())
     calls["n"] = 0
     compute_batch(lm, _encoded(lm, CAUSAL_INPUTS), Settings(), ablate=False)
     assert calls["n"] == lm.num_layers, "every layer ran the model's own attention"
@@ -459,13 +456,13 @@ def test_fused_attention_is_refused_where_the_models_own_attention_differs(
 
 def test_fused_attention_leaves_calls_with_other_arguments_to_the_model():
     q, k, v = (torch.randn(1, 4, 3, 2) for _ in range(3))
-    assert models._fused_attention(q, k, v, None, scaling=0.5, softcap=30.0) is None
-    assert models._fused_attention(q, k, v, None, scaling=0.5, dropout=0.1) is None
-    out, weights = models._fused_attention(q, k, v, None, scaling=0.5, position_ids=torch.ones(1))
+    assert models.fused_attention(q, k, v, None, scaling=0.5, softcap=30.0) is None
+    assert models.fused_attention(q, k, v, None, scaling=0.5, dropout=0.1) is None
+    out, weights = models.fused_attention(q, k, v, None, scaling=0.5, position_ids=torch.ones(1))
     expected = torch.softmax(q @ k.transpose(-1, -2) * 0.5, dim=-1)
     torch.testing.assert_close(weights, expected)
     torch.testing.assert_close(out, (expected @ v).transpose(1, 2))
-    grouped, _ = models._fused_attention(q, k[:, :2], v[:, :2], None, scaling=0.5)
+    grouped, _ = models.fused_attention(q, k[:, :2], v[:, :2], None, scaling=0.5)
     torch.testing.assert_close(
         grouped[:, :, 1], (torch.softmax(q[:, 1] @ k[:, 0].transpose(-1, -2) * 0.5, -1) @ v[:, 0])
     )
@@ -479,7 +476,7 @@ def test_nan_model_is_a_clear_error(loaded):
         weight[0, 0] = float("nan")
     try:
         with pytest.raises(ModelError, match="NaN"):
-            models.check_attention(lm)
+            check_attention(lm)
     finally:
         with torch.no_grad():
             weight.copy_(saved)
@@ -518,7 +515,8 @@ def test_task_specific_input_errors(loaded):
 
 
 def test_windows_bound_the_inputs_and_bytes_held(loaded):
-    from reportgen.saliency import WINDOW_BATCHES, WINDOW_BYTES, _windows
+    from reportgen.engine.runner import WINDOW_BATCHES, WINDOW_BYTES
+    from reportgen.engine.runner import windows as _windows
 
     lm = loaded["gpt2"]
     lengths = [5] * (WINDOW_BATCHES * 2 * 3 + 1)
@@ -535,4 +533,4 @@ def test_keep_freed_memory_applies_with_glibc():
     import sys
 
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert models.keep_freed_memory() == on_glibc
+    assert keep_freed_memory() == on_glibc

@@ -187,14 +187,14 @@ def test_an_interrupted_render_leaves_the_previous_site(
     out = tmp_path / "site"
     site.render_site(run, out, Settings())
     before = tree(out)
-    real = site._example_page
+    real = site.pages.example_page
 
     def failing(s: object, index: int, result: object) -> object:
         if index == 1:
             raise KeyboardInterrupt
         return real(s, index, result)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(site, "_example_page", failing)
+    monkeypatch.setattr(site.pages, "example_page", failing)
     with pytest.raises(KeyboardInterrupt):
         site.render_site(run, out, Settings(single_file=tmp_path / "one.html"))
     assert tree(out) == before
@@ -280,7 +280,7 @@ def test_single_file_on_its_own_and_its_size_limit(
     path = tmp_path / "report.html"
     assert site.render_single_file(run, path, Settings()) == path
     before = path.read_bytes()
-    monkeypatch.setattr(site, "SINGLE_FILE_LIMIT", 290_000)  # the packed bundle is ~273 KB
+    monkeypatch.setattr(site.writer, "SINGLE_FILE_LIMIT", 290_000)  # the packed bundle is ~273 KB
     with pytest.raises(OutputError, match=r"would exceed 0.277 MiB .* use the site folder"):
         site.render_single_file(run, path, Settings())
     assert path.read_bytes() == before
@@ -343,10 +343,10 @@ def test_index_rows_are_made_as_the_page_is_written(
             result = results[i % len(results)]
             writer.add(replace(result, example=replace(result.example, id=f"x{i}")))
     many = Run.open(tmp_path / "run")
-    monkeypatch.setattr(site, "RANK_BLOCK", 7)
-    gathered = site._Site.gather(many, Settings())
-    page = site._index_page(gathered)
-    rows = page.context["rows"]
+    monkeypatch.setattr(site.pages, "RANK_BLOCK", 7)
+    gathered = site.SiteContext.gather(many, Settings())
+    page = site.pages.index_page(gathered)
+    rows = page.context.rows
     assert not isinstance(rows, (list, tuple))
     first = list(rows)
     assert first == list(rows) and [r.id for r in first] == [f"x{i}" for i in range(50)]
@@ -354,8 +354,8 @@ def test_index_rows_are_made_as_the_page_is_written(
     assert [r.top for r in first] == [top_head(g) for g in grids]
     assert [r.top_score for r in first] == [float(g[top_head(g)]) for g in grids]
     packed = np.frombuffer(base64.b64decode(page.data["scores"]), "<u4").reshape(50, -1)
-    expected = np.rint(grids.reshape(50, -1).astype(np.float64) * site.RANK_SCALE)
+    expected = np.rint(grids.reshape(50, -1).astype(np.float64) * site.pages.RANK_SCALE)
     np.testing.assert_array_equal(packed, expected.astype("<u4"))
-    pieces = site._render(gathered, page, site.Links(gathered.names))
+    pieces = site.writer._render(gathered, page, site.Links(gathered.names))
     assert not isinstance(pieces, str)
     assert "".join(pieces).count("<tr data-row=") == 50

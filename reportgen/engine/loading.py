@@ -1,60 +1,43 @@
 """Model loading: resolve a folder or cached hub id offline, detect the task, wire attention.
 
-Every attention layer runs through one registered attention function, `reportgen`, that calls
-the model's own eager attention (so its exact semantics are kept) and, inside an
-`attention_control` block, records the attention weights and scales each head's output by a
-gate. Scaling head h's output by g is the same as scaling its attention weights by g, since
-out_h = A_h V_h; this gives ablation, integrated gradients and head-gate gradients for any model
-whose attention goes through transformers' `AttentionInterface` (transformers 5 dropped
-`head_mask`).
-
-Most models' eager attention is softmax(q·kᵀ·scaling + mask)·v. `_fused_attention` computes the
-same with two fewer full-size [B, H, T, T] temporaries in the forward and one fewer in the
-backward (the scale goes on q, the mask is added in place), which on CPU is a quarter of the
-attention's cost. It is used only where `check_attention` found it equal to the model's own
-eager attention on a padded probe batch, and only for calls that carry nothing else (no
-softcapping, sinks or dropout); anything else runs the model's own function.
+A model is loaded with reportgen's attention function (`attention.py`) in every layer, in eval
+mode, with no key/value cache, and then probed: one forward pass must return attention weights
+from every layer (and finite outputs), and a seeded padded batch decides whether the fused
+attention may stand in for the model's own.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from transformers import AttentionInterface, AutoConfig, AutoTokenizer
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers import AutoConfig, AutoTokenizer
 
-ATTENTION_NAME = "reportgen"
+from reportgen.data.tasks import Task
+from reportgen.engine.attention import (
+    ATTENTION_NAME,
+    FUSED_FLAG,
+    LAYER_ATTR,
+    attention_control,
+    own_eager,
+    seen_modules,
+)
+from reportgen.errors import ModelError
+
 DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-
-
-class ModelError(RuntimeError):
-    """The model cannot be loaded or used; the message says why and what to do."""
-
-
-class Task(str, Enum):
-    """What the model computes, which decides the objective whose gradient is taken."""
-
-    CAUSAL_LM = "causal-lm"
-    MASKED_LM = "masked-lm"
-    CLASSIFICATION = "sequence-classification"
-    ENCODER = "encoder"
-
 
 # Architecture name suffix -> task, checked in order; anything else is a bare encoder.
 _TASK_SUFFIXES = (
@@ -88,173 +71,11 @@ class LoadedModel:
     weights_sha256: str
     accepts_position_ids: bool
     fused_attention: bool = False
-    """Whether attention runs through `_fused_attention` (checked equal to the model's own)."""
+    """Whether attention runs through `fused_attention` (checked equal to the model's own)."""
 
     @property
     def architecture(self) -> str:
         return type(self.model).__name__
-
-
-@dataclass
-class _Control:
-    gates: torch.Tensor | None
-    record: bool
-    weights: list[torch.Tensor] = field(default_factory=list)
-    calls: int = 0
-
-
-_ACTIVE: ContextVar[_Control | None] = ContextVar("reportgen_attention_control", default=None)
-_OWN_EAGER: ContextVar[bool] = ContextVar("reportgen_own_eager", default=False)
-_SEEN: ContextVar[list[tuple[torch.nn.Module, bool]] | None] = ContextVar(
-    "reportgen_seen", default=None
-)
-_FUSED_FLAG = "_reportgen_fused"
-
-
-@contextmanager
-def attention_control(
-    gates: torch.Tensor | None = None, record: bool = False
-) -> Iterator[list[torch.Tensor]]:
-    """Within the block, attention layer l scales head h of batch row b by gates[b, l, h], and
-    (with record) its attention weights [B, H, Tq, Tk] are appended to the yielded list in layer
-    order. One forward pass per block."""
-    control = _Control(gates, record)
-    token = _ACTIVE.set(control)
-    try:
-        yield control.weights
-    finally:
-        _ACTIVE.reset(token)
-
-
-@contextmanager
-def own_eager() -> Iterator[None]:
-    """Within the block, every attention layer runs the model's own eager function."""
-    token = _OWN_EAGER.set(True)
-    try:
-        yield
-    finally:
-        _OWN_EAGER.reset(token)
-
-
-def _eager_of(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if eager is None:
-        raise ModelError(
-            f"{type(module).__name__} has no eager attention function for reportgen to wrap; "
-            "this architecture is not supported"
-        )
-    return eager
-
-
-def _reportgen_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    seen = _SEEN.get()
-    found = None
-    if getattr(module, _FUSED_FLAG, False) and not _OWN_EAGER.get():
-        found = _fused_attention(query, key, value, attention_mask, **kwargs)
-    fused = found is not None
-    if found is None:
-        found = _eager_of(module)(module, query, key, value, attention_mask, **kwargs)
-    if seen is not None:
-        seen.append((module, fused))
-    out, weights = found
-    control = _ACTIVE.get()
-    if control is None:
-        return out, weights
-    layer = control.calls
-    control.calls += 1
-    if control.record:
-        control.weights.append(weights)
-    if control.gates is not None:
-        heads = weights.shape[1]
-        if out.dim() != 4 or out.shape[2] != heads:
-            raise ModelError(
-                f"{type(module).__name__} returns attention output of shape {tuple(out.shape)}; "
-                "reportgen expects [batch, tokens, heads, head_dim]"
-            )
-        out = out * control.gates[:, layer, :, None].to(out.dtype)[:, None]
-    return out, weights
-
-
-# Keyword arguments the standard eager attention receives and ignores (a None or False value of
-# any other argument is also harmless; anything else, e.g. softcap or s_aux, needs the model's).
-_IGNORED_KWARGS = frozenset(
-    {"position_ids", "cache_position", "use_cache", "output_attentions", "is_causal"}
-)
-
-
-def _fused_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """softmax(q·kᵀ·scaling + mask)·v and its weights, as the standard eager attention returns
-    them ([B, T, H, D] and [B, H, Tq, Tk]); None for a call with anything else in it."""
-    if dropout or any(
-        v is not None and v is not False and k not in _IGNORED_KWARGS for k, v in kwargs.items()
-    ):
-        return None
-    if attention_mask is not None and attention_mask.dtype == torch.bool:
-        return None
-    heads = query.shape[1]
-    if key.shape[1] != heads:  # grouped-query attention: each key/value head serves a group
-        key = key.repeat_interleave(heads // key.shape[1], dim=1)
-        value = value.repeat_interleave(heads // value.shape[1], dim=1)
-    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    # Scaling q (B·H·T·D values) instead of the scores (B·H·T·T) saves a full-size temporary in
-    # the forward and another in the backward; adding the mask in place saves one more.
-    scores = torch.matmul(query * scale, key.transpose(-1, -2))
-    if attention_mask is not None:
-        scores.add_(attention_mask[:, :, :, : key.shape[-2]])
-    if query.element_size() < 4:
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    else:
-        weights = torch.softmax(scores, dim=-1)
-    return torch.matmul(weights, value).transpose(1, 2), weights
-
-
-AttentionInterface.register(ATTENTION_NAME, _reportgen_attention)
-AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse instead of returning it to the system.
-
-    A pass with gradients holds every layer's [B, H, T, T] attention tensors, and when the batch
-    is done glibc gives that memory back; the next batch then page-faults all of it in again,
-    which on CPU costs about a fifth of a small model's saliency pass. This keeps blocks of up to
-    32 MiB on the heap and up to 512 MiB of free heap before trimming: the resident set stays at
-    its peak instead of falling between batches, and the peak itself barely moves (benchmark 4:
-    587 MB against 574 MB for 1,000 demo inputs).
-    Process-wide, so the command line calls it and the library leaves it to the caller.
-    Returns whether it applied (glibc on Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    return all(
-        mallopt(option, value) == 1
-        for option, value in (
-            (m_mmap_threshold, 32 * 2**20),
-            (m_trim_threshold, 512 * 2**20),
-            (m_top_pad, 16 * 2**20),
-        )
-    )
 
 
 def demo_model_path() -> Path:
@@ -380,9 +201,11 @@ def load_model(
 
 def check_attention(lm: LoadedModel) -> tuple[int, int]:
     """Run a probe forward pass; return (layers, heads), or fail if no attention weights come
-    back or the outputs are not finite."""
+    back or the outputs are not finite. Each attention module called once per pass is given its
+    layer index (the model's own `layer_idx` where it has one, else its place in the pass); a
+    module shared by all layers (ALBERT) is counted per call."""
     ids = lm.tokenizer("a b", return_tensors="pt")["input_ids"].to(lm.device)
-    with torch.no_grad(), attention_control(record=True) as weights:
+    with torch.no_grad(), seen_modules() as seen, attention_control(record=True) as weights:
         output = lm.model(input_ids=ids)
     if not weights or any(w is None or w.numel() == 0 for w in weights):
         impl = getattr(lm.model.config, "_attn_implementation", "?")
@@ -400,7 +223,22 @@ def check_attention(lm: LoadedModel) -> tuple[int, int]:
         raise ModelError(
             f"model '{lm.name}' has layers with different head counts: {sorted(heads)}"
         )
-    return len(weights), heads.pop()
+    _number_layers([module for module, _ in seen])
+    return len(seen), heads.pop()
+
+
+def _number_layers(calls: list[torch.nn.Module]) -> None:
+    """Give each attention module its layer index, if every module is called once per pass."""
+    if len(set(map(id, calls))) != len(calls):
+        for module in calls:  # shared: counted per call
+            if hasattr(module, LAYER_ATTR):
+                delattr(module, LAYER_ATTR)
+        return
+    own = [getattr(module, "layer_idx", None) for module in calls]
+    numbers = [i for i in own if isinstance(i, int)]
+    use_own = len(numbers) == len(calls) and sorted(numbers) == list(range(len(calls)))
+    for place, module in enumerate(calls):
+        setattr(module, LAYER_ATTR, numbers[place] if use_own else place)
 
 
 # Largest difference allowed between the fused and the model's own attention on the probe, for
@@ -414,7 +252,7 @@ _PROBE_TOLERANCE = {
 
 
 def enable_fused_attention(lm: LoadedModel) -> bool:
-    """Run every attention layer through `_fused_attention` if, on a seeded probe batch with
+    """Run every attention layer through `fused_attention` if, on a seeded probe batch with
     padding, it gives the model's own attention weights and outputs; return whether it does.
     A model whose eager attention computes anything else keeps its own."""
     vocab = lm.model.get_input_embeddings().num_embeddings
@@ -422,19 +260,15 @@ def enable_fused_attention(lm: LoadedModel) -> bool:
     mask = torch.ones_like(ids)
     mask[1, 8:] = 0
     inputs = {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device)}
-    seen: list[tuple[torch.nn.Module, bool]] = []
-    token = _SEEN.set(seen)
-    try:
+    with seen_modules() as seen:
         with torch.no_grad(), own_eager(), attention_control(record=True) as own_weights:
             own = lm.model(**inputs)[0]
         modules = list(dict.fromkeys(module for module, _ in seen))
         for module in modules:
-            setattr(module, _FUSED_FLAG, True)
+            setattr(module, FUSED_FLAG, True)
         seen.clear()
         with torch.no_grad(), attention_control(record=True) as fused_weights:
             fused = lm.model(**inputs)[0]
-    finally:
-        _SEEN.reset(token)
     tol = _PROBE_TOLERANCE[lm.dtype]
     same = (
         bool(seen)
@@ -448,7 +282,7 @@ def enable_fused_attention(lm: LoadedModel) -> bool:
     )
     if not same:
         for module in modules:
-            setattr(module, _FUSED_FLAG, False)
+            setattr(module, FUSED_FLAG, False)
     return same
 
 
@@ -489,8 +323,6 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def _accepts(model: Any, argument: str) -> bool:
-    import inspect
-
     return argument in inspect.signature(model.forward).parameters
 
 

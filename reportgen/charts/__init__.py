@@ -1,0 +1,85 @@
+"""Charts: records in, Vega specs out, in three steps.
+
+packing   records into the rows the charts draw (top-k cells per head, rounded scores)
+geometry  pixel sizes, label thinning, segment brackets
+views     Vega-Lite views and specs, built with Altair (linked page, grid, figure)
+vega      the specs compiled to Vega, once per shape
+names     the names of views, selections and datasets that page code receives
+"""
+
+from reportgen.charts.geometry import bracket_rows, grid_step, heat_side, label_stride
+from reportgen.charts.names import (
+    BRACKET_LABELS_DATA,
+    BRACKETS_DATA,
+    BRUSH,
+    GRID,
+    GRID_CELLS,
+    HEAT,
+    HEAT_CELLS,
+    PICK,
+    page_names,
+)
+from reportgen.charts.packing import (
+    FLATTEN_BUDGET,
+    MAX_DEFAULT_CELLS,
+    Packed,
+    default_top_k,
+    flatten_budget,
+    heads_rows,
+    metric_name,
+    pack_cells,
+    selection_share,
+    sig,
+    sig_array,
+    top_head,
+    top_heads,
+)
+from reportgen.charts.vega import to_vega
+from reportgen.charts.views import (
+    KEY_TITLE,
+    OUTLINE,
+    QUERY_TITLE,
+    VIRIDIS_LOW,
+    LinkedChart,
+    figure_spec,
+    grid_spec,
+    linked_spec,
+)
+
+__all__ = [
+    "BRACKETS_DATA",
+    "BRACKET_LABELS_DATA",
+    "BRUSH",
+    "FLATTEN_BUDGET",
+    "GRID",
+    "GRID_CELLS",
+    "HEAT",
+    "HEAT_CELLS",
+    "KEY_TITLE",
+    "MAX_DEFAULT_CELLS",
+    "OUTLINE",
+    "PICK",
+    "QUERY_TITLE",
+    "VIRIDIS_LOW",
+    "LinkedChart",
+    "Packed",
+    "bracket_rows",
+    "default_top_k",
+    "figure_spec",
+    "flatten_budget",
+    "grid_spec",
+    "grid_step",
+    "heads_rows",
+    "heat_side",
+    "label_stride",
+    "linked_spec",
+    "metric_name",
+    "pack_cells",
+    "page_names",
+    "selection_share",
+    "sig",
+    "sig_array",
+    "to_vega",
+    "top_head",
+    "top_heads",
+]

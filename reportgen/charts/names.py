@@ -1,0 +1,45 @@
+"""The names a page's code needs: views, selections, datasets and the marks and stores Vega
+makes of them. Every spec names its views and selections with these (so signal names are
+stable), and each page hands them to its JavaScript in its data (`page_names`): nothing is
+spelled twice, in Python and in JS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GRID = "grid"
+GRID_CELLS = "grid_cells"
+HEAT = "heat"
+HEAT_CELLS = "heat_cells"
+PICK = "pick"
+BRUSH = "brush"
+TOKENS = "tokens"
+HEADS_DATA = "heads"
+CELLS_DATA = "cells"
+BRACKETS_DATA = "brackets"
+BRACKET_LABELS_DATA = "bracket_labels"
+CONNECTOR_DATA = "connector"
+SELECTIONS = (PICK, BRUSH)
+"""The grid's selections, in the order the page reads them."""
+
+
+def marks(view: str) -> str:
+    """The Vega mark Vega-Lite compiles a named view into."""
+    return f"{view}_marks"
+
+
+def store(selection: str) -> str:
+    """The Vega dataset holding a Vega-Lite selection's tuples."""
+    return f"{selection}_store"
+
+
+def page_names() -> dict[str, Any]:
+    """The names, as the page's JavaScript receives them (`data.names`)."""
+    return {
+        "heat_mark": marks(HEAT_CELLS),
+        "selections": list(SELECTIONS),
+        "stores": [store(s) for s in SELECTIONS],
+        "tokens": TOKENS,
+        "cells": CELLS_DATA,
+        "heads": HEADS_DATA,
+    }

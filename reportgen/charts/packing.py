@@ -1,0 +1,184 @@
+"""Data packing: records into the rows the charts draw. Pure numpy, no Altair.
+
+Scores go into page data rounded to SIGNIFICANT digits (small, deterministic pages). The per-input
+heatmap data is one packed row per head holding that head's top-k cells (`pack_cells`), so a
+click touches k cells, not T².
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from reportgen.data.results import Result
+
+SIGNIFICANT = 4
+"""Significant digits kept for the scores in page data (small, deterministic pages)."""
+FLATTEN_BUDGET = 4096
+"""Fewest cells a heatmap update flattens before it cuts the selected heads' rows short."""
+MAX_DEFAULT_CELLS = 512
+"""Most cells kept per head by default (`default_top_k`). A click redraws one head's cells, and
+Vega's work and the canvas's grow with them: at T = 512 (1.25 px cells), 1,024 cells per head
+put a click at ~20 ms, 512 at ~13 ms, keeping ~63% of a head's saliency instead of ~73% (the
+benchmark's random 12 × 12 model; trained heads are sharper). `--top-k` sets it."""
+_GRID_PAD_INNER, _GRID_PAD_OUTER = 0.08, 0.04
+
+
+def sig(x: float, digits: int = SIGNIFICANT) -> float:
+    """`x` rounded to `digits` significant digits (as the JSON pages store it)."""
+    return float(f"{float(x):.{digits}g}")
+
+
+def metric_name(result: Result, metric: str | None) -> str:
+    """The head-score metric to show: `metric` if given, else the run's non-default one.
+
+    A Result does not record the run's metric; callers with a run pass `run.info.metric`. Without
+    it, a `flow:` metric is preferred (it is only computed when asked for), else `total`."""
+    if metric is not None:
+        if metric not in result.head_scores:
+            raise KeyError(
+                f"input '{result.example.id}' has no head scores for metric '{metric}' "
+                f"(it has: {', '.join(result.head_scores)})"
+            )
+        return metric
+    flows = [name for name in result.head_scores if name.startswith("flow:")]
+    return flows[0] if flows else "total"
+
+
+def top_head(grid: np.ndarray) -> tuple[int, int]:
+    """The (layer, head) with the largest score, 0-based; the first one on ties."""
+    layer, head = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    return int(layer), int(head)
+
+
+def top_heads(grid: np.ndarray, n: int) -> list[tuple[int, int, float]]:
+    """The `n` strongest heads as (layer, head, score), 0-based, strongest first (stable)."""
+    flat = np.asarray(grid, dtype=np.float64).ravel()
+    order = np.argsort(-flat, kind="stable")[:n]
+    heads = grid.shape[1]
+    return [(int(k // heads), int(k % heads), float(flat[k])) for k in order]
+
+
+def heads_rows(grid: np.ndarray) -> list[dict[str, Any]]:
+    """The grid as rows {layer, head, score}, 1-based layer and head."""
+    layers, heads = grid.shape
+    return [
+        {"layer": layer + 1, "head": head + 1, "score": sig(grid[layer, head])}
+        for layer in range(layers)
+        for head in range(heads)
+    ]
+
+
+def sig_array(values: np.ndarray, digits: int = SIGNIFICANT, flat: bool = True) -> Any:
+    """`sig` over an array, vectorised: each value is the double nearest its rounded decimal,
+    so JSON writes it short (0.1235, not 0.12350000000000001). A flat list of floats, or nested
+    lists (`flat=False`) shaped like `values`."""
+    x = np.asarray(values, dtype=np.float64)
+    nonzero = x != 0
+    magnitude = np.floor(np.log10(np.abs(np.where(nonzero, x, 1.0))))
+    power = np.clip(digits - 1 - magnitude, -300, 300)
+    up = power >= 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        factor = 10.0 ** np.abs(power)
+        rounded = np.where(up, np.round(x * factor) / factor, np.round(x / factor) * factor)
+    out = np.where(nonzero, rounded, 0.0)
+    return out.ravel().tolist() if flat else out.tolist()
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Each head's top-k token cells, one row per head, and how much saliency they carry."""
+
+    rows: list[dict[str, Any]]
+    """{layer, head, tot, kept, c: [...], v: [...]}: 1-based layer and head; cells c = i·T + j
+    (query i, key j, 0-based), strongest first; |score| values v and the head's total `tot`,
+    scaled so the largest head total is 1; `kept` = sum(v)."""
+    tokens: int
+    k: int
+    cells: int
+    """T × T, the cells each head has."""
+    kept_share: float
+    """Share of all heads' saliency carried by the kept cells."""
+    min_kept_share: float
+    """The smallest such share of a single head (heads without saliency excluded)."""
+
+
+def pack_cells(scores: np.ndarray, top_k: int | None = None) -> Packed:
+    """Pack |scores| [L, H, T, T] into one row per head with its top-k cells (default k =
+    `default_top_k(T)`).
+
+    Values are absolute (attattr scores are signed) and rounded; zero cells are never kept.
+    Cells are listed strongest first (ties by position), so the heatmap can cut a row short
+    when many heads are selected, and the output is deterministic."""
+    layers, heads, t, _ = scores.shape
+    n = t * t
+    k = max(1, min(n, default_top_k(t) if top_k is None else top_k))
+    totals = np.abs(np.asarray(scores)).sum(axis=(2, 3), dtype=np.float64).ravel()
+    scale = 1.0 / totals.max() if totals.size and totals.max() > 0 else 1.0
+    cells, values = [], []
+    for layer in range(layers):  # one layer at a time bounds the memory used
+        mag = np.abs(np.asarray(scores[layer], dtype=np.float32)).reshape(heads, n)
+        idx = (
+            np.argpartition(-mag, k - 1, axis=1)[:, :k]
+            if k < n
+            else np.broadcast_to(np.arange(n), (heads, n))
+        )
+        top = np.take_along_axis(mag, idx, axis=1)
+        order = np.lexsort((idx, -top), axis=-1)  # strongest first, ties by position
+        cells.append(np.take_along_axis(idx, order, 1))
+        values.append(np.take_along_axis(top, order, 1))
+    cell = np.concatenate(cells)
+    value = np.concatenate(values).astype(np.float64)
+    counts = (value > 0).sum(axis=1)  # zero cells sort last and are dropped
+    kept = value.sum(axis=1)
+    shown = sig_array(value * scale, flat=False)
+    tots, keeps = sig_array(totals * scale), sig_array(kept * scale)
+    cell_lists = cell.tolist()
+    rows = [
+        {
+            "layer": row // heads + 1,
+            "head": row % heads + 1,
+            "tot": tots[row],
+            "kept": keeps[row],
+            "c": cell_lists[row][: counts[row]],
+            "v": shown[row][: counts[row]],
+        }
+        for row in range(layers * heads)
+    ]
+    kept_total = float(kept.sum())
+    positive = totals > 0
+    shares = kept[positive] / totals[positive]
+    grand = float(totals.sum())
+    return Packed(
+        rows=rows,
+        tokens=t,
+        k=k,
+        cells=n,
+        kept_share=kept_total / grand if grand > 0 else 1.0,
+        min_kept_share=float(shares.min()) if shares.size else 1.0,
+    )
+
+
+def default_top_k(tokens: int) -> int:
+    """Cells kept per head unless asked otherwise: 2T (a head's strongest links, about two per
+    query), at most MAX_DEFAULT_CELLS."""
+    return min(2 * tokens, MAX_DEFAULT_CELLS)
+
+
+def flatten_budget(packed_k: int) -> int:
+    """Cells flattened per update: all k cells of up to 4 heads (at least FLATTEN_BUDGET); a
+    bigger selection keeps each head's strongest budget/n cells, so a brush over every head
+    stays interactive. The page's caption says how much saliency the drawn cells carry."""
+    return max(FLATTEN_BUDGET, 4 * packed_k)
+
+
+def selection_share(result: Result, heads: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The heatmap the page shows for a set of 0-based heads, computed from all cells: |scores|
+    summed over the heads, divided by their total (float64 [T, T], rows are queries)."""
+    mag = np.abs(np.asarray(result.scores, dtype=np.float64))
+    summed = sum(mag[layer, head] for layer, head in heads)
+    total = float(np.sum(summed))
+    return np.asarray(summed) / total if total > 0 else np.zeros_like(mag[0, 0])

@@ -1,0 +1,471 @@
+"""Views: Vega-Lite specs built with Altair from records. Pure functions: records in, spec
+dicts out.
+
+Specs are built with Altair around *named* data placeholders (`alt.Data(name=...)`); the rows go
+into `spec["datasets"]` afterwards, because Altair walking every row is slow. Every view and
+selection has an explicit name (`names.py`), so a spec is stable and diffable. The heatmap
+filters the packed per-head rows by the grid's selection *before* flattening them.
+
+Selections on the linked grid:
+- `pick`: point selection of (layer, head) on pointer-down; shift adds heads. The page opens
+  with the top head picked.
+- `brush`: interval selection (drag a box) of a block of heads; a plain click clears it.
+The heatmap shows the union of both, each cell the share of the selection's total saliency.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import altair as alt
+import numpy as np
+
+from reportgen.charts.geometry import (
+    _GRID_PAD_INNER,
+    _GRID_PAD_OUTER,
+    _label_size,
+    _named_spans,
+    _zoom_lines,
+    bracket_rows,
+    grid_step,
+    heat_side,
+    label_stride,
+)
+from reportgen.charts.names import (
+    BRACKET_LABELS_DATA,
+    BRACKETS_DATA,
+    BRUSH,
+    CELLS_DATA,
+    CONNECTOR_DATA,
+    GRID,
+    GRID_CELLS,
+    HEADS_DATA,
+    HEAT,
+    HEAT_CELLS,
+    PICK,
+    TOKENS,
+)
+from reportgen.charts.packing import (
+    Packed,
+    flatten_budget,
+    heads_rows,
+    metric_name,
+    pack_cells,
+    top_head,
+)
+from reportgen.data.results import Result
+
+VIRIDIS_LOW = "#440154"
+"""viridis(0): the heatmap's background, so a cell without data reads as zero saliency."""
+OUTLINE = "#ffd60a"
+"""The selection outline (yellow, as in the reference figure)."""
+FONT = "Inter, 'Segoe UI', system-ui, -apple-system, Roboto, 'Helvetica Neue', Arial, sans-serif"
+QUERY_TITLE = "query token (attends from)"
+KEY_TITLE = "key token (attended to)"
+LEGEND_TITLE = "saliency"
+_AXIS_GAP = 22
+"""Pixels between the heatmap and its token labels, where the segment brackets are drawn."""
+
+
+def _grid_view(
+    layers: int,
+    heads: int,
+    selected: Any,
+    title: str | None = None,
+    legend: bool = False,
+    extra: Sequence[Any] = (),
+) -> alt.LayerChart:
+    """The layer × head grid (layer 1 at the top): cells, then a yellow outline with a dark
+    halo (visible on any colour) around the heads where `selected` holds."""
+    step = grid_step(layers, heads)
+    band: dict[str, Any] = {"paddingInner": _GRID_PAD_INNER, "paddingOuter": _GRID_PAD_OUTER}
+    base = alt.Chart(alt.Data(name=HEADS_DATA)).encode(
+        x=alt.X(
+            "head:O",
+            title="head",
+            scale={"domain": list(range(1, heads + 1)), **band},
+            axis=alt.Axis(labelAngle=0, ticks=False, domain=False, orient="bottom"),
+        ),
+        y=alt.Y(
+            "layer:O",
+            title="layer",
+            scale={"domain": list(range(1, layers + 1)), **band},
+            axis=alt.Axis(ticks=False, domain=False),
+        ),
+    )
+    cells = (
+        base.mark_rect(cursor="pointer")
+        .encode(
+            color=alt.Color(
+                "score:Q",
+                title="share",
+                scale=alt.Scale(scheme="viridis", domainMin=0),
+                legend=alt.Legend(format=".0%", gradientLength=max(80, step * layers))
+                if legend
+                else None,
+            ),
+            tooltip=[
+                alt.Tooltip("layer:O", title="layer"),
+                alt.Tooltip("head:O", title="head"),
+                alt.Tooltip("score:Q", title="score", format=".2%"),
+            ],
+        )
+        .properties(name=GRID_CELLS)
+    )
+    halo = (
+        base.transform_filter(selected)
+        .mark_rect(fill=None, stroke="#1d1d1f", strokeWidth=4.5, strokeOpacity=0.85)
+        .properties(name="grid_halo")
+    )
+    outline = (
+        base.transform_filter(selected)
+        .mark_rect(fill=None, stroke=OUTLINE, strokeWidth=2.5)
+        .properties(name="grid_outline")
+    )
+    chart = alt.LayerChart(
+        layer=[cells, halo, outline, *extra],
+        name=GRID,
+        width=step * heads,
+        height=step * layers,
+    )
+    if title:
+        chart = chart.properties(title=alt.TitleParams(title, anchor="start", fontSize=12))
+    return chart
+
+
+def _heat_view(
+    tokens: int,
+    keys_as_rows: bool,
+    selected: Any | None,
+    has_spans: bool,
+    budget: int | None,
+    row_axis: str = "left",
+) -> alt.LayerChart:
+    """The T × T heatmap of the selected heads, from the packed per-head rows.
+
+    Filter (selection) → joinaggregate (the selection's total and size) → cut each row to its
+    strongest ⌈budget / heads⌉ cells → flatten → each cell's share of the total → aggregate
+    (sum over heads). Filtering and cutting first keep an update at no more than k cells per
+    head and `budget` in all.
+
+    Per-cell work is what a click at T = 512 pays for (issue 6), so a cell carries only its
+    position and share: no ARIA description (the canvas renderer never reads it), and the
+    tooltip is the datum itself, which the page formats when a cell is hovered (`reportgen.js`
+    looks the tokens up then). Long token axes list every n-th label rather than all T."""
+    side = heat_side(tokens)
+    rows, cols = ("j", "i") if keys_as_rows else ("i", "j")
+    titles = {"i": QUERY_TITLE, "j": KEY_TITLE}
+    domain = list(range(tokens))
+    label = f"{TOKENS}[datum.value]"
+    gap = _AXIS_GAP if has_spans else 4
+    axis_style: dict[str, Any] = {
+        "labelExpr": label,
+        "labelFontSize": _label_size(tokens),
+        "labelLimit": 120,
+        "labelOverlap": "greedy",
+        "labelPadding": 3,
+        "tickSize": 3,
+        "domain": False,
+        "offset": gap,
+        "titlePadding": 8,
+    }
+    stride = label_stride(tokens)
+    if stride > 1:
+        axis_style["values"] = list(range(0, tokens, stride))
+    band: dict[str, Any] = {"domain": domain, "paddingInner": 0, "paddingOuter": 0}
+    cells = alt.Chart(alt.Data(name=CELLS_DATA))
+    if selected is not None:
+        cells = cells.transform_filter(selected)
+    cells = cells.transform_joinaggregate(seltot="sum(tot)", nsel="count()")
+    if budget is not None:
+        cells = cells.transform_calculate(n=f"ceil({budget} / datum.nsel)").transform_calculate(
+            ck="slice(datum.c, 0, datum.n)", vk="slice(datum.v, 0, datum.n)"
+        )
+    else:
+        cells = cells.transform_calculate(ck="datum.c", vk="datum.v")
+    cells = (
+        cells.transform_flatten(["ck", "vk"])
+        .transform_calculate(part="datum.seltot > 0 ? datum.vk / datum.seltot : 0")
+        .transform_aggregate(share="sum(part)", groupby=["ck"])
+        .transform_calculate(i=f"floor(datum.ck / {tokens})", j=f"datum.ck % {tokens}")
+        .mark_rect(aria=False, tooltip=alt.ExprRef(expr="datum"))
+        .encode(
+            x=alt.X(
+                f"{cols}:O",
+                title=titles[cols],
+                scale=band,
+                axis={
+                    "labelAngle": -90,
+                    "labelAlign": "right",
+                    "labelBaseline": "middle",
+                    **axis_style,
+                },
+            ),
+            y=alt.Y(
+                f"{rows}:O",
+                title=titles[rows],
+                scale=band,
+                axis={"orient": row_axis, **axis_style},
+            ),
+            color=alt.Color(
+                "share:Q",
+                title=LEGEND_TITLE,
+                scale=alt.Scale(scheme="viridis", domainMin=0),
+                legend=alt.Legend(
+                    title=LEGEND_TITLE,
+                    orient="right",
+                    gradientLength=min(side, 240),
+                    format=".2~g",
+                    offset=12,
+                ),
+            ),
+        )
+        .properties(name=HEAT_CELLS)
+    )
+    layers: list[Any] = [cells]
+    if has_spans:
+        layers.append(
+            alt.Chart(alt.Data(name=BRACKETS_DATA))
+            .mark_line(color="#555", strokeWidth=1.2, clip=False)
+            .encode(
+                x=alt.X("px:Q", scale=None, axis=None),
+                y=alt.Y("py:Q", scale=None, axis=None),
+                detail="key:N",
+                order="order:Q",
+            )
+            .properties(name="heat_brackets")
+        )
+        layers.append(
+            alt.Chart(alt.Data(name=BRACKET_LABELS_DATA))
+            .mark_text(fontSize=9, fontWeight=600, color="#444", baseline="middle", clip=False)
+            .encode(
+                x=alt.X("px:Q", scale=None, axis=None),
+                y=alt.Y("py:Q", scale=None, axis=None),
+                text="label:N",
+                angle=alt.Angle("angle:Q", scale=None),
+            )
+            .properties(name="heat_bracket_labels")
+        )
+    return alt.LayerChart(
+        layer=layers,
+        name=HEAT,
+        width=side,
+        height=side,
+        view=alt.ViewBackground(fill=VIRIDIS_LOW, stroke=None),
+    )
+
+
+CONFIG: dict[str, Any] = {
+    "font": FONT,
+    "view": {"stroke": None},
+    "axis": {
+        "labelColor": "#3d3d3d",
+        "titleColor": "#1f1f1f",
+        "titleFontWeight": 600,
+        "titleFontSize": 12,
+        "labelFontSize": 11,
+        "tickColor": "#888",
+        "domainColor": "#888",
+    },
+    "legend": {
+        "titleFontSize": 12,
+        "titleFontWeight": 600,
+        "labelFontSize": 11,
+        "titleColor": "#1f1f1f",
+    },
+}
+"""The shared look: font, axes and legends, no view border."""
+
+
+def _view_dict(chart: Any) -> dict[str, Any]:
+    """One view as a dict, without the top-level keys Altair adds (schema URL, theme config)."""
+    spec = dict(chart.to_dict())
+    for key in ("$schema", "config", "datasets"):
+        spec.pop(key, None)
+    return spec
+
+
+def _top_level(body: dict[str, Any], params: list[dict[str, Any]]) -> dict[str, Any]:
+    """A top-level spec around `body` (a view or a concat), with our config and params.
+
+    Concatenation happens here, on dicts: Altair's own concat renames named layers (`heat_cells`
+    becomes `heat_cells_1`) to attach params, which would break the names pages rely on."""
+    spec: dict[str, Any] = {"config": CONFIG, "padding": 8, "background": "white", **body}
+    if params:
+        spec["params"] = [*spec.get("params", []), *params]
+    return spec
+
+
+@functools.lru_cache(maxsize=64)
+def _linked_skeleton(
+    layers: int, heads: int, tokens: int, keys_as_rows: bool, spans: bool, budget: int
+) -> str:
+    """The linked spec for one shape, as JSON (built once per shape: Altair is the slow part)."""
+    pick = alt.selection_point(
+        name=PICK,
+        fields=["layer", "head"],
+        on="pointerdown",
+        clear="dblclick",
+        value=[{"layer": 1, "head": 1}],
+        empty=False,
+    )
+    brush = alt.selection_interval(
+        name=BRUSH,
+        encodings=["x", "y"],
+        empty=False,
+        translate=False,
+        zoom=False,
+        clear="dblclick",
+        mark=alt.BrushConfig(
+            fill=OUTLINE, fillOpacity=0.12, stroke=OUTLINE, strokeWidth=1.5, cursor="crosshair"
+        ),
+    )
+    selected = pick | brush
+    grid = _view_dict(_grid_view(layers, heads, selected))
+    heat = _view_dict(_heat_view(tokens, keys_as_rows, selected, spans, budget))
+    body = {"hconcat": [grid, heat], "spacing": 48, "resolve": {"scale": {"color": "independent"}}}
+    params = [
+        {**_param_dict(pick), "views": [GRID_CELLS]},
+        {**_param_dict(brush), "views": [GRID_CELLS]},
+        {"name": TOKENS, "value": []},
+    ]
+    return json.dumps(_top_level(body, params))
+
+
+def _param_dict(selection: alt.Parameter) -> dict[str, Any]:
+    return dict(selection.param.to_dict())  # type: ignore[union-attr]  # always set by selection_*
+
+
+def _set_param(spec: dict[str, Any], name: str, value: Any) -> None:
+    for param in spec["params"]:
+        if param["name"] == name:
+            param["value"] = value
+            return
+    raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class LinkedChart:
+    """The per-input linked spec and facts the page states about its data."""
+
+    spec: dict[str, Any]
+    packed: Packed
+    metric: str
+    top: tuple[int, int]
+    """The head selected when the page opens, 0-based."""
+    budget: int
+    """Cells flattened per update at most (see `flatten_budget`)."""
+
+
+def linked_spec(
+    result: Result,
+    metric: str | None = None,
+    keys_as_rows: bool = False,
+    top_k: int | None = None,
+) -> LinkedChart:
+    """The per-input figure: the head grid (click a head, drag a block) linked to the heatmap."""
+    metric = metric_name(result, metric)
+    grid = np.asarray(result.head_scores[metric])
+    layers, heads = grid.shape
+    tokens = len(result.tokens)
+    has_spans = bool(_named_spans(result.spans))
+    packed = pack_cells(result.scores, top_k)
+    budget = flatten_budget(packed.k)
+    spec = json.loads(_linked_skeleton(layers, heads, tokens, keys_as_rows, has_spans, budget))
+    top = top_head(grid)
+    _set_param(spec, PICK, [{"layer": top[0] + 1, "head": top[1] + 1}])
+    _set_param(spec, TOKENS, list(result.tokens))
+    datasets: dict[str, Any] = {HEADS_DATA: heads_rows(grid), CELLS_DATA: packed.rows}
+    if has_spans:
+        points, labels = bracket_rows(result.spans, tokens, heat_side(tokens))
+        datasets[BRACKETS_DATA], datasets[BRACKET_LABELS_DATA] = points, labels
+    spec["datasets"] = datasets
+    return LinkedChart(spec, packed, metric, top, budget)
+
+
+def grid_spec(grid: np.ndarray, title: str | None = None) -> dict[str, Any]:
+    """A head grid on its own (the index page's dataset average), with a `pick` selection."""
+    layers, heads = np.asarray(grid).shape
+    pick = alt.selection_point(
+        name=PICK, fields=["layer", "head"], on="click", clear="dblclick", empty=False
+    )
+    chart = _grid_view(layers, heads, pick, title=title, legend=True)
+    spec = _top_level(_view_dict(chart), [{**_param_dict(pick), "views": [GRID_CELLS]}])
+    spec["datasets"] = {HEADS_DATA: heads_rows(np.asarray(grid))}
+    return spec
+
+
+def figure_spec(
+    result: Result,
+    head: tuple[int, int] | None,
+    keys_as_rows: bool,
+    *,
+    metric: str | None = None,
+    top_k: int | None = None,
+) -> dict[str, Any]:
+    """The static two-panel figure: the grid with `head` outlined, lines to that head's heatmap.
+
+    `head` is 0-based (layer, head); None means the top head under `metric` (see `metric_name`).
+    All cells are drawn unless `top_k` is given (up to 40,000 cells, then the strongest)."""
+    metric = metric_name(result, metric)
+    grid = np.asarray(result.head_scores[metric])
+    layers, heads = grid.shape
+    if head is None:
+        head = top_head(grid)
+    layer, h = head
+    if not (0 <= layer < layers and 0 <= h < heads):
+        raise ValueError(
+            f"head {head} is outside the model's {layers} layers × {heads} heads (0-based)"
+        )
+    tokens = len(result.tokens)
+    side, step = heat_side(tokens), grid_step(layers, heads)
+    has_spans = bool(_named_spans(result.spans))
+    selected = (alt.datum.layer == layer + 1) & (alt.datum.head == h + 1)
+    heat = _heat_view(tokens, keys_as_rows, None, has_spans, None, row_axis="right")
+    connector_width = 70
+    grid_width = step * heads
+    lines_grid, lines_connector = _zoom_lines(
+        layer, h, layers, step, grid_width, connector_width, side
+    )
+
+    def rules(name: str, data: str) -> alt.Chart:
+        return (
+            alt.Chart(alt.Data(name=data))
+            .mark_rule(color=OUTLINE, strokeWidth=1.5, clip=False)
+            .encode(
+                x=alt.X("x:Q", scale=None, axis=None),
+                y=alt.Y("y:Q", scale=None, axis=None),
+                x2="x2:Q",
+                y2="y2:Q",
+            )
+            .properties(name=name)
+        )
+
+    grid_panel = _grid_view(layers, heads, selected, extra=[rules("grid_zoom", "zoom_grid")])
+    connector = rules("connector", CONNECTOR_DATA).properties(
+        width=connector_width, height=max(side, step * layers)
+    )
+    body = {
+        "hconcat": [_view_dict(grid_panel), _view_dict(connector), _view_dict(heat)],
+        "spacing": 0,
+        "resolve": {"scale": {"color": "independent"}},
+    }
+    spec = _top_level(body, [{"name": TOKENS, "value": list(result.tokens)}])
+    k = min(tokens * tokens, 40_000) if top_k is None else top_k
+    packed = pack_cells(result.scores[layer : layer + 1, h : h + 1], k)
+    row = dict(packed.rows[0], layer=layer + 1, head=h + 1)
+    datasets: dict[str, Any] = {
+        HEADS_DATA: heads_rows(grid),
+        CELLS_DATA: [row],
+        "zoom_grid": lines_grid,
+        CONNECTOR_DATA: lines_connector,
+    }
+    if has_spans:
+        points, labels = bracket_rows(result.spans, tokens, side, row_axis="right")
+        datasets[BRACKETS_DATA], datasets[BRACKET_LABELS_DATA] = points, labels
+    spec["datasets"] = datasets
+    return spec

@@ -1,0 +1,365 @@
+"""Pages: what each template receives, as typed contexts, gathered from a run.
+
+Every page gets the `Common` context; the index, about and example pages add their own
+(`IndexContext`, `AboutContext`, `ExampleContext`). A page's JSON payload (`data`) is what its
+JavaScript reads: the compiled Vega spec and the names it needs (`charts.page_names`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from reportgen import charts
+from reportgen.charts import Packed
+from reportgen.data.examples import Example
+from reportgen.data.methods import METHODS
+from reportgen.data.results import Ablation, Result
+from reportgen.records import Entry, Run, RunInfo
+from reportgen.settings import Settings
+from reportgen.site.html import environment
+
+TOP_HEADS_SHOWN = 5
+EXCERPT = 90
+RANK_SCALE = 100_000
+"""Per-input head scores are embedded in the index as uint32 integers, score × RANK_SCALE."""
+RANK_BLOCK = 1024
+"""Inputs whose scores are scaled at a time (so there is no float64 copy of them all)."""
+
+TopHeads = list[tuple[int, int, float]]
+"""(layer, head, score), 0-based, strongest first."""
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """Lower-case ASCII letters, digits and dashes from `text` (possibly empty)."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:limit].strip("-")
+
+
+def page_name(index: int, example_id: str, count: int) -> str:
+    """`0001-<slug>`: the 1-based index keeps names unique whatever the ids are (`../x`, `CON`,
+    ids differing in case or only in punctuation), the slug keeps them readable."""
+    number = f"{index + 1:0{max(4, len(str(count)))}d}"
+    tail = slug(example_id)
+    return f"{number}-{tail}" if tail else number
+
+
+# --- links ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Links:
+    """Relative links from one page: files in the site, fragments in the single file."""
+
+    names: tuple[str, ...]
+    depth: int = 0
+    """Folders between the page and the site root (0 for index.html, 1 for examples/)."""
+    single: bool = False
+
+    def _root(self) -> str:
+        return "../" * self.depth
+
+    def index(self) -> str:
+        return "#index" if self.single else f"{self._root()}index.html"
+
+    def about(self) -> str:
+        return "#about" if self.single else f"{self._root()}about.html"
+
+    def example(self, i: int) -> str:
+        if self.single:
+            return f"#example-{i + 1}"
+        folder = "" if self.depth == 1 else f"{self._root()}examples/"  # pages are siblings
+        return f"{folder}{self.names[i]}.html"
+
+    def asset(self, name: str) -> str:
+        return f"{self._root()}assets/{name}"
+
+
+# --- contexts -------------------------------------------------------------------------------
+
+
+class Context:
+    """A template context: its fields are the template's variables."""
+
+    def variables(self) -> dict[str, Any]:
+        """The fields by name (shallow: no copies of what they hold)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Common(Context):
+    """What every page receives."""
+
+    report_title: str
+    info: RunInfo
+    """The run's description (model, method, metric, parameters, versions)."""
+    links: Links
+    value_label: str
+    """What an input's value is: `p(target)`, or `cosine` for a bare encoder."""
+    method: str
+    """The method's name and one-line description."""
+    count: int
+    """Number of inputs."""
+    keys_as_rows: bool
+
+
+@dataclass(frozen=True)
+class Row:
+    """An input as the index table shows it (from its entry: no arrays loaded)."""
+
+    index: int
+    id: str
+    name: str
+    excerpt: str
+    target: str | None
+    target_given: bool
+    predicted: str | None
+    value: float
+    top: tuple[int, int]
+    top_score: float
+    delta_top: float | None
+    delta_random: float | None
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The index table's rows, made afresh from the entries on each pass (as the page is
+    written), so 10,000 inputs do not mean 10,000 rows in memory."""
+
+    run: Run
+    names: tuple[str, ...]
+    tops: np.ndarray
+    """Each input's top head as a flat index layer * heads + head."""
+    top_scores: np.ndarray
+
+    def __iter__(self) -> Iterator[Row]:
+        heads = self.run.info.num_heads
+        for i, entry in enumerate(self.run.entries):
+            top = (int(self.tops[i]) // heads, int(self.tops[i]) % heads)
+            yield _row(i, entry, self.names[i], top, float(self.top_scores[i]))
+
+
+@dataclass(frozen=True)
+class IndexContext(Context):
+    """The index page: the dataset grid's strongest heads, the ablation means, the inputs."""
+
+    rows: Rows
+    top_heads: TopHeads
+    mean_delta_top: float | None
+    mean_delta_random: float | None
+    mean_value: float | None
+
+
+@dataclass(frozen=True)
+class AboutContext(Context):
+    """The about page: the run's parameters and versions, sorted by name."""
+
+    parameters: list[tuple[str, Any]]
+    versions: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class ExampleContext(Context):
+    """An input's page: its result, the linked chart's facts, and its neighbours."""
+
+    index: int
+    result: Result
+    example: Example
+    segments: list[tuple[str, str]]
+    """(name, text) of each segment."""
+    meta: list[tuple[str, str]]
+    """The input's metadata as (key, text), sorted by key."""
+    top_heads: TopHeads
+    top: tuple[int, int]
+    """The head selected when the page opens, 0-based."""
+    packed: Packed
+    ablation: Ablation | None
+    tokens: int
+    prev: tuple[int, str] | None
+    """(index, id) of the previous input, if any."""
+    next: tuple[int, str] | None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page: its route key, file, template, title, context and JSON payload."""
+
+    key: str
+    file: str
+    template: str
+    title: str
+    context: Context | None
+    data: Mapping[str, Any]
+
+
+# --- gathering ------------------------------------------------------------------------------
+
+
+@dataclass
+class SiteContext:
+    """Everything shared by the pages of one rendering (small: no score arrays)."""
+
+    run: Run
+    settings: Settings
+    env: Any
+    """The Jinja environment."""
+    names: tuple[str, ...]
+    """Every input's page name."""
+    title: str
+    value_label: str
+    method: str
+
+    @classmethod
+    def gather(cls, run: Run, settings: Settings) -> SiteContext:
+        env = environment(settings.templates)
+        count = len(run)
+        names = tuple(page_name(i, id_, count) for i, id_ in enumerate(run.ids))
+        info = run.info
+        model = info.model.rstrip("/").rsplit("/", 1)[-1] or info.model
+        title = settings.title or info.title or f"{model} · {count} input{'s' * (count != 1)}"
+        value_label = "cosine" if info.task == "encoder" else "p(target)"
+        known = METHODS.get(info.method)
+        method = f"{info.method}: {known.summary}" if known else info.method
+        return cls(run, settings, env, names, title, value_label, method)
+
+    def common(self, links: Links) -> Common:
+        return Common(
+            report_title=self.title,
+            info=self.run.info,
+            links=links,
+            value_label=self.value_label,
+            method=self.method,
+            count=len(self.names),
+            keys_as_rows=self.settings.keys_as_rows,
+        )
+
+
+def _excerpt(text: str, limit: int = EXCERPT) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _row(index: int, entry: Entry, name: str, top: tuple[int, int], top_score: float) -> Row:
+    ablation = entry.ablation
+    return Row(
+        index=index,
+        id=entry.id,
+        name=name,
+        excerpt=_excerpt(entry.example.text),
+        target=entry.target,
+        target_given=entry.target_given,
+        predicted=entry.predicted,
+        value=entry.value,
+        top=top,
+        top_score=top_score,
+        delta_top=None if ablation is None else ablation.delta_top,
+        delta_random=None if ablation is None else ablation.delta_random,
+    )
+
+
+def index_page(site: SiteContext) -> Page:
+    info = site.run.info
+    layers, heads = info.num_layers, info.num_heads
+    grids = site.run.head_scores(info.metric)
+    count = len(grids)
+    mean = grids.mean(axis=0) if count else np.zeros((layers, heads), np.float32)
+    flat = grids.reshape(count, layers * heads)
+    tops = flat.argmax(axis=1)  # as charts.top_head: the first one on ties
+    top_scores = flat[np.arange(count), tops]
+    # Little-endian uint32 in base64: 10,000 inputs as Python ints would cost ~50 MB. Made a
+    # block at a time, without a float64 copy of every score.
+    ranking = np.empty((count, layers * heads), "<u4")
+    for start in range(0, count, RANK_BLOCK):
+        block = flat[start : start + RANK_BLOCK]
+        ranking[start : start + RANK_BLOCK] = np.rint(block.astype(np.float64) * RANK_SCALE)
+    del grids, flat
+    deltas: list[float] = []
+    randoms: list[float] = []
+    values: list[float] = []
+    for entry in site.run.entries:
+        values.append(entry.value)
+        if entry.ablation is not None:
+            deltas.append(entry.ablation.delta_top)
+            randoms.append(entry.ablation.delta_random)
+    data = {
+        "kind": "index",
+        "spec": charts.to_vega(charts.grid_spec(mean)),
+        "names": charts.page_names(),
+        "heads": heads,
+        "scale": RANK_SCALE,
+        "per_input": layers * heads,
+        "scores": base64.b64encode(ranking.data).decode("ascii"),
+    }
+    context = IndexContext(
+        rows=Rows(site.run, site.names, tops, top_scores),
+        top_heads=charts.top_heads(mean, TOP_HEADS_SHOWN) if count else [],
+        mean_delta_top=float(np.mean(deltas)) if deltas else None,
+        mean_delta_random=float(np.mean(randoms)) if randoms else None,
+        mean_value=float(np.mean(values)) if values else None,
+    )
+    return Page("index", "index.html", "index.html", site.title, context, data)
+
+
+def about_page(site: SiteContext) -> Page:
+    info = site.run.info
+    context = AboutContext(
+        parameters=sorted(info.parameters.items()), versions=sorted(info.versions.items())
+    )
+    return Page("about", "about.html", "about.html", "About this run", context, {"kind": "about"})
+
+
+def example_page(site: SiteContext, index: int, result: Result) -> Page:
+    info, settings = site.run.info, site.settings
+    linked = charts.linked_spec(
+        result, info.metric, keys_as_rows=settings.keys_as_rows, top_k=settings.top_k
+    )
+    grid = np.asarray(result.head_scores[linked.metric])
+    count = len(site.names)
+    name = site.names[index]
+    context = ExampleContext(
+        index=index,
+        result=result,
+        example=result.example,
+        segments=[(s.name, s.text) for s in result.example.segments],
+        meta=sorted((str(k), _meta_text(v)) for k, v in result.example.meta.items()),
+        top_heads=charts.top_heads(grid, TOP_HEADS_SHOWN),
+        top=linked.top,
+        packed=linked.packed,
+        ablation=result.ablation,
+        tokens=len(result.tokens),
+        prev=(index - 1, site.run.ids[index - 1]) if index > 0 else None,
+        next=(index + 1, site.run.ids[index + 1]) if index + 1 < count else None,
+    )
+    data = {
+        "kind": "example",
+        "spec": charts.to_vega(linked.spec),
+        "names": charts.page_names(),
+        "name": name,
+        "budget": linked.budget,
+    }
+    return Page(
+        f"example-{index + 1}",
+        f"examples/{name}.html",
+        "example.html",
+        result.example.id,
+        context,
+        data,
+    )
+
+
+def pages(site: SiteContext) -> Iterator[tuple[Page, int]]:
+    """Index, about, then one page per input, streamed (yields (page, depth))."""
+    yield index_page(site), 0
+    yield about_page(site), 0
+    for i in range(len(site.names)):
+        yield example_page(site, i, site.run.result(i)), 1
+
+
+def _meta_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
