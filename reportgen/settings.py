@@ -17,6 +17,7 @@ from reportgen.errors import SettingsError
 TOTAL = Metric("total")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PAIRINGS = ("separate", "joint")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Settings:
     """cpu, cuda, mps or auto (the best available)."""
     dtype: str = "float32"
     """float32, bfloat16, float16 or float64."""
+    pairing: str = "separate"
+    """How a bare encoder reads an input's two segments: `separate` (each on its own, as a
+    sentence-embedding bi-encoder is used) or `joint` (one sequence, a cross-encoder)."""
     max_tokens: int | None = None
     """Longest input allowed, in tokens; None means the model's own limit."""
     truncate: bool = False
@@ -99,6 +103,8 @@ class Settings:
                 raise SettingsError(f"{option} must be an integer, got {value!r}")
             if value < low:
                 raise SettingsError(f"{option} must be at least {low}, got {value}")
+        if self.pairing not in PAIRINGS:
+            raise SettingsError(f"unknown --pairing '{self.pairing}' (use {' or '.join(PAIRINGS)})")
         if self.dtype not in DTYPES:
             raise SettingsError(f"unknown --dtype '{self.dtype}' (use {', '.join(DTYPES)})")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):

@@ -80,7 +80,7 @@ def test_head_gate_gradient_equals_summed_attention_times_gradient(loaded, name)
         run = _loss_with(lm, row, gates=gates, record=True)
         gate_grad, *attn_grads = torch.autograd.grad(run.losses.sum(), [gates, *run.weights])
         summed = torch.stack(
-            [(a * g).sum(dim=(-1, -2))[0] for a, g in zip(run.weights, attn_grads)]
+            [(a * g).sum(dim=(-1, -2)).sum(0) for a, g in zip(run.weights, attn_grads)]
         )
         torch.testing.assert_close(summed, gate_grad[0], rtol=1e-9, atol=1e-12)
 
@@ -103,9 +103,10 @@ def test_head_gate_gradient_matches_central_finite_differences(loaded, name):
         assert numeric == pytest.approx(analytic[layer, head].item(), rel=1e-4, abs=1e-9)
 
 
-def _perturbed_loss(lm, row, where, eps):
-    """Loss with attention entry A[layer, head, i, j] raised by eps, done outside reportgen's
-    gate: the wrapped eager output gains eps * V[j] at query i of that head."""
+def _perturbed_loss(lm, row, where, eps, seq=0):
+    """Loss with attention entry A[layer, head, i, j] of sequence `seq` (the batch row; a
+    bi-encoder's input is two) raised by eps, done outside reportgen's gate: the wrapped eager
+    output gains eps * V[j] at query i of that head."""
     layer, head, i, j = where
     calls = {"n": 0}
     real_eager_of = models.eager_of
@@ -118,7 +119,7 @@ def _perturbed_loss(lm, row, where, eps):
             if calls["n"] == layer:
                 kv_head = head // (query.shape[1] // value.shape[1])
                 out = out.clone()
-                out[:, i, head, :] += eps * value[:, kv_head, j, :]
+                out[seq, i, head, :] += eps * value[seq, kv_head, j, :]
             calls["n"] += 1
             return out, weights
 
@@ -139,15 +140,20 @@ def test_attn_grad_matches_finite_differences_on_attention_entries(loaded, name)
     row = _fixed(lm, _encoded(lm, INPUTS[name])[0])
     [result] = compute_batch(lm, [row], Settings(dtype="float64"), ablate=False)
     run = _loss_with(lm, row, record=True)
-    t = len(row.ids)
-    for where in [(0, 0, t - 1, 0), (lm.num_layers - 1, 1, t - 1, t - 2), (1, 3, t - 2, 1)]:
-        eps = 1e-6
-        plus = _perturbed_loss(lm, row, where, eps)
-        minus = _perturbed_loss(lm, row, where, -eps)
-        grad = (plus - minus) / (2 * eps)
-        layer, head, i, j = where
-        expected = abs(run.weights[layer][0, head, i, j].item() * grad)
-        assert result.scores[where] == pytest.approx(expected, rel=1e-4, abs=1e-8)
+    for seq, start, end in run.layout[0]:  # each sequence the model reads (a bi-encoder's two)
+        t = end - start
+        for where in [(0, 0, t - 1, 0), (lm.num_layers - 1, 1, t - 1, t - 2), (1, 3, t - 2, 1)]:
+            eps = 1e-6
+            plus = _perturbed_loss(lm, row, where, eps, seq)
+            minus = _perturbed_loss(lm, row, where, -eps, seq)
+            grad = (plus - minus) / (2 * eps)
+            layer, head, i, j = where
+            expected = abs(run.weights[layer][seq, head, i, j].item() * grad)
+            cell = (layer, head, start + i, start + j)
+            assert result.scores[cell] == pytest.approx(expected, rel=1e-4, abs=1e-8)
+    if len(run.layout[0]) == 2:  # no attention between a bi-encoder's two texts
+        (_, a, b), (_, c, d) = run.layout[0]
+        assert not result.scores[:, :, a:b, c:d].any() and not result.scores[:, :, c:d, a:b].any()
 
 
 def test_attattr_with_one_step_is_signed_attention_times_gradient(loaded):
@@ -320,10 +326,38 @@ def test_masked_classifier_and_encoder_objectives(tiny_models, loaded):
     assert cls_given.target == "pos" and cls_given.value == pytest.approx(probs[2].item(), rel=1e-9)
     assert cls_pred.target in {"neg", "neu", "pos"} and cls_given.prediction_position == 0
 
+    plain_enc = AutoModel.from_pretrained(tiny_models["bert"], dtype=torch.float64).eval()
+    tok = loaded["bert"].tokenizer
+
+    def embedding(text):
+        """Mean of the token embeddings, [CLS] and [SEP] included: a sentence embedding."""
+        with torch.no_grad():
+            return plain_enc(**tok(text, return_tensors="pt")).last_hidden_state[0].mean(0)
+
+    # Bi-encoder (the default): each segment encoded on its own, as the model is used.
     [ref, pair] = compute(examples_from_items(ENCODER_INPUTS), loaded["bert"], Settings())
     assert ref.target is None and ref.prediction_position is None
-    plain_enc = AutoModel.from_pretrained(tiny_models["bert"], dtype=torch.float64).eval()
-    ids = loaded["bert"].tokenizer("a red ball a big toy", return_tensors="pt")
+    cos = torch.nn.functional.cosine_similarity(embedding("a red ball"), embedding("a big toy"), 0)
+    assert pair.value == pytest.approx(cos.item(), rel=1e-9)
+    assert pair.loss == pytest.approx(-cos.item(), rel=1e-9)
+    assert pair.tokens == (
+        "[CLS]",
+        "a",
+        "red",
+        "ball",
+        "[SEP]",
+        "[CLS]",
+        "a",
+        "big",
+        "toy",
+        "[SEP]",
+    )
+    assert [(s.name, s.start, s.end) for s in pair.spans] == [("a", 1, 4), ("b", 6, 9)]
+
+    # Cross-encoder (--pairing joint): one sequence, the segments' tokens mean-pooled.
+    joint = Settings(pairing="joint")
+    [_, pair] = compute(examples_from_items(ENCODER_INPUTS), loaded["bert"], joint)
+    ids = tok("a red ball a big toy", return_tensors="pt")
     with torch.no_grad():
         hidden = plain_enc(**ids).last_hidden_state[0]
     a, b = pair.spans
@@ -504,8 +538,10 @@ def test_task_specific_input_errors(loaded):
                 Settings(),
             )
         )
-    with pytest.raises(SaliencyError, match="compares the embeddings of the first two segments"):
+    with pytest.raises(SaliencyError, match="compares the embeddings of two segments, each"):
         list(compute(examples_from_items(["a b"]), loaded["bert"], Settings()))
+    with pytest.raises(SaliencyError, match="compares the embeddings of the first two segments"):
+        list(compute(examples_from_items(["a b"]), loaded["bert"], Settings(pairing="joint")))
     with pytest.raises(SaliencyError, match="metric 'prediction' needs a prediction position"):
         list(
             compute(
@@ -534,3 +570,71 @@ def test_keep_freed_memory_applies_with_glibc():
 
     on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() == on_glibc
+
+
+def test_a_tokenizer_that_appends_an_end_token_predicts_after_the_text(tiny_models, tmp_path):
+    """The end-of-sequence token a tokenizer appends is not part of the prefix a causal LM
+    continues: the prediction position is the text's last token."""
+    import shutil
+
+    from conftest import WORDS
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from tokenizers import models as tok_models
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp_path / "eos"
+    shutil.copytree(tiny_models["gpt2"], folder)
+    backend = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(WORDS)}, "[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    eos = WORDS.index("<|endoftext|>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", eos)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="<|endoftext|>"
+    ).save_pretrained(folder)
+    lm = load_model(folder, "cpu", "float64")
+    assert lm.tokenizer("a dog")["input_ids"][-1] == eos
+    [result] = compute(
+        examples_from_items([{"text": "<MOT> saw a", "target": "dog"}]), lm, Settings()
+    )
+    assert result.tokens == ("<MOT>", "saw", "a") and result.prediction_position == 2
+    [plain] = compute(
+        examples_from_items([{"text": "<MOT> saw a", "target": "dog"}]),
+        load_model(tiny_models["gpt2"], "cpu", "float64"),
+        Settings(),
+    )
+    assert result.value == pytest.approx(plain.value, rel=1e-12)
+
+
+def test_a_segment_truncated_away_is_named_before_any_pass(loaded):
+    items = [REFERENCE]
+    settings = Settings(metric="flow:ENV->LAN", max_tokens=5, truncate=True)
+    with pytest.raises(SaliencyError, match="keeps no token of segment 'ENV' after truncation"):
+        list(compute(examples_from_items(items), loaded["gpt2"], settings))
+
+
+def test_nan_saliency_is_reported_as_nan(loaded, monkeypatch):
+    from reportgen.engine import methods
+
+    real = methods.REGISTRY["attn-grad"]
+
+    def poisoned(lm, rows, settings):
+        base, scores = real(lm, rows, settings)
+        scores[0][0, 0, 0, 0] = float("nan")
+        return base, scores
+
+    monkeypatch.setitem(methods.REGISTRY, "attn-grad", poisoned)
+    with pytest.raises(SaliencyError, match="attn-grad saliency is NaN or infinite .* float64"):
+        list(compute(examples_from_items([REFERENCE]), loaded["gpt2"], Settings()))
+
+
+def test_settings_are_checked_against_the_model_before_any_pass(loaded):
+    lm = loaded["gpt2"]
+    heads = lm.num_layers * lm.num_heads
+    with pytest.raises(SettingsError, match=f"--ablate-k must be below the model's {heads} heads"):
+        list(compute(examples_from_items([REFERENCE]), lm, Settings(ablate_k=heads)))
+    with pytest.raises(SettingsError, match="--top-k must be at least 1, got 0"):
+        Settings(top_k=0).validate()
+    with pytest.raises(SettingsError, match="--ablate-draws must be at least 1"):
+        Settings(ablate_draws=0).validate()

@@ -74,6 +74,10 @@ def head_scores(
     magnitudes = np.abs(part)
     mass = magnitudes.reshape(*magnitudes.shape[:2], -1).sum(axis=-1).astype(np.float64)
     total = mass.sum()
+    if not np.isfinite(total):
+        raise SaliencyError(
+            f"input '{example_id}': the saliency under metric {metric.name} is NaN or infinite"
+        )
     if not total > 0:
         raise SaliencyError(
             f"input '{example_id}': metric {metric.name} carries no saliency in any head (for a "

@@ -193,5 +193,18 @@ def fused_attention(
     return torch.matmul(weights, value).transpose(1, 2), weights
 
 
+def reportgen_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """The eager mask, with masked entries at float32's lowest value in a float64 model.
+
+    A padded query row can have no key inside a sliding window; float64's lowest value, cast
+    by the model's float32 softmax, becomes -inf, the row's softmax NaN, and the NaN reaches
+    every real position through the next layer (0 × NaN). float32's lowest is as good a -inf
+    for the softmax (its exp is 0 beside any unmasked score) and stays finite."""
+    mask = eager_mask(*args, **kwargs)
+    if mask is not None and mask.dtype == torch.float64:
+        mask = mask.clamp(min=torch.finfo(torch.float32).min)
+    return mask
+
+
 AttentionInterface.register(ATTENTION_NAME, reportgen_attention)
-AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+AttentionMaskInterface.register(ATTENTION_NAME, reportgen_mask)

@@ -27,14 +27,29 @@ class Encoded:
     loss_positions: tuple[int, ...]
     """Positions whose logits score target_ids (LMs only)."""
     prediction_position: int | None
+    pieces: tuple[tuple[int, int], ...] = ()
+    """Token ranges [start, end) of `ids` that the model reads as separate sequences: the two
+    texts of a bi-encoder; empty means all of `ids` as one sequence."""
+
+    @property
+    def sequences(self) -> tuple[tuple[int, int], ...]:
+        """The token ranges the model reads, one sequence each (at least one)."""
+        return self.pieces or ((0, len(self.ids)),)
 
 
-def encode(example: Example, lm: LoadedModel, limit: int | None, truncate: bool) -> Encoded:
+def encode(
+    example: Example,
+    lm: LoadedModel,
+    limit: int | None,
+    truncate: bool,
+    pairing: str = "separate",
+) -> Encoded:
     """Tokenize an example for the model's task, with segment spans from the offset mapping."""
     tok, where = lm.tokenizer, f"{example.source}: input '{example.id}'"
+    if lm.task is Task.ENCODER and pairing == "separate":
+        return _encode_pair(example, lm, limit, truncate, where)
     text = example.text
-    enc = tok(text, return_offsets_mapping=True)
-    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    ids, offsets = _tokenize(tok, text, strip_end=lm.task is Task.CAUSAL_LM)
     shown_text = text
     target_ids: tuple[int, ...] | None = None
     loss_positions: tuple[int, ...] = ()
@@ -43,16 +58,16 @@ def encode(example: Example, lm: LoadedModel, limit: int | None, truncate: bool)
         prediction_position = len(ids) - 1
         if example.target is not None:
             full_text = f"{text} {example.target}"
-            full = tok(full_text, return_offsets_mapping=True)
-            if list(full["input_ids"][: len(ids)]) != ids:
+            full_ids, full_offsets = _tokenize(tok, full_text, strip_end=True)
+            if full_ids[: len(ids)] != ids:
                 raise SaliencyError(
                     f"{where}: the tokenizer merges the target '{example.target}' with the end of "
                     "the text; end the text at a token boundary"
                 )
-            target_ids = tuple(full["input_ids"][len(ids) :])
+            target_ids = tuple(full_ids[len(ids) :])
             _check_target(tok, target_ids, example.target, where)
             ids += target_ids[:-1]
-            offsets += [tuple(o) for o in full["offset_mapping"][len(offsets) : len(ids)]]
+            offsets += full_offsets[len(offsets) : len(ids)]
             shown_text = full_text
         loss_positions = tuple(range(prediction_position, len(ids)))
     elif lm.task is Task.MASKED_LM:
@@ -78,23 +93,82 @@ def encode(example: Example, lm: LoadedModel, limit: int | None, truncate: bool)
             target_ids = (_label_index(lm, example.target, where),)
     else:
         prediction_position = None
-        if len(example.segments) < 2:
-            raise SaliencyError(
-                f"{where}: a bare encoder's objective compares the embeddings of the first two "
-                f"segments, and this input has {len(example.segments)}; give it two segments"
-            )
+        _check_two_segments(example, where, "joint")
     ids, offsets, loss_positions, prediction_position = _fit(
         ids, offsets, loss_positions, prediction_position, lm, limit, truncate, where
     )
-    tokens = tuple(
-        shown_text[a:b] if b > a else tok.convert_ids_to_tokens(i)
-        for i, (a, b) in zip(ids, offsets, strict=True)
-    )
-    spans = _spans(example, offsets)
+    tokens = _shown(tok, shown_text, ids, offsets)
+    spans = _spans(example.char_spans(), offsets)
     if lm.task is Task.ENCODER and (len(spans) < 2 or any(s.end <= s.start for s in spans[:2])):
         raise SaliencyError(f"{where}: the first two segments must each keep at least one token")
     return Encoded(
         example, tuple(ids), tokens, spans, target_ids, loss_positions, prediction_position
+    )
+
+
+def _encode_pair(
+    example: Example, lm: LoadedModel, limit: int | None, truncate: bool, where: str
+) -> Encoded:
+    """A bi-encoder's input: each of the two segments encoded on its own, as the model is used
+    for sentence embeddings; the tokens are the first sequence's, then the second's."""
+    _check_two_segments(example, where, "separate")
+    ids: list[int] = []
+    tokens: list[str] = []
+    spans: list[TokenSpan] = []
+    pieces: list[tuple[int, int]] = []
+    for segment in example.segments:
+        seg_ids, offsets = _tokenize(lm.tokenizer, segment.text, strip_end=False)
+        seg_ids, offsets, _, _ = _fit(
+            seg_ids, offsets, (), None, lm, limit, truncate, f"{where}, segment '{segment.name}'"
+        )
+        start = len(ids)
+        inside = [t for t, (a, b) in enumerate(offsets) if b > a]
+        if not inside:
+            raise SaliencyError(f"{where}: segment '{segment.name}' keeps no tokens")
+        if segment.name:
+            spans.append(TokenSpan(segment.name, start + inside[0], start + inside[-1] + 1))
+        ids += seg_ids
+        tokens += _shown(lm.tokenizer, segment.text, seg_ids, offsets)
+        pieces.append((start, len(ids)))
+    return Encoded(example, tuple(ids), tuple(tokens), tuple(spans), None, (), None, tuple(pieces))
+
+
+def _check_two_segments(example: Example, where: str, pairing: str) -> None:
+    count = len(example.segments)
+    if pairing == "separate" and count != 2:
+        raise SaliencyError(
+            f"{where}: a bi-encoder's objective compares the embeddings of two segments, each "
+            f"encoded on its own, and this input has {count}; give it two segments (or "
+            "--pairing joint to read them as one sequence)"
+        )
+    if count < 2:
+        raise SaliencyError(
+            f"{where}: a bare encoder's objective compares the embeddings of the first two "
+            f"segments, and this input has {count}; give it two segments"
+        )
+
+
+def _tokenize(tok: Any, text: str, strip_end: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of `text`, with the tokenizer's special tokens. With
+    `strip_end`, special tokens it appends (an end-of-sequence token) are dropped: a causal LM
+    predicts what follows the text, not what follows its end marker."""
+    enc = tok(text, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    if strip_end:
+        special = set(tok.all_special_ids)
+        while len(ids) > 1 and ids[-1] in special and offsets[-1][0] == offsets[-1][1]:
+            ids.pop()
+            offsets.pop()
+    return ids, offsets
+
+
+def _shown(
+    tok: Any, text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]
+) -> tuple[str, ...]:
+    """Each token as the text it covers, or its own name for a special token."""
+    return tuple(
+        text[a:b] if b > a else tok.convert_ids_to_tokens(i)
+        for i, (a, b) in zip(ids, offsets, strict=True)
     )
 
 
@@ -149,9 +223,12 @@ def _fit(
     return ids[cut : cut + limit], offsets[cut : cut + limit], shift, pred
 
 
-def _spans(example: Example, offsets: Sequence[tuple[int, int]]) -> tuple[TokenSpan, ...]:
+def _spans(
+    char_spans: Sequence[tuple[str, int, int]], offsets: Sequence[tuple[int, int]]
+) -> tuple[TokenSpan, ...]:
+    """Named segments as token ranges: the tokens whose characters overlap each segment's."""
     spans = []
-    for name, start, end in example.char_spans():
+    for name, start, end in char_spans:
         inside = [t for t, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
         if name and inside:
             spans.append(TokenSpan(name, inside[0], inside[-1] + 1))

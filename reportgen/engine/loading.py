@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,22 @@ DTYPES = {
     "float16": torch.float16,
 }
 
-# Architecture name suffix -> task, checked in order; anything else is a bare encoder.
+# Architecture name suffix -> task, checked in order; a bare model (`BertModel`) is an encoder.
 _TASK_SUFFIXES = (
     ("ForCausalLM", Task.CAUSAL_LM),
     ("LMHeadModel", Task.CAUSAL_LM),
     ("ForMaskedLM", Task.MASKED_LM),
     ("ForSequenceClassification", Task.CLASSIFICATION),
 )
+# Heads reportgen has no objective for, with what they compute (for the error message).
+_UNSUPPORTED_HEADS = {
+    "ForTokenClassification": "per-token labels (token classification)",
+    "ForQuestionAnswering": "answer spans (question answering)",
+    "ForMultipleChoice": "multiple choice",
+    "ForNextSentencePrediction": "next-sentence prediction",
+    "ForPreTraining": "pre-training objectives",
+    "ForConditionalGeneration": "conditional generation",
+}
 _AUTO_CLASSES = {
     Task.CAUSAL_LM: "AutoModelForCausalLM",
     Task.MASKED_LM: "AutoModelForMaskedLM",
@@ -73,9 +83,30 @@ class LoadedModel:
     fused_attention: bool = False
     """Whether attention runs through `fused_attention` (checked equal to the model's own)."""
 
+    padding: Padding = field(default_factory=lambda: Padding(None, False, True))
+    """How batches are padded, decided by the padding probe at load."""
+
     @property
     def architecture(self) -> str:
         return type(self.model).__name__
+
+
+@dataclass(frozen=True)
+class Padding:
+    """How a batch of inputs of different lengths is right-padded for this model."""
+
+    pad_id: int | None
+    """The id pad positions hold: the model's own pad token (what it treats as padding); None
+    if it has none (a causal LM is then padded with any id: the mask hides it)."""
+    position_ids: bool
+    """Whether explicit position ids 0..T-1 are passed (only where the probe needed them)."""
+    safe: bool
+    """Whether a padded batch gives each input the outputs it has alone (the probe checked)."""
+    reason: str = ""
+    """Why padding is not safe, for the error that asks for --batch-size 1."""
+    filler: int = 0
+    """The id pad positions hold: `pad_id`, or for a model without one any id (the mask hides
+    it from the real tokens)."""
 
 
 def demo_model_path() -> Path:
@@ -121,12 +152,18 @@ def detect_task(config: Any) -> Task:
     if getattr(config, "is_encoder_decoder", False):
         raise ModelError(
             f"{config.model_type} is an encoder-decoder model; reportgen supports decoder-only "
-            "and encoder-only models"
+            "and encoder-only models (cross-attention is not supported yet)"
         )
     for arch in getattr(config, "architectures", None) or []:
         for suffix, task in _TASK_SUFFIXES:
             if arch.endswith(suffix):
                 return task
+        for suffix, what in _UNSUPPORTED_HEADS.items():
+            if arch.endswith(suffix):
+                raise ModelError(
+                    f"{arch} predicts {what}, for which reportgen has no objective; supported are "
+                    "causal LMs, masked LMs, sequence classifiers and bare encoders"
+                )
     return Task.ENCODER
 
 
@@ -150,30 +187,50 @@ def pick_device(device: str) -> torch.device:
 def load_model(
     spec: str | Path | None, device: str = "auto", dtype: str = "float32"
 ) -> LoadedModel:
-    """Load a model and tokenizer offline, in eval mode, with attention routed through reportgen."""
+    """Load a model and tokenizer offline, in eval mode, with attention routed through reportgen.
+
+    No code from the model folder ever runs (`trust_remote_code=False` everywhere)."""
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}' (use {', '.join(DTYPES)})")
     path = resolve_model_path(spec)
     name = str(spec) if spec is not None else "reportgen demo model"
+    _refuse_remote_code(path, name)
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as err:
-        raise ModelError(f"model '{name}': cannot read its config ({_first_line(err)})") from None
+        raise ModelError(f"model '{name}': cannot read its config ({_first_line(err)})") from err
     task = detect_task(config)
     auto_class = getattr(transformers, _AUTO_CLASSES[task])
+    model_class = _model_class(auto_class, config, name)
+    if not getattr(model_class, "_supports_attention_backend", False):
+        raise ModelError(
+            f"model '{name}': {model_class.__name__} is not supported: its attention does not go "
+            "through transformers' AttentionInterface, so reportgen cannot read or gate it"
+        )
+    options: dict[str, Any] = {}
+    if DTYPES[dtype] == torch.float64 and model_class._can_set_experts_implementation():
+        # The grouped expert matmuls reject float64; the eager loop over experts is exact.
+        options["experts_implementation"] = "eager"
     with _quiet_transformers():
         try:
             model = auto_class.from_pretrained(
-                path, attn_implementation=ATTENTION_NAME, dtype=DTYPES[dtype], local_files_only=True
+                path,
+                attn_implementation=ATTENTION_NAME,
+                dtype=DTYPES[dtype],
+                local_files_only=True,
+                trust_remote_code=False,
+                **options,
             )
         except Exception as err:
-            raise ModelError(f"model '{name}' cannot be loaded: {_first_line(err)}") from None
+            raise ModelError(f"model '{name}' cannot be loaded: {_first_line(err)}") from err
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(
+                path, local_files_only=True, trust_remote_code=False
+            )
         except Exception as err:
             raise ModelError(
                 f"model '{name}': cannot load its tokenizer ({_first_line(err)})"
-            ) from None
+            ) from err
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"model '{name}': reportgen needs a fast tokenizer (for offset mappings)")
     torch_device = pick_device(device)
@@ -190,13 +247,47 @@ def load_model(
         dtype=DTYPES[dtype],
         num_layers=0,
         num_heads=0,
-        max_tokens=_max_positions(config, tokenizer),
+        max_tokens=_max_positions(config, tokenizer, model),
         weights_sha256=weights_sha256(path),
         accepts_position_ids=_accepts(model, "position_ids"),
     )
-    loaded.num_layers, loaded.num_heads = check_attention(loaded)
-    loaded.fused_attention = enable_fused_attention(loaded)
+    try:
+        loaded.num_layers, loaded.num_heads = check_attention(loaded)
+        loaded.padding = check_padding(loaded)
+        loaded.fused_attention = enable_fused_attention(loaded)
+    except ModelError:
+        raise
+    except Exception as err:
+        raise ModelError(
+            f"model '{name}' ({loaded.architecture}) fails a probe forward pass in {dtype}: "
+            f"{_first_line(err)}"
+        ) from err
     return loaded
+
+
+def _refuse_remote_code(path: Path, name: str) -> None:
+    """A config that maps to code in the folder (`auto_map`) would make transformers ask to run
+    it; reportgen never does, so say so before transformers gets the chance."""
+    try:
+        raw = json.loads((path / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return  # AutoConfig reports it
+    if isinstance(raw, dict) and raw.get("auto_map"):
+        raise ModelError(
+            f"model '{name}' needs code shipped in its folder (config.json has auto_map), and "
+            "reportgen never runs a model folder's code; use a model that transformers supports "
+            "natively"
+        )
+
+
+def _model_class(auto_class: Any, config: Any, name: str) -> Any:
+    try:
+        return auto_class._model_mapping[type(config)]
+    except (KeyError, AttributeError):
+        raise ModelError(
+            f"model '{name}': transformers has no {auto_class.__name__} for model type "
+            f"'{config.model_type}'"
+        ) from None
 
 
 def check_attention(lm: LoadedModel) -> tuple[int, int]:
@@ -204,7 +295,7 @@ def check_attention(lm: LoadedModel) -> tuple[int, int]:
     back or the outputs are not finite. Each attention module called once per pass is given its
     layer index (the model's own `layer_idx` where it has one, else its place in the pass); a
     module shared by all layers (ALBERT) is counted per call."""
-    ids = lm.tokenizer("a b", return_tensors="pt")["input_ids"].to(lm.device)
+    ids = _probe_ids(lm, 1, _probe_length(lm)).to(lm.device)
     with torch.no_grad(), seen_modules() as seen, attention_control(record=True) as weights:
         output = lm.model(input_ids=ids)
     if not weights or any(w is None or w.numel() == 0 for w in weights):
@@ -241,6 +332,88 @@ def _number_layers(calls: list[torch.nn.Module]) -> None:
         setattr(module, LAYER_ATTR, numbers[place] if use_own else place)
 
 
+def pad_id(lm: LoadedModel) -> int | None:
+    """The id the model itself treats as padding: its config's pad token (RoBERTa counts
+    positions past it, a causal classifier pools before it), else the tokenizer's."""
+    for value in (lm.model.config.pad_token_id, lm.tokenizer.pad_token_id):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _probe_ids(lm: LoadedModel, rows: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Seeded random token ids without special tokens (a pad or mask id inside a real input
+    would change what the probe measures)."""
+    vocab = lm.model.get_input_embeddings().num_embeddings
+    special = set(lm.tokenizer.all_special_ids) | {pad_id(lm)}
+    allowed = torch.tensor([i for i in range(vocab) if i not in special] or [0])
+    pick = torch.randint(
+        len(allowed), (rows, length), generator=torch.Generator().manual_seed(seed)
+    )
+    return allowed[pick]
+
+
+def _probe_length(lm: LoadedModel) -> int:
+    return max(2, min(12, lm.max_tokens or 12))
+
+
+def _outputs(lm: LoadedModel, output: Any) -> torch.Tensor:
+    """What a forward pass gives per input: logits (per token, or pooled for a classifier), or
+    the last hidden state of a bare encoder."""
+    return output.last_hidden_state if lm.task is Task.ENCODER else output.logits
+
+
+def check_padding(lm: LoadedModel) -> Padding:
+    """Decide how to pad: a right-padded batch of two inputs must give each input the outputs
+    it has alone, at its own positions. Without explicit position ids first (most models count
+    positions from 0, or from the mask; RoBERTa from its pad id), then with them (a model that
+    counts positions without the mask and would shift them). If neither holds, padding is not
+    safe and only batches of one run."""
+    pad = pad_id(lm)
+    n = _probe_length(lm)
+    short = max(1, n - 3)
+    ids = _probe_ids(lm, 2, n)
+    if pad is None and lm.task is Task.CLASSIFICATION:
+        return Padding(
+            None,
+            False,
+            False,
+            f"model '{lm.name}' defines no pad token (config.pad_token_id), so its classifier "
+            "cannot find the last token of a padded input",
+        )
+    filler = pad if pad is not None else int(lm.tokenizer.eos_token_id or 0)
+    batch = ids.clone()
+    batch[1, short:] = filler
+    mask = torch.ones_like(batch)
+    mask[1, short:] = 0
+    tol = _PROBE_TOLERANCE[lm.dtype]
+    with torch.no_grad():
+        alone = [
+            _outputs(lm, lm.model(input_ids=ids[:1].to(lm.device)))[0],
+            _outputs(lm, lm.model(input_ids=ids[1:, :short].to(lm.device)))[0],
+        ]
+        choices = [False, True] if lm.accepts_position_ids else [False]
+        for explicit in choices:
+            kwargs = {"input_ids": batch.to(lm.device), "attention_mask": mask.to(lm.device)}
+            if explicit:
+                kwargs["position_ids"] = torch.arange(n).expand(2, -1).to(lm.device)
+            padded = _outputs(lm, lm.model(**kwargs))
+            together = [padded[0], padded[1] if padded.dim() == 2 else padded[1, :short]]
+            if all(
+                bool(torch.isfinite(b).all())
+                and float((a - b).abs().max()) <= tol * max(1.0, float(a.abs().max()))
+                for a, b in zip(alone, together, strict=True)
+            ):
+                return Padding(pad, explicit, True, filler=filler)
+    return Padding(
+        pad,
+        False,
+        False,
+        f"model '{lm.name}' gives a right-padded input other outputs than the same input alone",
+        filler,
+    )
+
+
 # Largest difference allowed between the fused and the model's own attention on the probe, for
 # attention weights and (relative to the largest magnitude) final outputs: rounding order only.
 _PROBE_TOLERANCE = {
@@ -255,10 +428,14 @@ def enable_fused_attention(lm: LoadedModel) -> bool:
     """Run every attention layer through `fused_attention` if, on a seeded probe batch with
     padding, it gives the model's own attention weights and outputs; return whether it does.
     A model whose eager attention computes anything else keeps its own."""
-    vocab = lm.model.get_input_embeddings().num_embeddings
-    ids = torch.randint(vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    n = _probe_length(lm)
+    ids = _probe_ids(lm, 2, n)
     mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
+    if lm.padding.safe:  # the mask's path too; else one input at a time, as the runs will be
+        ids[1, n - n // 3 :] = lm.padding.filler
+        mask[1, n - n // 3 :] = 0
+    else:
+        ids, mask = ids[:1], mask[:1]
     inputs = {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device)}
     with seen_modules() as seen:
         with torch.no_grad(), own_eager(), attention_control(record=True) as own_weights:
@@ -298,10 +475,17 @@ def weights_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _max_positions(config: Any, tokenizer: Any) -> int | None:
+def _max_positions(config: Any, tokenizer: Any, model: Any) -> int | None:
+    """The longest input the model takes: its position table (less the rows a model that counts
+    positions past its pad id, as RoBERTa does, never uses), else the tokenizer's limit."""
     for attr in ("max_position_embeddings", "n_positions", "max_seq_len"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
+            for module in model.modules():
+                table = getattr(module, "position_embeddings", None)
+                offset = getattr(module, "padding_idx", None)
+                if isinstance(table, torch.nn.Embedding) and isinstance(offset, int):
+                    return min(value, table.num_embeddings - offset - 1)
             return value
     limit = getattr(tokenizer, "model_max_length", None)
     return limit if isinstance(limit, int) and limit < 1_000_000 else None

@@ -53,7 +53,7 @@ def attattr(
     lm: LoadedModel, rows: Sequence[Encoded], settings: Settings
 ) -> tuple[Pass, list[torch.Tensor]]:
     """Integrated gradients on attention: each input's (layer, step) rows batched, batch size ×
-    steps rows per pass. Returns [L][B, H, T, T] (signed)."""
+    steps rows per pass. Returns [L][rows, H, T, T] (signed), laid out as the base pass."""
     base, _ = attn_grad(lm, rows, settings)
     steps, budget = settings.steps, settings.batch_size * settings.steps
     layers, heads = lm.num_layers, lm.num_heads
@@ -63,7 +63,6 @@ def attattr(
     total = [torch.zeros_like(a, dtype=torch.float64) for a in base.weights]
     steps_of = [(layer, k) for layer in range(layers) for k in range(1, steps + 1)]
     for b, row in enumerate(fixed):
-        n = len(row.ids)
         for start in range(0, len(steps_of), budget):
             chunk = steps_of[start : start + budget]
             gates = torch.ones(len(chunk), layers, heads, dtype=lm.dtype, device=lm.device)
@@ -75,7 +74,13 @@ def attattr(
             grads = dict(zip(wanted, found, strict=True))
             for r, (layer, k) in enumerate(chunk):
                 # Head outputs are scaled by alpha, so dL/dA = alpha * dF/dX at X = alpha * A.
-                total[layer][b, :, :n, :n] += grads[layer][r].double() / (k / steps)
+                for (k_run, s, e), (k_base, _, _) in zip(
+                    run.layout[r], base.layout[b], strict=True
+                ):
+                    n = e - s
+                    total[layer][k_base, :, :n, :n] += grads[layer][k_run, :, :n, :n].double() / (
+                        k / steps
+                    )
     scores = [(a.detach().double() * t / steps) for a, t in zip(base.weights, total, strict=True)]
     return base, scores
 

@@ -17,40 +17,59 @@ from reportgen.engine.attention import attention_control
 from reportgen.engine.encoding import Encoded
 from reportgen.engine.loading import LoadedModel
 
+Layout = list[list[tuple[int, int, int]]]
+"""For each example of a batch, where its sequences went: (batch row, start, end), the row
+holding its tokens [start, end) (one sequence each, but two for a bi-encoder)."""
+
 
 @dataclass
 class Pass:
-    """Outputs of one forward pass over a batch of rows."""
+    """Outputs of one forward pass over a batch of examples."""
 
     losses: torch.Tensor
     values: torch.Tensor
     targets: list[tuple[int, ...] | None]
     predicted: list[tuple[int, ...] | None]
     weights: list[torch.Tensor]
-    """Each layer's attention weights [B, H, T, T], if recorded (else empty)."""
+    """Each layer's attention weights [rows, H, T, T], if recorded (else empty)."""
+    layout: Layout
+    """Which batch rows hold each example's tokens (see `Layout`)."""
 
 
 def forward(
     lm: LoadedModel,
-    rows: Sequence[Encoded],
+    examples: Sequence[Encoded],
     gates: torch.Tensor | None = None,
     record: bool = False,
 ) -> Pass:
-    """Run right-padded rows (explicit position ids) and evaluate each row's objective."""
-    width = max(len(r.ids) for r in rows)
-    pad = lm.tokenizer.pad_token_id
-    pad = pad if pad is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        input_ids[b, : len(row.ids)] = torch.tensor(row.ids)
-        mask[b, : len(row.ids)] = 1
+    """Run the examples as one right-padded batch and evaluate each example's objective.
+
+    `gates` has one [layers, heads] row per example (shared by its sequences). Padding uses the
+    model's own pad id, and explicit position ids only where the load-time probe needed them."""
+    layout: Layout = []
+    sequences: list[tuple[int, ...]] = []
+    owners: list[int] = []
+    for b, row in enumerate(examples):
+        placed = []
+        for start, end in row.sequences:
+            placed.append((len(sequences), start, end))
+            sequences.append(row.ids[start:end])
+            owners.append(b)
+        layout.append(placed)
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), lm.padding.filler, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for k, seq in enumerate(sequences):
+        input_ids[k, : len(seq)] = torch.tensor(seq)
+        mask[k, : len(seq)] = 1
     kwargs: dict[str, torch.Tensor] = {
         "input_ids": input_ids.to(lm.device),
         "attention_mask": mask.to(lm.device),
     }
-    if lm.accepts_position_ids:
-        kwargs["position_ids"] = torch.arange(width).expand(len(rows), -1).to(lm.device)
+    if lm.padding.position_ids:
+        kwargs["position_ids"] = torch.arange(width).expand(len(sequences), -1).to(lm.device)
+    if gates is not None and len(sequences) != len(examples):
+        gates = gates[torch.tensor(owners, device=gates.device)]
     with attention_control(gates=gates, record=record) as weights:
         output = lm.model(**kwargs)
     losses: list[torch.Tensor] = []
@@ -59,8 +78,12 @@ def forward(
     predicted: list[tuple[int, ...] | None] = []
     if lm.task is Task.ENCODER:
         hidden = _at_least_float32(output.last_hidden_state)
-        for b, row in enumerate(rows):
-            first, second = (hidden[b, s.start : s.end].mean(0) for s in row.spans[:2])
+        for row, placed in zip(examples, layout, strict=True):
+            if row.pieces:  # a bi-encoder: each sequence's mean embedding
+                first, second = (hidden[k, : end - start].mean(0) for k, start, end in placed)
+            else:
+                [(k, _, _)] = placed
+                first, second = (hidden[k, s.start : s.end].mean(0) for s in row.spans[:2])
             cos = torch.nn.functional.cosine_similarity(first, second, dim=0)
             losses.append(-cos)
             values.append(cos)
@@ -68,7 +91,7 @@ def forward(
             predicted.append(None)
     else:
         logp = torch.log_softmax(_at_least_float32(output.logits), dim=-1)
-        for b, row in enumerate(rows):
+        for b, row in enumerate(examples):
             scored = (
                 logp[b] if lm.task is Task.CLASSIFICATION else logp[b, list(row.loss_positions)]
             )
@@ -83,7 +106,9 @@ def forward(
             values.append(torch.exp(-loss))
             targets.append(target)
             predicted.append(tuple(best.tolist()))
-    return Pass(torch.stack(losses), torch.stack(values).detach(), targets, predicted, weights)
+    return Pass(
+        torch.stack(losses), torch.stack(values).detach(), targets, predicted, weights, layout
+    )
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:

@@ -36,22 +36,31 @@ def compute_batch(
     """Saliency, head scores and (optionally) the ablation check for one batch of examples."""
     metric = settings.metric
     base, per_layer = REGISTRY[settings.method](lm, batch, settings)
+    _check_finite(lm, batch, base.losses.detach(), "objective")
     magnitudes = settings.method == "attn-grad"
     results = []
     for b, row in enumerate(batch):
         n = len(row.ids)
         # Each layer's block is copied (and cast) straight into the example's array, taking
-        # magnitudes on the way for attn-grad: no [B, L, H, T, T] stack, no second pass.
-        scores = np.empty((len(per_layer), lm.num_heads, n, n), dtype=np.float32)
+        # magnitudes on the way for attn-grad: no [B, L, H, T, T] stack, no second pass. The
+        # sequences of a bi-encoder fill the diagonal blocks (they never attend to each other).
+        placed = base.layout[b]
+        scores = (np.empty if len(placed) == 1 else np.zeros)(
+            (len(per_layer), lm.num_heads, n, n), dtype=np.float32
+        )
         into = torch.from_numpy(scores)
         for layer, part in enumerate(per_layer):
-            block = part[b, :, :n, :n]
-            if not magnitudes:
-                into[layer].copy_(block)
-            elif block.dtype == into.dtype:
-                torch.abs(block, out=into[layer])
-            else:
-                into[layer].copy_(block.abs())
+            for k, start, end in placed:
+                block = part[k, :, : end - start, : end - start]
+                target = into[layer, :, start:end, start:end]
+                if not magnitudes:
+                    target.copy_(block)
+                elif block.dtype == target.dtype and block.device == target.device:
+                    torch.abs(block, out=target)
+                else:
+                    target.copy_(block.abs())
+        if not np.isfinite(scores).all():
+            _check_finite(lm, [row], torch.tensor([float("nan")]), f"{settings.method} saliency")
         names = dict.fromkeys(["total", metric.name])
         if row.prediction_position is not None:
             names["prediction"] = None
@@ -82,6 +91,26 @@ def compute_batch(
         ablations = ablate_heads(lm, batch, base, grids_for_ablation, settings)
         results = [replace(r, ablation=a) for r, a in zip(results, ablations, strict=True)]
     return results
+
+
+def _check_finite(
+    lm: LoadedModel, batch: Sequence[Encoded], values: torch.Tensor, what: str
+) -> None:
+    """NaN or infinity is reported as such, naming the input, the dtype and what to try."""
+    bad = [row for row, value in zip(batch, values.tolist(), strict=True) if not np.isfinite(value)]
+    if not bad:
+        return
+    ex = bad[0].example
+    dtype = str(lm.dtype).removeprefix("torch.")
+    hint = (
+        "half precision overflows easily: try --dtype float32"
+        if lm.dtype in (torch.float16, torch.bfloat16)
+        else "check the model's weights, or try another --dtype"
+    )
+    raise SaliencyError(
+        f"{ex.source}: input '{ex.id}': the {what} is NaN or infinite with model '{lm.name}' in "
+        f"{dtype} ({hint})"
+    )
 
 
 def check_settings(lm: LoadedModel, settings: Settings) -> None:
@@ -117,11 +146,14 @@ def compute(
     costs ~0.1 ms per input and keeps memory flat in the number of inputs)."""
     check_settings(lm, settings)
     check_metric(settings.metric, examples)
-    lengths = [len(encode(ex, lm, settings.max_tokens, settings.truncate).ids) for ex in examples]
+    lengths = []
+    for ex in examples:
+        encoded = _encode(ex, lm, settings)
+        _check_spans(encoded, settings)
+        lengths.append(len(encoded.ids))
+    _check_padding(lm, settings, examples, lengths)
     for first, last in windows(lengths, lm, settings.batch_size):
-        window = [
-            encode(ex, lm, settings.max_tokens, settings.truncate) for ex in examples[first:last]
-        ]
+        window = [_encode(ex, lm, settings) for ex in examples[first:last]]
         # Batches of similar lengths pad less; results still leave in input order.
         order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
         done: dict[int, Result] = {}
@@ -132,6 +164,41 @@ def compute(
             if progress is not None:
                 progress(len(batch))
         yield from (done[i] for i in range(len(window)))
+
+
+def _encode(example: Example, lm: LoadedModel, settings: Settings) -> Encoded:
+    return encode(example, lm, settings.max_tokens, settings.truncate, settings.pairing)
+
+
+def _check_spans(encoded: Encoded, settings: Settings) -> None:
+    """A flow metric's segments must keep tokens after truncation."""
+    metric = settings.metric
+    if metric.kind != "flow":
+        return
+    kept = {s.name for s in encoded.spans}
+    for name in (metric.src, metric.dst):
+        if name not in kept:
+            ex = encoded.example
+            raise SaliencyError(
+                f"{ex.source}: input '{ex.id}' keeps no token of segment '{name}' after "
+                f"truncation to {len(encoded.ids)} tokens, and metric {metric.name} needs it; "
+                "raise --max-tokens or choose another metric"
+            )
+
+
+def _check_padding(
+    lm: LoadedModel, settings: Settings, examples: Sequence[Example], lengths: Sequence[int]
+) -> None:
+    """Batches of inputs of different lengths need padding the model is known to take (and a
+    classifier without a pad id takes no batch above one at all)."""
+    if lm.padding.safe or settings.batch_size == 1:
+        return
+    if len(set(lengths)) <= 1 and lm.padding.pad_id is not None:
+        return
+    raise SettingsError(
+        f"{lm.padding.reason}; inputs of different lengths cannot share a batch: pass "
+        "--batch-size 1"
+    )
 
 
 def windows(lengths: Sequence[int], lm: LoadedModel, batch_size: int) -> Iterator[tuple[int, int]]:

@@ -1,0 +1,92 @@
+"""Model folders are data: no code from them ever runs, and what cannot be loaded says why."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cli
+
+
+def _compute(tmp_path: Path, model: Path, stdin: str = "y\ny\ny\n") -> subprocess.CompletedProcess:
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("a b\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reportgen",
+            "compute",
+            str(inputs),
+            "-o",
+            str(tmp_path / "run"),
+            "-m",
+            str(model),
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_a_folder_that_needs_its_own_code_is_refused_and_the_code_never_runs(tmp_path):
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    (folder / "configuration_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('x')\n"
+        "from transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    )
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil",
+                "architectures": ["EvilForCausalLM"],
+                "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"},
+            }
+        )
+    )
+    (folder / "model.safetensors").write_bytes(b"")
+    done = _compute(tmp_path, folder)  # "y" on stdin, were anything to ask
+    assert done.returncode == 2, done.stderr
+    assert "needs code shipped in its folder" in done.stderr and "never runs" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not marker.exists(), "the model folder's code ran"
+    assert not (tmp_path / "run").exists()
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_weights_that_would_run_code_are_refused(tiny_models, tmp_path):
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_models["gpt2"], folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+    with open(folder / "pytorch_model.bin", "wb") as fh:
+        pickle.dump({"transformer.wte.weight": _Payload(marker)}, fh)
+    done = _compute(tmp_path, folder)
+    assert done.returncode == 2, done.stderr
+    assert "cannot be loaded" in done.stderr
+    assert not marker.exists(), "unpickling ran code"
+
+
+def test_a_missing_model_folder_is_a_usage_error(tmp_path):
+    done = _compute(tmp_path, tmp_path / "nonexistent")
+    assert done.returncode == 2 and "does not exist" in done.stderr
