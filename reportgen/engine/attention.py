@@ -39,9 +39,45 @@ LAYER_ATTR = "_reportgen_layer"
 
 
 @dataclass
+class Captured:
+    """What one attention layer received and returned in a captured pass: enough to recompute
+    any block of query rows of its attention weights with the model's own function."""
+
+    module: torch.nn.Module
+    query: torch.Tensor
+    """[B, H, T, d], as the layer passed it (positions applied)."""
+    key: torch.Tensor
+    """[B, H_kv, T, d]; key/value head h // (H / H_kv) serves query head h."""
+    value: torch.Tensor
+    mask: torch.Tensor | None
+    """The additive mask [B, 1, T, T] (or None)."""
+    kwargs: dict[str, Any]
+    out: torch.Tensor
+    """The layer's output [B, T, H, d] before any gate: A V per head."""
+    fast: bool
+    """Whether the pass ran scaled_dot_product_attention (else the model's own eager)."""
+
+
+@dataclass
+class Capture:
+    """Collects every layer's `Captured` in a pass; with `on_grad` set before the backward, it
+    is called with (layer, ∂L/∂out [B, T, H, d]) as each layer's output gradient arrives."""
+
+    layers: dict[int, Captured] = field(default_factory=dict)
+    on_grad: Callable[[int, torch.Tensor], None] | None = None
+    hooks: bool = False
+    """Register gradient hooks on the layers' outputs (a pass that will be differentiated)."""
+
+    def _grad(self, layer: int, grad: torch.Tensor) -> None:
+        if self.on_grad is not None:
+            self.on_grad(layer, grad)
+
+
+@dataclass
 class _Control:
     gates: torch.Tensor | None
     record: bool
+    capture: Capture | None = None
     weights: dict[int, torch.Tensor] = field(default_factory=dict)
     calls: int = 0
 
@@ -60,12 +96,14 @@ class Recorded(list[torch.Tensor]):
 
 @contextmanager
 def attention_control(
-    gates: torch.Tensor | None = None, record: bool = False
+    gates: torch.Tensor | None = None, record: bool = False, capture: Capture | None = None
 ) -> Iterator[Recorded]:
     """Within the block, attention layer l scales head h of batch row b by gates[b, l, h], and
     (with record) its attention weights [B, H, Tq, Tk] are recorded, in layer order, in the
-    yielded list. One forward pass per block."""
-    control = _Control(gates, record)
+    yielded list. With `capture`, layers run scaled_dot_product_attention where the load-time
+    probe allowed it (no T × T weights at all) and leave their inputs in the capture instead.
+    One forward pass per block."""
+    control = _Control(gates, record, capture)
     recorded = Recorded()
     token = _ACTIVE.set(control)
     try:
@@ -124,7 +162,10 @@ def reportgen_attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    control = _ACTIVE.get()
+    if control is not None and control.capture is not None:
+        return _captured_attention(control, module, query, key, value, attention_mask, kwargs)
     seen = _SEEN.get()
     found = None
     if getattr(module, FUSED_FLAG, False) and not _OWN_EAGER.get():
@@ -135,21 +176,54 @@ def reportgen_attention(
     if seen is not None:
         seen.append((module, fused))
     out, weights = found
-    control = _ACTIVE.get()
     if control is None:
         return out, weights
     layer = _layer(module, control)
     if control.record:
         control.weights[layer] = weights
+    return _gated(control, module, layer, out), weights
+
+
+def _gated(
+    control: _Control, module: torch.nn.Module, layer: int, out: torch.Tensor
+) -> torch.Tensor:
     if control.gates is not None:
-        heads = weights.shape[1]
+        heads = control.gates.shape[-1]
         if out.dim() != 4 or out.shape[2] != heads:
             raise ModelError(
                 f"{type(module).__name__} returns attention output of shape {tuple(out.shape)}; "
                 "reportgen expects [batch, tokens, heads, head_dim]"
             )
         out = out * control.gates[:, layer, :, None].to(out.dtype)[:, None]
-    return out, weights
+    return out
+
+
+def _captured_attention(
+    control: _Control,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, None]:
+    """A layer of a captured pass: the fast kernel where allowed, else the model's eager
+    attention (its weights dropped at once), inputs and output kept for the tiles."""
+    assert control.capture is not None
+    out = None
+    if getattr(module, FUSED_FLAG, False) and not _OWN_EAGER.get():
+        out = sdpa_attention(query, key, value, attention_mask, **kwargs)
+    fast = out is not None
+    if out is None:
+        out, _ = eager_of(module)(module, query, key, value, attention_mask, **kwargs)
+    layer = _layer(module, control)
+    capture = control.capture
+    capture.layers[layer] = Captured(
+        module, query.detach(), key.detach(), value.detach(), attention_mask, kwargs, out, fast
+    )
+    if capture.hooks and out.requires_grad:
+        out.register_hook(lambda grad, layer=layer: capture._grad(layer, grad))
+    return _gated(control, module, layer, out), None
 
 
 # Keyword arguments the standard eager attention receives and ignores (a None or False value of
@@ -157,6 +231,44 @@ def reportgen_attention(
 _IGNORED_KWARGS = frozenset(
     {"position_ids", "cache_position", "use_cache", "output_attentions", "is_causal"}
 )
+
+
+def _standard_call(
+    attention_mask: torch.Tensor | None, dropout: float, kwargs: dict[str, Any]
+) -> bool:
+    """Whether a call is plain softmax(q·kᵀ·scaling + mask)·v: no dropout, nothing beyond the
+    arguments the standard eager attention ignores, an additive (float) mask."""
+    if dropout or any(
+        v is not None and v is not False and k not in _IGNORED_KWARGS for k, v in kwargs.items()
+    ):
+        return False
+    return attention_mask is None or attention_mask.dtype != torch.bool
+
+
+def sdpa_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> torch.Tensor | None:
+    """softmax(q·kᵀ·scaling + mask)·v by torch's fused kernel (no T × T weights kept for the
+    backward), as the standard eager attention returns it ([B, T, H, D]); None for a call with
+    anything else in it."""
+    if not _standard_call(attention_mask, dropout, kwargs):
+        return None
+    mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        scale=query.shape[-1] ** -0.5 if scaling is None else scaling,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
+    return out.transpose(1, 2).contiguous()
 
 
 def fused_attention(
@@ -170,11 +282,7 @@ def fused_attention(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """softmax(q·kᵀ·scaling + mask)·v and its weights, as the standard eager attention returns
     them ([B, T, H, D] and [B, H, Tq, Tk]); None for a call with anything else in it."""
-    if dropout or any(
-        v is not None and v is not False and k not in _IGNORED_KWARGS for k, v in kwargs.items()
-    ):
-        return None
-    if attention_mask is not None and attention_mask.dtype == torch.bool:
+    if not _standard_call(attention_mask, dropout, kwargs):
         return None
     heads = query.shape[1]
     if key.shape[1] != heads:  # grouped-query attention: each key/value head serves a group

@@ -27,6 +27,7 @@ from reportgen.engine.attention import (
     ATTENTION_NAME,
     FUSED_FLAG,
     LAYER_ATTR,
+    Capture,
     attention_control,
     own_eager,
     seen_modules,
@@ -425,9 +426,10 @@ _PROBE_TOLERANCE = {
 
 
 def enable_fused_attention(lm: LoadedModel) -> bool:
-    """Run every attention layer through `fused_attention` if, on a seeded probe batch with
-    padding, it gives the model's own attention weights and outputs; return whether it does.
-    A model whose eager attention computes anything else keeps its own."""
+    """Run every attention layer through `fused_attention` (and, in a captured pass, through
+    scaled_dot_product_attention) if, on a seeded probe batch with padding, they give the
+    model's own attention weights and outputs; return whether they do. A model whose eager
+    attention computes anything else keeps its own."""
     n = _probe_length(lm)
     ids = _probe_ids(lm, 2, n)
     mask = torch.ones_like(ids)
@@ -437,16 +439,30 @@ def enable_fused_attention(lm: LoadedModel) -> bool:
     else:
         ids, mask = ids[:1], mask[:1]
     inputs = {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device)}
+    if lm.padding.position_ids:
+        inputs["position_ids"] = torch.arange(n).expand(len(ids), -1).to(lm.device)
+    tol = _PROBE_TOLERANCE[lm.dtype]
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        real = mask.to(a.device).bool()
+        if a.dim() == 3 and a.shape[:2] == real.shape:  # per token: only real tokens count
+            a, b = a[real], b[real]
+        return a.shape == b.shape and float((a - b).abs().max()) <= tol * max(
+            1.0, float(a.abs().max())
+        )
+
     with seen_modules() as seen:
         with torch.no_grad(), own_eager(), attention_control(record=True) as own_weights:
-            own = lm.model(**inputs)[0]
+            own = _outputs(lm, lm.model(**inputs))
         modules = list(dict.fromkeys(module for module, _ in seen))
         for module in modules:
             setattr(module, FUSED_FLAG, True)
         seen.clear()
         with torch.no_grad(), attention_control(record=True) as fused_weights:
-            fused = lm.model(**inputs)[0]
-    tol = _PROBE_TOLERANCE[lm.dtype]
+            fused = _outputs(lm, lm.model(**inputs))
+        capture = Capture()
+        with torch.no_grad(), attention_control(capture=capture):
+            fast = _outputs(lm, lm.model(**inputs))
     same = (
         bool(seen)
         and all(used for _, used in seen)
@@ -455,7 +471,9 @@ def enable_fused_attention(lm: LoadedModel) -> bool:
             a.shape == b.shape and float((a - b).abs().max()) <= tol
             for a, b in zip(own_weights, fused_weights, strict=True)
         )
-        and float((own - fused).abs().max()) <= tol * max(1.0, float(own.abs().max()))
+        and close(own, fused)
+        and all(c.fast for c in capture.layers.values())
+        and close(own, fast)
     )
     if not same:
         for module in modules:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from reportgen.data.tasks import Task
-from reportgen.engine.attention import attention_control
+from reportgen.engine.attention import Capture, attention_control
 from reportgen.engine.encoding import Encoded
 from reportgen.engine.loading import LoadedModel
 
@@ -41,6 +41,7 @@ def forward(
     examples: Sequence[Encoded],
     gates: torch.Tensor | None = None,
     record: bool = False,
+    capture: Capture | None = None,
 ) -> Pass:
     """Run the examples as one right-padded batch and evaluate each example's objective.
 
@@ -70,7 +71,7 @@ def forward(
         kwargs["position_ids"] = torch.arange(width).expand(len(sequences), -1).to(lm.device)
     if gates is not None and len(sequences) != len(examples):
         gates = gates[torch.tensor(owners, device=gates.device)]
-    with attention_control(gates=gates, record=record) as weights:
+    with attention_control(gates=gates, record=record, capture=capture) as weights:
         output = lm.model(**kwargs)
     losses: list[torch.Tensor] = []
     values: list[torch.Tensor] = []

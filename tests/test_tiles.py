@@ -1,0 +1,102 @@
+"""The tiled engine equals the dense reference: every reduction, from the fast kernel's forward
+and backward with the attention recomputed a block of query rows at a time (float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_saliency import INPUTS
+
+from reportgen.engine import methods, tiles
+from reportgen.engine.encoding import encode
+from reportgen.inputs import examples_from_items
+from reportgen.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+ALL = list(INPUTS)
+BUDGET = 1  # one query row per tile: every tile boundary is exercised
+
+
+def _rows(lm, name):
+    return [encode(ex, lm, None, False) for ex in examples_from_items(INPUTS[name])]
+
+
+def _expected(per_layer, reductions, signed, k):
+    """The reductions computed in numpy from the dense per-layer scores [rows, H, W, W]."""
+    out = []
+    for b, plan in enumerate(reductions.plans):
+        n = plan.length
+        dense = np.stack([np.asarray(part[b, :, :n, :n], dtype=np.float64) for part in per_layer])
+        s = dense if signed else np.abs(dense)
+        mag = np.abs(s)
+        seg = plan.segments.numpy()
+        groups = reductions.flow.shape[-1]
+        onehot = np.eye(groups)[seg]  # [n, groups]
+        flow = np.einsum("is,lhij,jt->lhst", onehot, mag, onehot)
+        pred = (
+            mag[:, :, plan.prediction].sum(-1)
+            if plan.prediction is not None
+            else np.zeros(mag.shape[:2])
+        )
+        flat = s.reshape(*s.shape[:2], -1)
+        order = np.lexsort(
+            (
+                np.arange(flat.shape[-1])[None, None]
+                .repeat(flat.shape[0], 0)
+                .repeat(flat.shape[1], 1),
+                -np.abs(flat),
+            ),
+            axis=-1,
+        )[..., :k]
+        out.append((mag.sum((-1, -2)), pred, flow, np.take_along_axis(flat, order, -1), order))
+    return out
+
+
+def _compare(lm, reductions, per_layer, signed, k, rtol):
+    for b, (total, pred, flow, top_values, top_cells) in enumerate(
+        _expected(per_layer, reductions, signed, k)
+    ):
+        scale = total.max()
+        np.testing.assert_allclose(
+            reductions.total[b].numpy(), total, rtol=rtol, atol=1e-12 * scale
+        )
+        np.testing.assert_allclose(
+            reductions.prediction[b].numpy(), pred, rtol=rtol, atol=1e-12 * scale
+        )
+        np.testing.assert_allclose(reductions.flow[b].numpy(), flow, rtol=rtol, atol=1e-12 * scale)
+        got = reductions.top_values[b].numpy()
+        nonzero = np.abs(top_values) > 0
+        np.testing.assert_allclose(got[nonzero], top_values[nonzero], rtol=rtol, atol=1e-14)
+        assert (reductions.top_cells[b].numpy()[nonzero] == top_cells[nonzero]).all()
+        assert (reductions.top_cells[b].numpy()[~nonzero] == -1).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("method", ["attn-grad", "attention", "attattr"])
+def test_tiles_equal_the_dense_computation(loaded, name, method):
+    lm = loaded[name]
+    rows = _rows(lm, name)
+    settings = Settings(method=method, steps=3, batch_size=2)
+    base_dense, per_layer = methods.REGISTRY[method](lm, rows, settings)
+    k = 7
+    if method == "attn-grad":
+        base, red = tiles.tiled_attn_grad(lm, rows, k, dense=True, budget=BUDGET)
+    elif method == "attention":
+        base, red = tiles.tiled_attention(lm, rows, k, dense=True, budget=BUDGET)
+    else:
+        base, red = tiles.tiled_attattr(lm, rows, k, True, steps=3, batch_size=2, budget=BUDGET)
+    assert base.layout == base_dense.layout
+    np.testing.assert_allclose(base.values.numpy(), base_dense.values.numpy(), rtol=1e-12)
+    signed = method == "attattr"
+    # Llama's eager softmax runs in float32 even in a float64 model: rounding at ~1e-8.
+    rtol = 1e-6 if name == "llama" else 1e-9
+    _compare(lm, red, per_layer, signed, k, rtol)
+    for b, plan in enumerate(red.plans):
+        n = plan.length
+        dense = torch.stack([part[b, :, :n, :n] for part in per_layer]).double()
+        expected = dense if signed else dense.abs()
+        torch.testing.assert_close(
+            red.dense[b, :, :, :n, :n], expected, rtol=rtol, atol=rtol * float(expected.abs().max())
+        )
