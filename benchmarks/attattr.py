@@ -57,6 +57,22 @@ def reference(lm: Any, rows: Sequence[Any], steps: int) -> list[np.ndarray]:
 
     with torch.no_grad(), attention_control(record=True) as base:
         lm.model(**kwargs)
+    # As a user's own loop would have it: the model's weights require gradients (reportgen's
+    # loaded model has them frozen), so the graph reaches every layer's attention.
+    lm.model.requires_grad_(True)
+    try:
+        return _integrate(lm, rows, steps, kwargs, loss, base)
+    finally:
+        lm.model.requires_grad_(False)
+
+
+def _integrate(
+    lm: Any, rows: Sequence[Any], steps: int, kwargs: Any, loss: Any, base: Any
+) -> list[np.ndarray]:
+    import torch
+
+    from reportgen.engine.attention import attention_control
+
     layers, heads = lm.num_layers, lm.num_heads
     total = [torch.zeros_like(a, dtype=torch.float64) for a in base]
     for layer in range(layers):

@@ -18,6 +18,7 @@ TOTAL = Metric("total")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PAIRINGS = ("separate", "joint")
+ENGINES = ("tiled", "eager")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class Settings:
     """Saliency method: attn-grad, attention or attattr."""
     metric: Metric = TOTAL
     """Head score shown in the grid: total, prediction or flow:SRC->DST (a string is parsed)."""
+    engine: str = "tiled"
+    """`tiled`: attention × gradient from the fast kernel's forward and backward, the attention
+    recomputed a block of query rows at a time (memory linear in T); `eager`: the dense
+    reference, every layer's T × T attention and gradient kept (memory quadratic in T)."""
     steps: int = 20
     """Integration steps m of attattr (alpha = k/m, k = 1..m)."""
     batch_size: int = 8
@@ -103,6 +108,8 @@ class Settings:
                 raise SettingsError(f"{option} must be an integer, got {value!r}")
             if value < low:
                 raise SettingsError(f"{option} must be at least {low}, got {value}")
+        if self.engine not in ENGINES:
+            raise SettingsError(f"unknown --engine '{self.engine}' (use {' or '.join(ENGINES)})")
         if self.pairing not in PAIRINGS:
             raise SettingsError(f"unknown --pairing '{self.pairing}' (use {' or '.join(PAIRINGS)})")
         if self.dtype not in DTYPES:

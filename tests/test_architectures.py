@@ -54,11 +54,18 @@ LOSS_TOLERANCE_SOFTMAX32 = 1e-6
 """Against a float64 SDPA forward, a family whose eager softmax runs in float32 (Llama's and
 most since) differs at rounding level of float32."""
 METHODS = ("attention", "attn-grad", "attattr")
+ONE_AT_A_TIME = {"llama-cls"}
+"""Classifiers without a pad token: transformers pools no batch above one, and reportgen says
+so up front (test_a_classifier_without_a_pad_token_asks_for_batches_of_one)."""
 
 
 def settings(family: Family, **changes: Any) -> Settings:
     base: dict[str, Any] = dict(
-        batch_size=8, dtype="float64", device="cpu", steps=STEPS, ablate_k=0
+        batch_size=1 if family.name in ONE_AT_A_TIME else 8,
+        dtype="float64",
+        device="cpu",
+        steps=STEPS,
+        ablate_k=0,
     )
     # How a bare encoder reads its two segments, where reportgen has the option (the objective
     # the oracle computes for the family).
@@ -209,6 +216,17 @@ def test_padded_batch_equals_one_at_a_time(zoo, name):
         if a.ablation and b.ablation and not close(a.ablation.value_top, b.ablation.value_top):
             problems.append(f"{where}: ablation {a.ablation} in the batch, {b.ablation} alone")
     assert not problems, "; ".join(problems)
+
+
+@pytest.mark.parametrize("name", sorted(ONE_AT_A_TIME))
+def test_a_classifier_without_a_pad_token_asks_for_batches_of_one(zoo, name):
+    from reportgen.errors import SettingsError
+
+    family = FAMILIES[name]
+    lm = zoo.reportgen(family)
+    examples = examples_from_items(inputs_for(family))
+    with pytest.raises(SettingsError, match=r"defines no pad token .* pass --batch-size 1"):
+        list(compute(examples, lm, settings(family, batch_size=8)))
 
 
 @pytest.mark.parametrize("name", list(REFUSED))

@@ -452,7 +452,7 @@ def test_fused_attention_gives_the_models_own_scores(tiny_models, loaded, name, 
     monkeypatch.setattr(models, "fused_attention", counted)
     rows = _encoded(lm, INPUTS[name])
     for method in ("attn-grad", "attention"):
-        settings = Settings(method=method, dtype=dtype)
+        settings = Settings(method=method, dtype=dtype, engine="eager")
         fused = compute_batch(lm, rows, settings, ablate=False)
         assert (calls["n"] > 0) == lm.fused_attention
         calls["n"] = 0
@@ -484,7 +484,7 @@ def test_fused_attention_is_refused_where_the_models_own_attention_differs(
     assert not lm.fused_attention
     assert not any(getattr(m, models.FUSED_FLAG, False) for m in lm.model.modules())
     calls["n"] = 0
-    compute_batch(lm, _encoded(lm, CAUSAL_INPUTS), Settings(), ablate=False)
+    compute_batch(lm, _encoded(lm, CAUSAL_INPUTS), Settings(engine="eager"), ablate=False)
     assert calls["n"] == lm.num_layers, "every layer ran the model's own attention"
 
 
@@ -626,7 +626,7 @@ def test_nan_saliency_is_reported_as_nan(loaded, monkeypatch):
 
     monkeypatch.setitem(methods.REGISTRY, "attn-grad", poisoned)
     with pytest.raises(SaliencyError, match="attn-grad saliency is NaN or infinite .* float64"):
-        list(compute(examples_from_items([REFERENCE]), loaded["gpt2"], Settings()))
+        list(compute(examples_from_items([REFERENCE]), loaded["gpt2"], Settings(engine="eager")))
 
 
 def test_settings_are_checked_against_the_model_before_any_pass(loaded):

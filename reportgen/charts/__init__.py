@@ -21,9 +21,7 @@ from reportgen.charts.names import (
 )
 from reportgen.charts.packing import (
     FLATTEN_BUDGET,
-    MAX_DEFAULT_CELLS,
     Packed,
-    default_top_k,
     flatten_budget,
     heads_rows,
     metric_name,
@@ -45,6 +43,7 @@ from reportgen.charts.views import (
     grid_spec,
     linked_spec,
 )
+from reportgen.data.results import MAX_DEFAULT_CELLS, default_top_k
 
 __all__ = [
     "BRACKETS_DATA",

@@ -13,18 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.data.results import Result
+from reportgen.data.results import Result, default_top_k
 
 SIGNIFICANT = 4
 """Significant digits kept for the scores in page data (small, deterministic pages)."""
 FLATTEN_BUDGET = 4096
 """Fewest cells a heatmap update flattens before it cuts the selected heads' rows short."""
-MAX_DEFAULT_CELLS = 512
-"""Most cells kept per head by default (`default_top_k`). A click redraws one head's cells, and
-Vega's work and the canvas's grow with them: at T = 512 (1.25 px cells), 1,024 cells per head
-put a click at ~20 ms, 512 at ~13 ms, keeping ~63% of a head's saliency instead of ~73% (the
-benchmark's random 12 × 12 model; trained heads are sharper). `--top-k` sets it."""
-_GRID_PAD_INNER, _GRID_PAD_OUTER = 0.08, 0.04
 
 
 def sig(x: float, digits: int = SIGNIFICANT) -> float:
@@ -160,12 +154,6 @@ def pack_cells(scores: np.ndarray, top_k: int | None = None) -> Packed:
         kept_share=kept_total / grand if grand > 0 else 1.0,
         min_kept_share=float(shares.min()) if shares.size else 1.0,
     )
-
-
-def default_top_k(tokens: int) -> int:
-    """Cells kept per head unless asked otherwise: 2T (a head's strongest links, about two per
-    query), at most MAX_DEFAULT_CELLS."""
-    return min(2 * tokens, MAX_DEFAULT_CELLS)
 
 
 def flatten_budget(packed_k: int) -> int:

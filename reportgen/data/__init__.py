@@ -13,13 +13,14 @@ that imports torch) produces them.
 from reportgen.data.examples import Example, Segment
 from reportgen.data.methods import METHODS, Method, parse_method
 from reportgen.data.metrics import Metric, check_metric, head_scores, parse_metric
-from reportgen.data.results import Ablation, Result, TokenSpan
+from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan
 from reportgen.data.tasks import Task
 
 __all__ = [
     "METHODS",
     "Ablation",
     "Example",
+    "HeadStats",
     "Method",
     "Metric",
     "Result",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reportgen.data.examples import Example
-from reportgen.data.results import TokenSpan
+from reportgen.data.results import HeadStats, TokenSpan
 from reportgen.errors import SaliencyError, SettingsError
 
 
@@ -84,6 +84,35 @@ def head_scores(
             "causal model, keys must come before queries); choose another metric"
         )
     return (mass / total).astype(np.float32)
+
+
+def shares(stats: HeadStats, metric: Metric, example_id: str = "") -> np.ndarray:
+    """Each head's share of the metric's saliency mass, from an example's exact reductions:
+    float32 [layers, heads], summing to 1."""
+    if metric.kind == "total":
+        mass = stats.total
+    elif metric.kind == "prediction":
+        mass = stats.prediction
+    else:
+        index = {name: i for i, name in enumerate(stats.segments)}
+        for name in (metric.src, metric.dst):
+            if name not in index:
+                raise SaliencyError(
+                    f"input '{example_id}' has no segment '{name}' (its segments: "
+                    f"{', '.join(stats.segments) or 'none'}), which metric {metric.name} needs"
+                )
+        mass = stats.flow[:, :, index[metric.dst or ""], index[metric.src or ""]]
+    total = float(np.sum(mass, dtype=np.float64))
+    if not np.isfinite(total):
+        raise SaliencyError(
+            f"input '{example_id}': the saliency under metric {metric.name} is NaN or infinite"
+        )
+    if not total > 0:
+        raise SaliencyError(
+            f"input '{example_id}': metric {metric.name} carries no saliency in any head (for a "
+            "causal model, keys must come before queries); choose another metric"
+        )
+    return (np.asarray(mass, np.float64) / total).astype(np.float32)
 
 
 def check_metric(metric: Metric, examples: Iterable[Example]) -> None:

@@ -9,6 +9,17 @@ import numpy as np
 
 from reportgen.data.examples import Example
 
+MAX_DEFAULT_CELLS = 512
+"""Most cells kept per head by default (`default_top_k`). A click on a page redraws one head's
+cells, and Vega's work and the canvas's grow with them (benchmarks/RESULTS.md has the figures);
+`--top-k` sets it."""
+
+
+def default_top_k(tokens: int) -> int:
+    """Cells kept per head unless asked otherwise: 2T (a head's strongest links, about two per
+    query), at most MAX_DEFAULT_CELLS."""
+    return min(2 * tokens, MAX_DEFAULT_CELLS)
+
 
 @dataclass(frozen=True)
 class TokenSpan:
@@ -42,6 +53,33 @@ class Ablation:
 
 
 @dataclass(frozen=True)
+class HeadStats:
+    """Exact per-head reductions of an example's saliency S [L, H, T, T] (rows queries, columns
+    keys), and each head's strongest cells: all the report needs, without S itself.
+
+    Sums are of |S|, in float64. `flow[l, h, q, k]` is the mass from keys in segment k to queries
+    in segment q, segments in `segments` order, then (last index) tokens in no named segment, so
+    any `flow:SRC->DST` metric is a lookup and `flow.sum((2, 3)) == total`."""
+
+    segments: tuple[str, ...]
+    total: np.ndarray
+    """float64 [L, H]: every cell."""
+    prediction: np.ndarray
+    """float64 [L, H]: the prediction position's row (zeros without one)."""
+    flow: np.ndarray
+    """float64 [L, H, n + 1, n + 1]: (query segment, key segment); index n is no segment."""
+    top_cells: np.ndarray
+    """int32 [L, H, k]: cells i * T + j by |S|, strongest first (ties by cell); -1 past the
+    head's non-zero cells."""
+    top_values: np.ndarray
+    """float32 [L, H, k]: S at those cells (signed for a signed method; 0 where the cell is -1)."""
+
+    @property
+    def k(self) -> int:
+        return int(self.top_cells.shape[-1])
+
+
+@dataclass(frozen=True)
 class Result:
     """One example's saliency and everything the report shows about it."""
 
@@ -62,3 +100,5 @@ class Result:
     head_scores: Mapping[str, np.ndarray]
     """float32 [layers, heads] shares summing to 1, per metric name."""
     ablation: Ablation | None
+    stats: HeadStats | None = None
+    """The exact reductions and top cells (from which every metric's head scores come)."""

@@ -39,7 +39,7 @@ def ablate(
             expanded.append(replace(row, target_ids=target))
         chosen.append(tuple((int(h) // heads, int(h) % heads) for h in top))
     values: list[float] = []
-    budget = settings.batch_size * (1 + settings.ablate_draws)
+    budget = settings.batch_size * (1 + settings.ablate_draws) if lm.padding.batches else 1
     with torch.no_grad():
         for start in range(0, len(expanded), budget):
             gates = torch.stack(gate_rows[start : start + budget]).to(lm.device)

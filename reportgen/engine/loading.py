@@ -108,6 +108,9 @@ class Padding:
     filler: int = 0
     """The id pad positions hold: `pad_id`, or for a model without one any id (the mask hides
     it from the real tokens)."""
+    batches: bool = True
+    """Whether the model takes more than one row per pass at all (a classifier without a pad
+    id does not, even of equal lengths: transformers cannot tell where to pool)."""
 
 
 def demo_model_path() -> Path:
@@ -236,6 +239,9 @@ def load_model(
         raise ModelError(f"model '{name}': reportgen needs a fast tokenizer (for offset mappings)")
     torch_device = pick_device(device)
     model.eval().to(torch_device)
+    # Gradients flow to activations only (the graph starts at the embeddings' output): no
+    # weight gradient is ever computed, and no tensor is kept for one.
+    model.requires_grad_(False)
     # No key/value cache: nothing here generates, and filling it costs a copy per layer.
     model.config.use_cache = False
     loaded = LoadedModel(
@@ -381,6 +387,7 @@ def check_padding(lm: LoadedModel) -> Padding:
             False,
             f"model '{lm.name}' defines no pad token (config.pad_token_id), so its classifier "
             "cannot find the last token of a padded input",
+            batches=False,
         )
     filler = pad if pad is not None else int(lm.tokenizer.eos_token_id or 0)
     batch = ids.clone()

@@ -55,7 +55,8 @@ def attattr(
     """Integrated gradients on attention: each input's (layer, step) rows batched, batch size ×
     steps rows per pass. Returns [L][rows, H, T, T] (signed), laid out as the base pass."""
     base, _ = attn_grad(lm, rows, settings)
-    steps, budget = settings.steps, settings.batch_size * settings.steps
+    steps = settings.steps
+    budget = settings.batch_size * steps if lm.padding.batches else 1
     layers, heads = lm.num_layers, lm.num_heads
     fixed = [replace(r, target_ids=t) for r, t in zip(rows, base.targets, strict=True)]
     # One input per pass (no padding), its layers in order, so that a pass's backward stops at

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -71,8 +72,20 @@ def forward(
         kwargs["position_ids"] = torch.arange(width).expand(len(sequences), -1).to(lm.device)
     if gates is not None and len(sequences) != len(examples):
         gates = gates[torch.tensor(owners, device=gates.device)]
-    with attention_control(gates=gates, record=record, capture=capture) as weights:
-        output = lm.model(**kwargs)
+    # A language model's head runs only where the loss reads its logits (a vocabulary-sized
+    # matmul per position, forward and backward, is most of a small model's cost).
+    kept = sorted({p for row in examples for p in row.loss_positions})
+    hooks = []
+    if lm.task in (Task.CAUSAL_LM, Task.MASKED_LM):
+        hooks.append(lm.model.base_model.register_forward_hook(_keep_positions(kept)))
+    if torch.is_grad_enabled():  # the weights are frozen: the graph starts at the embeddings
+        hooks.append(lm.model.get_input_embeddings().register_forward_hook(_track))
+    try:
+        with attention_control(gates=gates, record=record, capture=capture) as weights:
+            output = lm.model(**kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
     losses: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     targets: list[tuple[int, ...] | None] = []
@@ -92,9 +105,12 @@ def forward(
             predicted.append(None)
     else:
         logp = torch.log_softmax(_at_least_float32(output.logits), dim=-1)
+        index_of = {p: i for i, p in enumerate(kept)}
         for b, row in enumerate(examples):
             scored = (
-                logp[b] if lm.task is Task.CLASSIFICATION else logp[b, list(row.loss_positions)]
+                logp[b]
+                if lm.task is Task.CLASSIFICATION
+                else logp[b, [index_of[p] for p in row.loss_positions]]
             )
             best = scored.argmax(-1).reshape(-1)
             target = row.target_ids if row.target_ids is not None else tuple(best.tolist())
@@ -110,6 +126,27 @@ def forward(
     return Pass(
         torch.stack(losses), torch.stack(values).detach(), targets, predicted, weights, layout
     )
+
+
+def _keep_positions(positions: Sequence[int]) -> Any:
+    """A forward hook on the base model that passes only `positions` of its hidden states on
+    to the head (everything after the base model of an LM works position by position)."""
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        hidden = output[0]
+        index = torch.tensor(positions, device=hidden.device)
+        sliced = hidden.index_select(1, index)
+        if isinstance(output, tuple):
+            return (sliced, *output[1:])
+        output[next(iter(output.keys()))] = sliced
+        return output
+
+    return hook
+
+
+def _track(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    """The embeddings' output as the graph's leaf (the model's weights need no gradients)."""
+    return output.requires_grad_()
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:

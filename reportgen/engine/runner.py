@@ -13,14 +13,16 @@ import numpy as np
 import torch
 
 from reportgen.data.examples import Example
-from reportgen.data.metrics import check_metric, head_scores, parse_metric
-from reportgen.data.results import Result
+from reportgen.data.metrics import check_metric, parse_metric, shares
+from reportgen.data.results import HeadStats, Result, default_top_k
 from reportgen.data.tasks import Task
+from reportgen.engine import tiles
 from reportgen.engine.ablation import ablate as ablate_heads
 from reportgen.engine.encoding import Encoded, encode
 from reportgen.engine.loading import LoadedModel
 from reportgen.engine.methods import REGISTRY
-from reportgen.engine.objectives import target_text
+from reportgen.engine.objectives import Pass, target_text
+from reportgen.engine.tiles import Reductions
 from reportgen.errors import SaliencyError, SettingsError
 from reportgen.settings import Settings
 
@@ -35,41 +37,18 @@ def compute_batch(
 ) -> list[Result]:
     """Saliency, head scores and (optionally) the ablation check for one batch of examples."""
     metric = settings.metric
-    base, per_layer = REGISTRY[settings.method](lm, batch, settings)
+    top_k = settings.top_k or default_top_k(max(len(row.ids) for row in batch))
+    base, reductions = saliency(lm, batch, settings, top_k, dense=True)
     _check_finite(lm, batch, base.losses.detach(), "objective")
-    magnitudes = settings.method == "attn-grad"
     results = []
     for b, row in enumerate(batch):
-        n = len(row.ids)
-        # Each layer's block is copied (and cast) straight into the example's array, taking
-        # magnitudes on the way for attn-grad: no [B, L, H, T, T] stack, no second pass. The
-        # sequences of a bi-encoder fill the diagonal blocks (they never attend to each other).
-        placed = base.layout[b]
-        scores = (np.empty if len(placed) == 1 else np.zeros)(
-            (len(per_layer), lm.num_heads, n, n), dtype=np.float32
-        )
-        into = torch.from_numpy(scores)
-        for layer, part in enumerate(per_layer):
-            for k, start, end in placed:
-                block = part[k, :, : end - start, : end - start]
-                target = into[layer, :, start:end, start:end]
-                if not magnitudes:
-                    target.copy_(block)
-                elif block.dtype == target.dtype and block.device == target.device:
-                    torch.abs(block, out=target)
-                else:
-                    target.copy_(block.abs())
-        if not np.isfinite(scores).all():
+        stats, scores = _example_stats(reductions, base.layout[b], row, top_k)
+        if not (np.isfinite(stats.total).all() and np.isfinite(stats.top_values).all()):
             _check_finite(lm, [row], torch.tensor([float("nan")]), f"{settings.method} saliency")
         names = dict.fromkeys(["total", metric.name])
         if row.prediction_position is not None:
             names["prediction"] = None
-        grids = {
-            name: head_scores(
-                scores, parse_metric(name), row.spans, row.prediction_position, row.example.id
-            )
-            for name in names
-        }
+        grids = {name: shares(stats, parse_metric(name), row.example.id) for name in names}
         results.append(
             Result(
                 example=row.example,
@@ -84,6 +63,7 @@ def compute_batch(
                 scores=scores,
                 head_scores=grids,
                 ablation=None,
+                stats=stats,
             )
         )
     if ablate and settings.ablate_k > 0:
@@ -91,6 +71,69 @@ def compute_batch(
         ablations = ablate_heads(lm, batch, base, grids_for_ablation, settings)
         results = [replace(r, ablation=a) for r, a in zip(results, ablations, strict=True)]
     return results
+
+
+def saliency(
+    lm: LoadedModel, batch: Sequence[Encoded], settings: Settings, top_k: int, dense: bool
+) -> tuple[Pass, Reductions]:
+    """The method's saliency of a batch, reduced: by the tiled engine (the default), or by the
+    dense reference engine (`--engine eager`: every layer's T × T weights and gradients kept,
+    reduced in one tile per layer by the same code)."""
+    method = settings.method
+    if settings.engine == "tiled":
+        if method == "attn-grad":
+            return tiles.tiled_attn_grad(lm, batch, top_k, dense)
+        if method == "attention":
+            return tiles.tiled_attention(lm, batch, top_k, dense)
+        return tiles.tiled_attattr(lm, batch, top_k, dense, settings.steps, settings.batch_size)
+    base, per_layer = REGISTRY[method](lm, batch, settings)
+    reductions = tiles.new_reductions(lm, batch, base.layout, top_k, dense)
+    for layer, part in enumerate(per_layer):
+        reductions.add(layer, 0, part.abs() if method == "attn-grad" else part)
+    reductions.finish()
+    return base, reductions
+
+
+def _example_stats(
+    reductions: Reductions, placed: Sequence[tuple[int, int, int]], row: Encoded, top_k: int
+) -> tuple[HeadStats, np.ndarray]:
+    """One example's HeadStats (and dense scores) from the rows of the batch that hold it: a
+    bi-encoder's two sequences add up, their cells placed at the example's own positions."""
+    n = len(row.ids)
+    named = len(row.spans)
+    groups = [*range(named), reductions.flow.shape[-1] - 1]  # its segments, then "no segment"
+    rows = [k for k, _, _ in placed]
+    total = reductions.total[rows].sum(0)
+    prediction = reductions.prediction[rows].sum(0)
+    flow = reductions.flow[rows][:, :, :, groups][:, :, :, :, groups].sum(0)
+    values, cells = [], []
+    for k, start, end in placed:
+        length = end - start
+        cell = reductions.top_cells[k]
+        moved = (cell // length + start) * n + cell % length + start
+        cells.append(torch.where(cell >= 0, moved, cell))
+        values.append(reductions.top_values[k])
+    value, cell = torch.cat(values, -1), torch.cat(cells, -1)
+    if len(placed) > 1:
+        keep = torch.topk(value.abs(), min(top_k, value.shape[-1]), dim=-1).indices
+        value, cell = torch.gather(value, -1, keep), torch.gather(cell, -1, keep)
+        order = tiles._lexsort(-value.abs(), torch.where(cell >= 0, cell, cell.max() + 1))
+        value, cell = torch.gather(value, -1, order), torch.gather(cell, -1, order)
+    scores = np.zeros((reductions.total.shape[1], reductions.total.shape[2], n, n), np.float32)
+    if reductions.dense is not None:
+        for k, start, end in placed:
+            length = end - start
+            block = reductions.dense[k, :, :, :length, :length]
+            scores[:, :, start:end, start:end] = block.cpu().numpy()
+    stats = HeadStats(
+        segments=tuple(s.name for s in row.spans),
+        total=np.asarray(total.cpu(), np.float64),
+        prediction=np.asarray(prediction.cpu(), np.float64),
+        flow=np.asarray(flow.cpu(), np.float64),
+        top_cells=np.asarray(cell.cpu(), np.int32),
+        top_values=np.asarray(value.cpu(), np.float32),
+    )
+    return stats, scores
 
 
 def _check_finite(
@@ -193,7 +236,7 @@ def _check_padding(
     classifier without a pad id takes no batch above one at all)."""
     if lm.padding.safe or settings.batch_size == 1:
         return
-    if len(set(lengths)) <= 1 and lm.padding.pad_id is not None:
+    if len(set(lengths)) <= 1 and lm.padding.batches:
         return
     raise SettingsError(
         f"{lm.padding.reason}; inputs of different lengths cannot share a batch: pass "

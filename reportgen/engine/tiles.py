@@ -292,7 +292,7 @@ def tiled_attattr(
     }
     fixed = [replace(r, target_ids=t) for r, t in zip(rows, base.targets, strict=True)]
     steps_of = [(layer, k) for layer in range(layers) for k in range(1, steps + 1)]
-    budget_rows = batch_size * steps
+    budget_rows = batch_size * steps if lm.padding.batches else 1
     for b, row in enumerate(fixed):
         for first in range(0, len(steps_of), budget_rows):
             chunk = steps_of[first : first + budget_rows]
