@@ -1,11 +1,113 @@
-"""Shared fixtures: tiny models built locally (from_config -> save_pretrained), loaded through
-the real from_pretrained path by reportgen."""
+"""Shared fixtures and the suite's rules.
+
+- Every test belongs to exactly one tier (unit, cli, e2e, browser; see pyproject.toml), checked
+  at collection, so `-m unit` is the fast tier and nothing falls between the tiers.
+- Fixed data for the unit tier (`synthetic_run`), tiny models built locally (from_config ->
+  save_pretrained, loaded through the real from_pretrained path) for the e2e tier, and the
+  README's commands run once per session (`readme_outputs`) for the README, demo and golden
+  tests.
+- `--regenerate-golden` rewrites the committed demo site (see test_golden.py); nothing else
+  ever does.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "cli", "e2e", "browser")
+# Test files owned outside this suite's infrastructure that do not mark their tier yet: their
+# tests get this tier here. Drop an entry once its file sets `pytestmark` itself.
+UNMARKED_FILES = {"test_saliency.py": "e2e"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--regenerate-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the committed demo site (site/) from a fresh build instead of comparing",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: an unmarked test fails any selection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail collection unless every test has exactly one tier marker."""
+    wrong = []
+    for item in items:
+        tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]
+        if not tiers and item.path.name in UNMARKED_FILES:
+            item.add_marker(UNMARKED_FILES[item.path.name])
+            continue
+        if len(tiers) != 1:
+            wrong.append(f"  {item.nodeid}: {' and '.join(tiers) or 'no tier'}")
+    if wrong:
+        raise pytest.UsageError(
+            "every test needs exactly one tier marker (" + ", ".join(TIERS) + "): set "
+            "`pytestmark = pytest.mark.<tier>` in the file or mark the test:\n" + "\n".join(wrong)
+        )
+
+
+def file_tier(path: Path) -> str | None:
+    """The tier a test file declares for all its tests (`pytestmark = pytest.mark.<tier>` on a
+    line of its own), read from its text; None for a file whose tests are marked one by one."""
+    if path.name in UNMARKED_FILES:
+        return UNMARKED_FILES[path.name]
+    found = re.search(r"^pytestmark = pytest\.mark\.(\w+)\s*(#.*)?$", path.read_text("utf-8"), re.M)
+    return found.group(1) if found and found.group(1) in TIERS else None
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m`, skip importing a test file whose one tier the expression rules out: `-m unit`
+    then never imports the engine (torch and transformers take ~8 s), which the e2e files do
+    at the top. Files marked test by test are always collected, and deselected as usual."""
+    expression = config.getoption("markexpr")
+    if not expression or not collection_path.name.startswith("test_"):
+        return None
+    if collection_path.suffix != ".py" or not collection_path.is_file():
+        return None
+    tier = file_tier(collection_path)
+    if tier is None:
+        return None
+    try:
+        from _pytest.mark.expression import Expression
+
+        selected = Expression.compile(expression).evaluate(lambda name, **_: name == tier)
+    except Exception:  # pytest's own parser (internal): on any doubt, collect as usual
+        return None
+    return True if not selected else None
+
+
+def in_fresh_processes(
+    code: str, *argvs: list[str], env: dict[str, str] | None = None
+) -> list[str]:
+    """Run `python -c code` once per argument list, side by side, each process with its own hash
+    seed (1, 2, ...: set orders differ, as between two users' builds). Waits for all, then fails
+    with the stderr of any that failed; returns their outputs. For determinism tests, which must
+    compare fresh processes: two runs in one warm process can share caches and hide a
+    difference."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {}), "PYTHONHASHSEED": str(n)},
+        )
+        for n, argv in enumerate(argvs, start=1)
+    ]
+    done = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (_, err) in zip(procs, done):
+        assert proc.returncode == 0, err
+    return [out for out, _ in done]
+
 
 WORDS = [
     "[PAD]",
@@ -204,17 +306,99 @@ def gpt2_run(tiny_models, tmp_path_factory) -> Path:
     return out
 
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_EXAMPLES = ROOT / "examples" / "childes" / "inputs.jsonl"
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder shaped like `gpt2_run` (the same inputs, 3 layers × 4 heads), made with
+    numpy alone: what the unit tier renders and reads back."""
+    from synthetic import write_run
+
+    out = tmp_path_factory.mktemp("runs") / "synthetic"
+    write_run(out, DEMO_INPUTS)
+    return out
+
+
+# --- the README's commands, run once per session ------------------------------------------------
+
+README = ROOT / "README.md"
+# The about page shows when the run was made: fixed, so the demo site is reproducible.
+SOURCE_DATE_EPOCH = "1767225600"  # 2026-01-01T00:00:00Z
+
+
+def readme_commands() -> list[str]:
+    """Every `reportgen ...` shell command of the README, continuation lines joined, in order
+    and without repeats."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text("utf-8"), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith("reportgen "):
+                commands.append(" ".join(line.split("  #")[0].split()))
+    return list(dict.fromkeys(commands))
+
+
+def demo_command() -> str:
+    """The README's demo build (`reportgen build ... --out site`), which made the committed
+    site/."""
+    [command] = [
+        c
+        for c in readme_commands()
+        if shlex.split(c)[:2] == ["reportgen", "build"] and "--out site" in c
+    ]
+    return command
+
+
+def command_env() -> dict[str, str]:
+    """The environment the README's commands run in: this interpreter's `reportgen` first on
+    PATH, no network, a fixed SOURCE_DATE_EPOCH, and one CPU thread: torch splits its sums by
+    thread count, so the digits of the demo site (golden) would otherwise depend on how many
+    cores the machine has (1 and 2 threads differ on 11 of its 24 pages)."""
+    bin_dir = Path(sys.executable).parent
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def scratch_folder(path: Path) -> Path:
+    """A working folder like the repository's for the README's commands: `examples/` is the
+    project's, `docs/` exists, and every output lands in `path`."""
+    (path / "examples").symlink_to(ROOT / "examples")
+    (path / "docs").mkdir()
+    return path
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> Path:
-    """The example inputs computed with the embedded demo model (flow:ENV->LAN), as the
-    README's demo command does."""
-    from reportgen.pipeline import compute
-    from reportgen.settings import Settings
+def readme_outputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch folder where every `reportgen` command of the README has run, once, in README
+    order: the demo site (`site/`, with `site/report.html`), the demo run (`runs/demo`) and
+    its figure (`docs/figure.png`). The demo build takes ~20 s; the README, demo and golden
+    tests share it."""
+    scratch = scratch_folder(tmp_path_factory.mktemp("readme"))
+    for command in readme_commands():
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=scratch, capture_output=True, text=True, env=command_env()
+        )
+        assert done.returncode == 0, f"README command failed: {command}\n{done.stderr}"
+    return scratch
 
-    out = tmp_path_factory.mktemp("demo") / "run"
-    compute(DEMO_EXAMPLES, out, Settings(metric="flow:ENV->LAN"), command="reportgen (test)")
-    return out
+
+@pytest.fixture(scope="session")
+def demo_site(readme_outputs: Path) -> Path:
+    """The site of the README's demo build (the demo model, flow:ENV->LAN, keys as rows)."""
+    site = readme_outputs / "site"
+    assert (site / "index.html").is_file(), (
+        f"the README's demo build ({demo_command()}) wrote no site"
+    )
+    return site
+
+
+@pytest.fixture(scope="session")
+def demo_run(readme_outputs: Path) -> Path:
+    """The example inputs computed with the embedded demo model (flow:ENV->LAN), by the
+    README's `reportgen compute` command."""
+    run = readme_outputs / "runs" / "demo"
+    assert (run / "manifest.json").is_file(), "the README's compute command wrote no runs/demo"
+    return run

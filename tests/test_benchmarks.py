@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("### 1. Compute", "### 2. Integrated gradients", "### 3. Browser", "### 4. Build")
 
 
-@pytest.mark.browser
-@pytest.mark.e2e
+@pytest.mark.browser  # the one tier: it also computes, but needs Chromium
 def test_quick_mode_runs_every_benchmark_and_writes_nothing() -> None:
     results = ROOT / "benchmarks" / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None

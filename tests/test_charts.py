@@ -5,43 +5,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import in_fresh_processes
+from synthetic import make_result
 
 from reportgen import charts
-from reportgen.data.examples import Example, Segment
-from reportgen.data.results import Result, TokenSpan
+from reportgen.data.results import Result
 
-HOSTILE = "<script>alert(1)</script>"
+pytestmark = pytest.mark.unit
 
-
-def make_result(layers: int = 3, heads: int = 4, tokens: int = 9, seed: int = 0) -> Result:
-    """A synthetic result (numpy only): causal, signed scores, two named segments."""
-    rng = np.random.default_rng(seed)
-    scores = rng.normal(size=(layers, heads, tokens, tokens)).astype(np.float32)
-    scores *= np.tril(np.ones((tokens, tokens), np.float32))
-    words = ["<CHI>", "a", HOSTILE, "a", "horse", "<CHI>", "my", "is", "the"][:tokens]
-    words += [f"w{k}" for k in range(tokens - len(words))]
-    half = tokens // 2
-    grid = rng.random((layers, heads)).astype(np.float32)
-    grid /= grid.sum()
-    total = np.abs(scores).sum(axis=(2, 3))
-    return Result(
-        example=Example("syn", (Segment("ENV", " ".join(words[:half])), Segment("LAN", "x"))),
-        tokens=tuple(words),
-        spans=(TokenSpan("ENV", 0, half), TokenSpan("LAN", half, tokens)),
-        target="horse",
-        target_given=True,
-        predicted="the",
-        value=0.5,
-        loss=0.69,
-        prediction_position=tokens - 1,
-        scores=scores,
-        head_scores={"total": (total / total.sum()).astype(np.float32), "flow:ENV->LAN": grid},
-        ablation=None,
-    )
+HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
@@ -288,10 +265,32 @@ def test_numbers_are_rounded_to_significant_digits() -> None:
     assert [charts.sig(v) for v in values] == charts.sig_array(values)
 
 
-def test_specs_are_deterministic(result: Result) -> None:
-    a = json.dumps(charts.linked_spec(result, "flow:ENV->LAN").spec)
-    b = json.dumps(charts.linked_spec(make_result(), "flow:ENV->LAN").spec)
-    assert a == b
+# Every kind of spec, and the Vega compiled from it, printed as JSON by a fresh process.
+SPECS = f"""
+import json, sys
+sys.path.insert(0, {str(HERE)!r})
+import numpy as np
+from synthetic import make_result
+from reportgen import charts
+
+result = make_result()
+specs = [
+    charts.linked_spec(result, "flow:ENV->LAN").spec,
+    charts.linked_spec(result, keys_as_rows=True, top_k=5).spec,
+    charts.grid_spec(np.asarray(result.head_scores["total"])),
+    charts.figure_spec(result, (1, 2), keys_as_rows=True, metric="total"),
+]
+specs += [charts.to_vega(spec) for spec in specs[:3]]
+sys.stdout.write(json.dumps(specs))
+"""
+
+
+def test_specs_are_the_same_in_two_fresh_processes() -> None:
+    """Names, orders and numbers of every spec come from the data alone: no counters, hashes or
+    caches that a second build in the same process would share and hide."""
+    first, second = in_fresh_processes(SPECS, [], [])
+    assert first == second
+    assert len(json.loads(first)) == 7
 
 
 def test_flatten_budget_keeps_small_selections_whole() -> None:

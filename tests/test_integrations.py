@@ -6,6 +6,8 @@ import pytest
 
 from reportgen.pipeline import Report
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def single(gpt2_run, tmp_path_factory):

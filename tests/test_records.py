@@ -1,4 +1,7 @@
-"""Run folders: results round-trip unchanged, writes are atomic, timestamps reproducible."""
+"""Run folders: results round-trip unchanged, writes are atomic, timestamps reproducible.
+
+Most tests use a synthetic run (numpy only: the unit tier); the first two check what the engine
+and `reportgen.compute` write (e2e)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import numpy as np
 import pytest
 from conftest import DEMO_INPUTS
 
-from reportgen.engine import compute
 from reportgen.fsutil import OutputError
 from reportgen.inputs import examples_from_items
 from reportgen.records import Run, RunError, RunWriter, timestamp
@@ -36,7 +38,10 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(a.head_scores[key], b.head_scores[key])
 
 
+@pytest.mark.e2e
 def test_results_round_trip_through_a_run_folder(loaded, tmp_path, gpt2_run):
+    from reportgen.engine import compute
+
     lm = loaded["gpt2"]
     settings = Settings(metric="flow:ENV->LAN")
     results = list(compute(examples_from_items(DEMO_INPUTS), lm, settings))
@@ -54,6 +59,7 @@ def test_results_round_trip_through_a_run_folder(loaded, tmp_path, gpt2_run):
     np.testing.assert_array_equal(grids[0], results[0].head_scores["flow:ENV->LAN"])
 
 
+@pytest.mark.e2e
 def test_manifest_describes_the_run(gpt2_run):
     manifest = json.loads((gpt2_run / "manifest.json").read_text("utf-8"))
     run = manifest["run"]
@@ -81,11 +87,12 @@ def test_manifest_describes_the_run(gpt2_run):
     assert (gpt2_run / example["record"]).is_file()
 
 
-def test_failed_write_keeps_the_previous_run(gpt2_run, tmp_path):
+@pytest.mark.unit
+def test_failed_write_keeps_the_previous_run(synthetic_run, tmp_path):
     import shutil
 
     out = tmp_path / "run"
-    shutil.copytree(gpt2_run, out)
+    shutil.copytree(synthetic_run, out)
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     run = Run.open(out)
     with pytest.raises(RuntimeError, match="boom"), RunWriter(out, run.info) as writer:
@@ -96,10 +103,11 @@ def test_failed_write_keeps_the_previous_run(gpt2_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "no temporary folder left"
 
 
-def test_a_folder_reportgen_did_not_write_is_not_replaced(gpt2_run, tmp_path):
+@pytest.mark.unit
+def test_a_folder_reportgen_did_not_write_is_not_replaced(synthetic_run, tmp_path):
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("x")
-    info = Run.open(gpt2_run).info
+    info = Run.open(synthetic_run).info
     with (
         pytest.raises(OutputError, match="not written by reportgen"),
         RunWriter(tmp_path / "precious", info),
@@ -108,6 +116,7 @@ def test_a_folder_reportgen_did_not_write_is_not_replaced(gpt2_run, tmp_path):
     assert (tmp_path / "precious" / "thesis.tex").read_text() == "x"
 
 
+@pytest.mark.unit
 def test_opening_something_that_is_not_a_run(tmp_path):
     with pytest.raises(RunError, match="not a run folder"):
         Run.open(tmp_path)
@@ -116,6 +125,7 @@ def test_opening_something_that_is_not_a_run(tmp_path):
         Run.open(tmp_path)
 
 
+@pytest.mark.unit
 def test_timestamp_honours_source_date_epoch(monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     assert timestamp() == "2023-11-14T22:13:20Z"
@@ -137,10 +147,11 @@ def _lines(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "entries.jsonl").read_bytes().splitlines()]
 
 
-def test_writer_streams_entries_to_their_file_and_keeps_none(gpt2_run, tmp_path):
+@pytest.mark.unit
+def test_writer_streams_entries_to_their_file_and_keeps_none(synthetic_run, tmp_path):
     import tracemalloc
 
-    run = Run.open(gpt2_run)
+    run = Run.open(synthetic_run)
     result = run.result(0)
     tracemalloc.start()
     try:
@@ -167,18 +178,20 @@ def test_writer_streams_entries_to_their_file_and_keeps_none(gpt2_run, tmp_path)
     assert len(lines) == 320 and lines[-1]["record"] == "records/000320.safetensors"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("n", [0, 1, 3])
-def test_runs_of_0_1_and_n_entries_open(gpt2_run, tmp_path, n):
-    opened = _many(Run.open(gpt2_run), tmp_path / f"run{n}", n)
+def test_runs_of_0_1_and_n_entries_open(synthetic_run, tmp_path, n):
+    opened = _many(Run.open(synthetic_run), tmp_path / f"run{n}", n)
     assert list(opened.ids) == [f"x{i}" for i in range(n)]
     assert len(_lines(opened.path)) == n
 
 
-def test_a_run_with_many_entries_opens_lazily_and_reads_back(gpt2_run, tmp_path):
+@pytest.mark.unit
+def test_a_run_with_many_entries_opens_lazily_and_reads_back(synthetic_run, tmp_path):
     import tracemalloc
     from dataclasses import replace
 
-    many = _many(Run.open(gpt2_run), tmp_path / "run", 400)
+    many = _many(Run.open(synthetic_run), tmp_path / "run", 400)
     lines = _lines(many.path)
     tracemalloc.start()
     try:
@@ -193,16 +206,17 @@ def test_a_run_with_many_entries_opens_lazily_and_reads_back(gpt2_run, tmp_path)
     assert run.entries[-1] == entries[399] and run.entries[1:3] == entries[1:3]
     with pytest.raises(IndexError):
         run.entries[400]
-    original = Run.open(gpt2_run).result(123 % 3)
+    original = Run.open(synthetic_run).result(123 % 3)
     _assert_same(run.result(123), replace(original, example=replace(original.example, id="x123")))
     assert run.head_scores(run.info.metric).shape == (400, run.info.num_layers, run.info.num_heads)
 
 
-def test_a_text_separator_inside_an_entry_is_not_a_line_break(gpt2_run, tmp_path):
+@pytest.mark.unit
+def test_a_text_separator_inside_an_entry_is_not_a_line_break(synthetic_run, tmp_path):
     """json keeps U+2028, NEL and FF raw (ensure_ascii=False); only LF ends an entry."""
     from dataclasses import replace
 
-    run = Run.open(gpt2_run)
+    run = Run.open(synthetic_run)
     odd = "a\u2028b\x85c\x0cd\x1ee"
     result = run.result(0)
     with RunWriter(tmp_path / "run", run.info) as writer:
@@ -212,45 +226,50 @@ def test_a_text_separator_inside_an_entry_is_not_a_line_break(gpt2_run, tmp_path
     assert again.ids == (odd, run.ids[1])
 
 
+@pytest.mark.unit
 def test_an_old_run_folder_names_its_version(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "reportgen-run/1"}))
     with pytest.raises(RunError, match=r"format reportgen-run/1, written by reportgen 0\.1"):
         Run.open(tmp_path)
 
 
-def test_a_run_whose_entries_disagree_with_the_manifest_count(gpt2_run, tmp_path):
+@pytest.mark.unit
+def test_a_run_whose_entries_disagree_with_the_manifest_count(synthetic_run, tmp_path):
     import shutil
 
-    shutil.copytree(gpt2_run, tmp_path / "run")
+    shutil.copytree(synthetic_run, tmp_path / "run")
     path = tmp_path / "run" / "entries.jsonl"
     path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:2]))
     with pytest.raises(RunError, match="2 entries, but the manifest counts 3"):
         Run.open(tmp_path / "run")
 
 
-def test_a_malformed_entry_is_named(gpt2_run, tmp_path):
+@pytest.mark.unit
+def test_a_malformed_entry_is_named(synthetic_run, tmp_path):
     import shutil
 
-    shutil.copytree(gpt2_run, tmp_path / "run")
+    shutil.copytree(synthetic_run, tmp_path / "run")
     path = tmp_path / "run" / "entries.jsonl"
     path.write_text(path.read_text("utf-8").replace('"tokens"', '"tokenz"', 1), "utf-8")
     with pytest.raises(RunError, match=r"entries.jsonl: entry 1 is incomplete .*tokens"):
         Run.open(tmp_path / "run")
 
 
-def test_a_manifest_replaced_after_opening_is_not_misread(gpt2_run, tmp_path):
+@pytest.mark.unit
+def test_a_manifest_replaced_after_opening_is_not_misread(synthetic_run, tmp_path):
     import shutil
 
-    shutil.copytree(gpt2_run, tmp_path / "run")
+    shutil.copytree(synthetic_run, tmp_path / "run")
     run = Run.open(tmp_path / "run")
     _many(run, tmp_path / "run", 5)  # another compute replaces the folder
     with pytest.raises(RunError, match="changed since the run was opened"):
         run.result(0)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("when", ["first", "middle"])
-def test_an_interrupted_writer_leaves_nothing_behind(gpt2_run, tmp_path, when):
-    run = Run.open(gpt2_run)
+def test_an_interrupted_writer_leaves_nothing_behind(synthetic_run, tmp_path, when):
+    run = Run.open(synthetic_run)
     with pytest.raises(KeyboardInterrupt), RunWriter(tmp_path / "new", run.info) as writer:
         if when == "middle":
             writer.add(run.result(0))
@@ -259,10 +278,11 @@ def test_an_interrupted_writer_leaves_nothing_behind(gpt2_run, tmp_path, when):
     assert list(tmp_path.iterdir()) == [], "no run and no temporary folder"
 
 
-def test_a_result_that_cannot_be_written_fails_the_run_cleanly(gpt2_run, tmp_path):
+@pytest.mark.unit
+def test_a_result_that_cannot_be_written_fails_the_run_cleanly(synthetic_run, tmp_path):
     from dataclasses import replace
 
-    run = Run.open(gpt2_run)
+    run = Run.open(synthetic_run)
     with (
         pytest.raises(ValueError, match="Out of range float"),
         RunWriter(tmp_path / "new", run.info) as writer,
