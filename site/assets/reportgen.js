@@ -14,6 +14,8 @@
  *                 a selection in a task of its own, after the chart has been drawn
  *   show(key)     single-file report only: switch to a page ("index", "about", "example-3")
  * Selections are the Vega-Lite params "pick" (click a head) and "brush" (drag a block).
+ * The names of marks, selections, their stores and datasets come in each page's data
+ * (`data.names`, made by reportgen.charts.names): none is spelled here.
  */
 (function () {
   "use strict";
@@ -21,7 +23,7 @@
   var rg = (window.reportgen = window.reportgen || {});
   var resolveReady = null;
   var datasets = {};
-  var HEAT_MARK = "heat_cells_marks";
+  var names = null; // the page's data.names: heat_mark, selections, stores, tokens, cells
 
   function newReady() {
     rg.ready = new Promise(function (resolve) {
@@ -51,7 +53,7 @@
     if (!rg.view) return [];
     var rows = rg.view.data(datasets[name] || name);
     if (name !== "heat") return rows;
-    var tokens = rg.view.signal("tokens");
+    var tokens = rg.view.signal(names.tokens);
     return rows.map(function (d) {
       return { i: d.i, j: d.j, share: d.share, query: tokens[d.i], key: tokens[d.j] };
     });
@@ -65,8 +67,8 @@
   var tooltipBox = null;
 
   function tooltipValue(view, item, value) {
-    if (!(item && item.mark && item.mark.name === HEAT_MARK)) return value;
-    var tokens = view.signal("tokens");
+    if (!(names && item && item.mark && item.mark.name === names.heat_mark)) return value;
+    var tokens = view.signal(names.tokens);
     return {
       query: tokens[value.i],
       key: tokens[value.j],
@@ -143,8 +145,10 @@
     if (!rg.view) return [];
     var seen = {};
     var heads = [];
-    storeHeads(rg.view, "pick_store")
-      .concat(storeHeads(rg.view, "brush_store"))
+    names.stores
+      .reduce(function (all, store) {
+        return all.concat(storeHeads(rg.view, store));
+      }, [])
       .forEach(function (h) {
         var key = h[0] + ":" + h[1];
         if (!seen[key]) {
@@ -224,7 +228,7 @@
         }, 0);
       });
     }
-    ["pick", "brush"].forEach(function (name) {
+    names.selections.forEach(function (name) {
       try {
         view.addSignalListener(name, later);
       } catch (err) {
@@ -248,7 +252,7 @@
   }
 
   function mountExample(root, data, view) {
-    datasets = { heat: markData(data.spec, HEAT_MARK) };
+    datasets = { heat: markData(data.spec, names.heat_mark) };
     var caption = find(root, "caption");
     function update() {
       var heads = rg.selection();
@@ -261,7 +265,7 @@
         var cut = Math.ceil(data.budget / heads.length);
         var kept = 0;
         var total = 0;
-        view.data("cells").forEach(function (row) {
+        view.data(names.cells).forEach(function (row) {
           if (!chosen[row.layer + ":" + row.head]) return;
           total += row.tot;
           if (row.v.length <= cut) {
@@ -334,6 +338,7 @@
   }
 
   function mount(root, data) {
+    names = data.names || null;
     if (!data.spec) {
       rg.view = null;
       resolveReady(null);
