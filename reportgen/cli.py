@@ -53,6 +53,31 @@ DrawsOpt = Annotated[
     typer.Option("--ablate-draws", help="Random head sets averaged for the ablation baseline."),
 ]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of the random ablation baseline.")]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="tiled (memory linear in T) or eager (the dense reference) [default: tiled]."
+    ),
+]
+PairingOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="A bare encoder reads two segments separately (bi-encoder) or joint "
+        "(cross-encoder) [default: separate]."
+    ),
+]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Memory to use, e.g. 8GiB, or per device with --device-map: "
+        "cuda:0=20GiB,cpu=64GiB [default: half the free memory].",
+    ),
+]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option("--device-map", help="auto: spread a large model over GPUs, CPU and disk."),
+]
 TopKOpt = Annotated[
     int | None,
     typer.Option("--top-k", help="Cells kept per head on a page [default: 2T, at most 512]."),
@@ -116,6 +141,10 @@ def build(
     ablate_k: AblateOpt = None,
     ablate_draws: DrawsOpt = None,
     seed: SeedOpt = None,
+    engine: EngineOpt = None,
+    pairing: PairingOpt = None,
+    max_memory: MemoryOpt = None,
+    device_map: DeviceMapOpt = None,
     top_k: TopKOpt = None,
     single_file: SingleOpt = None,
     title: TitleOpt = None,
@@ -159,6 +188,10 @@ def compute(
     ablate_k: AblateOpt = None,
     ablate_draws: DrawsOpt = None,
     seed: SeedOpt = None,
+    engine: EngineOpt = None,
+    pairing: PairingOpt = None,
+    max_memory: MemoryOpt = None,
+    device_map: DeviceMapOpt = None,
     title: TitleOpt = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
@@ -257,6 +290,10 @@ def _settings(options: dict[str, Any]) -> Settings:
         "ablate_k",
         "ablate_draws",
         "seed",
+        "engine",
+        "pairing",
+        "max_memory",
+        "device_map",
         "top_k",
         "single_file",
         "title",

@@ -1,6 +1,9 @@
 """Inputs: read .txt, .jsonl, .csv/.tsv files (or Python lists) into typed `Example` records.
 
 Every problem is reported with its file and line, and all of them at once, before any work starts.
+Inputs are held to the rules the writers apply later (JSON without NaN or Infinity, text that
+encodes as UTF-8, no lone surrogates), so nothing valid here fails after the compute; and lines
+are capped in characters before anything is parsed or tokenised.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +20,23 @@ from typing import Any
 from reportgen.data.examples import Example, Segment
 from reportgen.errors import InputError
 
-__all__ = ["Example", "InputError", "Segment", "examples_from_items", "read_inputs"]
+__all__ = [
+    "MAX_CHARS",
+    "MAX_DEPTH",
+    "Example",
+    "InputError",
+    "Segment",
+    "examples_from_items",
+    "read_inputs",
+]
+
+MAX_CHARS = 1_000_000
+"""Longest line of an input file, and longest input (all its segments), in characters. Checked
+before a line is parsed or tokenised, so an over-long input fails in milliseconds, not after
+minutes of tokenising: a model reads a few thousand tokens (--truncate cuts by tokens, later)."""
+MAX_DEPTH = 64
+"""Deepest nesting of lists and objects in an input's `meta` (the pages and the run folder
+write it back as JSON)."""
 
 
 def read_inputs(path: str | Path) -> list[Example]:
@@ -71,13 +91,35 @@ def _sniff_stdin_format(text: str) -> str:
     return "jsonl" if first.lstrip().startswith("{") else "txt"
 
 
+def _too_long(line: str, where: str) -> str | None:
+    """A problem if `line` is longer than MAX_CHARS (checked before it is parsed)."""
+    if len(line) <= MAX_CHARS:
+        return None
+    return (
+        f"{where}: a line of {len(line):,} characters, more than the limit of {MAX_CHARS:,}; "
+        "split it into shorter inputs (a model reads at most a few thousand tokens)"
+    )
+
+
 def _parse_txt(text: str, name: str) -> list[Example]:
     parsed: list[Example | str] = []
     for n, line in enumerate(_lines(text), start=1):
+        problem = _too_long(line, f"{name}:{n}")
+        if problem is not None:
+            parsed.append(problem)
+            continue
         line = line.strip()
         if line:
             parsed.append(_example(None, (Segment("", line),), None, {}, f"{name}:{n}"))
     return _finish(parsed, name)
+
+
+class _JSONConstant(ValueError):
+    """NaN, Infinity or -Infinity in a JSON line: Python's json reads them, JSON has none."""
+
+
+def _reject_constant(name: str) -> object:
+    raise _JSONConstant(f"{name} is not valid JSON (write null, a number or a string)")
 
 
 def _parse_jsonl(text: str, name: str) -> list[Example]:
@@ -86,10 +128,26 @@ def _parse_jsonl(text: str, name: str) -> list[Example]:
         if not line.strip():
             continue
         where = f"{name}:{n}"
+        problem = _too_long(line, where)
+        if problem is not None:
+            parsed.append(problem)
+            continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=_reject_constant)
         except json.JSONDecodeError as err:
             parsed.append(f"{where}: invalid JSON ({err.msg} at column {err.colno})")
+            continue
+        except RecursionError:
+            parsed.append(
+                f"{where}: JSON nested too deeply to read; keep lists and objects at most "
+                f"{MAX_DEPTH} levels deep"
+            )
+            continue
+        except _JSONConstant as err:
+            parsed.append(f"{where}: {err}")
+            continue
+        except ValueError as err:  # an integer of more than 4300 digits
+            parsed.append(f"{where}: invalid JSON ({_number_problem(err)})")
             continue
         if not isinstance(obj, dict):
             kind = type(obj).__name__
@@ -100,12 +158,18 @@ def _parse_jsonl(text: str, name: str) -> list[Example]:
 
 
 def _parse_delimited(text: str, name: str, delimiter: str) -> list[Example]:
+    long = [p for n, line in enumerate(_lines(text), 1) if (p := _too_long(line, f"{name}:{n}"))]
+    if long:
+        raise InputError(long)
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    columns = reader.fieldnames or []
+    try:
+        columns = reader.fieldnames or []
+    except csv.Error as err:
+        raise InputError([f"{name}:1: {_csv_problem(err)}"]) from None
     if "text" not in columns:
         raise InputError([f"{name}:1: no 'text' column (found: {', '.join(columns) or 'none'})"])
     parsed: list[Example | str] = []
-    for row in reader:
+    for row in _csv_rows(reader, name, parsed):
         where = f"{name}:{reader.line_num}"
         if None in row:
             parsed.append(f"{where}: more fields than the header has columns")
@@ -188,14 +252,119 @@ def _segments(value: object, where: str) -> tuple[Segment, ...] | str:
     return tuple(out)
 
 
+def _csv_rows(
+    reader: csv.DictReader[str], name: str, parsed: list[Example | str]
+) -> Iterable[dict[str, str]]:
+    """The reader's rows; a malformed row ends the reading with a problem naming its line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            parsed.append(f"{name}:{reader.reader.line_num}: {_csv_problem(err)}")
+            return
+        yield row
+
+
+def _csv_problem(err: csv.Error) -> str:
+    if "field larger than field limit" in str(err):
+        return (
+            f"a field of more than {csv.field_size_limit():,} characters; give long inputs as "
+            f".jsonl or .txt (up to {MAX_CHARS:,} characters)"
+        )
+    return f"not valid CSV ({err})"
+
+
+def _number_problem(err: ValueError) -> str:
+    if "digits" in str(err):  # int too long for str <-> int conversion (Python 3.11+)
+        return "an integer of more than 4300 digits; write it as a string"
+    return str(err)
+
+
 def _example(
     id_: str | None,
     segments: tuple[Segment, ...],
     target: str | None,
-    meta: dict[str, Any],
+    meta: Mapping[str, Any],
     where: str,
-) -> Example:
-    return Example(id_ or "", segments, target, meta, where)
+) -> Example | str:
+    """The Example, or the first problem with it: too long, or a value the writers would reject
+    later (a lone surrogate, NaN or Infinity, a non-JSON value in `meta`)."""
+    length = sum(len(s.text) for s in segments) + len(segments) - 1
+    if length > MAX_CHARS:
+        return (
+            f"{where}: an input of {length:,} characters, more than the limit of {MAX_CHARS:,}; "
+            "split it into shorter inputs (a model reads at most a few thousand tokens)"
+        )
+    fields: list[tuple[str, str | None]] = [('"id"', id_), ('"target"', target)]
+    for k, seg in enumerate(segments, start=1):
+        label = '"text"' if len(segments) == 1 and not seg.name else f"segment {k}"
+        fields += [(f"{label} name", seg.name), (label, seg.text)]
+    for label, value in fields:
+        if value is not None and not _encodes(value):
+            return f"{where}: {label} {_surrogate_problem(value)}"
+    problem = _json_problem(meta)
+    if problem is not None:
+        return f'{where}: "meta"{problem}'
+    return Example(id_ or "", segments, target, dict(meta), where)
+
+
+def _encodes(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (it holds no lone surrogate)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogate_problem(text: str) -> str:
+    found = next(c for c in text if 0xD800 <= ord(c) <= 0xDFFF)
+    return (
+        f"holds a lone surrogate (\\u{ord(found):04x}), which is not Unicode text; "
+        "fix the program that wrote the file (a character outside the BMP is written as a pair)"
+    )
+
+
+def _json_problem(value: object) -> str | None:
+    """Where and why `value` cannot be written as the records write JSON (allow_nan=False,
+    UTF-8, at most MAX_DEPTH levels), or None. Walked without recursion, so any depth is safe."""
+    stack: list[tuple[object, tuple[str, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        where = "".join(path[:4]) + ("…" if len(path) > 4 else "")
+        if isinstance(item, (Mapping, list, tuple)):
+            if len(path) >= MAX_DEPTH:
+                return f"{where} is nested more than {MAX_DEPTH} levels deep; flatten it"
+            if not isinstance(item, Mapping):
+                stack += [(x, (*path, f"[{i}]")) for i, x in enumerate(item)]
+                continue
+            for key, inner in item.items():
+                if isinstance(key, str) and not _encodes(key):
+                    return f"{where}: a key {_surrogate_problem(key)}"
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    return f"{where}: the key {key!r} is not a string"
+                stack.append((inner, (*path, f" → {json.dumps(str(key), ensure_ascii=True)}")))
+        elif isinstance(item, str):
+            if not _encodes(item):
+                return f"{where} {_surrogate_problem(item)}"
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            try:
+                str(item)
+            except ValueError:
+                return f"{where} is an integer of more than 4300 digits; write it as a string"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                shown = "NaN" if item != item else ("-" if item < 0 else "") + "Infinity"
+                return f"{where} is {shown}, not valid JSON (write null, a number or a string)"
+        else:
+            return f"{where} is a {type(item).__name__}, which is not a JSON value"
+    return None
 
 
 def _finish(parsed: Sequence[Example | str], name: str) -> list[Example]:

@@ -72,7 +72,13 @@ def compute(
     from reportgen.engine import compute as compute_saliency
     from reportgen.engine import load_model
 
-    lm = load_model(settings.model, device=settings.device, dtype=settings.dtype)
+    lm = load_model(
+        settings.model,
+        device=settings.device,
+        dtype=settings.dtype,
+        device_map=settings.device_map,
+        max_memory=settings.max_memory if settings.device_map else None,
+    )
     if on_loaded is not None:
         on_loaded(len(examples))
     info = run_info(lm, settings, command)

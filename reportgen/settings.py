@@ -19,6 +19,39 @@ DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PAIRINGS = ("separate", "joint")
 ENGINES = ("tiled", "eager")
+STORES = ("top-k", "dense", "dense-float16")
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as `8GiB`, `500MB`, `1.5GB` or `1024` (bytes)."""
+    import re
+
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    unit = found.group(2).upper() if found else ""
+    if not found or unit not in _UNITS or float(found.group(1)) <= 0:
+        raise SettingsError(
+            f"--max-memory: '{text}' is not a size; write it like 8GiB, 500MB or 1.5GB"
+        )
+    return int(float(found.group(1)) * _UNITS[unit])
+
+
+def parse_memory(text: str) -> dict[str, int]:
+    """`--max-memory` as bytes per device: `{"": n}` for a single size, else by device name
+    (`cuda:0=20GiB,cpu=64GiB`; `cuda` means `cuda:0`)."""
+    if "=" not in text:
+        return {"": parse_size(text)}
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        device, eq, size = part.partition("=")
+        device = device.strip().lower()
+        if not eq or not device:
+            raise SettingsError(
+                f"--max-memory: '{part}' should be DEVICE=SIZE, e.g. cuda:0=20GiB,cpu=64GiB"
+            )
+        out["cuda:0" if device == "cuda" else device] = parse_size(size)
+    return out
 
 
 @dataclass(frozen=True)
@@ -46,6 +79,16 @@ class Settings:
     pairing: str = "separate"
     """How a bare encoder reads an input's two segments: `separate` (each on its own, as a
     sentence-embedding bi-encoder is used) or `joint` (one sequence, a cross-encoder)."""
+    max_memory: str | None = None
+    """Memory the computation may use: one size (`8GiB`, `500MB`) for the compute device, or
+    per device for --device-map (`cuda:0=20GiB,cuda:1=20GiB,cpu=64GiB`); batches and tiles are
+    sized from it. None: half the memory the device has free when the model has loaded."""
+    device_map: str | None = None
+    """`auto` spreads a model larger than one device over every GPU, the CPU and disk (with
+    accelerate, within --max-memory per device); None puts it on --device."""
+    store: str = "top-k"
+    """What the run folder keeps of S: `top-k` (the exact reductions and each head's top-k
+    cells) or `dense` (also every cell, float32) or `dense-float16`."""
     max_tokens: int | None = None
     """Longest input allowed, in tokens; None means the model's own limit."""
     truncate: bool = False
@@ -112,6 +155,12 @@ class Settings:
             raise SettingsError(f"unknown --engine '{self.engine}' (use {' or '.join(ENGINES)})")
         if self.pairing not in PAIRINGS:
             raise SettingsError(f"unknown --pairing '{self.pairing}' (use {' or '.join(PAIRINGS)})")
+        if self.store not in STORES:
+            raise SettingsError(f"unknown --store '{self.store}' (use {', '.join(STORES)})")
+        if self.device_map not in (None, "auto"):
+            raise SettingsError(f"unknown --device-map '{self.device_map}' (use auto)")
+        if self.max_memory is not None:
+            parse_memory(self.max_memory)
         if self.dtype not in DTYPES:
             raise SettingsError(f"unknown --dtype '{self.dtype}' (use {', '.join(DTYPES)})")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):

@@ -638,3 +638,57 @@ def test_settings_are_checked_against_the_model_before_any_pass(loaded):
         Settings(top_k=0).validate()
     with pytest.raises(SettingsError, match="--ablate-draws must be at least 1"):
         Settings(ablate_draws=0).validate()
+
+
+def test_memory_budget_sizes_batches_and_refuses_what_cannot_fit(loaded, monkeypatch):
+    from reportgen.engine import runner
+
+    lm = loaded["gpt2"]
+    examples = examples_from_items(CAUSAL_INPUTS)
+    longest = max(len(encode(ex, lm, None, False).ids) for ex in examples)
+    plan = runner.MemoryPlan.of(lm, Settings())
+    room = 2**20 + 2 * plan.per_row(longest) + 1  # two rows and the smallest tile budget
+    sizes = []
+    real = runner.compute_batch
+
+    def counted(lm, batch, settings, **kwargs):
+        sizes.append(len(batch))
+        return real(lm, batch, settings, **kwargs)
+
+    monkeypatch.setattr(runner, "compute_batch", counted)
+    bounded = list(compute(examples, lm, Settings(max_memory=f"{room}B")))
+    assert sizes and max(sizes) == 2 and sum(sizes) == len(examples)
+    sizes.clear()
+    free = list(compute(examples, lm, Settings()))
+    assert sizes == [len(examples)]
+    for a, b in zip(bounded, free):
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-12)
+    with pytest.raises(
+        SaliencyError,
+        match=r"input 'ref' needs about 1.\d+ MiB for its 13 tokens, more than the 1000 bytes",
+    ):
+        list(compute(examples, lm, Settings(max_memory="1KB")))
+    with pytest.raises(SettingsError, match="is not a size"):
+        Settings(max_memory="lots").validate()
+    with pytest.raises(SettingsError, match="gives no size for cpu"):
+        list(compute(examples, lm, Settings(max_memory="cuda:0=1GB")))
+
+
+def test_a_model_spread_over_cpu_and_disk_gives_the_same_saliency(tiny_models, loaded):
+    """--device-map auto: accelerate places what fits within --max-memory on the CPU and
+    offloads the rest to disk; gradients flow through the offloaded layers alike."""
+    spread = load_model(
+        tiny_models["gpt2"], "cpu", "float64", device_map="auto", max_memory="cpu=60KB"
+    )
+    placed = set(spread.model.hf_device_map.values())
+    assert "disk" in placed, placed
+    examples = examples_from_items(CAUSAL_INPUTS)
+    for method in ("attn-grad", "attattr"):
+        settings = Settings(method=method, steps=2, dtype="float64")
+        for a, b in zip(
+            compute(examples, spread, settings), compute(examples, loaded["gpt2"], settings)
+        ):
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-12)
+            assert a.value == pytest.approx(b.value, rel=1e-12)
+    with pytest.raises(ModelError, match="needs --max-memory per device"):
+        load_model(tiny_models["gpt2"], "cpu", device_map="auto", max_memory="1GB")

@@ -86,7 +86,7 @@ def test_tiles_equal_the_dense_computation(loaded, name, method):
     elif method == "attention":
         base, red = tiles.tiled_attention(lm, rows, k, dense=True, budget=BUDGET)
     else:
-        base, red = tiles.tiled_attattr(lm, rows, k, True, steps=3, batch_size=2, budget=BUDGET)
+        base, red = tiles.tiled_attattr(lm, rows, k, True, steps=3, rows_per_pass=6, budget=BUDGET)
     assert base.layout == base_dense.layout
     np.testing.assert_allclose(base.values.numpy(), base_dense.values.numpy(), rtol=1e-12)
     signed = method == "attattr"

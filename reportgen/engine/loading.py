@@ -32,6 +32,7 @@ from reportgen.engine.attention import (
     own_eager,
     seen_modules,
 )
+from reportgen.engine.memory import Footprint, saved_bytes
 from reportgen.errors import ModelError
 
 DTYPES = {
@@ -86,6 +87,8 @@ class LoadedModel:
 
     padding: Padding = field(default_factory=lambda: Padding(None, False, True))
     """How batches are padded, decided by the padding probe at load."""
+    footprint: Footprint = field(default_factory=lambda: Footprint(0.0, 0.0))
+    """What a pass with gradients keeps per row, measured at load (sizes batches and tiles)."""
 
     @property
     def architecture(self) -> str:
@@ -189,11 +192,18 @@ def pick_device(device: str) -> torch.device:
 
 
 def load_model(
-    spec: str | Path | None, device: str = "auto", dtype: str = "float32"
+    spec: str | Path | None,
+    device: str = "auto",
+    dtype: str = "float32",
+    device_map: str | None = None,
+    max_memory: str | None = None,
 ) -> LoadedModel:
     """Load a model and tokenizer offline, in eval mode, with attention routed through reportgen.
 
-    No code from the model folder ever runs (`trust_remote_code=False` everywhere)."""
+    The weights go straight to `device` (never all into CPU memory first), or, with
+    `device_map="auto"`, are spread by accelerate over the GPUs, the CPU and disk within
+    `max_memory` per device; gradients flow across them. No code from the model folder ever
+    runs (`trust_remote_code=False` everywhere)."""
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype '{dtype}' (use {', '.join(DTYPES)})")
     path = resolve_model_path(spec)
@@ -211,7 +221,12 @@ def load_model(
             f"model '{name}': {model_class.__name__} is not supported: its attention does not go "
             "through transformers' AttentionInterface, so reportgen cannot read or gate it"
         )
+    torch_device = pick_device(device)
     options: dict[str, Any] = {}
+    if device_map == "auto":
+        options.update(_spread(max_memory))
+    elif torch_device.type != "cpu":
+        options["device_map"] = str(torch_device)
     if DTYPES[dtype] == torch.float64 and model_class._can_set_experts_implementation():
         # The grouped expert matmuls reject float64; the eager loop over experts is exact.
         options["experts_implementation"] = "eager"
@@ -237,8 +252,7 @@ def load_model(
             ) from err
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"model '{name}': reportgen needs a fast tokenizer (for offset mappings)")
-    torch_device = pick_device(device)
-    model.eval().to(torch_device)
+    model.eval()
     # Gradients flow to activations only (the graph starts at the embeddings' output): no
     # weight gradient is ever computed, and no tensor is kept for one.
     model.requires_grad_(False)
@@ -262,6 +276,7 @@ def load_model(
         loaded.num_layers, loaded.num_heads = check_attention(loaded)
         loaded.padding = check_padding(loaded)
         loaded.fused_attention = enable_fused_attention(loaded)
+        loaded.footprint = measure_footprint(loaded)
     except ModelError:
         raise
     except Exception as err:
@@ -270,6 +285,30 @@ def load_model(
             f"{_first_line(err)}"
         ) from err
     return loaded
+
+
+def _spread(max_memory: str | None) -> dict[str, Any]:
+    """from_pretrained's options for device_map="auto": accelerate's own placement, within
+    --max-memory per device, offloading what fits nowhere to a temporary folder."""
+    import tempfile
+
+    from reportgen.settings import parse_memory
+
+    options: dict[str, Any] = {
+        "device_map": "auto",
+        "offload_folder": tempfile.mkdtemp(prefix="reportgen-offload-"),
+    }
+    if max_memory is not None:
+        sizes = parse_memory(max_memory)
+        if "" in sizes:
+            raise ModelError(
+                "--device-map auto needs --max-memory per device, e.g. cuda:0=20GiB,cpu=64GiB"
+            )
+        options["max_memory"] = {
+            int(name.split(":")[1]) if name.startswith("cuda:") else name: size
+            for name, size in sizes.items()
+        }
+    return options
 
 
 def _refuse_remote_code(path: Path, name: str) -> None:
@@ -486,6 +525,33 @@ def enable_fused_attention(lm: LoadedModel) -> bool:
         for module in modules:
             setattr(module, FUSED_FLAG, False)
     return same
+
+
+def measure_footprint(lm: LoadedModel) -> Footprint:
+    """Bytes a captured pass with gradients saves for its backward, per token and per T × T
+    cell of a row: counted (autograd's saved tensors) at two probe lengths and solved for the
+    linear and the quadratic term. The head is left out: it runs at the loss positions only."""
+    limit = lm.max_tokens or 64
+    short = max(2, min(32, limit // 2))
+    long = min(2 * short, limit)
+
+    def saved_at(n: int) -> int:
+        ids = _probe_ids(lm, 1, n).to(lm.device)
+        hook = lm.model.get_input_embeddings().register_forward_hook(
+            lambda module, args, out: out.requires_grad_()
+        )
+        try:
+            with attention_control(capture=Capture()):
+                return saved_bytes(lambda: lm.model.base_model(input_ids=ids), lm.model)
+        finally:
+            hook.remove()
+
+    small, large = saved_at(short), saved_at(long)
+    if long == short:
+        return Footprint(small / short, 0.0)
+    per_cell = max(0.0, (large / long - small / short) / (long - short))
+    per_token = max(0.0, small / short - per_cell * short)
+    return Footprint(per_token, per_cell)
 
 
 def weights_sha256(path: Path) -> str:

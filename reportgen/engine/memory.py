@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from reportgen.errors import SettingsError
+from reportgen.settings import parse_memory
 
 
 def keep_freed_memory() -> bool:
@@ -32,3 +39,67 @@ def keep_freed_memory() -> bool:
             (m_top_pad, 16 * 2**20),
         )
     )
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the device has free now: CUDA's own count, else the system's available memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+DEFAULT_SHARE = 0.5
+"""Share of the free memory used when --max-memory is not given."""
+
+
+def budget_bytes(device: torch.device, max_memory: str | None) -> int:
+    """The memory a computation on `device` may use: --max-memory's size for it, or half of
+    what the device has free."""
+    if max_memory is None:
+        return int(DEFAULT_SHARE * free_memory(device))
+    sizes = parse_memory(max_memory)
+    name = str(device) if device.index is not None or device.type != "cuda" else "cuda:0"
+    for key in ("", name, device.type):
+        if key in sizes:
+            return sizes[key]
+    raise SettingsError(
+        f"--max-memory {max_memory} gives no size for {name}, where the computation runs"
+    )
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a pass with gradients keeps for its backward, measured on the model at load:
+    `per_token` bytes for every token of a row, `per_cell` for every cell of its T × T."""
+
+    per_token: float
+    per_cell: float
+
+    def bytes(self, rows: int, tokens: int) -> int:
+        return int(rows * (self.per_token * tokens + self.per_cell * tokens * tokens))
+
+
+def saved_bytes(run: Callable[[], object], model: torch.nn.Module) -> int:
+    """Bytes of the distinct tensors autograd saves for the backward while `run()` executes,
+    the model's own weights and buffers (saved by reference, allocated once) left out."""
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            seen[(storage.data_ptr(), t.device.index or 0)] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(seen.values())

@@ -7,7 +7,7 @@ time, each window sorted by length into batches that pad little."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from reportgen.engine import tiles
 from reportgen.engine.ablation import ablate as ablate_heads
 from reportgen.engine.encoding import Encoded, encode
 from reportgen.engine.loading import LoadedModel
+from reportgen.engine.memory import budget_bytes
 from reportgen.engine.methods import REGISTRY
 from reportgen.engine.objectives import Pass, target_text
 from reportgen.engine.tiles import Reductions
@@ -33,12 +34,17 @@ WINDOW_BYTES = 128 * 2**20
 
 
 def compute_batch(
-    lm: LoadedModel, batch: Sequence[Encoded], settings: Settings, ablate: bool = True
+    lm: LoadedModel,
+    batch: Sequence[Encoded],
+    settings: Settings,
+    ablate: bool = True,
+    memory: MemoryPlan | None = None,
 ) -> list[Result]:
     """Saliency, head scores and (optionally) the ablation check for one batch of examples."""
     metric = settings.metric
     top_k = settings.top_k or default_top_k(max(len(row.ids) for row in batch))
-    base, reductions = saliency(lm, batch, settings, top_k, dense=True)
+    memory = memory or MemoryPlan.of(lm, settings)
+    base, reductions = saliency(lm, batch, settings, top_k, dense=True, memory=memory)
     _check_finite(lm, batch, base.losses.detach(), "objective")
     results = []
     for b, row in enumerate(batch):
@@ -74,18 +80,26 @@ def compute_batch(
 
 
 def saliency(
-    lm: LoadedModel, batch: Sequence[Encoded], settings: Settings, top_k: int, dense: bool
+    lm: LoadedModel,
+    batch: Sequence[Encoded],
+    settings: Settings,
+    top_k: int,
+    dense: bool,
+    memory: MemoryPlan,
 ) -> tuple[Pass, Reductions]:
     """The method's saliency of a batch, reduced: by the tiled engine (the default), or by the
     dense reference engine (`--engine eager`: every layer's T × T weights and gradients kept,
     reduced in one tile per layer by the same code)."""
     method = settings.method
+    budget = memory.tile_bytes
     if settings.engine == "tiled":
         if method == "attn-grad":
-            return tiles.tiled_attn_grad(lm, batch, top_k, dense)
+            return tiles.tiled_attn_grad(lm, batch, top_k, dense, budget)
         if method == "attention":
-            return tiles.tiled_attention(lm, batch, top_k, dense)
-        return tiles.tiled_attattr(lm, batch, top_k, dense, settings.steps, settings.batch_size)
+            return tiles.tiled_attention(lm, batch, top_k, dense, budget)
+        longest = max(len(row.ids) for row in batch)
+        rows = max(1, min(settings.batch_size * settings.steps, memory.rows(longest)))
+        return tiles.tiled_attattr(lm, batch, top_k, dense, settings.steps, rows, budget)
     base, per_layer = REGISTRY[method](lm, batch, settings)
     reductions = tiles.new_reductions(lm, batch, base.layout, top_k, dense)
     for layer, part in enumerate(per_layer):
@@ -189,10 +203,12 @@ def compute(
     costs ~0.1 ms per input and keeps memory flat in the number of inputs)."""
     check_settings(lm, settings)
     check_metric(settings.metric, examples)
+    memory = MemoryPlan.of(lm, settings)
     lengths = []
     for ex in examples:
         encoded = _encode(ex, lm, settings)
         _check_spans(encoded, settings)
+        memory.check(encoded)
         lengths.append(len(encoded.ids))
     _check_padding(lm, settings, examples, lengths)
     for first, last in windows(lengths, lm, settings.batch_size):
@@ -200,13 +216,81 @@ def compute(
         # Batches of similar lengths pad less; results still leave in input order.
         order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
         done: dict[int, Result] = {}
-        for start in range(0, len(order), settings.batch_size):
-            picked = order[start : start + settings.batch_size]
+        for picked in memory.batches(order, [len(row.ids) for row in window], settings.batch_size):
             batch = [window[i] for i in picked]
-            done.update(zip(picked, compute_batch(lm, batch, settings), strict=True))
+            done.update(zip(picked, compute_batch(lm, batch, settings, memory=memory), strict=True))
             if progress is not None:
                 progress(len(batch))
         yield from (done[i] for i in range(len(window)))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Batches, attattr's rows per pass and tiles sized from the memory budget (--max-memory,
+    or half the device's free memory) and the footprint measured at load."""
+
+    budget: int
+    """Bytes the computation may use."""
+    per_row: Callable[[int], int]
+    """Bytes one row of `tokens` tokens needs in a pass with gradients."""
+    tile_bytes: int
+
+    @classmethod
+    def of(cls, lm: LoadedModel, settings: Settings) -> MemoryPlan:
+        budget = budget_bytes(lm.device, settings.max_memory)
+        element = torch.empty((), dtype=lm.dtype).element_size()
+        cells = lm.num_layers * lm.num_heads
+        dense = {"top-k": 0, "dense": 4, "dense-float16": 2}[settings.store]
+
+        def per_row(tokens: int) -> int:
+            need = 1.25 * lm.footprint.bytes(1, tokens)  # and the backward's working set
+            if settings.engine == "eager":  # every layer's weights, gradients and products
+                need += 3 * cells * tokens * tokens * element
+            need += cells * tokens * tokens * dense
+            need += cells * (16 * (settings.top_k or default_top_k(tokens)) + 8 * 64)
+            return int(need)
+
+        return cls(budget, per_row, max(2**20, min(tiles.TILE_BYTES, budget // 8)))
+
+    def rows(self, tokens: int) -> int:
+        """How many rows of `tokens` tokens fit in one pass."""
+        return max(0, (self.budget - self.tile_bytes) // max(1, self.per_row(tokens)))
+
+    def check(self, encoded: Encoded) -> None:
+        """An input that cannot run even alone is an error, with what it would need."""
+        tokens = max(end - start for start, end in encoded.sequences)
+        if self.rows(tokens) >= len(encoded.sequences):
+            return
+        ex = encoded.example
+        need = len(encoded.sequences) * self.per_row(tokens) + self.tile_bytes
+        raise SaliencyError(
+            f"{ex.source}: input '{ex.id}' needs about {_gib(need)} for its {len(encoded.ids)} "
+            f"tokens, more than the {_gib(self.budget)} available; raise --max-memory, shorten "
+            "the input (or --max-tokens with --truncate), or use a device with more memory"
+        )
+
+    def batches(
+        self, order: Sequence[int], lengths: Sequence[int], batch_size: int
+    ) -> Iterator[list[int]]:
+        """Consecutive runs of `order` (inputs sorted by length), at most `batch_size` inputs
+        and as many as fit the budget at the longest one's length (padded rows are as long)."""
+        batch: list[int] = []
+        for i in order:
+            longest = max([lengths[j] for j in batch] + [lengths[i]])
+            if batch and (len(batch) == batch_size or len(batch) + 1 > self.rows(longest)):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+
+def _gib(size: float) -> str:
+    """A size in bytes as people read it: 950 KiB, 1.3 MiB, 24 GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{int(size)} bytes"
 
 
 def _encode(example: Example, lm: LoadedModel, settings: Settings) -> Encoded:

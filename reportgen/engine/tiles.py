@@ -88,7 +88,7 @@ class Reductions:
         every row's length; cells outside a row's length are ignored)."""
         rows = tile.shape[2]
         width = self.width
-        tile = tile[..., :width].to(self.dtype)
+        tile = tile[..., :width].to(device=self.device, dtype=self.dtype)
         keep = self.valid[:, start : start + rows, None] & self.valid[:, None, :width]
         tile = tile * keep[:, None]
         if self.dense is not None:
@@ -271,7 +271,7 @@ def tiled_attattr(
     top_k: int,
     dense: bool,
     steps: int,
-    batch_size: int,
+    rows_per_pass: int,
     budget: int = TILE_BYTES,
 ) -> tuple[Pass, Reductions]:
     """Integrated gradients on attention, S_l = A_l ⊙ mean_k ∂L(α_k A_l)/∂A_l, signed.
@@ -279,7 +279,7 @@ def tiled_attattr(
     ∂L/∂A_l at α is (∂L/∂O_l) V_lᵀ with O_l the layer's output before its gate, and V_l does not
     depend on α (the layers below run unscaled), so the mean over steps of the gradients is
     (mean_k ∂L/∂O_l^(k) / α_k) V_lᵀ: the steps accumulate an output-sized tensor per layer, and
-    one tile pass per layer forms S. Each input's (layer, step) rows run batch size × steps at a
+    one tile pass per layer forms S. Each input's (layer, step) rows run `rows_per_pass` at a
     time, its layers in order, so a pass's backward stops at the lowest layer it holds."""
     base_capture = Capture()
     with torch.no_grad():
@@ -292,7 +292,7 @@ def tiled_attattr(
     }
     fixed = [replace(r, target_ids=t) for r, t in zip(rows, base.targets, strict=True)]
     steps_of = [(layer, k) for layer in range(layers) for k in range(1, steps + 1)]
-    budget_rows = batch_size * steps if lm.padding.batches else 1
+    budget_rows = rows_per_pass if lm.padding.batches else 1
     for b, row in enumerate(fixed):
         for first in range(0, len(steps_of), budget_rows):
             chunk = steps_of[first : first + budget_rows]
