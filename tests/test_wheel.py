@@ -95,9 +95,16 @@ def test_installed_wheel_builds_a_report_with_the_demo_model(wheel, tmp_path):
     python = wheel_venv(env, wheel)
     assert "include-system-site-packages = false" in (env / "pyvenv.cfg").read_text()
 
+    # Nothing but the venv decides what is imported (not a PYTHONPATH pointing at a source tree).
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
     found = json.loads(
         subprocess.run(
-            [python, "-c", WHERE], capture_output=True, text=True, check=True, cwd=tmp_path
+            [python, "-c", WHERE],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+            env=clean,
         ).stdout
     )
     package = Path(found["reportgen"]).parent
@@ -126,7 +133,7 @@ def test_installed_wheel_builds_a_report_with_the_demo_model(wheel, tmp_path):
         [env / "bin" / "reportgen", "build", str(inputs), "--out", str(tmp_path / "site"), "-q"],
         check=True,
         cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+        env=clean,
     )
     assert (tmp_path / "site" / "examples" / "0001-1.html").is_file()
     about = (tmp_path / "site" / "about.html").read_text("utf-8")
