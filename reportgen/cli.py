@@ -82,6 +82,19 @@ TopKOpt = Annotated[
     int | None,
     typer.Option("--top-k", help="Cells kept per head on a page [default: 2T, at most 512]."),
 ]
+StoreTopKOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--top-k", help="Cells kept per head in the run folder [default: 2T, at most 512]."
+    ),
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="What the run keeps of the T × T saliency: top-k (exact reductions and each "
+        "head's top-k cells), dense or dense-float16 (every cell too) [default: top-k]."
+    ),
+]
 SingleOpt = Annotated[
     Path | None, typer.Option("--single-file", help="Also write one self-contained HTML file.")
 ]
@@ -146,6 +159,7 @@ def build(
     max_memory: MemoryOpt = None,
     device_map: DeviceMapOpt = None,
     top_k: TopKOpt = None,
+    store: StoreOpt = None,
     single_file: SingleOpt = None,
     title: TitleOpt = None,
     templates: TemplatesOpt = None,
@@ -192,6 +206,8 @@ def compute(
     pairing: PairingOpt = None,
     max_memory: MemoryOpt = None,
     device_map: DeviceMapOpt = None,
+    top_k: StoreTopKOpt = None,
+    store: StoreOpt = None,
     title: TitleOpt = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
@@ -214,6 +230,13 @@ def compute(
 def render(
     run: Annotated[Path, typer.Argument(help="Run folder written by `compute`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Site folder.")] = Path("site"),
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="Grid head score: total, prediction or flow:SRC->DST (no recompute needed) "
+            "[default: the run's]."
+        ),
+    ] = None,
     top_k: TopKOpt = None,
     single_file: SingleOpt = None,
     title: TitleOpt = None,
@@ -224,7 +247,10 @@ def render(
     debug: DebugOpt = False,
 ) -> None:
     """Render a run folder into a static site."""
-    settings = _settings(locals())
+    options = locals()
+    settings = _settings({k: v for k, v in options.items() if k != "metric"}).override(
+        report_metric=metric
+    )
     with _errors(debug), _Progress(settings.quiet) as progress:
         from reportgen.pipeline import render as run_render
         from reportgen.records import Run
@@ -294,6 +320,7 @@ def _settings(options: dict[str, Any]) -> Settings:
         "pairing",
         "max_memory",
         "device_map",
+        "store",
         "top_k",
         "single_file",
         "title",

@@ -2,9 +2,15 @@
 
     RUN/manifest.json               the format, the run's description and the entry count
     RUN/entries.jsonl               one JSON line per example: everything but its arrays
-    RUN/records/000001.safetensors  `scores` [L, H, T, T] and `head_scores/<metric>` [L, H]
+    RUN/records/000001.safetensors  the example's HeadStats: `total`, `prediction` [L, H] and
+                                    `flow` [L, H, n+1, n+1] (float64, exact), `top_cells` (int32)
+                                    and `top_values` (float32) [L, H, k]; with --store dense
+                                    also `dense` [L, H, T, T]
 
-Nothing but numpy arrays and plain values is stored; loading gives back equal `Result`s. The
+Any metric's head scores come from `total`, `prediction` and `flow`, so a run renders under
+any metric without recomputing. Nothing but numpy arrays and plain values is stored; loading
+gives back equal `Result`s. A run folder is data: record paths stay inside it, are regular
+files, and every array's shape is checked against its entry. The
 writer appends each entry line as its result arrives and writes the manifest last; the reader
 keeps only each entry's id and byte offset, parsing a line again when it is asked for. So memory
 does not grow with the number of examples.
@@ -15,17 +21,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any, overload
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from reportgen.data.examples import Example, Segment
-from reportgen.data.results import Ablation, Result, TokenSpan
+from reportgen.data.metrics import Metric, parse_metric, shares
+from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan
 from reportgen.errors import RunError
 from reportgen.fsutil import atomic_dir
 
@@ -126,9 +134,16 @@ class RunWriter:
     def add(self, result: Result) -> None:
         record = f"records/{self._count + 1:06d}.safetensors"
         line = _dumps_line(_entry_json(result, record))
-        arrays = {"scores": np.ascontiguousarray(result.scores, dtype=np.float32)}
-        for name, grid in result.head_scores.items():
-            arrays[f"head_scores/{name}"] = np.ascontiguousarray(grid, dtype=np.float32)
+        stats = result.stats
+        arrays: dict[str, np.ndarray] = {
+            "total": np.ascontiguousarray(stats.total, dtype=np.float64),
+            "prediction": np.ascontiguousarray(stats.prediction, dtype=np.float64),
+            "flow": np.ascontiguousarray(stats.flow, dtype=np.float64),
+            "top_cells": np.ascontiguousarray(stats.top_cells, dtype=np.int32),
+            "top_values": np.ascontiguousarray(stats.top_values, dtype=np.float32),
+        }
+        if result.dense is not None:
+            arrays["dense"] = np.ascontiguousarray(result.dense)
         save_file(arrays, str(self._tmp / record))
         self._entries.write(line)
         self._count += 1
@@ -243,34 +258,51 @@ class Run:
         for entry in self.entries:
             yield self._result(entry)
 
-    def head_scores(self, metric: str) -> np.ndarray:
-        """Every example's head shares under `metric`, float32 [examples, layers, heads]."""
+    def head_scores(self, metric: str | Metric) -> np.ndarray:
+        """Every example's head shares under `metric` (any metric: they come from the exact
+        reductions), float32 [examples, layers, heads]."""
         from safetensors import safe_open
 
-        key = f"head_scores/{metric}"
-        grids: np.ndarray | None = None
+        parsed = parse_metric(metric)
+        key = {"total": "total", "prediction": "prediction"}.get(parsed.kind, "flow")
+        layers, heads = self.info.num_layers, self.info.num_heads
+        grids = np.empty((len(self), layers, heads), np.float32)
         for i, entry in enumerate(self.entries):
-            with safe_open(str(self.path / entry.record), framework="numpy") as fh:
+            path = self._record(entry)
+            with safe_open(str(path), framework="numpy") as fh:
                 if key not in fh.keys():  # noqa: SIM118 (safe_open has no __contains__)
-                    raise RunError(
-                        f"{self.path}: example '{entry.id}' has no head scores for {metric}"
-                    )
-                grid = fh.get_tensor(key)
-            if grids is None:  # filled in place: no list of arrays to stack at the end
-                grids = np.empty((len(self), *grid.shape), grid.dtype)
-            if grid.shape != grids.shape[1:]:
-                raise RunError(
-                    f"{self.path / entry.record}: head scores of shape {grid.shape}, "
-                    f"not {grids.shape[1:]} as the other examples'"
-                )
-            grids[i] = grid
-        if grids is None:
-            return np.zeros((0, self.info.num_layers, self.info.num_heads))
+                    raise RunError(f"{path}: no '{key}' array; the run folder is damaged")
+                mass = fh.get_tensor(key)
+            _check_shape(path, key, mass, _shapes(self.info, entry, 0)[key])
+            stats = HeadStats(
+                segments=tuple(s.name for s in entry.spans),
+                total=mass if key == "total" else np.zeros((layers, heads)),
+                prediction=mass if key == "prediction" else np.zeros((layers, heads)),
+                flow=mass if key == "flow" else np.zeros((layers, heads, 1, 1)),
+                top_cells=np.zeros((layers, heads, 0), np.int32),
+                top_values=np.zeros((layers, heads, 0), np.float32),
+            )
+            grids[i] = shares(stats, parsed, entry.id)
         return grids
 
     def _result(self, entry: Entry) -> Result:
-        arrays = self._arrays(entry)
-        grids = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("head_scores/")}
+        path = self._record(entry)
+        arrays = self._arrays(path)
+        k = arrays["top_cells"].shape[-1] if "top_cells" in arrays else 0
+        for key, shape in _shapes(self.info, entry, k).items():
+            if key not in arrays:
+                if key == "dense":
+                    continue
+                raise RunError(f"{path}: no '{key}' array; the run folder is damaged")
+            _check_shape(path, key, arrays[key], shape)
+        stats = HeadStats(
+            segments=tuple(s.name for s in entry.spans),
+            total=arrays["total"],
+            prediction=arrays["prediction"],
+            flow=arrays["flow"],
+            top_cells=arrays["top_cells"],
+            top_values=arrays["top_values"],
+        )
         return Result(
             example=entry.example,
             tokens=entry.tokens,
@@ -281,16 +313,56 @@ class Run:
             value=entry.value,
             loss=entry.loss,
             prediction_position=entry.prediction_position,
-            scores=arrays["scores"],
-            head_scores=grids,
+            stats=stats,
             ablation=entry.ablation,
+            dense=arrays.get("dense"),
         )
 
-    def _arrays(self, entry: Entry) -> dict[str, np.ndarray]:
+    def _record(self, entry: Entry) -> Path:
+        """The entry's record file, confined to the run folder: a relative path without `..`
+        naming a regular file (never a link out, a device or a FIFO)."""
+        record = PurePosixPath(entry.record)
+        if record.is_absolute() or ".." in record.parts or "\\" in entry.record:
+            raise RunError(
+                f"{self.path / ENTRIES}: entry '{entry.id}' names record '{entry.record}' "
+                "outside the run folder; the run folder is damaged or not reportgen's"
+            )
+        path = self.path / record
         try:
-            return load_file(str(self.path / entry.record))
+            mode = os.lstat(path).st_mode
+        except OSError as err:
+            raise RunError(f"{path}: cannot be read ({err.strerror})") from None
+        if not stat.S_ISREG(mode):
+            raise RunError(f"{path}: not a regular file; the run folder is damaged")
+        return path
+
+    def _arrays(self, path: Path) -> dict[str, np.ndarray]:
+        try:
+            return load_file(str(path))
         except (OSError, ValueError) as err:
-            raise RunError(f"{self.path / entry.record}: cannot be read ({err})") from None
+            raise RunError(f"{path}: cannot be read ({err})") from None
+
+
+def _shapes(info: RunInfo, entry: Entry, k: int) -> dict[str, tuple[int, ...]]:
+    """The shape each record array must have, from the run and the entry."""
+    layers, heads, tokens = info.num_layers, info.num_heads, len(entry.tokens)
+    groups = len(entry.spans) + 1
+    return {
+        "total": (layers, heads),
+        "prediction": (layers, heads),
+        "flow": (layers, heads, groups, groups),
+        "top_cells": (layers, heads, k),
+        "top_values": (layers, heads, k),
+        "dense": (layers, heads, tokens, tokens),
+    }
+
+
+def _check_shape(path: Path, key: str, array: np.ndarray, shape: tuple[int, ...]) -> None:
+    if tuple(array.shape) != shape:
+        raise RunError(
+            f"{path}: '{key}' has shape {tuple(array.shape)}, not {shape} as its entry and the "
+            "run say; the run folder is damaged"
+        )
 
 
 def _scan(path: Path) -> tuple[list[str], np.ndarray]:

@@ -68,6 +68,9 @@ class Settings:
     """`tiled`: attention × gradient from the fast kernel's forward and backward, the attention
     recomputed a block of query rows at a time (memory linear in T); `eager`: the dense
     reference, every layer's T × T attention and gradient kept (memory quadratic in T)."""
+    report_metric: Metric | None = None
+    """The metric a report shows (`render --metric`, any metric: a run holds them all); None
+    means the run's own."""
     steps: int = 20
     """Integration steps m of attattr (alpha = k/m, k = 1..m)."""
     batch_size: int = 8
@@ -117,6 +120,8 @@ class Settings:
     def __post_init__(self) -> None:
         # Parse once at the edge: later stages get typed values, never strings to re-parse.
         object.__setattr__(self, "metric", parse_metric(self.metric))
+        if self.report_metric is not None:
+            object.__setattr__(self, "report_metric", parse_metric(self.report_metric))
         for name in ("templates", "single_file"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):

@@ -23,11 +23,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TIERS = ("unit", "cli", "e2e", "browser")
-# Test files owned outside this suite's infrastructure that do not mark their tier yet: their
-# tests get this tier here. Drop an entry once its file sets `pytestmark` itself.
-UNMARKED_FILES = {"test_saliency.py": "e2e"}
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--regenerate-golden",
@@ -43,9 +38,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     wrong = []
     for item in items:
         tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]
-        if not tiers and item.path.name in UNMARKED_FILES:
-            item.add_marker(UNMARKED_FILES[item.path.name])
-            continue
         if len(tiers) != 1:
             wrong.append(f"  {item.nodeid}: {' and '.join(tiers) or 'no tier'}")
     if wrong:
@@ -58,8 +50,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def file_tier(path: Path) -> str | None:
     """The tier a test file declares for all its tests (`pytestmark = pytest.mark.<tier>` on a
     line of its own), read from its text; None for a file whose tests are marked one by one."""
-    if path.name in UNMARKED_FILES:
-        return UNMARKED_FILES[path.name]
     found = re.search(r"^pytestmark = pytest\.mark\.(\w+)\s*(#.*)?$", path.read_text("utf-8"), re.M)
     return found.group(1) if found and found.group(1) in TIERS else None
 

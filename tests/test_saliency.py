@@ -19,6 +19,8 @@ from reportgen.errors import ModelError, SaliencyError, SettingsError
 from reportgen.inputs import examples_from_items
 from reportgen.settings import Settings
 
+pytestmark = pytest.mark.e2e
+
 REFERENCE = {
     "id": "ref",
     "segments": [

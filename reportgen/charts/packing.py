@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.data.results import Result, default_top_k
+from reportgen.data.results import HeadStats, Result, default_top_k
 
 SIGNIFICANT = 4
 """Significant digits kept for the scores in page data (small, deterministic pages)."""
@@ -27,19 +27,12 @@ def sig(x: float, digits: int = SIGNIFICANT) -> float:
 
 
 def metric_name(result: Result, metric: str | None) -> str:
-    """The head-score metric to show: `metric` if given, else the run's non-default one.
-
-    A Result does not record the run's metric; callers with a run pass `run.info.metric`. Without
-    it, a `flow:` metric is preferred (it is only computed when asked for), else `total`."""
-    if metric is not None:
-        if metric not in result.head_scores:
-            raise KeyError(
-                f"input '{result.example.id}' has no head scores for metric '{metric}' "
-                f"(it has: {', '.join(result.head_scores)})"
-            )
-        return metric
-    flows = [name for name in result.head_scores if name.startswith("flow:")]
-    return flows[0] if flows else "total"
+    """The head-score metric to show: `metric` (checked against the input's segments), or
+    `total`. Every metric comes from the result's exact reductions."""
+    if metric is None:
+        return "total"
+    result.head_scores(metric)  # an error naming the input if it lacks the metric's segments
+    return str(metric)
 
 
 def top_head(grid: np.ndarray) -> tuple[int, int]:
@@ -100,33 +93,23 @@ class Packed:
     """The smallest such share of a single head (heads without saliency excluded)."""
 
 
-def pack_cells(scores: np.ndarray, top_k: int | None = None) -> Packed:
-    """Pack |scores| [L, H, T, T] into one row per head with its top-k cells (default k =
-    `default_top_k(T)`).
+def pack_cells(stats: HeadStats, tokens: int, top_k: int | None = None) -> Packed:
+    """Each head's strongest cells (default k = `default_top_k(T)`, at most the k the run
+    stored) as one row per head, with the head's exact total.
 
-    Values are absolute (attattr scores are signed) and rounded; zero cells are never kept.
+    Values are magnitudes (attattr's are signed) and rounded; zero cells are never kept.
     Cells are listed strongest first (ties by position), so the heatmap can cut a row short
     when many heads are selected, and the output is deterministic."""
-    layers, heads, t, _ = scores.shape
-    n = t * t
-    k = max(1, min(n, default_top_k(t) if top_k is None else top_k))
-    totals = np.abs(np.asarray(scores)).sum(axis=(2, 3), dtype=np.float64).ravel()
+    layers, heads = stats.total.shape
+    n = tokens * tokens
+    wanted = default_top_k(tokens) if top_k is None else top_k
+    k = max(1, min(n, wanted, stats.k))
+    totals = np.asarray(stats.total, np.float64).ravel()
     scale = 1.0 / totals.max() if totals.size and totals.max() > 0 else 1.0
-    cells, values = [], []
-    for layer in range(layers):  # one layer at a time bounds the memory used
-        mag = np.abs(np.asarray(scores[layer], dtype=np.float32)).reshape(heads, n)
-        idx = (
-            np.argpartition(-mag, k - 1, axis=1)[:, :k]
-            if k < n
-            else np.broadcast_to(np.arange(n), (heads, n))
-        )
-        top = np.take_along_axis(mag, idx, axis=1)
-        order = np.lexsort((idx, -top), axis=-1)  # strongest first, ties by position
-        cells.append(np.take_along_axis(idx, order, 1))
-        values.append(np.take_along_axis(top, order, 1))
-    cell = np.concatenate(cells)
-    value = np.concatenate(values).astype(np.float64)
-    counts = (value > 0).sum(axis=1)  # zero cells sort last and are dropped
+    cell = np.asarray(stats.top_cells[:, :, :k]).reshape(layers * heads, k)
+    value = np.abs(np.asarray(stats.top_values[:, :, :k], np.float64)).reshape(layers * heads, k)
+    value[cell < 0] = 0
+    counts = (value > 0).sum(axis=1)  # empty and zero cells sort last and are dropped
     kept = value.sum(axis=1)
     shown = sig_array(value * scale, flat=False)
     tots, keeps = sig_array(totals * scale), sig_array(kept * scale)
@@ -144,15 +127,42 @@ def pack_cells(scores: np.ndarray, top_k: int | None = None) -> Packed:
     ]
     kept_total = float(kept.sum())
     positive = totals > 0
-    shares = kept[positive] / totals[positive]
+    head_shares = kept[positive] / totals[positive]
     grand = float(totals.sum())
     return Packed(
         rows=rows,
-        tokens=t,
+        tokens=tokens,
         k=k,
         cells=n,
         kept_share=kept_total / grand if grand > 0 else 1.0,
-        min_kept_share=float(shares.min()) if shares.size else 1.0,
+        min_kept_share=float(head_shares.min()) if head_shares.size else 1.0,
+    )
+
+
+def one_head(result: Result, layer: int, head: int, k: int) -> HeadStats:
+    """One head's stats (shape [1, 1, ...]) with its strongest k cells: from every cell when the
+    run stored them (--store dense), else from the cells it kept."""
+    stats = result.stats
+    if result.dense is None:
+        pick = (slice(layer, layer + 1), slice(head, head + 1))
+        return HeadStats(
+            stats.segments,
+            stats.total[pick],
+            stats.prediction[pick],
+            stats.flow[pick],
+            stats.top_cells[pick][..., :k],
+            stats.top_values[pick][..., :k],
+        )
+    flat = np.asarray(result.dense[layer, head], np.float32).ravel()
+    order = np.lexsort((np.arange(flat.size), -np.abs(flat)))[:k]
+    zeros = np.zeros((1, 1))
+    return HeadStats(
+        stats.segments,
+        stats.total[layer : layer + 1, head : head + 1],
+        zeros,
+        np.zeros((1, 1, 1, 1)),
+        order.astype(np.int32)[None, None],
+        flat[order][None, None],
     )
 
 
@@ -163,10 +173,21 @@ def flatten_budget(packed_k: int) -> int:
     return max(FLATTEN_BUDGET, 4 * packed_k)
 
 
-def selection_share(result: Result, heads: Sequence[tuple[int, int]]) -> np.ndarray:
-    """The heatmap the page shows for a set of 0-based heads, computed from all cells: |scores|
-    summed over the heads, divided by their total (float64 [T, T], rows are queries)."""
-    mag = np.abs(np.asarray(result.scores, dtype=np.float64))
-    summed = sum(mag[layer, head] for layer, head in heads)
-    total = float(np.sum(summed))
-    return np.asarray(summed) / total if total > 0 else np.zeros_like(mag[0, 0])
+def selection_share(
+    result: Result, heads: Sequence[tuple[int, int]], top_k: int | None = None
+) -> np.ndarray:
+    """The heatmap the page shows for a set of 0-based heads, from the cells it keeps: each
+    head's top-k |S| summed over the heads, divided by the heads' exact total (float64 [T, T],
+    rows are queries). With all cells kept (k = T²) this is the full normalised sum."""
+    tokens = len(result.tokens)
+    packed = pack_cells(result.stats, tokens, top_k)
+    out = np.zeros(tokens * tokens)
+    total = 0.0
+    stats = result.stats
+    for layer, head in heads:
+        cells = stats.top_cells[layer, head, : packed.k]
+        values = np.abs(np.asarray(stats.top_values[layer, head, : packed.k], np.float64))
+        keep = cells >= 0
+        np.add.at(out, cells[keep], values[keep])
+        total += float(stats.total[layer, head])
+    return (out / total if total > 0 else out).reshape(tokens, tokens)

@@ -54,6 +54,7 @@ from reportgen.charts.packing import (
     flatten_budget,
     heads_rows,
     metric_name,
+    one_head,
     pack_cells,
     top_head,
 )
@@ -369,11 +370,11 @@ def linked_spec(
 ) -> LinkedChart:
     """The per-input figure: the head grid (click a head, drag a block) linked to the heatmap."""
     metric = metric_name(result, metric)
-    grid = np.asarray(result.head_scores[metric])
+    grid = np.asarray(result.head_scores(metric))
     layers, heads = grid.shape
     tokens = len(result.tokens)
     has_spans = bool(_named_spans(result.spans))
-    packed = pack_cells(result.scores, top_k)
+    packed = pack_cells(result.stats, tokens, top_k)
     budget = flatten_budget(packed.k)
     spec = json.loads(_linked_skeleton(layers, heads, tokens, keys_as_rows, has_spans, budget))
     top = top_head(grid)
@@ -410,9 +411,10 @@ def figure_spec(
     """The static two-panel figure: the grid with `head` outlined, lines to that head's heatmap.
 
     `head` is 0-based (layer, head); None means the top head under `metric` (see `metric_name`).
-    All cells are drawn unless `top_k` is given (up to 40,000 cells, then the strongest)."""
+    The head's stored cells are drawn (every cell of a run stored with --store dense, up to
+    40,000), or its strongest `top_k`."""
     metric = metric_name(result, metric)
-    grid = np.asarray(result.head_scores[metric])
+    grid = np.asarray(result.head_scores(metric))
     layers, heads = grid.shape
     if head is None:
         head = top_head(grid)
@@ -456,7 +458,7 @@ def figure_spec(
     }
     spec = _top_level(body, [{"name": TOKENS, "value": list(result.tokens)}])
     k = min(tokens * tokens, 40_000) if top_k is None else top_k
-    packed = pack_cells(result.scores[layer : layer + 1, h : h + 1], k)
+    packed = pack_cells(one_head(result, layer, h, k), tokens, k)
     row = dict(packed.rows[0], layer=layer + 1, head=h + 1)
     datasets: dict[str, Any] = {
         HEADS_DATA: heads_rows(grid),

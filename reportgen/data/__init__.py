@@ -2,7 +2,7 @@
 
     examples  Example, Segment          an input as the readers give it
     results   TokenSpan, Ablation, Result  what the engine computes for one input
-    metrics   Metric, parse_metric, head_scores  how heads are scored for the grid
+    metrics   Metric, parse_metric, shares  how heads are scored for the grid
     methods   METHODS, Method           the saliency methods by name
     tasks     Task                      what a model computes (its objective)
 
@@ -12,7 +12,7 @@ that imports torch) produces them.
 
 from reportgen.data.examples import Example, Segment
 from reportgen.data.methods import METHODS, Method, parse_method
-from reportgen.data.metrics import Metric, check_metric, head_scores, parse_metric
+from reportgen.data.metrics import Metric, check_metric, parse_metric, shares
 from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan
 from reportgen.data.tasks import Task
 
@@ -28,7 +28,7 @@ __all__ = [
     "Task",
     "TokenSpan",
     "check_metric",
-    "head_scores",
     "parse_method",
     "parse_metric",
+    "shares",
 ]

@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from reportgen.data.examples import Example
-from reportgen.data.results import HeadStats, TokenSpan
+from reportgen.data.results import HeadStats
 from reportgen.errors import SaliencyError, SettingsError
 
 
@@ -46,44 +46,6 @@ def parse_metric(name: str | Metric) -> Metric:
     raise SettingsError(
         f"unknown metric '{name}'. Available: total, prediction, flow:SRC->DST (e.g. flow:ENV->LAN)"
     )
-
-
-def head_scores(
-    scores: np.ndarray,
-    metric: Metric,
-    spans: Sequence[TokenSpan],
-    prediction_position: int | None,
-    example_id: str = "",
-) -> np.ndarray:
-    """Each head's share of the metric's saliency mass, float32 [layers, heads], summing to 1."""
-    if metric.kind == "total":
-        part = scores
-    elif metric.kind == "prediction":
-        if prediction_position is None:
-            raise SaliencyError(
-                f"input '{example_id}': metric 'prediction' needs a prediction position, which a "
-                "bare encoder has not; use total or flow:SRC->DST"
-            )
-        part = scores[:, :, prediction_position : prediction_position + 1, :]
-    else:
-        by_name = {s.name: s for s in spans}
-        src, dst = by_name[metric.src or ""], by_name[metric.dst or ""]
-        part = scores[:, :, dst.start : dst.end, src.start : src.end]
-    # Slice first, then take magnitudes and add up each head's along one contiguous axis: numpy
-    # sums that pairwise (relative error ~1e-7 in float32), twice as fast as a float64 sum.
-    magnitudes = np.abs(part)
-    mass = magnitudes.reshape(*magnitudes.shape[:2], -1).sum(axis=-1).astype(np.float64)
-    total = mass.sum()
-    if not np.isfinite(total):
-        raise SaliencyError(
-            f"input '{example_id}': the saliency under metric {metric.name} is NaN or infinite"
-        )
-    if not total > 0:
-        raise SaliencyError(
-            f"input '{example_id}': metric {metric.name} carries no saliency in any head (for a "
-            "causal model, keys must come before queries); choose another metric"
-        )
-    return (mass / total).astype(np.float32)
 
 
 def shares(stats: HeadStats, metric: Metric, example_id: str = "") -> np.ndarray:

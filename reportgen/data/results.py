@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from reportgen.data.examples import Example
+
+if TYPE_CHECKING:
+    from reportgen.data.metrics import Metric
 
 MAX_DEFAULT_CELLS = 512
 """Most cells kept per head by default (`default_top_k`). A click on a page redraws one head's
@@ -95,10 +98,15 @@ class Result:
     """p(target) (a multi-token target's joint probability), or the cosine for a bare encoder."""
     loss: float
     prediction_position: int | None
-    scores: np.ndarray
-    """float32 [layers, heads, T, T]; rows are queries, columns keys."""
-    head_scores: Mapping[str, np.ndarray]
-    """float32 [layers, heads] shares summing to 1, per metric name."""
+    stats: HeadStats
+    """The exact reductions of S and each head's top cells: every metric's head scores."""
     ablation: Ablation | None
-    stats: HeadStats | None = None
-    """The exact reductions and top cells (from which every metric's head scores come)."""
+    dense: np.ndarray | None = None
+    """S itself, [layers, heads, T, T] (rows queries, columns keys), with `--store dense` only;
+    magnitudes for attn-grad, signed for attattr."""
+
+    def head_scores(self, metric: str | Metric) -> np.ndarray:
+        """Each head's share of the metric's saliency, float32 [layers, heads], summing to 1."""
+        from reportgen.data.metrics import parse_metric, shares
+
+        return shares(self.stats, parse_metric(metric), self.example.id)

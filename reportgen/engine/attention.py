@@ -56,6 +56,8 @@ class Captured:
     """The layer's output [B, T, H, d] before any gate: A V per head."""
     fast: bool
     """Whether the pass ran scaled_dot_product_attention (else the model's own eager)."""
+    weights: torch.Tensor | None = None
+    """The attention weights [B, H, T, T], where the pass kept them (`Capture.keep_weights`)."""
 
 
 @dataclass
@@ -67,6 +69,10 @@ class Capture:
     on_grad: Callable[[int, torch.Tensor], None] | None = None
     hooks: bool = False
     """Register gradient hooks on the layers' outputs (a pass that will be differentiated)."""
+    keep_weights: bool = False
+    """Run the layers' eager attention and keep its weights (which its backward keeps anyway)
+    instead of the fast kernel: for short inputs, where recomputing them costs more than
+    keeping them."""
 
     def _grad(self, layer: int, grad: torch.Tensor) -> None:
         if self.on_grad is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from reportgen.data.examples import Example
-from reportgen.data.metrics import check_metric, parse_metric, shares
+from reportgen.data.metrics import check_metric, shares
 from reportgen.data.results import HeadStats, Result, default_top_k
 from reportgen.data.tasks import Task
 from reportgen.engine import tiles
@@ -30,7 +30,7 @@ from reportgen.settings import Settings
 WINDOW_BATCHES = 8
 """Inputs are sorted by length within windows of this many batches..."""
 WINDOW_BYTES = 128 * 2**20
-"""...or of this many bytes of scores, whichever is smaller (a window's results are held)."""
+"""...or of this many bytes of results, whichever is smaller (a window's results are held)."""
 
 
 def compute_batch(
@@ -44,17 +44,15 @@ def compute_batch(
     metric = settings.metric
     top_k = settings.top_k or default_top_k(max(len(row.ids) for row in batch))
     memory = memory or MemoryPlan.of(lm, settings)
-    base, reductions = saliency(lm, batch, settings, top_k, dense=True, memory=memory)
+    dense = settings.store != "top-k"
+    base, reductions = saliency(lm, batch, settings, top_k, dense=dense, memory=memory)
     _check_finite(lm, batch, base.losses.detach(), "objective")
     results = []
     for b, row in enumerate(batch):
         stats, scores = _example_stats(reductions, base.layout[b], row, top_k)
         if not (np.isfinite(stats.total).all() and np.isfinite(stats.top_values).all()):
             _check_finite(lm, [row], torch.tensor([float("nan")]), f"{settings.method} saliency")
-        names = dict.fromkeys(["total", metric.name])
-        if row.prediction_position is not None:
-            names["prediction"] = None
-        grids = {name: shares(stats, parse_metric(name), row.example.id) for name in names}
+        shares(stats, metric, row.example.id)  # a metric without saliency fails here, named
         results.append(
             Result(
                 example=row.example,
@@ -66,14 +64,13 @@ def compute_batch(
                 value=float(base.values[b]),
                 loss=float(base.losses[b].detach()),
                 prediction_position=row.prediction_position,
-                scores=scores,
-                head_scores=grids,
-                ablation=None,
                 stats=stats,
+                ablation=None,
+                dense=None if scores is None else _stored(scores, settings.store),
             )
         )
     if ablate and settings.ablate_k > 0:
-        grids_for_ablation = [r.head_scores[metric.name] for r in results]
+        grids_for_ablation = [r.head_scores(metric) for r in results]
         ablations = ablate_heads(lm, batch, base, grids_for_ablation, settings)
         results = [replace(r, ablation=a) for r, a in zip(results, ablations, strict=True)]
     return results
@@ -108,9 +105,13 @@ def saliency(
     return base, reductions
 
 
+def _stored(scores: np.ndarray, store: str) -> np.ndarray:
+    return scores.astype(np.float16) if store == "dense-float16" else scores
+
+
 def _example_stats(
     reductions: Reductions, placed: Sequence[tuple[int, int, int]], row: Encoded, top_k: int
-) -> tuple[HeadStats, np.ndarray]:
+) -> tuple[HeadStats, np.ndarray | None]:
     """One example's HeadStats (and dense scores) from the rows of the batch that hold it: a
     bi-encoder's two sequences add up, their cells placed at the example's own positions."""
     n = len(row.ids)
@@ -133,8 +134,9 @@ def _example_stats(
         value, cell = torch.gather(value, -1, keep), torch.gather(cell, -1, keep)
         order = tiles._lexsort(-value.abs(), torch.where(cell >= 0, cell, cell.max() + 1))
         value, cell = torch.gather(value, -1, order), torch.gather(cell, -1, order)
-    scores = np.zeros((reductions.total.shape[1], reductions.total.shape[2], n, n), np.float32)
+    scores = None
     if reductions.dense is not None:
+        scores = np.zeros((reductions.total.shape[1], reductions.total.shape[2], n, n), np.float32)
         for k, start, end in placed:
             length = end - start
             block = reductions.dense[k, :, :, :length, :length]
@@ -211,7 +213,7 @@ def compute(
         memory.check(encoded)
         lengths.append(len(encoded.ids))
     _check_padding(lm, settings, examples, lengths)
-    for first, last in windows(lengths, lm, settings.batch_size):
+    for first, last in windows(lengths, lm, settings.batch_size, settings.store):
         window = [_encode(ex, lm, settings) for ex in examples[first:last]]
         # Batches of similar lengths pad less; results still leave in input order.
         order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
@@ -328,13 +330,17 @@ def _check_padding(
     )
 
 
-def windows(lengths: Sequence[int], lm: LoadedModel, batch_size: int) -> Iterator[tuple[int, int]]:
+def windows(
+    lengths: Sequence[int], lm: LoadedModel, batch_size: int, store: str = "dense"
+) -> Iterator[tuple[int, int]]:
     """Consecutive runs [first, last) of inputs (given their token counts), each at most
-    WINDOW_BATCHES batches and WINDOW_BYTES of float32 scores (but at least one input)."""
+    WINDOW_BATCHES batches and WINDOW_BYTES of results held (but at least one input): a
+    result keeps its top cells and reductions, and with --store dense every cell."""
     first, size = 0, 0
-    per_cell = 4 * lm.num_layers * lm.num_heads
+    heads = lm.num_layers * lm.num_heads
+    per_cell = {"top-k": 0, "dense": 4, "dense-float16": 2}[store] * heads
     for index, length in enumerate(lengths):
-        cost = per_cell * length**2
+        cost = per_cell * length**2 + heads * (8 * default_top_k(length) + 256)
         if index > first and (
             index - first == WINDOW_BATCHES * batch_size or size + cost > WINDOW_BYTES
         ):

@@ -137,6 +137,8 @@ def attention_rows(captured: Captured, start: int, stop: int) -> torch.Tensor:
     """Rows [start, stop) of the layer's attention weights A, [B, H, r, T], recomputed from its
     captured inputs with the same function the model uses (the standard softmax where the
     load-time probe found it equal to the model's own, else the model's eager attention)."""
+    if captured.weights is not None:
+        return captured.weights[:, :, start:stop]
     query = captured.query[:, :, start:stop]
     mask = None if captured.mask is None else captured.mask[:, :, start:stop]
     module = captured.module
@@ -229,12 +231,22 @@ def new_reductions(
     )
 
 
+def keeps_weights(lm: LoadedModel, rows: Sequence[Encoded], budget: int) -> bool:
+    """Whether every layer's attention weights for the batch fit in twice the tile budget:
+    then the forward keeps them (its backward does anyway) instead of recomputing them."""
+    width = max(end - start for row in rows for start, end in row.sequences)
+    sequences = sum(len(row.sequences) for row in rows)
+    element = torch.empty((), dtype=lm.dtype).element_size()
+    return sequences * lm.num_layers * lm.num_heads * width * width * element <= 2 * budget
+
+
 def tiled_attn_grad(
     lm: LoadedModel, rows: Sequence[Encoded], top_k: int, dense: bool, budget: int = TILE_BYTES
 ) -> tuple[Pass, Reductions]:
-    """|A ⊙ ∂L/∂A| from one fast forward and one backward; each layer reduced as its output
-    gradient arrives, its captured tensors dropped right after."""
-    capture = Capture(hooks=True)
+    """|A ⊙ ∂L/∂A| from one forward and one backward; each layer reduced as its output gradient
+    arrives, its captured tensors dropped right after. Short inputs keep their weights from the
+    forward (`keeps_weights`); longer ones run the fast kernel and recompute them in tiles."""
+    capture = Capture(hooks=True, keep_weights=keeps_weights(lm, rows, budget))
     base = forward(lm, rows, capture=capture)
     reductions = new_reductions(lm, rows, base.layout, top_k, dense)
 
@@ -254,8 +266,8 @@ def tiled_attn_grad(
 def tiled_attention(
     lm: LoadedModel, rows: Sequence[Encoded], top_k: int, dense: bool, budget: int = TILE_BYTES
 ) -> tuple[Pass, Reductions]:
-    """The attention weights A themselves, from one fast forward and the tiles."""
-    capture = Capture()
+    """The attention weights A themselves, from one forward and the tiles."""
+    capture = Capture(keep_weights=keeps_weights(lm, rows, budget))
     with torch.no_grad():
         base = forward(lm, rows, capture=capture)
     reductions = new_reductions(lm, rows, base.layout, top_k, dense)

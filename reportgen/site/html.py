@@ -1,6 +1,6 @@
 """The HTML environment: Jinja with autoescape and strict undefined names, the filters pages
-use, the one helper that puts JSON inside `<script>`, and the assets (the Vega bundle built once
-per process).
+use, the one helper that puts JSON inside `<script>`, the Content-Security-Policy of pages, and
+the assets (the Vega bundle built once per process).
 
 A user folder (`--templates`) overrides any built-in template or asset by file name.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import gzip
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -24,12 +25,15 @@ from reportgen.errors import OutputError
 
 GENERATOR = f"reportgen {__version__}"
 CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
-    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'none'; "
-    "base-uri 'none'; form-action 'none'"
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'none'; base-uri 'none'; form-action 'none'"
 )
-"""No network: scripts and styles only from the site itself (or inline), no connections.
-Vega compiles its expressions with `Function`, hence 'unsafe-eval'; all expressions are ours."""
+"""Site pages: scripts only from the site's own files, so no inline script or handler and no
+eval or `Function` runs (Vega evaluates its expressions with vega-interpreter, bundled with
+it); styles from the site, plus inline style attributes (the head bars' widths); images from
+the site or made by the page (PNG/SVG export); no connections."""
+VEGA_INTERPRETER = "2.0.0"
+"""The vega-interpreter that vl-convert embeds (for Vega 6), bundled with Vega."""
 VEGA_ASSET = "vega.js"
 
 
@@ -42,6 +46,18 @@ def script_json(data: Any) -> Markup:
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     text = text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     return Markup(text)
+
+
+def single_file_csp(script: str) -> str:
+    """The single file's policy: its one inline script allowed by its SHA-256 (`script` is its
+    exact text), the Vega bundle it inflates run from a `blob:` URL (only a running script can
+    make one), and, as in the site, no eval, no inline handlers, no connections. Inline styles:
+    the file carries its stylesheet inline (with no network, CSS cannot send anything away)."""
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    return (
+        f"default-src 'none'; script-src 'sha256-{digest}' blob:; style-src 'unsafe-inline'; "
+        "img-src data: blob:; connect-src 'none'; base-uri 'none'; form-action 'none'"
+    )
 
 
 def script_text(source: str) -> Markup:
@@ -133,17 +149,33 @@ def asset_source(env: jinja2.Environment, name: str) -> str:
 
 @functools.cache
 def vega_bundle() -> str:
-    """Vega as one classic script (~580 KB) that sets `window.vega`, built once per process.
+    """Vega as one classic script (~580 KB) that sets `window.vega`, with vega-interpreter as
+    `vega.expressionInterpreter` (so pages run without 'unsafe-eval'), built once per process.
     Pages carry compiled Vega specs (`charts.to_vega`) and show their own tooltips, so neither
     the Vega-Lite compiler nor vega-embed is shipped: a third less to load and parse."""
     import vl_convert
 
-    # vl-convert resolves this URL from the sources it embeds: nothing is fetched
-    url = f"https://cdn.jsdelivr.net/npm/vega@{vl_convert.get_vega_version()}/+esm"
-    snippet = f'import * as vegaModule from "{url}"; window.vega = vegaModule;'
-    bundle = str(vl_convert.javascript_bundle(snippet))
-    if not re.search(r"window\.vega=\w+;\s*$", bundle) or "=null;window.vega" in bundle:
-        raise RuntimeError(f"vl-convert gave no Vega bundle for {url}: upgrade vl-convert-python")
+    # vl-convert resolves these URLs from the sources it embeds: nothing is fetched
+    vega = f"https://cdn.jsdelivr.net/npm/vega@{vl_convert.get_vega_version()}/+esm"
+    interpreter = f"https://cdn.jsdelivr.net/npm/vega-interpreter@{VEGA_INTERPRETER}/+esm"
+    snippet = (
+        f'import * as vegaModule from "{vega}"; '
+        f'import {{ expressionInterpreter }} from "{interpreter}"; '
+        "window.vega = Object.assign({}, vegaModule, { expressionInterpreter });"
+    )
+    try:
+        bundle = str(vl_convert.javascript_bundle(snippet))
+    except BaseException as err:  # vl-convert panics (a BaseException) on a module it lacks
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise RuntimeError(
+            f"vl-convert {vl_convert.get_vega_version()} could not bundle Vega with "
+            f"vega-interpreter {VEGA_INTERPRETER} ({err}); install the vl-convert-python "
+            "version reportgen was tested with"
+        ) from None
+    tail = bundle[-300:]
+    if "window.vega=Object.assign(" not in tail or "expressionInterpreter" not in tail:
+        raise RuntimeError(f"vl-convert gave no Vega bundle for {vega}: upgrade vl-convert-python")
     return bundle
 
 

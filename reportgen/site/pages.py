@@ -22,6 +22,7 @@ from reportgen.charts import Packed
 from reportgen.data.examples import Example
 from reportgen.data.methods import METHODS
 from reportgen.data.results import Ablation, Result
+from reportgen.errors import SettingsError
 from reportgen.records import Entry, Run, RunInfo
 from reportgen.settings import Settings
 from reportgen.site.html import environment
@@ -105,6 +106,8 @@ class Common(Context):
     """What an input's value is: `p(target)`, or `cosine` for a bare encoder."""
     method: str
     """The method's name and one-line description."""
+    metric: str
+    """The metric the grids show (the run's, or the one `render --metric` asked for)."""
     count: int
     """Number of inputs."""
     keys_as_rows: bool
@@ -215,6 +218,7 @@ class SiteContext:
     title: str
     value_label: str
     method: str
+    metric: str
 
     @classmethod
     def gather(cls, run: Run, settings: Settings) -> SiteContext:
@@ -227,7 +231,8 @@ class SiteContext:
         value_label = "cosine" if info.task == "encoder" else "p(target)"
         known = METHODS.get(info.method)
         method = f"{info.method}: {known.summary}" if known else info.method
-        return cls(run, settings, env, names, title, value_label, method)
+        metric = str(settings.report_metric or info.metric)
+        return cls(run, settings, env, names, title, value_label, method, metric)
 
     def common(self, links: Links) -> Common:
         return Common(
@@ -236,6 +241,7 @@ class SiteContext:
             links=links,
             value_label=self.value_label,
             method=self.method,
+            metric=self.metric,
             count=len(self.names),
             keys_as_rows=self.settings.keys_as_rows,
         )
@@ -266,7 +272,7 @@ def _row(index: int, entry: Entry, name: str, top: tuple[int, int], top_score: f
 def index_page(site: SiteContext) -> Page:
     info = site.run.info
     layers, heads = info.num_layers, info.num_heads
-    grids = site.run.head_scores(info.metric)
+    grids = site.run.head_scores(site.metric)
     count = len(grids)
     mean = grids.mean(axis=0) if count else np.zeros((layers, heads), np.float32)
     flat = grids.reshape(count, layers * heads)
@@ -315,11 +321,16 @@ def about_page(site: SiteContext) -> Page:
 
 
 def example_page(site: SiteContext, index: int, result: Result) -> Page:
-    info, settings = site.run.info, site.settings
+    settings = site.settings
+    if settings.top_k is not None and settings.top_k > result.stats.k:
+        raise SettingsError(
+            f"--top-k {settings.top_k}: the run stores {result.stats.k} cells per head (input "
+            f"'{result.example.id}'); compute it again with --top-k {settings.top_k}"
+        )
     linked = charts.linked_spec(
-        result, info.metric, keys_as_rows=settings.keys_as_rows, top_k=settings.top_k
+        result, site.metric, keys_as_rows=settings.keys_as_rows, top_k=settings.top_k
     )
-    grid = np.asarray(result.head_scores[linked.metric])
+    grid = np.asarray(result.head_scores(linked.metric))
     count = len(site.names)
     name = site.names[index]
     context = ExampleContext(

@@ -1,8 +1,11 @@
 """Writing: the static site, the single file, and figures.
 
-Pages are rendered one at a time and streamed to their files inside a temporary folder that
-replaces the output only when complete, so an error or Ctrl-C leaves a previous site as it was.
-Output is deterministic: the same run renders to byte-identical files.
+Pages are rendered one at a time and streamed to their files inside a staging folder that
+updates the output only when complete (`fsutil.staged_update`), so an error or Ctrl-C leaves a
+previous site as it was; the site folder's record of its files (`.reportgen-manifest.json`)
+decides what may be replaced, so files reportgen did not write there (`.git`, `CNAME`) stay.
+The single file starts with a seal, its own SHA-256, by which a later build knows it may
+overwrite it. Output is deterministic: the same run renders to byte-identical files.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ import jinja2
 from markupsafe import Markup
 
 from reportgen.errors import OutputError
-from reportgen.fsutil import atomic_dir
+from reportgen.fsutil import (
+    SEAL_PLACEHOLDER,
+    check_single_file,
+    is_sealed,
+    owned,
+    seal,
+    staged_update,
+)
 from reportgen.records import Run
 from reportgen.settings import Settings
 from reportgen.site.html import (
@@ -26,6 +36,7 @@ from reportgen.site.html import (
     packed,
     script_json,
     script_text,
+    single_file_csp,
     style_text,
     vega_bundle,
     vega_bundle_packed,
@@ -34,6 +45,11 @@ from reportgen.site.pages import Links, Page, SiteContext, pages
 
 SINGLE_FILE_LIMIT = 64 * 2**20
 """Largest single-file report, in bytes; above it, use the site folder (or a smaller --top-k)."""
+SINGLE_FILE_SEAL = f"<!-- reportgen single-file report, {SEAL_PLACEHOLDER} -->\n"
+"""The single file's first line (a comment may precede the doctype): `fsutil.seal` writes the
+file's SHA-256 over the zeros, so a file reportgen wrote, unchanged, can be told from any other
+(a generator meta tag anyone can write)."""
+SINGLE_FILE_MARKER = SINGLE_FILE_SEAL.split(",")[0].encode("ascii")
 
 
 def _variables(site: SiteContext, page: Page, links: Links) -> dict[str, Any]:
@@ -72,13 +88,14 @@ def _write(path: Path, text: str | Iterable[str]) -> None:
 
 
 def is_site(path: str | Path) -> bool:
-    """Whether a folder holds a reportgen site (its index.html names reportgen as generator)."""
-    try:
-        with open(Path(path) / "index.html", encoding="utf-8", errors="replace") as fh:
-            head = fh.read(4096)
-    except OSError:
-        return False
-    return '<meta name="generator" content="reportgen' in head
+    """Whether a folder holds a reportgen site: its record of the files reportgen wrote, and
+    those files unchanged (a generator meta tag alone proves nothing: anyone can write one)."""
+    return owned(path, "site")
+
+
+def is_single_file(path: str | Path) -> bool:
+    """Whether `path` is a single-file report reportgen wrote, unchanged since (its seal)."""
+    return is_sealed(path, SINGLE_FILE_MARKER)
 
 
 def render_site(
@@ -87,14 +104,18 @@ def render_site(
     settings: Settings,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
-    """Render the whole site into `out`, atomically; also the single file if settings ask."""
+    """Render the whole site into `out` (see the module), and the single file if settings ask.
+    A single file inside `out` (`site/report.html`) is written with the site, as one of its
+    files; one elsewhere is moved into place after the site."""
     out = Path(out)
-    site = SiteContext.gather(run, settings)
     target = settings.single_file
+    if target is not None:
+        check_single_file(target, settings.force, out, SINGLE_FILE_MARKER)
+    site = SiteContext.gather(run, settings)
     single = None if target is None else _SingleFile(site)
     staged: Path | None = None
     try:
-        with atomic_dir(out, is_site, settings.force) as tmp:
+        with staged_update(out, "site", settings.force, recognise=is_single_file) as tmp:
             for name, text in _site_assets(site.env).items():
                 _write(tmp / "assets" / name, text)
             _write(tmp / ".nojekyll", "")
@@ -111,6 +132,7 @@ def render_site(
                 else:
                     staged = single.stage(target)
         if staged is not None and target is not None:
+            check_single_file(target, settings.force, out, SINGLE_FILE_MARKER)  # changed since?
             os.replace(staged, target)
             staged = None
     finally:
@@ -130,12 +152,18 @@ def _inside(path: Path, folder: Path) -> Path | None:
 def render_single_file(run: Run, path: Path, settings: Settings) -> Path:
     """The whole report as one HTML file (bundle, styles, every page's data, a small router),
     written atomically; it works inside `<iframe sandbox="allow-scripts">`."""
+    check_single_file(path, settings.force, None, SINGLE_FILE_MARKER)
     site = SiteContext.gather(run, settings)
     single = _SingleFile(site)
     for page, _ in pages(site):
         single.add(page)
     staged = single.stage(Path(path))
-    os.replace(staged, path)
+    try:
+        check_single_file(path, settings.force, None, SINGLE_FILE_MARKER)  # changed since?
+        os.replace(staged, path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
     return Path(path)
 
 
@@ -172,6 +200,7 @@ class _SingleFile:
         env = self.site.env
         template = env.get_template("single.html")
         page = Page("single", path.name, "single.html", self.site.title, None, {"kind": "single"})
+        js = script_text(asset_source(env, "reportgen.js"))
         html = template.generate(
             **self.site.common(self.links).variables(),
             sections=self.sections,
@@ -180,15 +209,18 @@ class _SingleFile:
             inline=True,
             inline_assets={
                 "vega": vega_bundle_packed(),
-                "js": script_text(asset_source(env, "reportgen.js")),
+                "js": js,
                 "css": style_text(asset_source(env, "reportgen.css")),
             },
+            csp=single_file_csp(str(js)),  # the inline script's hash
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(SINGLE_FILE_SEAL)
                 fh.writelines(html)
+            seal(Path(tmp))
             os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
         except BaseException:
             os.unlink(tmp)
