@@ -73,6 +73,23 @@ class Capture:
     """Run the layers' eager attention and keep its weights (which its backward keeps anyway)
     instead of the fast kernel: for short inputs, where recomputing them costs more than
     keeping them."""
+    lengths: tuple[int, ...] = ()
+    """Each batch row's real length (right padding), for `causal_only`."""
+    _causal: dict[int, bool] = field(default_factory=dict)
+
+    def causal_only(self, mask: torch.Tensor) -> bool:
+        """Whether, on every row's real queries, `mask` allows exactly the keys up to the query
+        (a causal mask with right padding, no window, no bias): then the kernel's own causal
+        path computes those rows exactly (pad rows differ, and no real row ever reads them).
+        Checked once per mask tensor (the layers share it)."""
+        key = id(mask)
+        if key not in self._causal:
+            width = mask.shape[-1]
+            tril = torch.ones(mask.shape[-2], width, dtype=torch.bool, device=mask.device).tril()
+            self._causal[key] = len(self.lengths) == mask.shape[0] and all(
+                bool(((mask[b, :, :n] == 0) == tril[:n]).all()) for b, n in enumerate(self.lengths)
+            )
+        return self._causal[key]
 
     def _grad(self, layer: int, grad: torch.Tensor) -> None:
         if self.on_grad is not None:
@@ -213,19 +230,41 @@ def _captured_attention(
     attention_mask: torch.Tensor | None,
     kwargs: dict[str, Any],
 ) -> tuple[torch.Tensor, None]:
-    """A layer of a captured pass: the fast kernel where allowed, else the model's eager
-    attention (its weights dropped at once), inputs and output kept for the tiles."""
-    assert control.capture is not None
-    out = None
-    if getattr(module, FUSED_FLAG, False) and not _OWN_EAGER.get():
-        out = sdpa_attention(query, key, value, attention_mask, **kwargs)
-    fast = out is not None
-    if out is None:
-        out, _ = eager_of(module)(module, query, key, value, attention_mask, **kwargs)
-    layer = _layer(module, control)
+    """A layer of a captured pass: the fast kernel where the probe allowed it (its causal path
+    where the mask is plain causal), else the model's eager attention; inputs and output kept
+    for the tiles, and the weights too where the capture keeps them."""
     capture = control.capture
+    assert capture is not None
+    out, weights = None, None
+    standard = getattr(module, FUSED_FLAG, False) and not _OWN_EAGER.get()
+    if standard and not capture.keep_weights:
+        causal = (
+            attention_mask is not None
+            and query.shape[-2] == key.shape[-2]
+            and bool(getattr(module, "is_causal", False))
+            and capture.causal_only(attention_mask)
+        )
+        mask = None if causal else attention_mask
+        out = sdpa_attention(query, key, value, mask, causal, **kwargs)
+    elif standard:
+        found = fused_attention(query, key, value, attention_mask, **kwargs)
+        if found is not None:
+            out, weights = found
+    fast = out is not None and weights is None
+    if out is None:
+        out, weights = eager_of(module)(module, query, key, value, attention_mask, **kwargs)
+    layer = _layer(module, control)
+    kept = weights.detach() if capture.keep_weights and weights is not None else None
     capture.layers[layer] = Captured(
-        module, query.detach(), key.detach(), value.detach(), attention_mask, kwargs, out, fast
+        module,
+        query.detach(),
+        key.detach(),
+        value.detach(),
+        attention_mask,
+        kwargs,
+        out,
+        fast,
+        kept,
     )
     if capture.hooks and out.requires_grad:
         out.register_hook(lambda grad, layer=layer: capture._grad(layer, grad))
@@ -256,13 +295,14 @@ def sdpa_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
+    causal: bool = False,
     scaling: float | None = None,
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> torch.Tensor | None:
     """softmax(q·kᵀ·scaling + mask)·v by torch's fused kernel (no T × T weights kept for the
-    backward), as the standard eager attention returns it ([B, T, H, D]); None for a call with
-    anything else in it."""
+    backward), as the standard eager attention returns it ([B, T, H, D]); with `causal` and no
+    mask, the kernel's causal path. None for a call with anything else in it."""
     if not _standard_call(attention_mask, dropout, kwargs):
         return None
     mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
@@ -271,6 +311,7 @@ def sdpa_attention(
         key,
         value,
         attn_mask=mask,
+        is_causal=causal and mask is None,
         scale=query.shape[-1] ** -0.5 if scaling is None else scaling,
         enable_gqa=key.shape[1] != query.shape[1],
     )

@@ -70,6 +70,8 @@ def forward(
     }
     if lm.padding.position_ids:
         kwargs["position_ids"] = torch.arange(width).expand(len(sequences), -1).to(lm.device)
+    if capture is not None:
+        capture.lengths = tuple(len(seq) for seq in sequences)
     if gates is not None and len(sequences) != len(examples):
         gates = gates[torch.tensor(owners, device=gates.device)]
     # A language model's head runs only where the loss reads its logits (a vocabulary-sized
