@@ -58,12 +58,16 @@ class Captured:
     """Whether the pass ran scaled_dot_product_attention (else the model's own eager)."""
     weights: torch.Tensor | None = None
     """The attention weights [B, H, T, T], where the pass kept them (`Capture.keep_weights`)."""
+    target: torch.Tensor | None = None
+    """The tensor whose gradient the layer's hook reports: the weights where they are kept
+    (autograd forms ∂L/∂A for the softmax's backward anyway), else `out`."""
 
 
 @dataclass
 class Capture:
     """Collects every layer's `Captured` in a pass; with `on_grad` set before the backward, it
-    is called with (layer, ∂L/∂out [B, T, H, d]) as each layer's output gradient arrives."""
+    is called with (layer, gradient) as each layer's gradient arrives: ∂L/∂A [B, H, T, T] for
+    a layer whose weights were kept, else ∂L/∂out [B, T, H, d]."""
 
     layers: dict[int, Captured] = field(default_factory=dict)
     on_grad: Callable[[int, torch.Tensor], None] | None = None
@@ -254,7 +258,8 @@ def _captured_attention(
     if out is None:
         out, weights = eager_of(module)(module, query, key, value, attention_mask, **kwargs)
     layer = _layer(module, control)
-    kept = weights.detach() if capture.keep_weights and weights is not None else None
+    keep = capture.keep_weights and weights is not None
+    target = weights if keep and weights is not None else out
     capture.layers[layer] = Captured(
         module,
         query.detach(),
@@ -264,10 +269,11 @@ def _captured_attention(
         kwargs,
         out,
         fast,
-        kept,
+        weights.detach() if keep and weights is not None else None,
+        target,
     )
-    if capture.hooks and out.requires_grad:
-        out.register_hook(lambda grad, layer=layer: capture._grad(layer, grad))
+    if capture.hooks and target.requires_grad:
+        target.register_hook(lambda grad, layer=layer: capture._grad(layer, grad))
     return _gated(control, module, layer, out), None
 
 

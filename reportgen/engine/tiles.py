@@ -76,6 +76,7 @@ class Reductions:
             onehot[b, torch.arange(plan.length, device=device), plan.segments.to(device)] = 1
             valid[b, : plan.length] = True
         self.onehot, self.valid = onehot, valid
+        self.full = all(p.length == width for p in self.plans)
         self.lengths = torch.tensor([p.length for p in self.plans], device=device)
         self.dense = (
             torch.zeros(rows, layers, heads, width, width, dtype=dtype, device=device)
@@ -83,17 +84,19 @@ class Reductions:
             else None
         )
 
-    def add(self, layer: int, start: int, tile: torch.Tensor) -> None:
+    def add(self, layer: int, start: int, tile: torch.Tensor, nonnegative: bool = False) -> None:
         """Reduce S for query rows [start, start + r) of `layer`: tile [B, H, r, T] (T at least
-        every row's length; cells outside a row's length are ignored)."""
+        every row's length; cells outside a row's length are ignored). `nonnegative`: the tile
+        holds magnitudes already (it may then be changed in place)."""
         rows = tile.shape[2]
         width = self.width
         tile = tile[..., :width].to(device=self.device, dtype=self.dtype)
-        keep = self.valid[:, start : start + rows, None] & self.valid[:, None, :width]
-        tile = tile * keep[:, None]
+        if not self.full:  # pad rows and columns of shorter sequences count for nothing
+            keep = self.valid[:, start : start + rows, None] & self.valid[:, None, :width]
+            tile = tile * keep[:, None]
         if self.dense is not None:
             self.dense[:, layer, :, start : start + rows, :width] = tile
-        mag = tile.abs()
+        mag = tile if nonnegative else tile.abs()
         by_key = torch.matmul(mag, self.onehot[:, None])  # [B, H, r, groups]
         self.flow[:, layer] += torch.matmul(
             self.onehot[:, None, start : start + rows].transpose(-1, -2), by_key
@@ -184,12 +187,14 @@ def reduce_layer(
             stop = min(width, start + step)
             a = attention_rows(captured, start, stop)
             if grad_out is None:
-                s = a
+                reductions.add(layer, start, a, nonnegative=True)  # weights are >= 0
+                continue
+            s = grad_rows(captured, grad_out, start, stop).to(reductions.dtype)
+            s.mul_(a)  # a fresh tensor of ours: the product in place
+            if signed:
+                reductions.add(layer, start, s)
             else:
-                s = a.to(reductions.dtype) * grad_rows(captured, grad_out, start, stop).to(
-                    reductions.dtype
-                )
-            reductions.add(layer, start, s if signed else s.abs())
+                reductions.add(layer, start, s.abs_(), nonnegative=True)
 
 
 # --- the methods, tiled -----------------------------------------------------------------------
@@ -251,13 +256,18 @@ def tiled_attn_grad(
     reductions = new_reductions(lm, rows, base.layout, top_k, dense)
 
     def on_grad(layer: int, grad: torch.Tensor) -> None:
-        reduce_layer(
-            reductions, layer, capture.layers.pop(layer), grad, signed=False, budget=budget
-        )
+        captured = capture.layers.pop(layer)
+        if captured.weights is None:
+            reduce_layer(reductions, layer, captured, grad, signed=False, budget=budget)
+            return
+        with torch.no_grad():  # the weights kept, and autograd's own ∂L/∂A (never changed:
+            s = (grad * captured.weights).to(reductions.dtype).abs_()  # the backward goes on)
+            reductions.add(layer, 0, s, nonnegative=True)
 
     capture.on_grad = on_grad
     lowest = capture.layers[min(capture.layers)]
-    torch.autograd.grad(base.losses.sum(), [lowest.out])
+    assert lowest.target is not None
+    torch.autograd.grad(base.losses.sum(), [lowest.target])
     capture.layers.clear()  # a layer the loss does not depend on has S = 0
     reductions.finish()
     return base, reductions
