@@ -121,6 +121,12 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
             "ablate_k": settings.ablate_k,
             "ablate_draws": settings.ablate_draws,
             "seed": settings.seed,
+            "engine": settings.engine,
+            "store": settings.store,
+            "top_k": settings.top_k,
+            "pairing": settings.pairing if lm.task.value == "encoder" else None,
+            "reductions": "float64" if settings.dtype == "float64" else "float32",
+            "torch_threads": torch.get_num_threads(),
         },
         versions={
             "reportgen": __version__,
