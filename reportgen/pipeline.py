@@ -103,12 +103,7 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
         task=lm.task.value,
         num_layers=lm.num_layers,
         num_heads=lm.num_heads,
-        attn_implementation=(
-            "reportgen's fused softmax(q·kᵀ·scale + mask)·v, checked equal to the model's eager "
-            "attention at load"
-            if lm.fused_attention
-            else "the model's own eager attention, in reportgen's gated wrapper"
-        ),
+        attn_implementation=_attention_path(lm.fused_attention, settings.engine),
         dtype=settings.dtype,
         device=str(lm.device),
         method=settings.method,
@@ -137,6 +132,23 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
         command=command if command is not None else " ".join(["reportgen", *sys.argv[1:]]),
         created=timestamp(),
         title=settings.title or "",
+    )
+
+
+def _attention_path(fused: bool, engine: str) -> str:
+    """How the run's attention was computed, for the about page."""
+    if engine == "eager":
+        own = "reportgen's fused softmax(q·kᵀ·scale + mask)·v" if fused else "the model's own"
+        return f"{own} eager attention, every layer's weights kept (the dense reference engine)"
+    if fused:
+        return (
+            "torch's scaled_dot_product_attention forward and backward (checked equal to the "
+            "model's eager attention at load), the weights recomputed a block of query rows "
+            "at a time for the saliency"
+        )
+    return (
+        "the model's own eager attention (it computes more than the standard softmax), its "
+        "weights reduced a block of query rows at a time"
     )
 
 
