@@ -214,19 +214,21 @@ SEAL_PLACEHOLDER = SEAL + "0" * 64
 _SEAL_HEAD = 4096
 
 
-def seal(path: Path) -> None:
-    """Write the file's own SHA-256 over the placeholder in its first 4 KiB."""
+def seal(path: Path) -> bool:
+    """Write the file's own SHA-256 over the placeholder in its first 4 KiB; False (and the
+    file unchanged) if it has no placeholder there."""
     with open(path, "r+b") as fh:
         head = fh.read(_SEAL_HEAD)
         at = head.find(SEAL_PLACEHOLDER.encode("ascii"))
         if at < 0:
-            raise RuntimeError(f"{path}: no {SEAL} placeholder in its first {_SEAL_HEAD} bytes")
+            return False
         fh.seek(0)
         digest = hashlib.sha256()
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
         fh.seek(at + len(SEAL))
         fh.write(digest.hexdigest().encode("ascii"))
+    return True
 
 
 def is_sealed(path: str | Path, marker: bytes = b"") -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -408,7 +409,8 @@ def test_single_file_overwrites_only_its_own_unchanged_file(runs, tmp_path):
     assert is_single_file(path)
     render_single_file(runs["three"], path, Settings())  # its own file: no --force needed
     html = path.read_text("utf-8")
-    assert html.startswith("<!-- reportgen single-file report, reportgen-sha256:")
+    assert html.startswith("<!doctype html>")
+    assert re.search(r'<meta name="reportgen-seal" content="reportgen-sha256:[0-9a-f]{64}">', html)
     forged = tmp_path / "forged.html"
     forged.write_text(html.replace("<title>", "<title>edited "))  # marker kept, content changed
     assert not is_single_file(forged)
@@ -434,3 +436,31 @@ def test_single_file_inside_the_site_follows_the_sites_record(runs, tmp_path):
     single = (site / "report.html").read_bytes()
     render_single_file(runs["three"], tmp_path / "alone.html", Settings())
     assert (tmp_path / "alone.html").read_bytes() == single, "the same file, sealed the same"
+
+
+def test_a_folder_whose_parent_is_not_writable_is_staged_inside_it(runs, tmp_path, monkeypatch):
+    """A mount point or a folder in a read-only parent: staged inside the folder itself (renames
+    cannot cross devices), and the staging folder never becomes part of the site."""
+    site = gh_pages(tmp_path / "site")
+    render_site(runs["three"], site, Settings(force=True))
+    real_access = os.access
+    monkeypatch.setattr(
+        fsutil.os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode)
+    )
+    seen: list[str] = []
+    real_place = fsutil._Moves.place
+
+    def place(self, rel):
+        seen.append(self.stage.parent.name)
+        return real_place(self, rel)
+
+    monkeypatch.setattr(fsutil._Moves, "place", place)
+    render_site(runs["two"], site, Settings(keys_as_rows=True))
+    assert set(seen) == {"site"}, "staged inside the site folder"
+    assert sorted(p.name for p in site.iterdir() if p.name.startswith(".reportgen-")) == [
+        fsutil.RECORD
+    ]
+    record = fsutil.recorded_files(site, "site") or {}
+    assert not any(rel.startswith(".reportgen-") for rel in record)
+    assert len(list((site / "examples").iterdir())) == 2 and foreign(site)
+    assert leftovers(tmp_path, site) == []

@@ -4,7 +4,7 @@ Pages are rendered one at a time and streamed to their files inside a staging fo
 updates the output only when complete (`fsutil.staged_update`), so an error or Ctrl-C leaves a
 previous site as it was; the site folder's record of its files (`.reportgen-manifest.json`)
 decides what may be replaced, so files reportgen did not write there (`.git`, `CNAME`) stay.
-The single file starts with a seal, its own SHA-256, by which a later build knows it may
+The single file carries a seal, its own SHA-256, by which a later build knows it may
 overwrite it. Output is deterministic: the same run renders to byte-identical files.
 """
 
@@ -45,11 +45,11 @@ from reportgen.site.pages import Links, Page, SiteContext, pages
 
 SINGLE_FILE_LIMIT = 64 * 2**20
 """Largest single-file report, in bytes; above it, use the site folder (or a smaller --top-k)."""
-SINGLE_FILE_SEAL = f"<!-- reportgen single-file report, {SEAL_PLACEHOLDER} -->\n"
-"""The single file's first line (a comment may precede the doctype): `fsutil.seal` writes the
-file's SHA-256 over the zeros, so a file reportgen wrote, unchanged, can be told from any other
-(a generator meta tag anyone can write)."""
-SINGLE_FILE_MARKER = SINGLE_FILE_SEAL.split(",")[0].encode("ascii")
+SINGLE_FILE_MARKER = b'<meta name="generator" content="reportgen'
+"""What a single file reportgen wrote has in its head, next to its seal: `base.html` writes a
+`<meta name="reportgen-seal">` holding `fsutil.SEAL_PLACEHOLDER`, over which `fsutil.seal`
+writes the file's SHA-256. So a file reportgen wrote, unchanged, can be told from any other (a
+generator meta tag alone anyone can write) and is overwritten without --force."""
 
 
 def _variables(site: SiteContext, page: Page, links: Links) -> dict[str, Any]:
@@ -213,12 +213,12 @@ class _SingleFile:
                 "css": style_text(asset_source(env, "reportgen.css")),
             },
             csp=single_file_csp(str(js)),  # the inline script's hash
+            seal=SEAL_PLACEHOLDER,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(SINGLE_FILE_SEAL)
                 fh.writelines(html)
             seal(Path(tmp))
             os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
