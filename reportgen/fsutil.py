@@ -22,9 +22,9 @@ while writing leaves the output untouched and the staging folder removed. Then t
 the new files in one by one with `os.replace`, each file's old version kept aside (hard-linked)
 in the staging folder, removes reportgen's files that are no longer produced (also kept aside),
 and writes the new record last. Every file is at all times either its old or its new version,
-never partly written. Catchable signals (SIGINT, SIGTERM, SIGHUP) wait while files move (a
-fraction of a second even for thousands of files); an error while they move (a full disk)
-puts every old file back. If the process dies anyway (SIGKILL, power loss), the staging folder
+never partly written. Catchable signals (SIGINT, SIGTERM, SIGHUP) wait while files move (two
+renames per file: seconds for 10,000 pages); an error while they move (a full disk) puts every
+old file back. If the process dies anyway (SIGKILL, power loss), the staging folder
 holds a journal, and the next update of the same output (or `check_folder`) finishes the
 update if its record was written, and puts the old files back otherwise. So an output is
 the old or the new version as a whole except while reportgen is moving files in, and readers
@@ -163,20 +163,30 @@ def _record_text(kind: str, files: Mapping[str, FileRecord]) -> str:
     return json.dumps(body, ensure_ascii=False, indent=1) + "\n"
 
 
-def _lstat_inside(folder: Path, rel: str) -> os.stat_result | None:
+def _lstat_inside(
+    folder: Path, rel: str, folders: dict[str, bool] | None = None
+) -> os.stat_result | None:
     """`lstat` of folder/rel, or None if it is missing or any folder on the way to it is not a
-    real folder (a symlinked `examples/` must not lead a removal outside the output)."""
-    parts = PurePosixPath(rel).parts
-    path = folder
-    for k, part in enumerate(parts):
-        path = path / part
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
+    real folder (a symlinked `examples/` must not lead a removal outside the output).
+    `folders` caches the verdicts on the folders on the way, for many paths in one folder."""
+    base = os.fspath(folder)
+    parts = rel.split("/")
+    for k in range(1, len(parts)):
+        sub = "/".join(parts[:k])
+        known = None if folders is None else folders.get(sub)
+        if known is None:
+            try:
+                known = stat.S_ISDIR(os.lstat(os.path.join(base, sub)).st_mode)
+            except OSError:
+                known = False
+            if folders is not None:
+                folders[sub] = known
+        if not known:
             return None
-        if k < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
-            return None
-    return st
+    try:
+        return os.lstat(os.path.join(base, rel))
+    except OSError:
+        return None
 
 
 def _is_folder(folder: Path, rel: str) -> bool:
@@ -185,10 +195,12 @@ def _is_folder(folder: Path, rel: str) -> bool:
     return st is not None and stat.S_ISDIR(st.st_mode)
 
 
-def _unchanged(folder: Path, rel: str, record: FileRecord) -> bool | None:
+def _unchanged(
+    folder: Path, rel: str, record: FileRecord, folders: dict[str, bool] | None = None
+) -> bool | None:
     """True if folder/rel is a regular file with the recorded content, False if it is
     something else, None if it is missing."""
-    st = _lstat_inside(folder, rel)
+    st = _lstat_inside(folder, rel, folders)
     if st is None:
         return None
     if not stat.S_ISREG(st.st_mode) or st.st_size != record.size:
@@ -261,6 +273,9 @@ class _Survey:
     in_the_way: list[str]
     """Entries at (or on the way to) a new file's path that are not reportgen's: overwritten
     (put aside, then deleted) only with force."""
+    recognised: frozenset[str] = frozenset()
+    """Files at new paths that are not recorded but `recognise` accepts (a sealed single file):
+    replaced like reportgen's own."""
 
 
 def _shown(paths: Iterable[str]) -> str:
@@ -296,8 +311,9 @@ def _survey(
         recorded = {}
     old: dict[str, FileRecord] = {}
     changed: list[str] = []
+    folders: dict[str, bool] = {}
     for rel, record in recorded.items():
-        state = _unchanged(folder, rel, record)
+        state = _unchanged(folder, rel, record, folders)
         if state:
             old[rel] = record
         elif state is False:
@@ -308,11 +324,12 @@ def _survey(
             f"{_shown(changed)}; move your changes elsewhere, or pass --force to replace them"
         )
     in_the_way: set[str] = set()
+    recognised: set[str] = set()
     for rel in writes:
         parts = PurePosixPath(rel.rstrip("/")).parts
         for k in range(1, len(parts) + 1):
             sub = "/".join(parts[:k])
-            st = _lstat_inside(folder, sub)
+            st = _lstat_inside(folder, sub, folders)
             if st is None:
                 break
             last = k == len(parts) and not rel.endswith("/")
@@ -324,6 +341,7 @@ def _survey(
             if sub in old:
                 continue
             if stat.S_ISREG(st.st_mode) and recognise is not None and recognise(folder / sub):
+                recognised.add(sub)
                 continue
             in_the_way.add(sub)  # someone else's file, or one of ours changed (force only)
     if in_the_way and not force:
@@ -331,7 +349,7 @@ def _survey(
             f"{folder}: the new {_kind_name(kind)} would overwrite {_shown(in_the_way)}, which "
             "reportgen did not write; move them away, or pass --force to overwrite them"
         )
-    return _Survey(old, sorted(in_the_way))
+    return _Survey(old, sorted(in_the_way), frozenset(recognised))
 
 
 def _refuse_special(folder: Path, option: str, given: Path) -> None:
@@ -596,11 +614,11 @@ class _Stage:
                 for folder in made:
                     (target / folder).mkdir(parents=True, exist_ok=True)
                 for rel in sorted(new, key=_order):
-                    moves.place(rel)
+                    moves.place(rel, rel in survey.old or rel in survey.recognised)
                 for rel in remove:
                     moves.aside(rel, link=False)
                 _prune(target, remove)
-                moves.place(RECORD)  # the commit point
+                moves.place(RECORD, os.path.lexists(target / RECORD))  # the commit point
             except BaseException:
                 moves.close()
                 _roll_back(self.path, target, moves.placed, moves.put_aside, made)
@@ -612,7 +630,8 @@ class _Moves:
     """The commit's moves, each logged (the log is how a later build undoes a dead one)."""
 
     def __init__(self, stage: Path, target: Path) -> None:
-        self.stage, self.target = stage, target
+        self.stage, self.target = os.fspath(stage), os.fspath(target)
+        self.aside_root = os.path.join(self.stage, _ASIDE)
         self.placed: list[str] = []
         self.put_aside: list[str] = []
         self._log = open(stage / _ASIDE_LOG, "a", encoding="utf-8")  # noqa: SIM115
@@ -622,9 +641,9 @@ class _Moves:
         file replaces it) or moved."""
         self._log.write(json.dumps(rel) + "\n")
         self._log.flush()
-        kept = self.stage / _ASIDE / rel
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        source = self.target / rel
+        kept = os.path.join(self.aside_root, rel)
+        os.makedirs(os.path.dirname(kept), exist_ok=True)
+        source = os.path.join(self.target, rel)
         if link:
             try:
                 os.link(source, kept, follow_symlinks=False)
@@ -634,11 +653,12 @@ class _Moves:
             os.replace(source, kept)
         self.put_aside.append(rel)
 
-    def place(self, rel: str) -> None:
-        destination = self.target / rel
-        if _lstat_inside(self.target, rel) is not None:
+    def place(self, rel: str, replaces: bool) -> None:
+        """Move the staged file in; `replaces`: an old file of reportgen's is there (the survey
+        found it), kept aside first."""
+        if replaces:
             self.aside(rel, link=True)
-        os.replace(self.stage / rel, destination)
+        os.replace(os.path.join(self.stage, rel), os.path.join(self.target, rel))
         self.placed.append(rel)
 
     def close(self) -> None:

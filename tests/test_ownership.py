@@ -205,11 +205,11 @@ def _make_update_fail(monkeypatch, at: int, error: BaseException) -> None:
     real = fsutil._Moves.place
     calls = {"n": 0}
 
-    def place(self, rel):
+    def place(self, rel, replaces):
         calls["n"] += 1
         if calls["n"] == at:
             raise error
-        return real(self, rel)
+        return real(self, rel, replaces)
 
     monkeypatch.setattr(fsutil._Moves, "place", place)
 
@@ -231,6 +231,25 @@ def test_an_update_interrupted_while_files_move_puts_the_old_site_back(
     assert leftovers(tmp_path, site) == []
 
 
+def test_an_interrupted_update_restores_a_single_file_it_recognised(runs, tmp_path, monkeypatch):
+    """A sealed single file in the site folder, not in its record, is replaced like reportgen's
+    own file: kept aside first, so an interruption puts it back too."""
+    site = tmp_path / "site"
+    render_site(runs["three"], site, Settings())
+    render_single_file(runs["two"], site / "report.html", Settings())  # sealed, not recorded
+    before = tree(site)
+    other = tmp_path / "other"
+    render_site(runs["three"], other, Settings(single_file=other / "report.html"))
+    last = len(fsutil.recorded_files(other, "site") or {}) + 1  # the record itself
+    _make_update_fail(monkeypatch, last, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        render_site(runs["three"], site, Settings(single_file=site / "report.html"))
+    assert tree(site) == before
+    monkeypatch.undo()
+    render_site(runs["three"], site, Settings(single_file=site / "report.html"))
+    assert (site / "report.html").read_bytes() == (other / "report.html").read_bytes()
+
+
 CRASH = """
 import os, sys
 from pathlib import Path
@@ -242,8 +261,8 @@ from reportgen.site import render_site
 run, site, at = Run.open(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 real, calls = fsutil._Moves.place, [0]
 
-def place(self, rel):
-    real(self, rel)
+def place(self, rel, replaces):
+    real(self, rel, replaces)
     calls[0] += 1
     if calls[0] == at:
         os._exit(9)  # as SIGKILL or a power cut would: no cleanup at all
@@ -450,9 +469,9 @@ def test_a_folder_whose_parent_is_not_writable_is_staged_inside_it(runs, tmp_pat
     seen: list[str] = []
     real_place = fsutil._Moves.place
 
-    def place(self, rel):
-        seen.append(self.stage.parent.name)
-        return real_place(self, rel)
+    def place(self, rel, replaces):
+        seen.append(Path(self.stage).parent.name)
+        return real_place(self, rel, replaces)
 
     monkeypatch.setattr(fsutil._Moves, "place", place)
     render_site(runs["two"], site, Settings(keys_as_rows=True))
