@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from reportgen.records import Run
@@ -114,20 +113,21 @@ def heat_cells(page: Any) -> dict[tuple[int, int], float]:
 def expected_heat(
     run: Run, index: int, heads: list[tuple[int, int]]
 ) -> dict[tuple[int, int], float]:
-    """The heatmap the page should draw for 0-based heads, computed here from the run: each
-    head's top-k cells (k = 2T up to 512, by an independent sort), summed, over the heads'
-    total."""
+    """The heatmap the page should draw for 0-based heads, computed here from the run's record
+    alone: each head's first k stored cells (k = 2T up to 512, or what the run stored if
+    fewer), their |values| summed per cell, over the heads' exact totals of all cells."""
     result = run.result(index)
-    mag = np.abs(result.scores.astype(np.float64))
+    stats = result.stats
     t = len(result.tokens)
-    total = sum(mag[h].sum() for h in heads)
+    k = min(2 * t, 512, stats.top_cells.shape[-1])
+    total = sum(float(stats.total[layer, head]) for layer, head in heads)
     cells: dict[tuple[int, int], float] = {}
     for layer, head in heads:
-        flat = mag[layer, head].ravel()
-        for c in np.argsort(-flat, kind="stable")[: min(2 * t, 512)]:
-            if flat[c] > 0:
+        stored = zip(stats.top_cells[layer, head, :k], stats.top_values[layer, head, :k])
+        for c, v in stored:
+            if c >= 0 and v != 0:
                 key = (int(c // t), int(c % t))
-                cells[key] = cells.get(key, 0.0) + flat[c] / total
+                cells[key] = cells.get(key, 0.0) + abs(float(v)) / total
     return cells
 
 

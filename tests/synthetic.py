@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from reportgen.data.examples import Example, Segment
-from reportgen.data.metrics import head_scores, parse_metric
-from reportgen.data.results import Ablation, Result, TokenSpan
+from reportgen.data.metrics import parse_metric, shares
+from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan, default_top_k
 from reportgen.inputs import examples_from_items
 from reportgen.records import Run, RunInfo, RunWriter
 
@@ -21,30 +21,117 @@ LAYERS, HEADS = 3, 4
 METRIC = "flow:ENV->LAN"
 
 
-def make_result(layers: int = 3, heads: int = 4, tokens: int = 9, seed: int = 0) -> Result:
-    """A synthetic result: causal, signed scores, two named segments."""
+def stats_from_dense(
+    dense: np.ndarray,
+    spans: Sequence[TokenSpan],
+    prediction_position: int | None,
+    top_k: int,
+) -> HeadStats:
+    """HeadStats of a dense S [L, H, T, T] (rows queries), reduced here with numpy alone, as
+    results.HeadStats defines them: float64 sums of |S| (all cells, the prediction row, and by
+    (query segment, key segment) with a last group for tokens in no segment), and each head's
+    top_k cells by |S|, ties by cell index, padded with -1 / 0 past its non-zero cells."""
+    signed = np.asarray(dense, np.float32)
+    mag = np.abs(np.asarray(dense, np.float64))
+    layers, heads, t, _ = mag.shape
+    groups = np.full(t, len(spans))
+    for index, span in enumerate(spans):
+        groups[span.start : span.end] = index
+    onehot = np.eye(len(spans) + 1)[groups]  # [T, n + 1]
+    flow = np.einsum("lhqk,qa,kb->lhab", mag, onehot, onehot)
+    if prediction_position is None:
+        prediction = np.zeros((layers, heads))
+    else:
+        prediction = mag[:, :, prediction_position, :].sum(-1)
+    flat = signed.reshape(layers, heads, t * t)
+    order = np.argsort(-np.abs(flat), axis=-1, kind="stable")[..., :top_k]
+    values = np.take_along_axis(flat, order, -1)
+    cells = np.where(values != 0, order, -1).astype(np.int32)
+    values = np.where(cells >= 0, values, 0).astype(np.float32)
+    if top_k > t * t:
+        pad = ((0, 0), (0, 0), (0, top_k - t * t))
+        cells = np.pad(cells, pad, constant_values=-1)
+        values = np.pad(values, pad)
+    return HeadStats(
+        segments=tuple(s.name for s in spans),
+        total=mag.sum(axis=(2, 3)),
+        prediction=prediction,
+        flow=flow,
+        top_cells=cells,
+        top_values=values,
+    )
+
+
+def assert_stats_match_dense(
+    stats: HeadStats,
+    dense: np.ndarray,
+    spans: Sequence[TokenSpan],
+    prediction_position: int | None,
+    rtol: float = 1e-6,
+) -> None:
+    """The engine's reductions and top cells agree with the dense S it also returned: its sums
+    against float64 sums of the stored cells (to the rounding of the stored dtype), and the
+    stored top cells are the strongest cells of S, in order, with their values."""
+    want = stats_from_dense(dense, spans, prediction_position, stats.k)
+    assert stats.segments == want.segments
+    scale = float(np.abs(want.total).max()) or 1.0
+    for name in ("total", "prediction", "flow"):
+        got = getattr(stats, name)
+        assert got.dtype == np.float64, name
+        np.testing.assert_allclose(got, getattr(want, name), rtol=rtol, atol=rtol * scale)
+    # (a float32 model's reductions add up in float32: equal to its rounding)
+    np.testing.assert_allclose(stats.flow.sum((2, 3)), stats.total, rtol=rtol, atol=0)
+    # Magnitudes in order; ties may be broken differently only between equal magnitudes.
+    top = np.abs(stats.top_values.astype(np.float64))
+    np.testing.assert_allclose(top, np.abs(want.top_values), rtol=rtol, atol=rtol * scale)
+    assert (np.diff(top, axis=-1) <= 0).all(), "strongest first"
+    np.testing.assert_array_equal(stats.top_cells < 0, want.top_cells < 0)
+    flat = np.asarray(dense, np.float32).reshape(*dense.shape[:2], -1)
+    kept = stats.top_cells >= 0
+    at = np.take_along_axis(flat, np.where(kept, stats.top_cells, 0), -1)
+    np.testing.assert_allclose(np.where(kept, at, 0), stats.top_values, rtol=rtol, atol=0)
+    assert (stats.top_values[~kept] == 0).all()
+    for row in stats.top_cells.reshape(-1, stats.k):
+        cells = row[row >= 0]
+        assert len(set(cells.tolist())) == len(cells), "each cell once"
+
+
+def make_scores(layers: int = 3, heads: int = 4, tokens: int = 9, seed: int = 0) -> np.ndarray:
+    """The dense S of `make_result` (same arguments): causal, signed, float32 [L, H, T, T]."""
     rng = np.random.default_rng(seed)
     scores = rng.normal(size=(layers, heads, tokens, tokens)).astype(np.float32)
-    scores *= np.tril(np.ones((tokens, tokens), np.float32))
+    return scores * np.tril(np.ones((tokens, tokens), np.float32))
+
+
+def make_result(
+    layers: int = 3,
+    heads: int = 4,
+    tokens: int = 9,
+    seed: int = 0,
+    top_k: int | None = None,
+    dense: bool = False,
+) -> Result:
+    """A synthetic result of `make_scores`: causal, signed scores, two named segments. Its
+    stats keep `top_k` cells per head (default: every cell, so any page k can be packed);
+    `dense` keeps S on the result as `--store dense` does."""
+    scores = make_scores(layers, heads, tokens, seed)
     words = ["<CHI>", "a", HOSTILE, "a", "horse", "<CHI>", "my", "is", "the"][:tokens]
     words += [f"w{k}" for k in range(tokens - len(words))]
     half = tokens // 2
-    grid = rng.random((layers, heads)).astype(np.float32)
-    grid /= grid.sum()
-    total = np.abs(scores).sum(axis=(2, 3))
+    spans = (TokenSpan("ENV", 0, half), TokenSpan("LAN", half, tokens))
     return Result(
         example=Example("syn", (Segment("ENV", " ".join(words[:half])), Segment("LAN", "x"))),
         tokens=tuple(words),
-        spans=(TokenSpan("ENV", 0, half), TokenSpan("LAN", half, tokens)),
+        spans=spans,
         target="horse",
         target_given=True,
         predicted="the",
         value=0.5,
         loss=0.69,
         prediction_position=tokens - 1,
-        scores=scores,
-        head_scores={"total": (total / total.sum()).astype(np.float32), "flow:ENV->LAN": grid},
+        stats=stats_from_dense(scores, spans, tokens - 1, top_k or tokens * tokens),
         ablation=None,
+        dense=scores if dense else None,
     )
 
 
@@ -71,6 +158,12 @@ def run_info(**changes: Any) -> RunInfo:
             "ablate_k": 3,
             "ablate_draws": 8,
             "seed": 0,
+            "engine": "tiled",
+            "store": "top-k",
+            "top_k": None,
+            "pairing": None,
+            "reductions": "float32",
+            "torch_threads": 1,
         },
         versions={"reportgen": "0.1.0", "transformers": "5.0.0", "torch": "2.0.0"},
         command="reportgen compute in.jsonl --metric flow:ENV->LAN (synthetic)",
@@ -82,7 +175,8 @@ def run_info(**changes: Any) -> RunInfo:
 
 def result_for(example: Example, seed: int) -> Result:
     """What the engine would give a causal LM with a whitespace tokenizer: one token per word,
-    attn-grad magnitudes on and below the diagonal, every metric's grid, an ablation."""
+    attn-grad magnitudes on and below the diagonal reduced to HeadStats with the default top-k
+    (2T, at most 512), and an ablation of the top heads under the run's metric."""
     rng = np.random.default_rng(seed)
     tokens: list[str] = []
     spans = []
@@ -93,11 +187,9 @@ def result_for(example: Example, seed: int) -> Result:
     t = len(tokens)
     scores = rng.random((LAYERS, HEADS, t, t)).astype(np.float32)
     scores *= np.tril(np.ones((t, t), np.float32))
-    grids = {
-        name: head_scores(scores, parse_metric(name), spans, t - 1, example.id)
-        for name in ("total", METRIC, "prediction")
-    }
-    top = np.argsort(-grids[METRIC].reshape(-1), kind="stable")[:3]
+    stats = stats_from_dense(scores, spans, t - 1, default_top_k(t))
+    grid = shares(stats, parse_metric(METRIC), example.id)
+    top = np.argsort(-grid.reshape(-1), kind="stable")[:3]
     value = float(rng.uniform(0.2, 0.9))
     predicted = example.target or "ball"
     return Result(
@@ -110,8 +202,7 @@ def result_for(example: Example, seed: int) -> Result:
         value=value,
         loss=float(-np.log(value)),
         prediction_position=t - 1,
-        scores=scores,
-        head_scores=grids,
+        stats=stats,
         ablation=Ablation(
             tuple((int(h) // HEADS, int(h) % HEADS) for h in top),
             value,

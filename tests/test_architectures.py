@@ -5,6 +5,8 @@ three inputs of different lengths in one padded batch, checked against an indepe
     (the model's default attention, unpadded, one input at a time);
 (b) method: attention, attn-grad and attattr scores equal the oracle's, computed from an eager
     model's output_attentions with torch.autograd (attattr by scaling one layer's attention);
+    reportgen computes with --store dense to give every cell, and its stored reductions and
+    top cells (what a default run keeps) must be those of that dense S;
 (c) batch: a batch of 8 gives the scores, values, targets and ablation of one input at a time.
 
 Bare encoders run both ways reportgen reads two segments: as one sequence (joint) and each on
@@ -38,6 +40,7 @@ from architectures import (
     plain_loss,
     relative_difference,
 )
+from synthetic import assert_stats_match_dense
 
 from reportgen.engine import compute, load_model
 from reportgen.errors import ModelError, ReportgenError
@@ -66,6 +69,7 @@ def settings(family: Family, **changes: Any) -> Settings:
         device="cpu",
         steps=STEPS,
         ablate_k=0,
+        store="dense",  # every cell, to compare with the oracle's
     )
     # How a bare encoder reads its two segments, where reportgen has the option (the objective
     # the oracle computes for the family).
@@ -185,7 +189,10 @@ def test_method_matches_the_oracle(zoo, name, method):
     }[method]
     diffs = {}
     for item, case, result in zip(inputs_for(family), cases, results, strict=True):
-        diffs[item["id"]] = relative_difference(result.scores, oracle(model, case))
+        diffs[item["id"]] = relative_difference(result.dense, oracle(model, case))
+        assert_stats_match_dense(
+            result.stats, result.dense, result.spans, result.prediction_position
+        )
     assert not failures(diffs, TOLERANCE), f"max relative difference: {failures(diffs, TOLERANCE)}"
 
 
@@ -206,9 +213,12 @@ def test_padded_batch_equals_one_at_a_time(zoo, name):
     problems = []
     for item, a, b in zip(inputs_for(family), together, alone, strict=True):
         where = item["id"]
-        diff = relative_difference(a.scores, b.scores)
+        diff = relative_difference(a.dense, b.dense)
         if not diff <= TOLERANCE:
             problems.append(f"{where}: scores differ by {diff:.3g}")
+        diff = relative_difference(a.stats.total, b.stats.total)
+        if not diff <= TOLERANCE:
+            problems.append(f"{where}: head totals differ by {diff:.3g}")
         if not close(a.value, b.value):
             problems.append(f"{where}: value {a.value:.6g} in the batch, {b.value:.6g} alone")
         if (a.target, a.predicted) != (b.target, b.predicted):

@@ -16,7 +16,6 @@ import pytest
 from browser import assert_heat, cell_center, expected_heat, heat_cells, launch, serve
 
 from reportgen import site
-from reportgen.charts import pack_cells
 from reportgen.records import Run
 from reportgen.settings import Settings
 
@@ -146,7 +145,7 @@ def test_the_top_head_is_shown_first_and_a_click_shows_another(
     watched: Watched, base: str, run: Run
 ) -> None:
     watched.open(base + PAGES[2])
-    grid = run.result(0).head_scores[run.info.metric]
+    grid = run.result(0).head_scores(run.info.metric)
     top = np.unravel_index(int(np.argmax(grid)), grid.shape)
     assert selection(watched) == [[int(top[0]) + 1, int(top[1]) + 1]]
     assert_heat(heat_cells(watched.page), expected_heat(run, 0, [(int(top[0]), int(top[1]))]))
@@ -171,9 +170,11 @@ def test_brushing_a_block_shows_the_normalised_sum(watched: Watched, base: str, 
     got = heat_cells(page)
     assert_heat(got, expected_heat(run, 1, [(0, 0), (0, 1), (1, 0), (1, 1)]))
     assert page.inner_text("[data-rg=caption]").startswith("4 heads: L1 H1, L1 H2, L2 H1, L2 H2")
-    packed = pack_cells(run.result(1).scores[:2, :2])
-    kept = sum(r["kept"] for r in packed.rows) / sum(r["tot"] for r in packed.rows)
-    assert sum(got.values()) == pytest.approx(kept, rel=2e-3)
+    # the drawn shares add up to what the four heads' stored cells carry of their saliency
+    result = run.result(1)
+    k = min(2 * len(result.tokens), 512)
+    kept = np.abs(result.stats.top_values[:2, :2, :k].astype(np.float64)).sum()
+    assert sum(got.values()) == pytest.approx(kept / result.stats.total[:2, :2].sum(), rel=2e-3)
     click_cell(watched, "grid_cells_marks", layer=3, head=4)  # a click replaces the brush
     assert selection(watched) == [[3, 4]]
     assert_heat(heat_cells(page), expected_heat(run, 1, [(2, 3)]))
@@ -217,7 +218,7 @@ def test_the_single_file_works_in_a_sandboxed_iframe(watched: Watched, www: Path
     assert frame.evaluate("() => document.title").startswith("dog · ")
     rows = frame.evaluate("() => window.reportgen.data('heat').map(d => [d.i, d.j, d.share])")
     got = {(i, j): share for i, j, share in rows}
-    grid = run.result(1).head_scores[run.info.metric]
+    grid = run.result(1).head_scores(run.info.metric)
     top = np.unravel_index(int(np.argmax(grid)), grid.shape)
     assert_heat(got, expected_heat(run, 1, [(int(top[0]), int(top[1]))]))
     frame.click("text=About")

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import in_fresh_processes
-from synthetic import make_result
+from synthetic import make_result, make_scores, stats_from_dense
 
 from reportgen import charts
-from reportgen.data.results import Result
+from reportgen.data.results import Result, TokenSpan
+from reportgen.errors import SaliencyError
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +24,14 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def result() -> Result:
+    """Stats keeping every cell (k = T²), no dense S: what pages and figures pack from."""
     return make_result()
+
+
+@pytest.fixture(scope="module")
+def scores() -> np.ndarray:
+    """The dense S `result` was reduced from, for independent computations."""
+    return make_scores()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +95,7 @@ def test_views_and_selections_are_named(linked: charts.LinkedChart) -> None:
 
 
 def test_page_opens_with_the_top_head_picked(result: Result, linked: charts.LinkedChart) -> None:
-    grid = result.head_scores["flow:ENV->LAN"]
+    grid = result.head_scores("flow:ENV->LAN")
     layer, head = np.unravel_index(np.argmax(grid), grid.shape)
     assert linked.top == (layer, head)
     assert params(linked.spec)["pick"]["value"] == [{"layer": layer + 1, "head": head + 1}]
@@ -218,18 +226,19 @@ def test_grid_orientation(result: Result, linked: charts.LinkedChart) -> None:
     assert "reverse" not in enc["y"]["scale"]
     assert {t["title"] for t in enc["tooltip"]} == {"layer", "head", "score"}
     rows = linked.spec["datasets"]["heads"]
-    metric = result.head_scores["flow:ENV->LAN"]
+    metric = result.head_scores("flow:ENV->LAN")
     assert len(rows) == 12
     for row in rows:
         assert row["score"] == pytest.approx(metric[row["layer"] - 1, row["head"] - 1], rel=1e-3)
 
 
-def test_top_k_packing(result: Result) -> None:
+def test_top_k_packing(result: Result, scores: np.ndarray) -> None:
     tokens = len(result.tokens)
-    packed = charts.pack_cells(result.scores)
+    assert result.stats.k == tokens * tokens and result.dense is None
+    packed = charts.pack_cells(result.stats, tokens)
     assert packed.k == 2 * tokens and packed.cells == tokens * tokens
     assert [charts.default_top_k(t) for t in (13, 256, 257, 512, 4096)] == [26, 512] + [512] * 3
-    mag = np.abs(result.scores.astype(np.float64))
+    mag = np.abs(scores.astype(np.float64))
     scale = 1 / mag.sum(axis=(2, 3)).max()
     for row in packed.rows:
         head = mag[row["layer"] - 1, row["head"] - 1].ravel()
@@ -243,20 +252,54 @@ def test_top_k_packing(result: Result) -> None:
     kept = sum(np.sort(h.ravel())[::-1][: packed.k].sum() for h in mag.reshape(-1, tokens, tokens))
     assert packed.kept_share == pytest.approx(kept / mag.sum(), rel=1e-6)
     assert 0 < packed.min_kept_share <= packed.kept_share <= 1
-    small = charts.pack_cells(result.scores, top_k=3)
+    small = charts.pack_cells(result.stats, tokens, top_k=3)
     assert small.k == 3 and all(len(r["c"]) == 3 for r in small.rows)
     assert small.kept_share < packed.kept_share
-    everything = charts.pack_cells(result.scores, top_k=10**6)
+    everything = charts.pack_cells(result.stats, tokens, top_k=10**6)
+    assert everything.k == tokens * tokens
     assert everything.kept_share == pytest.approx(1.0)
+
+
+def test_packing_keeps_at_most_the_cells_the_run_stored(scores: np.ndarray) -> None:
+    """A page packs min(its k, the run's k) cells per head; each head's total stays the exact
+    total of all its cells, so the shares say how much the stored cells leave out."""
+    stored = make_result(top_k=5)
+    tokens = len(stored.tokens)
+    assert stored.stats.k == 5
+    mag = np.abs(scores.astype(np.float64))
+    totals = mag.sum(axis=(2, 3))
+    scale = 1 / totals.max()
+    for wanted in (None, 5, 100):
+        packed = charts.pack_cells(stored.stats, tokens, wanted)
+        assert packed.k == 5
+        for row in packed.rows:
+            head = mag[row["layer"] - 1, row["head"] - 1].ravel()
+            strongest = np.argsort(-head, kind="stable")[:5]
+            assert row["c"] == strongest.tolist()
+            np.testing.assert_allclose(row["v"], head[strongest] * scale, rtol=1e-3)
+            assert row["tot"] == pytest.approx(head.sum() * scale, rel=1e-3)
+        top5 = np.sort(mag.reshape(-1, tokens * tokens), axis=1)[:, ::-1][:, :5]
+        assert packed.kept_share == pytest.approx(top5.sum() / totals.sum(), rel=1e-6)
+        assert packed.min_kept_share == pytest.approx(
+            (top5.sum(1) / totals.ravel()).min(), rel=1e-6
+        )
+    assert charts.pack_cells(stored.stats, tokens, 3).k == 3
 
 
 def test_zero_cells_are_never_kept() -> None:
     scores = np.zeros((1, 2, 4, 4), np.float32)
     scores[0, 0, 3, 1] = 2.0
-    packed = charts.pack_cells(scores)
+    stats = stats_from_dense(scores, (TokenSpan("A", 0, 2),), 3, 16)
+    assert stats.top_cells[0, 0].tolist() == [13] + [-1] * 15
+    packed = charts.pack_cells(stats, 4)
     assert packed.rows[0]["c"] == [3 * 4 + 1] and packed.rows[0]["v"] == [1.0]
     assert packed.rows[1] == {"layer": 1, "head": 2, "tot": 0.0, "kept": 0.0, "c": [], "v": []}
     assert packed.min_kept_share == 1.0
+    # a stored cell whose value is zero is dropped as well, and so is a padded (-1) one
+    cells = np.array([[[13, 2, -1, -1], [-1, -1, -1, -1]]], np.int32)
+    values = np.array([[[2.0, 0.0, 0.0, 0.0], [0.0] * 4]], np.float32)
+    odd = type(stats)(stats.segments, stats.total, stats.prediction, stats.flow, cells, values)
+    assert charts.pack_cells(odd, 4).rows == packed.rows
 
 
 def test_numbers_are_rounded_to_significant_digits() -> None:
@@ -277,7 +320,7 @@ result = make_result()
 specs = [
     charts.linked_spec(result, "flow:ENV->LAN").spec,
     charts.linked_spec(result, keys_as_rows=True, top_k=5).spec,
-    charts.grid_spec(np.asarray(result.head_scores["total"])),
+    charts.grid_spec(np.asarray(result.head_scores("total"))),
     charts.figure_spec(result, (1, 2), keys_as_rows=True, metric="total"),
 ]
 specs += [charts.to_vega(spec) for spec in specs[:3]]
@@ -299,19 +342,47 @@ def test_flatten_budget_keeps_small_selections_whole() -> None:
 
 
 def test_metric_choice(result: Result) -> None:
-    assert charts.metric_name(result, None) == "flow:ENV->LAN"
-    assert charts.metric_name(result, "total") == "total"
-    with pytest.raises(KeyError, match="no head scores for metric 'prediction'"):
-        charts.metric_name(result, "prediction")
+    """Every metric comes from the stats; one naming a segment the input lacks names both."""
+    assert charts.metric_name(result, None) == "total"
+    for metric in ("total", "prediction", "flow:ENV->LAN", "flow:LAN->LAN"):
+        assert charts.metric_name(result, metric) == metric
+    with pytest.raises(SaliencyError, match="input 'syn' has no segment 'XYZ'"):
+        charts.metric_name(result, "flow:XYZ->LAN")
 
 
-def test_selection_share_is_normalised(result: Result) -> None:
-    single = charts.selection_share(result, [(1, 2)])
+BLOCK = [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_selection_share_is_normalised(result: Result, scores: np.ndarray) -> None:
+    tokens = len(result.tokens)
+    every = tokens * tokens
+    single = charts.selection_share(result, [(1, 2)], every)
     assert single.sum() == pytest.approx(1.0)
-    block = charts.selection_share(result, [(0, 0), (0, 1), (1, 0), (1, 1)])
-    mag = np.abs(result.scores.astype(np.float64))
+    block = charts.selection_share(result, BLOCK, every)
+    mag = np.abs(scores.astype(np.float64))
     summed = mag[0, 0] + mag[0, 1] + mag[1, 0] + mag[1, 1]
     np.testing.assert_allclose(block, summed / summed.sum())
+
+
+@pytest.mark.parametrize("stored", [None, 5])
+def test_selection_share_is_the_kept_cells_over_the_exact_totals(
+    scores: np.ndarray, stored: int | None
+) -> None:
+    """What the page draws: each selected head's top-k |S| (k = the page's default 2T, or the
+    fewer the run stored), summed per cell, over the heads' totals of all cells."""
+    result = make_result(top_k=stored)
+    tokens = len(result.tokens)
+    k = min(charts.default_top_k(tokens), stored or tokens * tokens)
+    mag = np.abs(scores.astype(np.float64)).reshape(*scores.shape[:2], -1)
+    want, total = np.zeros(tokens * tokens), 0.0
+    for layer, head in BLOCK:
+        strongest = np.argsort(-mag[layer, head], kind="stable")[:k]
+        want[strongest] += mag[layer, head, strongest]
+        total += mag[layer, head].sum()
+    got = charts.selection_share(result, BLOCK)
+    assert got.shape == (tokens, tokens)
+    np.testing.assert_allclose(got.ravel(), want / total, rtol=1e-6, atol=0)
+    assert got.sum() < 1
 
 
 def test_grid_spec_for_the_index() -> None:
@@ -325,7 +396,7 @@ def test_grid_spec_for_the_index() -> None:
     assert spec["datasets"]["heads"][-1] == {"layer": 3, "head": 4, "score": 0.1667}
 
 
-def test_figure_spec_outlines_a_head_and_zooms_into_it(result: Result) -> None:
+def test_figure_spec_outlines_a_head_and_zooms_into_it(result: Result, scores: np.ndarray) -> None:
     spec = charts.figure_spec(result, (1, 2), keys_as_rows=True, metric="total")
     grid_panel, connector, heat = spec["hconcat"]
     grid = grid_layers(grid_panel)
@@ -336,7 +407,7 @@ def test_figure_spec_outlines_a_head_and_zooms_into_it(result: Result) -> None:
     assert "params" not in grid["grid_cells"] and spec["params"][0]["name"] == "tokens"
     (row,) = spec["datasets"]["cells"]
     assert (row["layer"], row["head"]) == (2, 3)
-    assert len(row["c"]) == int(np.count_nonzero(result.scores[1, 2]))  # every cell drawn
+    assert len(row["c"]) == int(np.count_nonzero(scores[1, 2]))  # every cell drawn
     cells = next(v for v in heat["layer"] if v["name"] == "heat_cells")
     assert cells["encoding"]["y"]["field"] == "j"  # keys as rows
     assert cells["encoding"]["y"]["axis"]["orient"] == "right"
@@ -346,7 +417,7 @@ def test_figure_spec_outlines_a_head_and_zooms_into_it(result: Result) -> None:
         assert a["y2"] == b["y"]  # the two parts of each line meet
     assert connector["name"] == "connector"
     top = charts.figure_spec(result, None, keys_as_rows=False, metric="total")
-    grid_scores = result.head_scores["total"]
+    grid_scores = result.head_scores("total")
     layer, head = np.unravel_index(np.argmax(grid_scores), grid_scores.shape)
     assert (top["datasets"]["cells"][0]["layer"], top["datasets"]["cells"][0]["head"]) == (
         layer + 1,
@@ -354,6 +425,25 @@ def test_figure_spec_outlines_a_head_and_zooms_into_it(result: Result) -> None:
     )
     with pytest.raises(ValueError, match="outside the model's 3 layers × 4 heads"):
         charts.figure_spec(result, (3, 0), keys_as_rows=False)
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["top-k", "dense"])
+def test_figure_draws_the_stored_cells_or_every_cell_of_a_dense_run(
+    scores: np.ndarray, dense: bool
+) -> None:
+    """A run stored with --store dense draws every non-zero cell of the head; otherwise the
+    cells the run kept (here 3). Values are |S| over the head's exact total."""
+    result = make_result(top_k=3, dense=dense)
+    head = np.abs(scores[1, 2].astype(np.float64)).ravel()
+    order = np.argsort(-head, kind="stable")
+    drawn = int(np.count_nonzero(head)) if dense else 3
+    spec = charts.figure_spec(result, (1, 2), keys_as_rows=False, metric="total")
+    (row,) = spec["datasets"]["cells"]
+    assert row["c"] == order[:drawn].tolist()
+    np.testing.assert_allclose(row["v"], head[order[:drawn]] / head.sum(), rtol=1e-3)
+    assert row["tot"] == 1.0
+    fewer = charts.figure_spec(result, (1, 2), keys_as_rows=False, metric="total", top_k=2)
+    assert fewer["datasets"]["cells"][0]["c"] == order[:2].tolist()
 
 
 def test_specs_compile_to_vega_with_the_mark_names_pages_use(
@@ -376,7 +466,7 @@ def test_to_vega_is_the_compiled_spec_with_its_values_put_back(result: Result) -
     specs = [
         charts.linked_spec(result).spec,
         charts.linked_spec(result, keys_as_rows=True, top_k=5).spec,
-        charts.grid_spec(np.asarray(result.head_scores["total"])),
+        charts.grid_spec(np.asarray(result.head_scores("total"))),
     ]
     other = dict(specs[0], datasets=dict(specs[0]["datasets"], heads=[]))
     other["params"] = [
@@ -400,7 +490,7 @@ def test_to_vega_compiles_whole_what_placeholders_cannot_stand_for(result: Resul
     value, so filled as it is)."""
     import vl_convert
 
-    grid = np.asarray(result.head_scores["total"])
+    grid = np.asarray(result.head_scores("total"))
     titled = charts.grid_spec(grid, title="__reportgen_hole__0")
     brushed = charts.linked_spec(result).spec
     brushed["params"] = [

@@ -248,3 +248,144 @@ def test_build_and_render_write_a_site(tiny_models, tmp_path):
     )
     assert fig.exit_code == 0, fig.output
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- render --metric, --top-k and compute --store -------------------------------------------------
+
+
+def _page_data(path):
+    """The JSON data a page embeds for its script (what the charts draw)."""
+    import re
+
+    found = re.search(
+        r'<script type="application/json" id="rg-data">(.*?)</script>',
+        path.read_text("utf-8"),
+        flags=re.S,
+    )
+    assert found, f"{path}: no page data"
+    return json.loads(found.group(1))
+
+
+def _vega_values(spec, name):
+    (data,) = [d for d in spec["data"] if d["name"] == name]
+    return data["values"]
+
+
+def test_render_shows_another_metric_without_recomputing(gpt2_run, tmp_path):
+    """A run computed with flow:ENV->LAN renders with --metric total: the index ranks inputs by
+    the total shares and every page's grid shows them (Run.head_scores("total"))."""
+    import base64
+
+    import numpy as np
+
+    from reportgen.records import Run
+
+    run = Run.open(gpt2_run)
+    assert run.info.metric == "flow:ENV->LAN"
+    total, flow = run.head_scores("total"), run.head_scores("flow:ENV->LAN")
+    assert not np.allclose(total, flow, rtol=0.1), "the two metrics must differ to tell them apart"
+    before = sorted(p.name for p in gpt2_run.rglob("*"))
+    site = tmp_path / "site"
+    result = _invoke("render", gpt2_run, "-o", site, "--metric", "total", "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in gpt2_run.rglob("*")) == before, "the run is not changed"
+    index = _page_data(site / "index.html")
+    ranking = np.frombuffer(base64.b64decode(index["scores"]), "<u4").reshape(len(run), -1)
+    want = np.rint(total.reshape(len(run), -1).astype(np.float64) * index["scale"])
+    np.testing.assert_array_equal(ranking, want)
+    mean = {(r["layer"], r["head"]): r["score"] for r in _vega_values(index["spec"], "heads")}
+    for (layer, head), score in mean.items():
+        assert score == pytest.approx(total[:, layer - 1, head - 1].mean(), rel=1e-3)
+    assert "<code>total</code>" in (site / "index.html").read_text("utf-8")
+    pages = sorted((site / "examples").glob("*.html"))
+    assert len(pages) == len(run)
+    for i, page in enumerate(pages):
+        rows = _vega_values(_page_data(page)["spec"], "heads")
+        assert len(rows) == run.info.num_layers * run.info.num_heads
+        for row in rows:
+            want = total[i, row["layer"] - 1, row["head"] - 1]
+            assert row["score"] == pytest.approx(want, rel=1e-3, abs=1e-7)
+        assert "<code>total</code>" in page.read_text("utf-8")
+    # without --metric, the run's own
+    again = _invoke("render", gpt2_run, "-o", tmp_path / "flow", "-q")
+    assert again.exit_code == 0, again.output
+    ranking = _page_data(tmp_path / "flow" / "index.html")["scores"]
+    flat = np.frombuffer(base64.b64decode(ranking), "<u4").reshape(len(run), -1)
+    want = np.rint(flow.reshape(len(run), -1).astype(np.float64) * index["scale"])
+    np.testing.assert_array_equal(flat, want)
+
+
+def test_render_metric_and_top_k_errors_exit_2_and_write_nothing(gpt2_run, tmp_path):
+    site = tmp_path / "site"
+    _assert_one_line_error(
+        _invoke("render", gpt2_run, "-o", site, "--metric", "flow:ENV->XYZ"),
+        "input 'reference' has no segment 'XYZ'",
+        "flow:ENV->XYZ",
+    )
+    # The run stored 2T = 26 cells per head for its first input (13 tokens).
+    _assert_one_line_error(
+        _invoke("render", gpt2_run, "-o", site, "--top-k", "27"),
+        "--top-k 27: the run stores 26 cells per head (input 'reference')",
+        "compute it again with --top-k 27",
+    )
+    assert not list(tmp_path.iterdir()), "nothing written"
+    fewer = _invoke("render", gpt2_run, "-o", site, "--top-k", "5", "-q")
+    assert fewer.exit_code == 0, fewer.output
+    cells = _vega_values(_page_data(site / "examples" / "0001-reference.html")["spec"], "cells")
+    assert max(len(row["c"]) for row in cells) == 5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reportgen bug: cli.py builds Settings (which parses --metric) before entering "
+    "_errors(), so an unknown metric escapes as a traceback with exit code 1",
+)
+@pytest.mark.parametrize("command", ["render", "compute"])
+def test_an_unknown_metric_is_a_one_line_error(gpt2_run, tmp_path, command):
+    source = gpt2_run if command == "render" else _inputs(tmp_path, [{"text": "a b"}])
+    _assert_one_line_error(
+        _invoke(command, source, "-o", tmp_path / "out", "--metric", "flux"),
+        "unknown metric 'flux'. Available: total, prediction, flow:SRC->DST",
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_compute_store_dense_and_top_k_are_what_the_run_keeps(tiny_models, tmp_path):
+    import numpy as np
+    from synthetic import assert_stats_match_dense
+
+    from reportgen.records import Run
+
+    inputs = _inputs(
+        tmp_path,
+        [
+            {
+                "id": "a",
+                "segments": [
+                    {"name": "ENV", "text": "<CHI> saw a dog"},
+                    {"name": "LAN", "text": "<CHI> my favorite animal is the"},
+                ],
+            }
+        ],
+    )
+    common = ["-m", tiny_models["gpt2"], "--device", "cpu", "--metric", "flow:ENV->LAN", "-q"]
+    for store, dtype in (("dense", np.float32), ("dense-float16", np.float16)):
+        out = tmp_path / store
+        result = _invoke("compute", inputs, "-o", out, *common, "--store", store, "--top-k", "5")
+        assert result.exit_code == 0, result.output
+        opened = Run.open(out)
+        assert opened.info.parameters["store"] == store and opened.info.parameters["top_k"] == 5
+        got = opened.result(0)
+        t = len(got.tokens)
+        assert got.stats.k == 5 and got.dense is not None and got.dense.dtype == dtype
+        assert got.dense.shape == (3, 4, t, t)
+        rtol = 1e-6 if dtype == np.float32 else 2e-3
+        assert_stats_match_dense(got.stats, got.dense, got.spans, got.prediction_position, rtol)
+    plain = _invoke("compute", inputs, "-o", tmp_path / "top-k", *common)
+    assert plain.exit_code == 0, plain.output
+    kept = Run.open(tmp_path / "top-k").result(0)
+    assert kept.dense is None and kept.stats.k == 2 * len(kept.tokens)
+    np.testing.assert_allclose(kept.stats.total, got.stats.total, rtol=1e-6)
+    _assert_one_line_error(
+        _invoke("compute", inputs, "-o", tmp_path / "x", *common, "--store", "sparse"), "--store"
+    )

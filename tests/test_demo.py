@@ -62,13 +62,52 @@ def test_reference_input_predicts_horse(run):
 @pytest.mark.e2e
 def test_reference_top_head_links_the_to_horse(run):
     reference = run.result(0)
-    grid = reference.head_scores[METRIC]
+    grid = reference.head_scores(METRIC)
     layer, head = np.unravel_index(grid.argmax(), grid.shape)
     assert grid.max() >= 3 * np.median(grid)
-    cells = np.abs(reference.scores[layer, head])
-    query, key = np.unravel_index(cells.argmax(), cells.shape)
+    query, key = divmod(int(reference.stats.top_cells[layer, head, 0]), len(reference.tokens))
     assert (reference.tokens[query], reference.tokens[key]) == ("the", "horse")
     assert (query, key) == (12, 6)
+
+
+@pytest.mark.e2e
+def test_the_stored_cells_are_the_strongest_of_every_cell(run):
+    """The reference input again, with every cell kept (--store dense): its strongest cell in
+    the top head is the `the` ← `horse` the run stored, and the run's reductions and top cells
+    (computed in a batch of all inputs) are those of the dense S."""
+    from conftest import ROOT
+    from synthetic import assert_stats_match_dense
+
+    from reportgen.engine import compute, demo_model_path, load_model
+    from reportgen.inputs import read_inputs
+    from reportgen.settings import Settings
+
+    reference = run.result(0)
+    example = read_inputs(ROOT / "examples" / "childes" / "inputs.jsonl")[0]
+    assert example.id == reference.example.id
+    lm = load_model(demo_model_path(), "cpu")
+    settings = Settings(metric=METRIC, store="dense", ablate_k=0)
+    [alone] = compute([example], lm, settings)
+    assert alone.tokens == reference.tokens and alone.dense is not None
+    assert_stats_match_dense(alone.stats, alone.dense, alone.spans, alone.prediction_position)
+    grid = alone.head_scores(METRIC)
+    layer, head = np.unravel_index(grid.argmax(), grid.shape)
+    cells = np.abs(alone.dense[layer, head])
+    assert np.unravel_index(cells.argmax(), cells.shape) == (12, 6)
+    np.testing.assert_allclose(reference.head_scores(METRIC), grid, rtol=1e-4, atol=1e-7)
+    stats, kept = reference.stats, alone.stats
+    # A batch keeps 2T of its longest input (here more than this input's 2T) for every input.
+    k = min(stats.k, kept.k)
+    assert k >= 2 * len(reference.tokens)
+    scale = float(stats.total.max())
+    for name in ("total", "prediction", "flow"):
+        np.testing.assert_allclose(
+            getattr(stats, name), getattr(kept, name), rtol=1e-4, atol=1e-6 * scale
+        )
+    np.testing.assert_allclose(
+        stats.top_values[..., :k], kept.top_values[..., :k], rtol=1e-3, atol=1e-6 * scale
+    )
+    assert stats.top_cells[layer, head, 0] == kept.top_cells[layer, head, 0] == 12 * 13 + 6
 
 
 @pytest.mark.e2e
@@ -113,7 +152,7 @@ def test_every_demo_page_works_in_chromium(run, demo_site):
         page.goto(first.as_uri())
         page.evaluate("() => window.reportgen.ready.then(() => true)")
         reference = run.result(0)
-        grid = reference.head_scores[METRIC]
+        grid = reference.head_scores(METRIC)
         layer, head = (int(x) for x in np.unravel_index(np.argsort(grid.ravel())[-2], grid.shape))
         x, y = cell_center(page, "grid_cells_marks", layer=layer + 1, head=head + 1)
         page.mouse.move(x - 3, y - 3)

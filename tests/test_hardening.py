@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from synthetic import assert_stats_match_dense
 
 from reportgen.engine import compute as compute_saliency
 from reportgen.engine.loading import load_model, resolve_model_path
@@ -32,9 +33,14 @@ def test_awkward_text_keeps_its_characters_in_tokens(loaded, tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(AWKWARD).encode("utf-8") + b"\r\n")
     examples = read_inputs(path)
     assert [e.text for e in examples] == AWKWARD
-    for example, result in zip(examples, compute_saliency(examples, loaded["gpt2"], Settings())):
+    settings = Settings(store="dense")
+    for example, result in zip(examples, compute_saliency(examples, loaded["gpt2"], settings)):
         assert " ".join(result.tokens) == " ".join(example.text.split())
-        assert np.isfinite(result.scores).all()
+        assert np.isfinite(result.dense).all()
+        stats = result.stats
+        for name in ("total", "prediction", "flow", "top_values"):
+            assert np.isfinite(getattr(stats, name)).all(), name
+        assert_stats_match_dense(stats, result.dense, result.spans, result.prediction_position)
 
 
 def test_hub_ids_resolve_from_the_local_cache_only(tiny_models, tmp_path, monkeypatch):
@@ -58,12 +64,16 @@ def test_reduced_precision_runs_and_stays_close(tiny_models, dtype):
 
     examples = examples_from_items(["<CHI> painted a picture of a horse <CHI> my favorite animal"])
     [full] = compute_saliency(
-        examples, load_model(tiny_models["gpt2"], "cpu", "float32"), Settings()
+        examples, load_model(tiny_models["gpt2"], "cpu", "float32"), Settings(store="dense")
     )
     lm = load_model(tiny_models["gpt2"], "cpu", dtype)
-    [low] = compute_saliency(examples, lm, Settings(dtype=dtype))
-    assert low.scores.dtype == np.float32 and np.isfinite(low.scores).all()
-    assert np.abs(low.scores - full.scores).max() < 0.05 * np.abs(full.scores).max()
+    [low] = compute_saliency(examples, lm, Settings(dtype=dtype, store="dense"))
+    assert low.dense.dtype == np.float32 and np.isfinite(low.dense).all()
+    assert np.abs(low.dense - full.dense).max() < 0.05 * np.abs(full.dense).max()
+    assert low.stats.total.dtype == np.float64 and np.isfinite(low.stats.total).all()
+    total = full.stats.total
+    assert np.abs(low.stats.total - total).max() < 0.05 * total.max()
+    assert_stats_match_dense(low.stats, low.dense, low.spans, low.prediction_position, 1e-5)
     assert low.target == full.target
 
 

@@ -1,11 +1,17 @@
-"""Run folders: results round-trip unchanged, writes are atomic, timestamps reproducible.
+"""Run folders: results round-trip unchanged, writes are atomic, timestamps reproducible, and a
+run folder is data: record paths stay inside it and every array's shape is checked.
 
-Most tests use a synthetic run (numpy only: the unit tier); the first two check what the engine
+Most tests use a synthetic run (numpy only: the unit tier); the first ones check what the engine
 and `reportgen.compute` write (e2e)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -15,6 +21,15 @@ from reportgen.fsutil import OutputError
 from reportgen.inputs import examples_from_items
 from reportgen.records import Run, RunError, RunWriter, timestamp
 from reportgen.settings import Settings
+
+STATS = {
+    "total": np.float64,
+    "prediction": np.float64,
+    "flow": np.float64,
+    "top_cells": np.int32,
+    "top_values": np.float32,
+}
+METRICS = ("total", "prediction", "flow:ENV->LAN")
 
 
 def _assert_same(a, b):
@@ -31,20 +46,31 @@ def _assert_same(a, b):
         "ablation",
     ):
         assert getattr(a, name) == getattr(b, name), name
-    assert a.scores.dtype == b.scores.dtype == np.float32
-    np.testing.assert_array_equal(a.scores, b.scores)
-    assert a.head_scores.keys() == b.head_scores.keys()
-    for key in a.head_scores:
-        np.testing.assert_array_equal(a.head_scores[key], b.head_scores[key])
+    assert a.stats.segments == b.stats.segments == tuple(s.name for s in a.spans)
+    for name, dtype in STATS.items():
+        x, y = getattr(a.stats, name), getattr(b.stats, name)
+        assert x.dtype == y.dtype == dtype, name
+        np.testing.assert_array_equal(x, y, err_msg=name)
+    if a.dense is None:
+        assert b.dense is None
+    else:
+        assert b.dense is not None and a.dense.dtype == b.dense.dtype
+        np.testing.assert_array_equal(a.dense, b.dense)
+    for metric in METRICS:
+        np.testing.assert_array_equal(a.head_scores(metric), b.head_scores(metric))
 
 
 @pytest.mark.e2e
-def test_results_round_trip_through_a_run_folder(loaded, tmp_path, gpt2_run):
+@pytest.mark.parametrize("store", ["top-k", "dense", "dense-float16"])
+def test_results_round_trip_through_a_run_folder(loaded, tmp_path, gpt2_run, store):
     from reportgen.engine import compute
 
     lm = loaded["gpt2"]
-    settings = Settings(metric="flow:ENV->LAN")
+    settings = Settings(metric="flow:ENV->LAN", store=store)
     results = list(compute(examples_from_items(DEMO_INPUTS), lm, settings))
+    dtype = {"top-k": None, "dense": np.float32, "dense-float16": np.float16}[store]
+    for result in results:
+        assert (result.dense is None) if dtype is None else (result.dense.dtype == dtype)
     info = Run.open(gpt2_run).info
     with RunWriter(tmp_path / "run", info) as writer:
         for result in results:
@@ -54,9 +80,11 @@ def test_results_round_trip_through_a_run_folder(loaded, tmp_path, gpt2_run):
     assert [e.id for e in run.entries] == [r.example.id for r in results]
     for original, loaded_back in zip(results, run.results()):
         _assert_same(original, loaded_back)
-    grids = run.head_scores("flow:ENV->LAN")
-    assert grids.shape == (3, lm.num_layers, lm.num_heads)
-    np.testing.assert_array_equal(grids[0], results[0].head_scores["flow:ENV->LAN"])
+    for metric in METRICS:
+        grids = run.head_scores(metric)
+        assert grids.shape == (3, lm.num_layers, lm.num_heads) and grids.dtype == np.float32
+        for grid, result in zip(grids, results, strict=True):
+            np.testing.assert_array_equal(grid, result.head_scores(metric))
 
 
 @pytest.mark.e2e
@@ -78,6 +106,7 @@ def test_manifest_describes_the_run(gpt2_run):
     ):
         assert key in run
     assert set(run["versions"]) >= {"transformers", "torch", "reportgen"}
+    assert run["parameters"]["store"] == "top-k" and run["parameters"]["top_k"] is None
     assert manifest["format"] == "reportgen-run/2" and manifest["count"] == 3
     lines = (gpt2_run / "entries.jsonl").read_text("utf-8").splitlines()
     assert len(lines) == 3
@@ -85,6 +114,14 @@ def test_manifest_describes_the_run(gpt2_run):
     assert example["id"] == "reference" and example["target"] == "horse"
     assert example["tokens"][:2] == ["<CHI>", "painted"]
     assert (gpt2_run / example["record"]).is_file()
+    from safetensors.numpy import load_file
+
+    arrays = load_file(str(gpt2_run / example["record"]))
+    assert {k: v.dtype for k, v in arrays.items()} == STATS, "no dense S unless --store dense"
+    layers, heads, t = run["num_layers"], run["num_heads"], len(example["tokens"])
+    assert arrays["total"].shape == arrays["prediction"].shape == (layers, heads)
+    assert arrays["flow"].shape == (layers, heads, 3, 3)  # ENV, LAN, no segment
+    assert arrays["top_cells"].shape == arrays["top_values"].shape == (layers, heads, 2 * t)
 
 
 @pytest.mark.unit
@@ -290,3 +327,211 @@ def test_a_result_that_cannot_be_written_fails_the_run_cleanly(synthetic_run, tm
         writer.add(run.result(0))
         writer.add(replace(run.result(1), value=float("nan")))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a run folder is data: shapes checked, record paths confined ---------------------------------
+
+
+def _copy(synthetic_run, tmp_path):
+    shutil.copytree(synthetic_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _set_record(run_dir, index: int, record: str) -> None:
+    """Point entry `index` of entries.jsonl at `record` (the manifest still agrees)."""
+    path = run_dir / "entries.jsonl"
+    lines = path.read_text("utf-8").splitlines(keepends=True)
+    entry = json.loads(lines[index])
+    entry["record"] = record
+    lines[index] = json.dumps(entry, ensure_ascii=False) + "\n"
+    path.write_text("".join(lines), "utf-8")
+
+
+def _reading_fails(
+    run_dir, index: int, *fragments: str, metrics=("total", "flow:ENV->LAN")
+) -> None:
+    """Every way of reading the run fails with a RunError holding `fragments`: the result, the
+    grids of `metrics`, and rendering a site (which writes nothing)."""
+    from reportgen.site import render_site
+
+    run = Run.open(run_dir)
+    attempts = [
+        lambda: run.result(index),
+        lambda: list(run.results()),
+        *[lambda metric=metric: run.head_scores(metric) for metric in metrics],
+        lambda: render_site(run, run_dir.parent / "site", Settings()),
+    ]
+    for attempt in attempts:
+        with pytest.raises(RunError) as caught:
+            attempt()
+        for fragment in fragments:
+            assert fragment in str(caught.value)
+    assert not (run_dir.parent / "site").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("key", "shape", "want"),
+    [
+        ("total", (3, 5), "(3, 4)"),
+        ("prediction", (4, 3), "(3, 4)"),
+        ("flow", (3, 4, 2, 2), "(3, 4, 3, 3)"),
+        ("top_values", (3, 4, 7), "(3, 4, 22)"),  # 2T, T = 11
+    ],
+)
+def test_a_record_whose_arrays_disagree_with_its_entry_is_named(
+    synthetic_run, tmp_path, key, shape, want
+):
+    from safetensors.numpy import load_file, save_file
+
+    run_dir = _copy(synthetic_run, tmp_path)
+    record = run_dir / "records" / "000002.safetensors"
+    arrays = load_file(str(record))
+    arrays[key] = np.zeros(shape, arrays[key].dtype)
+    save_file(arrays, str(record))
+    run = Run.open(run_dir)
+    for other in (0, 2):  # the other records still read
+        run.result(other)
+    message = f"{record}: '{key}' has shape {shape}, not {want}"
+    for attempt in (lambda: run.result(1), lambda: list(run.results())):
+        with pytest.raises(RunError, match="run folder is damaged") as caught:
+            attempt()
+        assert message in str(caught.value)
+    if key in ("total", "prediction", "flow"):  # the arrays the grids read
+        metric = {"total": "total", "prediction": "prediction"}.get(key, "flow:ENV->LAN")
+        with pytest.raises(RunError) as caught:
+            run.head_scores(metric)
+        assert message in str(caught.value)
+
+
+@pytest.mark.unit
+def test_a_record_missing_an_array_or_with_a_wrong_dense_is_named(synthetic_run, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    run_dir = _copy(synthetic_run, tmp_path)
+    record = run_dir / "records" / "000001.safetensors"
+    arrays = load_file(str(record))
+    save_file({k: v for k, v in arrays.items() if k != "flow"}, str(record))
+    # the grids read only their own array: total still reads, the run's flow metric does not
+    _reading_fails(run_dir, 0, str(record), "no 'flow' array", metrics=["flow:ENV->LAN"])
+    assert Run.open(run_dir).head_scores("total").shape == (3, 3, 4)
+    t = len(Run.open(run_dir).entries[0].tokens)
+    save_file({**arrays, "dense": np.zeros((3, 4, t, t - 1), np.float32)}, str(record))
+    with pytest.raises(RunError, match=rf"'dense' has shape \(3, 4, {t}, {t - 1}\)"):
+        Run.open(run_dir).result(0)
+    save_file({**arrays, "dense": np.ones((3, 4, t, t), np.float32)}, str(record))
+    assert Run.open(run_dir).result(0).dense.shape == (3, 4, t, t)
+
+
+@pytest.mark.unit
+@pytest.mark.timeout(60, method="signal")  # a FIFO opened for reading would block forever
+@pytest.mark.parametrize(
+    "where", ["absolute", "dotdot", "inner-dotdot", "backslash", "fifo", "symlink", "folder"]
+)
+def test_a_record_path_outside_the_run_folder_is_refused(synthetic_run, tmp_path, where):
+    """Entries name their record relative to the run folder, as a regular file in it: an
+    absolute path, `..`, a FIFO, a device, a link out of the folder are refused, named, before
+    anything is opened (a FIFO would hang the reader)."""
+    run_dir = _copy(synthetic_run, tmp_path)
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(run_dir / "records" / "000002.safetensors", outside)  # a valid record
+    record = {
+        "absolute": str(outside),
+        "dotdot": "../outside.safetensors",
+        "inner-dotdot": "records/../../outside.safetensors",
+        "backslash": "records\\000002.safetensors",
+        "fifo": "records/fifo.safetensors",
+        "symlink": "records/link.safetensors",
+        "folder": "records",
+    }[where]
+    if where == "fifo":
+        os.mkfifo(run_dir / record)
+    if where == "symlink":
+        (run_dir / record).symlink_to(outside)
+    _set_record(run_dir, 1, record)
+    if where in ("fifo", "symlink", "folder"):
+        _reading_fails(run_dir, 1, str(run_dir / record), "not a regular file")
+    else:
+        _reading_fails(run_dir, 1, f"entry '{Run.open(run_dir).ids[1]}' names record", "outside")
+    Run.open(run_dir).result(0)  # the other entries still read
+
+
+@pytest.mark.cli
+@pytest.mark.timeout(120)
+def test_rendering_a_run_whose_record_is_a_fifo_exits_2_and_never_hangs(synthetic_run, tmp_path):
+    """The command line, in a process of its own killed after 60 s if it blocks on the FIFO."""
+    run_dir = _copy(synthetic_run, tmp_path)
+    os.mkfifo(run_dir / "records" / "fifo.safetensors")
+    _set_record(run_dir, 0, "records/fifo.safetensors")
+    code = textwrap.dedent(
+        """
+        import sys
+        from reportgen.cli import main
+        sys.argv = ["reportgen", "render", sys.argv[1], "-o", sys.argv[2], "-q"]
+        main()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(run_dir), str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "fifo.safetensors: not a regular file" in done.stderr
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.mark.unit
+def test_a_record_at_512_tokens_and_144_heads_is_at_most_a_megabyte(tmp_path):
+    """The default store (exact reductions and the top 2T cells, at most 512, per head) keeps a
+    12 x 12 model's example of 512 tokens under 1 MB (the dense S would be 151 MB)."""
+    from synthetic import run_info
+
+    from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan, default_top_k
+
+    layers, heads, t = 12, 12, 512
+    k = default_top_k(t)
+    assert k == 512
+    rng = np.random.default_rng(0)
+    [example] = examples_from_items(
+        [
+            {
+                "segments": [
+                    {"name": "ENV", "text": " ".join(["w"] * 256)},
+                    {"name": "LAN", "text": " ".join(["v"] * 256)},
+                ]
+            }
+        ]
+    )
+    start = rng.integers(0, t * t, (layers, heads, 1))
+    cells = ((start + 509 * np.arange(k)) % (t * t)).astype(np.int32)  # k distinct cells a head
+    values = -np.sort(-rng.random((layers, heads, k)), axis=-1).astype(np.float32)
+    stats = HeadStats(
+        segments=("ENV", "LAN"),
+        total=rng.random((layers, heads)) + values.sum(-1),
+        prediction=rng.random((layers, heads)),
+        flow=rng.random((layers, heads, 3, 3)),
+        top_cells=cells,
+        top_values=values,
+    )
+    result = Result(
+        example=example,
+        tokens=("w",) * 256 + ("v",) * 256,
+        spans=(TokenSpan("ENV", 0, 256), TokenSpan("LAN", 256, 512)),
+        target="v",
+        target_given=False,
+        predicted="v",
+        value=0.5,
+        loss=0.69,
+        prediction_position=t - 1,
+        stats=stats,
+        ablation=Ablation(((0, 0), (1, 1), (2, 2)), 0.5, 0.25, 0.45, 8),
+    )
+    with RunWriter(tmp_path / "run", run_info(num_layers=layers, num_heads=heads)) as writer:
+        writer.add(result)
+    size = (tmp_path / "run" / "records" / "000001.safetensors").stat().st_size
+    assert size <= 1_000_000, f"{size} bytes"
+    back = Run.open(tmp_path / "run").result(0)
+    np.testing.assert_array_equal(back.stats.top_cells, cells)
+    assert back.dense is None

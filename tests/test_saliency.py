@@ -8,8 +8,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from synthetic import assert_stats_match_dense
 
-from reportgen.data.metrics import head_scores, parse_metric
+from reportgen.data.metrics import parse_metric
 from reportgen.engine import attention as models
 from reportgen.engine import compute, compute_batch
 from reportgen.engine.encoding import encode
@@ -55,6 +56,16 @@ ALL = list(INPUTS)
 # Llama's eager attention runs softmax in float32 even in a float64 model, which leaves finite
 # differences at ~1e-2 relative precision; it is checked by the exact identities instead.
 FLOAT64_EXACT = [name for name in ALL if name != "llama"]
+DENSE = "dense"
+"""The store of every test that compares S itself: `result.dense` holds every cell."""
+
+
+def _matches_dense(result, rtol=1e-6):
+    """The result's stats (what a run stores by default) are the reductions of its dense S."""
+    assert result.dense is not None
+    assert_stats_match_dense(
+        result.stats, result.dense, result.spans, result.prediction_position, rtol
+    )
 
 
 def _encoded(lm, items):
@@ -140,7 +151,8 @@ def _perturbed_loss(lm, row, where, eps, seq=0):
 def test_attn_grad_matches_finite_differences_on_attention_entries(loaded, name):
     lm = loaded[name]
     row = _fixed(lm, _encoded(lm, INPUTS[name])[0])
-    [result] = compute_batch(lm, [row], Settings(dtype="float64"), ablate=False)
+    [result] = compute_batch(lm, [row], Settings(dtype="float64", store=DENSE), ablate=False)
+    _matches_dense(result)
     run = _loss_with(lm, row, record=True)
     for seq, start, end in run.layout[0]:  # each sequence the model reads (a bi-encoder's two)
         t = end - start
@@ -152,22 +164,25 @@ def test_attn_grad_matches_finite_differences_on_attention_entries(loaded, name)
             layer, head, i, j = where
             expected = abs(run.weights[layer][seq, head, i, j].item() * grad)
             cell = (layer, head, start + i, start + j)
-            assert result.scores[cell] == pytest.approx(expected, rel=1e-4, abs=1e-8)
+            assert result.dense[cell] == pytest.approx(expected, rel=1e-4, abs=1e-8)
     if len(run.layout[0]) == 2:  # no attention between a bi-encoder's two texts
         (_, a, b), (_, c, d) = run.layout[0]
-        assert not result.scores[:, :, a:b, c:d].any() and not result.scores[:, :, c:d, a:b].any()
+        assert not result.dense[:, :, a:b, c:d].any() and not result.dense[:, :, c:d, a:b].any()
 
 
 def test_attattr_with_one_step_is_signed_attention_times_gradient(loaded):
     lm = loaded["gpt2"]
     rows = _encoded(lm, CAUSAL_INPUTS)
-    results = compute_batch(lm, rows, Settings(method="attattr", steps=1), ablate=False)
+    settings = Settings(method="attattr", steps=1, store=DENSE)
+    results = compute_batch(lm, rows, settings, ablate=False)
     for row, result in zip(rows, results):
         run = _loss_with(lm, row, record=True)
         grads = torch.autograd.grad(run.losses.sum(), run.weights)
         signed = torch.stack([(a * g)[0] for a, g in zip(run.weights, grads)]).detach().numpy()
-        np.testing.assert_allclose(result.scores, signed, rtol=1e-5, atol=1e-7)
-        assert (result.scores < 0).any(), "attattr keeps its sign"
+        np.testing.assert_allclose(result.dense, signed, rtol=1e-5, atol=1e-7)
+        assert (result.dense < 0).any(), "attattr keeps its sign"
+        assert (result.stats.top_values < 0).any(), "and so do its stored top cells"
+        _matches_dense(result)
 
 
 def test_attattr_is_complete_per_layer(loaded):
@@ -178,13 +193,14 @@ def test_attattr_is_complete_per_layer(loaded):
         full = _loss_with(lm, row).losses.item()
     errors = {}
     for steps in (2, 32):
-        [result] = compute_batch(lm, [row], Settings(method="attattr", steps=steps), ablate=False)
+        settings = Settings(method="attattr", steps=steps, store=DENSE)
+        [result] = compute_batch(lm, [row], settings, ablate=False)
         for layer in range(lm.num_layers):
             gates = torch.ones(1, lm.num_layers, lm.num_heads, dtype=torch.float64)
             gates[0, layer] = 0
             with torch.no_grad():
                 zeroed = _loss_with(lm, row, gates=gates).losses.item()
-            errors[steps, layer] = abs(result.scores[layer].sum() - (full - zeroed))
+            errors[steps, layer] = abs(result.dense[layer].sum() - (full - zeroed))
             scale = abs(full - zeroed) + 1e-6
             if steps == 32:
                 assert errors[steps, layer] < 0.02 * scale + 1e-6
@@ -196,10 +212,13 @@ def test_attattr_is_complete_per_layer(loaded):
 def test_attattr_batches_steps_and_layers_with_any_budget(loaded):
     lm = loaded["llama"]
     rows = _encoded(lm, CAUSAL_INPUTS)
-    one = compute_batch(lm, rows, Settings(method="attattr", steps=4, batch_size=1), ablate=False)
-    big = compute_batch(lm, rows, Settings(method="attattr", steps=4, batch_size=64), ablate=False)
+    settings = Settings(method="attattr", steps=4, store=DENSE)
+    one = compute_batch(lm, rows, settings.override(batch_size=1), ablate=False)
+    big = compute_batch(lm, rows, settings.override(batch_size=64), ablate=False)
     for a, b in zip(one, big):
-        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a.dense, b.dense, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a.stats.total, b.stats.total, rtol=1e-9)
+        np.testing.assert_allclose(a.stats.flow, b.stats.flow, rtol=1e-9, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -207,13 +226,16 @@ def test_attattr_batches_steps_and_layers_with_any_budget(loaded):
 def test_padded_batch_equals_one_at_a_time(tiny_models, loaded, name, dtype):
     lm = loaded[name] if dtype == "float64" else load_model(tiny_models[name], "cpu", dtype)
     examples = examples_from_items(INPUTS[name])
-    together = list(compute(examples, lm, Settings(batch_size=8, dtype=dtype)))
+    together = list(compute(examples, lm, Settings(batch_size=8, dtype=dtype, store=DENSE)))
     for example, batched in zip(examples, together):
-        [alone] = compute([example], lm, Settings(batch_size=1, dtype=dtype))
+        [alone] = compute([example], lm, Settings(batch_size=1, dtype=dtype, store=DENSE))
         assert batched.tokens == alone.tokens
-        assert batched.scores.shape[-1] == len(alone.tokens)
-        scale = np.abs(alone.scores).max()
-        np.testing.assert_allclose(batched.scores, alone.scores, rtol=0, atol=1e-5 * scale)
+        assert batched.dense.shape[-1] == len(alone.tokens)
+        scale = np.abs(alone.dense).max()
+        np.testing.assert_allclose(batched.dense, alone.dense, rtol=0, atol=1e-5 * scale)
+        total = alone.stats.total
+        np.testing.assert_allclose(batched.stats.total, total, rtol=1e-5, atol=1e-6 * total.max())
+        _matches_dense(batched, 1e-6 if dtype == "float64" else 1e-5)
         assert batched.value == pytest.approx(alone.value, rel=1e-5)
         assert batched.target == alone.target
 
@@ -237,12 +259,19 @@ def test_pad_columns_carry_no_attention(loaded):
 @pytest.mark.parametrize("name", ALL)
 def test_raw_attention_rows_sum_to_one(loaded, name):
     lm = loaded[name]
-    for result in compute(examples_from_items(INPUTS[name]), lm, Settings(method="attention")):
-        np.testing.assert_allclose(result.scores.sum(-1), 1.0, rtol=1e-6)  # stored as float32
+    settings = Settings(method="attention", store=DENSE)
+    for result in compute(examples_from_items(INPUTS[name]), lm, settings):
+        t = len(result.tokens)
+        # Every token's row sums to 1 (a bi-encoder's two texts each in their own block).
+        np.testing.assert_allclose(result.dense.sum(-1), 1.0, rtol=1e-6)  # stored as float32
+        np.testing.assert_allclose(result.stats.total, t, rtol=1e-6)  # T rows of mass 1
+        _matches_dense(result)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bert-mlm"])
 def test_head_scores_are_shares_for_every_metric(loaded, name):
+    """Every metric's grid comes from the stats: checked against sums of the dense S by hand.
+    (The errors of a metric without saliency: test_metrics.py.)"""
     lm = loaded[name]
     items = (
         [REFERENCE]
@@ -256,22 +285,24 @@ def test_head_scores_are_shares_for_every_metric(loaded, name):
             }
         ]
     )
-    [result] = compute(examples_from_items(items), lm, Settings(metric="flow:ENV->LAN"))
-    assert set(result.head_scores) == {"total", "prediction", "flow:ENV->LAN"}
-    for grid in result.head_scores.values():
-        assert grid.shape == (lm.num_layers, lm.num_heads)
+    settings = Settings(metric="flow:ENV->LAN", store=DENSE)
+    [result] = compute(examples_from_items(items), lm, settings)
+    _matches_dense(result)
+    mag = np.abs(result.dense.astype(np.float64))
+    env, lan = result.spans
+    p = result.prediction_position
+    by_hand = {
+        "total": mag.sum((2, 3)),
+        "prediction": mag[:, :, p, :].sum(-1),
+        # queries in LAN, keys in ENV
+        "flow:ENV->LAN": mag[:, :, lan.start : lan.end, env.start : env.end].sum((2, 3)),
+    }
+    for metric, mass in by_hand.items():
+        grid = result.head_scores(metric)
+        assert grid.shape == (lm.num_layers, lm.num_heads) and grid.dtype == np.float32
         assert grid.sum() == pytest.approx(1.0, rel=1e-5)
         assert (grid >= 0).all()
-    # flow:ENV->LAN by hand: queries in LAN, keys in ENV.
-    env, lan = result.spans
-    mass = np.abs(result.scores)[:, :, lan.start : lan.end, env.start : env.end].sum((2, 3))
-    np.testing.assert_allclose(result.head_scores["flow:ENV->LAN"], mass / mass.sum(), rtol=1e-5)
-
-
-def test_head_scores_reject_a_metric_without_mass():
-    scores = np.zeros((2, 2, 3, 3), dtype=np.float32)
-    with pytest.raises(SaliencyError, match="carries no saliency"):
-        head_scores(scores, parse_metric("total"), (), 0, "x")
+        np.testing.assert_allclose(grid, mass / mass.sum(), rtol=1e-5)
 
 
 def test_unknown_metric_and_method_list_the_choices(loaded):
@@ -376,7 +407,7 @@ def test_ablation_matches_zeroing_heads_by_hand(loaded):
     [result] = compute(examples_from_items([REFERENCE]), lm, Settings(ablate_k=2, ablate_draws=3))
     ablation = result.ablation
     assert ablation is not None and len(ablation.heads) == 2 and ablation.draws == 3
-    grid = result.head_scores["total"]
+    grid = result.head_scores("total")
     top = np.argsort(-grid.reshape(-1), kind="stable")[:2]
     assert [l * lm.num_heads + h for l, h in ablation.heads] == list(top)
     width = lm.model.config.n_embd // lm.num_heads
@@ -454,7 +485,7 @@ def test_fused_attention_gives_the_models_own_scores(tiny_models, loaded, name, 
     monkeypatch.setattr(models, "fused_attention", counted)
     rows = _encoded(lm, INPUTS[name])
     for method in ("attn-grad", "attention"):
-        settings = Settings(method=method, dtype=dtype, engine="eager")
+        settings = Settings(method=method, dtype=dtype, engine="eager", store=DENSE)
         fused = compute_batch(lm, rows, settings, ablate=False)
         assert (calls["n"] > 0) == lm.fused_attention
         calls["n"] = 0
@@ -462,9 +493,10 @@ def test_fused_attention_gives_the_models_own_scores(tiny_models, loaded, name, 
             own = compute_batch(lm, rows, settings, ablate=False)
         assert calls["n"] == 0
         for a, b in zip(fused, own, strict=True):
-            scale = np.abs(b.scores).max()
+            scale = np.abs(b.dense).max()
             rtol = 1e-5 if dtype == "float32" else 1e-10
-            np.testing.assert_allclose(a.scores, b.scores, rtol=0, atol=rtol * scale)
+            np.testing.assert_allclose(a.dense, b.dense, rtol=0, atol=rtol * scale)
+            np.testing.assert_allclose(a.stats.total, b.stats.total, rtol=rtol)
             assert a.value == pytest.approx(b.value, rel=rtol)
 
 
@@ -562,7 +594,10 @@ def test_windows_bound_the_inputs_and_bytes_held(loaded):
     assert spans[0] == (0, WINDOW_BATCHES * 2) and spans[-1] == (len(lengths) - 1, len(lengths))
     assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     big = int((WINDOW_BYTES / (4 * lm.num_layers * lm.num_heads)) ** 0.5) + 1
-    assert list(_windows([big, big, 3], lm, 8)) == [(0, 1), (1, 2), (2, 3)]
+    assert list(_windows([big, big, 3], lm, 8, "dense")) == [(0, 1), (1, 2), (2, 3)]
+    assert list(_windows([big, big, 3], lm, 8, "dense-float16")) == [(0, 1), (1, 3)]
+    # --store top-k holds k cells and the reductions a head, not T x T
+    assert list(_windows([big, big, 3], lm, 8, "top-k")) == [(0, 3)]
     assert list(_windows([], lm, 8)) == []
 
 
@@ -648,7 +683,7 @@ def test_memory_budget_sizes_batches_and_refuses_what_cannot_fit(loaded, monkeyp
     lm = loaded["gpt2"]
     examples = examples_from_items(CAUSAL_INPUTS)
     longest = max(len(encode(ex, lm, None, False).ids) for ex in examples)
-    plan = runner.MemoryPlan.of(lm, Settings())
+    plan = runner.MemoryPlan.of(lm, Settings(store=DENSE))
     room = 2**20 + 2 * plan.per_row(longest) + 1  # two rows and the smallest tile budget
     sizes = []
     real = runner.compute_batch
@@ -658,13 +693,13 @@ def test_memory_budget_sizes_batches_and_refuses_what_cannot_fit(loaded, monkeyp
         return real(lm, batch, settings, **kwargs)
 
     monkeypatch.setattr(runner, "compute_batch", counted)
-    bounded = list(compute(examples, lm, Settings(max_memory=f"{room}B")))
+    bounded = list(compute(examples, lm, Settings(max_memory=f"{room}B", store=DENSE)))
     assert sizes and max(sizes) == 2 and sum(sizes) == len(examples)
     sizes.clear()
-    free = list(compute(examples, lm, Settings()))
+    free = list(compute(examples, lm, Settings(store=DENSE)))
     assert sizes == [len(examples)]
     for a, b in zip(bounded, free):
-        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(a.dense, b.dense, rtol=1e-9, atol=1e-12)
     with pytest.raises(
         SaliencyError,
         match=r"input 'ref' needs about 1.\d+ MiB for its 13 tokens, more than the 1000 bytes",
@@ -686,11 +721,11 @@ def test_a_model_spread_over_cpu_and_disk_gives_the_same_saliency(tiny_models, l
     assert "disk" in placed, placed
     examples = examples_from_items(CAUSAL_INPUTS)
     for method in ("attn-grad", "attattr"):
-        settings = Settings(method=method, steps=2, dtype="float64")
+        settings = Settings(method=method, steps=2, dtype="float64", store=DENSE)
         for a, b in zip(
             compute(examples, spread, settings), compute(examples, loaded["gpt2"], settings)
         ):
-            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(a.dense, b.dense, rtol=1e-9, atol=1e-12)
             assert a.value == pytest.approx(b.value, rel=1e-12)
     with pytest.raises(ModelError, match="needs --max-memory per device"):
         load_model(tiny_models["gpt2"], "cpu", device_map="auto", max_memory="1GB")
