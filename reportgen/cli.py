@@ -107,7 +107,12 @@ KeysOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")]
 ForceOpt = Annotated[
-    bool, typer.Option("--force", help="Replace an output folder reportgen did not write.")
+    bool,
+    typer.Option(
+        "--force",
+        help="Write into a folder reportgen did not write (its files are kept); overwrite "
+        "files in the way or edited since.",
+    ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 InputsArg = Annotated[
@@ -347,7 +352,7 @@ def _errors(debug: bool) -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except KeyboardInterrupt:
-        typer.echo("interrupted: no output was written or changed", err=True)
+        typer.echo("interrupted: every output is as it was before, or complete", err=True)
         raise typer.Exit(130) from None
     except user_errors as err:
         if debug:

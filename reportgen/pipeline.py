@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from reportgen.data.examples import Example
 from reportgen.data.metrics import check_metric
+from reportgen.fsutil import check_outputs
 from reportgen.inputs import examples_from_items, read_inputs
 from reportgen.records import Run, RunInfo, RunWriter, timestamp
 from reportgen.settings import Settings
@@ -47,6 +48,11 @@ class Report:
         return iframe_html(self.single_file)
 
 
+def _input_path(inputs: Inputs) -> str | Path | None:
+    """The input file, if the inputs are one (for the output checks)."""
+    return inputs if isinstance(inputs, (str, Path)) else None
+
+
 def load_examples(inputs: Inputs) -> list[Example]:
     """Examples from a path (file or `-`) or from a list of strings / dicts."""
     if isinstance(inputs, (str, Path)):
@@ -69,6 +75,7 @@ def compute(
     settings = (settings or Settings()).validate()
     examples = load_examples(inputs)
     check_metric(settings.metric, examples)
+    check_outputs(None, None, _input_path(inputs), Path(out), settings.force, run_option="--out")
     from reportgen.engine import compute as compute_saliency
     from reportgen.engine import load_model
 
@@ -201,7 +208,14 @@ def build(
     """Compute and render in one go. The run folder is kept only when `run_dir` is given."""
     import tempfile
 
-    settings = settings or Settings()
+    settings = (settings or Settings()).validate()
+    check_outputs(
+        Path(out),
+        settings.single_file,
+        _input_path(inputs),
+        run_dir and Path(run_dir),
+        settings.force,
+    )
     if run_dir is not None:
         run = compute(inputs, run_dir, settings, progress, command, on_loaded)
         return render(run, out, settings, render_progress)

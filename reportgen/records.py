@@ -35,7 +35,7 @@ from reportgen.data.examples import Example, Segment
 from reportgen.data.metrics import Metric, parse_metric, shares
 from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan
 from reportgen.errors import RunError
-from reportgen.fsutil import atomic_dir
+from reportgen.fsutil import staged_update
 
 MANIFEST = "manifest.json"
 ENTRIES = "entries.jsonl"
@@ -121,7 +121,7 @@ class RunWriter:
         self._count = 0
 
     def __enter__(self) -> RunWriter:
-        self._ctx = atomic_dir(self.out, is_run, self.force)
+        self._ctx = staged_update(self.out, "run", self.force)
         self._tmp = self._ctx.__enter__()
         try:
             (self._tmp / "records").mkdir()

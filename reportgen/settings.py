@@ -113,7 +113,8 @@ class Settings:
     single_file: Path | None = None
     """Also write the whole report as one self-contained HTML file here (a string is a path)."""
     force: bool = False
-    """Replace an existing output folder that does not look like a reportgen output."""
+    """Write into a folder reportgen did not write (its files are kept), and overwrite files
+    in the way or edited since reportgen wrote them."""
     quiet: bool = False
     """No progress bars or summary."""
 

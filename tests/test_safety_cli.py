@@ -14,9 +14,6 @@ from reportgen.cli import app
 pytestmark = pytest.mark.cli
 
 runner = CliRunner()
-NEEDS_PIPELINE_CHECK = pytest.mark.xfail(
-    strict=True, reason="pipeline.build/compute call fsutil.check_outputs before computing"
-)
 
 
 def _invoke(*args: object):
@@ -74,7 +71,6 @@ def test_a_10_mb_line_exits_2_at_once(tmp_path, no_model):
     _one_line_error(result, "in.txt:2: a line of 10,200,000 characters", "limit of 1,000,000")
 
 
-@NEEDS_PIPELINE_CHECK
 @pytest.mark.parametrize(
     "args,fragments",
     [
