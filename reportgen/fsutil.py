@@ -62,7 +62,6 @@ __all__ = [
     "RUN_WRITES",
     "SITE_WRITES",
     "OutputError",
-    "atomic_dir",
     "check_folder",
     "check_outputs",
     "check_single_file",
@@ -748,16 +747,6 @@ def staged_update(
         stage.commit(kind, force, recognise)
     finally:
         stage.remove()
-
-
-@contextmanager
-def atomic_dir(out: Path, is_ours: Callable[[Path], bool], force: bool = False) -> Iterator[Path]:
-    """Deprecated: the run writer's old entry point, kept until records.py uses
-    `staged_update(out, "run", force)`. `is_ours` is no longer trusted (a marker is forgeable);
-    the folder's record decides."""
-    del is_ours
-    with staged_update(out, "run", force) as tmp:
-        yield tmp
 
 
 # --- every output of one command, checked before any work -----------------------------------
