@@ -105,6 +105,13 @@ TemplatesOpt = Annotated[
 KeysOpt = Annotated[
     bool, typer.Option("--keys-as-rows", help="Heatmap rows are keys (as the reference figure).")
 ]
+ProvenanceOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="What the report publishes of paths: relative (to the working directory) or "
+        "full (absolute paths, the verbatim command) [default: relative]."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")]
 ForceOpt = Annotated[
     bool,
@@ -144,6 +151,7 @@ def _tune_allocator() -> None:
 
 @app.command()
 def build(
+    ctx: typer.Context,
     inputs: InputsArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Site folder.")] = Path("site"),
     run: Annotated[Path | None, typer.Option(help="Also keep the run folder here.")] = None,
@@ -169,6 +177,7 @@ def build(
     title: TitleOpt = None,
     templates: TemplatesOpt = None,
     keys_as_rows: KeysOpt = False,
+    provenance: ProvenanceOpt = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     debug: DebugOpt = False,
@@ -177,12 +186,14 @@ def build(
     settings = _settings(locals())
     with _errors(debug), _Progress(settings.quiet) as progress:
         from reportgen.pipeline import build as run_build
+        from reportgen.pipeline import shown_command
 
         _tune_allocator()
         report = run_build(
             inputs,
             out,
             settings,
+            command=shown_command(_invocation(ctx), settings.provenance),
             run_dir=run,
             progress=progress.compute,
             render_progress=progress.render,
@@ -193,6 +204,7 @@ def build(
 
 @app.command()
 def compute(
+    ctx: typer.Context,
     inputs: InputsArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
     model: ModelOpt = None,
@@ -214,6 +226,7 @@ def compute(
     top_k: StoreTopKOpt = None,
     store: StoreOpt = None,
     title: TitleOpt = None,
+    provenance: ProvenanceOpt = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     debug: DebugOpt = False,
@@ -222,10 +235,16 @@ def compute(
     settings = _settings(locals())
     with _errors(debug), _Progress(settings.quiet) as progress:
         from reportgen.pipeline import compute as run_compute
+        from reportgen.pipeline import shown_command
 
         _tune_allocator()
         run = run_compute(
-            inputs, out, settings, progress=progress.compute, on_loaded=progress.start_compute
+            inputs,
+            out,
+            settings,
+            progress=progress.compute,
+            command=shown_command(_invocation(ctx), settings.provenance),
+            on_loaded=progress.start_compute,
         )
         tokens = sum(len(e.tokens) for e in run.entries)
         progress.summary(None, None, tokens, run_path=run.path)
@@ -296,6 +315,23 @@ def figure(
         typer.echo(f"wrote {out}")
 
 
+def _invocation(ctx: typer.Context) -> list[str]:
+    """The current command as the user gave it: its name, then every argument and option that
+    differs from its default (in the command's own order), paths as typed."""
+    parts = [ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if param.param_type_name == "argument":
+            parts.append(str(value))
+        elif value is None or value == param.default:
+            continue
+        elif getattr(param, "is_flag", False):
+            parts.append(max(param.opts, key=len))
+        else:
+            parts += [max(param.opts, key=len), str(value)]
+    return parts
+
+
 def _parse_head(text: str | None, layers: int, heads: int) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -326,6 +362,7 @@ def _settings(options: dict[str, Any]) -> Settings:
         "max_memory",
         "device_map",
         "store",
+        "provenance",
         "top_k",
         "single_file",
         "title",

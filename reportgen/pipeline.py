@@ -5,8 +5,8 @@ This is reportgen's Python API (re-exported by the package) and what the command
 
 from __future__ import annotations
 
+import os
 import platform
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,6 +88,8 @@ def compute(
     )
     if on_loaded is not None:
         on_loaded(len(examples))
+    if command is None:
+        command = equivalent_command(settings, inputs, out)
     info = run_info(lm, settings, command)
     with RunWriter(Path(out), info, force=settings.force) as writer:
         for result in compute_saliency(examples, lm, settings, progress):
@@ -103,8 +105,8 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
     from reportgen import __version__
 
     return RunInfo(
-        model=lm.name,
-        model_path=shown_path(lm.path),
+        model=lm.name if settings.provenance == "full" else _shown_name(lm.name),
+        model_path=str(lm.path) if settings.provenance == "full" else shown_path(lm.path),
         weights_sha256=lm.weights_sha256,
         architecture=lm.architecture,
         task=lm.task.value,
@@ -136,7 +138,7 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
-        command=command if command is not None else " ".join(["reportgen", *sys.argv[1:]]),
+        command=command if command is not None else equivalent_command(settings),
         created=timestamp(),
         title=settings.title or "",
     )
@@ -159,19 +161,63 @@ def _attention_path(fused: bool, engine: str) -> str:
     )
 
 
+def _shown_name(name: str) -> str:
+    """A model's name as a shared report shows it: a path like `shown_path`, a hub id as is."""
+    path = Path(name).expanduser()
+    return shown_path(path) if path.is_absolute() or path.exists() else name
+
+
+def shown_command(argv: Sequence[str], provenance: str = "relative") -> str:
+    """The command line as a report shows it, ready to paste: paths relative to the working
+    directory (or shortened as `shown_path` does), unless `provenance` is `full`."""
+    import shlex
+
+    shown = []
+    for arg in argv:
+        path = Path(arg).expanduser()
+        if (
+            provenance != "full"
+            and arg
+            and not arg.startswith("-")
+            and (path.is_absolute() or path.exists())
+        ):
+            arg = shown_path(path)
+        shown.append(shlex.quote(arg))
+    return " ".join(["reportgen", *shown])
+
+
+def equivalent_command(settings: Settings, inputs: object = None, out: object = None) -> str:
+    """The command line that computes what `settings` say (for runs made through the API)."""
+    defaults = Settings()
+    argv: list[str] = ["compute", str(inputs) if isinstance(inputs, (str, Path)) else "INPUTS"]
+    argv += ["--out", str(out) if out is not None else "RUN"]
+    for name in (
+        "model", "method", "metric", "steps", "batch_size", "device", "dtype", "engine",
+        "pairing", "max_memory", "device_map", "store", "max_tokens", "ablate_k",
+        "ablate_draws", "seed", "top_k",
+    ):  # fmt: skip
+        value = getattr(settings, name)
+        if value != getattr(defaults, name):
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    if settings.truncate:
+        argv.append("--truncate")
+    return shown_command(argv, settings.provenance)
+
+
 def shown_path(path: Path) -> str:
     """A model folder as the report shows it: the demo model as `reportgen/demo_model`, a folder
     under the working directory relative to it, a hub cache snapshot as `hub:ORG/NAME@REV`, and
     anything else by its last two parts (a report is shared; a home folder's name is not)."""
     from reportgen.engine import demo_model_path
 
-    path = Path(path).resolve()
-    if path == demo_model_path().resolve():
+    if Path(path).resolve() == demo_model_path().resolve():
         return "reportgen/demo_model"
-    try:
-        return path.relative_to(Path.cwd().resolve()).as_posix() or "."
-    except ValueError:
-        pass
+    path = Path(os.path.abspath(path))  # symlinks kept: the path as the user gave it
+    for cwd in dict.fromkeys((Path(os.path.abspath(os.getcwd())), Path.cwd().resolve())):
+        try:
+            return path.relative_to(cwd).as_posix() or "."
+        except ValueError:
+            pass
     parts = path.parts
     if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
         repo = parts[-3][len("models--") :].replace("--", "/")

@@ -112,6 +112,10 @@ class Settings:
     """Folder of user templates that override the built-in ones (a string is taken as a path)."""
     single_file: Path | None = None
     """Also write the whole report as one self-contained HTML file here (a string is a path)."""
+    provenance: str = "relative"
+    """What a report publishes of where it came from: `relative` (paths relative to the
+    working directory, a model folder by its last parts) or `full` (absolute paths and the
+    verbatim command, for private reports)."""
     force: bool = False
     """Write into a folder reportgen did not write (its files are kept), and overwrite files
     in the way or edited since reportgen wrote them."""
@@ -161,6 +165,8 @@ class Settings:
             raise SettingsError(f"unknown --engine '{self.engine}' (use {' or '.join(ENGINES)})")
         if self.pairing not in PAIRINGS:
             raise SettingsError(f"unknown --pairing '{self.pairing}' (use {' or '.join(PAIRINGS)})")
+        if self.provenance not in ("relative", "full"):
+            raise SettingsError(f"unknown --provenance '{self.provenance}' (use relative or full)")
         if self.store not in STORES:
             raise SettingsError(f"unknown --store '{self.store}' (use {', '.join(STORES)})")
         if self.device_map not in (None, "auto"):

@@ -1,0 +1,73 @@
+"""What a report publishes of where it came from: paths relative to the working directory by
+default (a report is shared), absolute ones only with --provenance full."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from reportgen.cli import app
+
+pytestmark = pytest.mark.cli
+
+
+def _build(tmp_path, model, *extra):
+    inputs = tmp_path / "data" / "in.jsonl"
+    inputs.parent.mkdir(exist_ok=True)
+    inputs.write_text(json.dumps({"text": "<CHI> saw a dog", "target": "dog"}) + "\n")
+    out = tmp_path / "out" / "site"
+    result = CliRunner().invoke(
+        app,
+        [
+            "build",
+            str(inputs),
+            "--out",
+            str(out),
+            "-m",
+            str(model),
+            "--ablate-k",
+            "0",
+            "-q",
+            *extra,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_pages_publish_no_absolute_path_by_default(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    site = _build(tmp_path, tiny_models["gpt2"])
+    private = [str(tmp_path), os.path.expanduser("~"), str(tiny_models["gpt2"])]
+    for page in [site / "about.html", site / "index.html", *sorted((site / "examples").iterdir())]:
+        html = page.read_text("utf-8")
+        for secret in private:
+            assert secret not in html, f"{page.name} publishes {secret}"
+    about = (site / "about.html").read_text("utf-8")
+    assert "reportgen build data/in.jsonl --out out/site" in about
+    assert "…/models" in about or "…/" in about, "the model folder by its last parts"
+
+
+def test_provenance_full_publishes_absolute_paths(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    site = _build(tmp_path, tiny_models["gpt2"], "--provenance", "full")
+    about = (site / "about.html").read_text("utf-8")
+    assert str(tiny_models["gpt2"]) in about
+    assert str(tmp_path / "data" / "in.jsonl") in about
+
+
+def test_the_api_records_the_equivalent_command(tiny_models, tmp_path, monkeypatch):
+    from reportgen.pipeline import compute
+    from reportgen.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.txt").write_text("<CHI> saw a dog\n")
+    run = compute(
+        "in.txt", "run", Settings(model=str(tiny_models["gpt2"]), method="attention", ablate_k=0)
+    )
+    command = run.info.command
+    assert command.startswith("reportgen compute in.txt --out run --model ")
+    assert "--method attention --ablate-k 0" in command and str(tmp_path) not in command
