@@ -122,6 +122,22 @@ ForceOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted compute of the run folder (same inputs and settings, "
+        "checked); nothing to do if it is complete.",
+    ),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="Compute only shard I of N of the inputs (I/N, 1-based) into --out; join the "
+        "shards with `reportgen merge`.",
+    ),
+]
 InputsArg = Annotated[
     str, typer.Argument(help="Inputs: .txt, .jsonl, .csv or .tsv file, or - for stdin.")
 ]
@@ -178,6 +194,7 @@ def build(
     templates: TemplatesOpt = None,
     keys_as_rows: KeysOpt = False,
     provenance: ProvenanceOpt = None,
+    resume: ResumeOpt = False,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     debug: DebugOpt = False,
@@ -198,6 +215,7 @@ def build(
             progress=progress.compute,
             render_progress=progress.render,
             on_loaded=progress.start_compute,
+            resume=resume,
         )
         progress.summary(report.site, report.single_file, report.tokens)
 
@@ -227,27 +245,86 @@ def compute(
     store: StoreOpt = None,
     title: TitleOpt = None,
     provenance: ProvenanceOpt = None,
+    resume: ResumeOpt = False,
+    shard: ShardOpt = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Compute saliency for INPUTS into a run folder (render it later with `render`)."""
+    """Compute saliency for INPUTS into a run folder (render it later with `render`).
+
+    Results are kept as they come: after an interruption (Ctrl-C, a crash, a time limit),
+    the same command with --resume continues where it stopped."""
     settings = _settings(locals())
     with _errors(debug), _Progress(settings.quiet) as progress:
         from reportgen.pipeline import compute as run_compute
+        from reportgen.pipeline import parse_shard, shown_command
+
+        which = None if shard is None else parse_shard(shard)
+        _tune_allocator()
+        with _kept_on_failure(out):
+            run = run_compute(
+                inputs,
+                out,
+                settings,
+                progress=progress.compute,
+                command=shown_command(_invocation(ctx), settings.provenance),
+                on_loaded=progress.start_compute,
+                resume=resume,
+                shard=which,
+            )
+        tokens = sum(len(e.tokens) for e in run.entries)
+        progress.inputs = len(run)  # with --resume, those computed before too
+        progress.summary(None, None, tokens, run_path=run.path)
+
+
+@app.command()
+def merge(
+    ctx: typer.Context,
+    runs: Annotated[
+        list[Path], typer.Argument(help="The shards' run folders (from compute --shard I/N).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Join the shards of one run into one run folder, in input order (render it as any)."""
+    with _errors(debug):
+        from reportgen.pipeline import merge as run_merge
         from reportgen.pipeline import shown_command
 
-        _tune_allocator()
-        run = run_compute(
-            inputs,
-            out,
-            settings,
-            progress=progress.compute,
-            command=shown_command(_invocation(ctx), settings.provenance),
-            on_loaded=progress.start_compute,
-        )
-        tokens = sum(len(e.tokens) for e in run.entries)
-        progress.summary(None, None, tokens, run_path=run.path)
+        started = time.perf_counter()
+        merged = run_merge(runs, out, force, command=shown_command(_invocation(ctx)))
+        if not quiet:
+            seconds = time.perf_counter() - started
+            typer.echo(
+                f"{len(merged)} inputs from {len(runs)} shards in {seconds:.1f} s; run folder: "
+                f"{merged.path}",
+                err=True,
+            )
+
+
+@contextmanager
+def _kept_on_failure(out: Path) -> Iterator[None]:
+    """On any failure of a compute, say what an interruption kept for --resume."""
+    from reportgen.errors import ReportgenError
+
+    try:
+        yield
+    except ReportgenError:
+        raise  # its message says what to do
+    except BaseException:
+        from reportgen.records import partial_count, partial_folder
+
+        kept = partial_count(out)
+        if kept:
+            typer.echo(
+                f"{kept} results are kept in {partial_folder(out)}: the same command with "
+                "--resume continues from there",
+                err=True,
+            )
+        raise
 
 
 @app.command()
@@ -321,8 +398,10 @@ def _invocation(ctx: typer.Context) -> list[str]:
     parts = [ctx.info_name or ""]
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
+        if param.name in _NOT_RECORDED:
+            continue
         if param.param_type_name == "argument":
-            parts.append(str(value))
+            parts += [str(v) for v in value] if isinstance(value, list) else [str(value)]
         elif value is None or value == param.default:
             continue
         elif getattr(param, "is_flag", False):
@@ -330,6 +409,11 @@ def _invocation(ctx: typer.Context) -> list[str]:
         else:
             parts += [max(param.opts, key=len), str(value)]
     return parts
+
+
+_NOT_RECORDED = {"resume"}
+"""Options that say how a command ran, not what it computed: left out of the recorded
+command, so a resumed run records the command of the run it continues."""
 
 
 def _parse_head(text: str | None, layers: int, heads: int) -> tuple[int, int] | None:

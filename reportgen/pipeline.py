@@ -8,15 +8,31 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reportgen.data.examples import Example
 from reportgen.data.metrics import check_metric
+from reportgen.errors import OutputError, SettingsError
 from reportgen.fsutil import check_outputs
 from reportgen.inputs import examples_from_items, read_inputs
-from reportgen.records import Run, RunInfo, RunWriter, timestamp
+from reportgen.records import (
+    InputsInfo,
+    PartialRun,
+    Run,
+    RunInfo,
+    RunWriter,
+    ShardInfo,
+    info_differences,
+    inputs_digest,
+    is_run,
+    merge_shards,
+    partial_count,
+    partial_folder,
+    partial_state,
+    timestamp,
+)
 from reportgen.settings import Settings
 
 if TYPE_CHECKING:
@@ -60,6 +76,20 @@ def load_examples(inputs: Inputs) -> list[Example]:
     return examples_from_items(inputs)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """`--shard I/N` as (I, N): shard I (1-based) of N."""
+    index, slash, count = text.partition("/")
+    if not (slash and index.strip().isdigit() and count.strip().isdigit()):
+        raise SettingsError(f"--shard {text}: write it as I/N, e.g. 2/8 (the 2nd of 8 shards)")
+    i, n = int(index), int(count)
+    if n < 1 or not 1 <= i <= n:
+        raise SettingsError(
+            f"--shard {text}: shards are numbered 1 to N (with N at least 1), e.g. 1/{max(n, 1)}; "
+            "with a SLURM array, use --array=1-N"
+        )
+    return i, n
+
+
 def compute(
     inputs: Inputs,
     out: str | Path,
@@ -67,34 +97,238 @@ def compute(
     progress: Progress | None = None,
     command: str | None = None,
     on_loaded: Callable[[int], None] | None = None,
+    *,
+    resume: bool = False,
+    shard: tuple[int, int] | None = None,
+    model: LoadedModel | None = None,
 ) -> Run:
     """Compute saliency for `inputs` into the run folder `out`; returns the opened run.
 
     The settings and inputs are checked before the model loads (torch is imported only then),
-    and everything that needs the model before its first pass."""
+    and everything that needs the model before its first pass. Results go to a partial run
+    beside `out` as they come (see `reportgen.records`), so an interrupted compute continues
+    with `resume=True`: the same inputs and settings (checked; a difference is an error naming
+    it), the results already written kept, the rest computed; the run folder is then the one an
+    uninterrupted compute writes, byte for byte. `resume` on a complete run with the same
+    inputs and settings does nothing; where nothing was interrupted, it computes everything.
+    `shard=(i, n)` computes only the i-th of n shards of the inputs (`merge` joins them).
+    `model` is a model already loaded with the same settings (a worker computing many shards)."""
     settings = (settings or Settings()).validate()
     examples = load_examples(inputs)
     check_metric(settings.metric, examples)
     check_outputs(None, None, _input_path(inputs), Path(out), settings.force, run_option="--out")
-    from reportgen.engine import compute as compute_saliency
-    from reportgen.engine import load_model
+    digest = inputs_digest(examples)
+    job = _job_settings(settings)
+    waiting = partial_state(out)
+    if waiting is not None and not resume and not settings.force:
+        raise OutputError(
+            f"{out}: an interrupted compute left {partial_count(out)} of its inputs in "
+            f"{partial_folder(out)}; add --resume to continue it, or --force to start over"
+        )
+    complete = None
+    if resume and waiting is not None:
+        _check_resumable(out, waiting, digest, shard, job)
+    elif resume and is_run(Path(out)):
+        complete = Run.open(out)
+        _check_complete(complete, digest, shard)
+    if model is None:
+        from reportgen.engine import load_model
 
-    lm = load_model(
-        settings.model,
-        device=settings.device,
-        dtype=settings.dtype,
-        device_map=settings.device_map,
-        max_memory=settings.max_memory if settings.device_map else None,
-    )
-    if on_loaded is not None:
-        on_loaded(len(examples))
+        lm = load_model(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            device_map=settings.device_map,
+            max_memory=settings.max_memory if settings.device_map else None,
+        )
+    else:
+        lm = model
     if command is None:
         command = equivalent_command(settings, inputs, out)
     info = run_info(lm, settings, command)
-    with RunWriter(Path(out), info, force=settings.force) as writer:
-        for result in compute_saliency(examples, lm, settings, progress):
+    if complete is not None:
+        _refuse_differences(out, complete.info, info, "is a complete run")
+        if on_loaded is not None:
+            on_loaded(0)
+        return complete
+    partial = PartialRun.claim(out)
+    try:
+        state = partial.state if resume else None
+        if state is not None:
+            _check_resumable(out, state, digest, shard, job)
+            started = RunInfo(**state["run"])
+            _refuse_differences(out, started, info, "was started")
+            info = started  # the run as it started: its command and start time
+        lengths = _lengths(examples, lm, settings) if shard is not None else None
+        placed = None if shard is None else shard_range(lengths or [], lm, settings, *shard)
+        first, last = (0, len(examples)) if placed is None else (placed.first, placed.last)
+        if state is None:
+            partial.start(
+                {
+                    "run": asdict(info),
+                    "inputs": asdict(digest),
+                    "shard": None if placed is None else asdict(placed),
+                    "settings": job,
+                }
+            )
+        else:
+            ids = (ex.id for ex in examples[first:last])
+            valid = partial.prefix(ids)
+            if 0 < valid < last - first:
+                lengths = lengths or _lengths(examples, lm, settings)
+                valid = _window_start(lengths[first:last], valid, lm, settings)
+            partial.keep(valid, (ex.id for ex in examples[first:last]))
+    except BaseException:
+        partial.release(remove=state is None)
+        raise
+    todo = examples[first + partial.kept : last]
+    if on_loaded is not None:
+        on_loaded(len(todo))
+    from reportgen.engine import compute as compute_saliency
+
+    with RunWriter(
+        Path(out), info, force=settings.force, inputs=digest, shard=placed, partial=partial
+    ) as writer:
+        for result in compute_saliency(todo, lm, settings, progress):
             writer.add(result)
     return Run.open(out)
+
+
+def _job_settings(settings: Settings) -> dict[str, Any]:
+    """The options that decide a run's results, by option name: a resumed run must have the
+    same. (--model is compared by its weights once loaded, the device once resolved;
+    --max-memory may change, e.g. to resume after running out of memory.)"""
+    return {
+        "--method": settings.method,
+        "--metric": settings.metric.name,
+        "--steps": settings.steps,
+        "--batch-size": settings.batch_size,
+        "--dtype": settings.dtype,
+        "--engine": settings.engine,
+        "--pairing": settings.pairing,
+        "--store": settings.store,
+        "--max-tokens": settings.max_tokens,
+        "--truncate": settings.truncate,
+        "--ablate-k": settings.ablate_k,
+        "--ablate-draws": settings.ablate_draws,
+        "--seed": settings.seed,
+        "--top-k": settings.top_k,
+        "--title": settings.title,
+    }
+
+
+def _check_resumable(
+    out: str | Path,
+    state: Mapping[str, Any],
+    digest: InputsInfo,
+    shard: tuple[int, int] | None,
+    job: Mapping[str, Any],
+) -> None:
+    """A resumed run has the interrupted run's inputs, shard and settings (before the model
+    loads); SettingsError naming every difference otherwise."""
+    found: list[str] = []
+    then = state.get("inputs") or {}
+    if then != asdict(digest):
+        found.append(_inputs_difference(then, digest))
+    was = state.get("shard")
+    was_shard = None if was is None else (was.get("index"), was.get("count"))
+    if was_shard != shard:
+        found.append(f"--shard: {_shard_text(was_shard)} then, {_shard_text(shard)} now")
+    settings = state.get("settings") or {}
+    for option in dict.fromkeys([*settings, *job]):
+        was_value, value = settings.get(option), job.get(option)
+        if was_value != value:
+            found.append(f"{option}: {_shown(was_value)} then, {_shown(value)} now")
+    if found:
+        raise SettingsError(
+            f"--resume: {out} was started with other inputs or settings: {'; '.join(found)}; "
+            "resume with the same ones, or drop --resume and pass --force to start over"
+        )
+
+
+def _check_complete(run: Run, digest: InputsInfo, shard: tuple[int, int] | None) -> None:
+    found = []
+    if run.inputs is not None and run.inputs != digest:
+        found.append(_inputs_difference(asdict(run.inputs), digest))
+    was = None if run.shard is None else (run.shard.index, run.shard.count)
+    if was != shard:
+        found.append(f"--shard: {_shard_text(was)} then, {_shard_text(shard)} now")
+    if found:
+        raise SettingsError(
+            f"--resume: {run.path} is a complete run of other inputs: {'; '.join(found)}; drop "
+            "--resume to replace it"
+        )
+
+
+def _refuse_differences(out: str | Path, then: RunInfo, now: RunInfo, what: str) -> None:
+    found = info_differences(then, now)
+    if found:
+        shown = "; ".join(f"{label}: {x} then, {y} now" for label, x, y in found)
+        raise SettingsError(
+            f"--resume: {out} {what} with another model or settings ({then.model}): {shown}; "
+            "resume with the same ones, or drop --resume and pass --force to start over"
+        )
+
+
+def _inputs_difference(then: Mapping[str, Any], now: InputsInfo) -> str:
+    count = then.get("count")
+    if count != now.count:
+        return f"the inputs: {count} then, {now.count} now"
+    sha = str(then.get("sha256", ""))[:12]
+    return f"the inputs: their content changed (SHA-256 {sha}… then, {now.sha256[:12]}… now)"
+
+
+def _shard_text(shard: object) -> str:
+    return "none" if not isinstance(shard, tuple) else f"{shard[0]}/{shard[1]}"
+
+
+def _shown(value: object) -> str:
+    return "not given" if value is None else str(value)
+
+
+def _lengths(examples: Sequence[Example], lm: LoadedModel, settings: Settings) -> list[int]:
+    """Every input's length in tokens, as the engine encodes it (what its batching uses)."""
+    from reportgen.engine.encoding import encode
+
+    return [
+        len(encode(ex, lm, settings.max_tokens, settings.truncate, settings.pairing).ids)
+        for ex in examples
+    ]
+
+
+def _window_starts(lengths: Sequence[int], lm: LoadedModel, settings: Settings) -> list[int]:
+    from reportgen.engine.runner import windows
+
+    return [first for first, _ in windows(lengths, lm, settings.batch_size, settings.store)]
+
+
+def _window_start(lengths: Sequence[int], done: int, lm: LoadedModel, settings: Settings) -> int:
+    """The start of the engine's window that holds input `done`: a resumed run restarts there,
+    so that every batch is the one an uninterrupted run computes (a batch's padding changes the
+    float rounding of its inputs' results)."""
+    return max(s for s in _window_starts(lengths, lm, settings) if s <= done)
+
+
+def shard_range(
+    lengths: Sequence[int], lm: LoadedModel, settings: Settings, index: int, count: int
+) -> ShardInfo:
+    """Shard `index` of `count` (1-based): a contiguous run of the engine's windows, balanced
+    by tokens. Whole windows, so that each batch is the one a single run computes and the
+    merged shards equal it byte for byte; a window's tokens go to the shard their middle falls
+    in, so a shard may be empty when there are fewer windows than shards."""
+    starts = _window_starts(lengths, lm, settings)
+    bounds = [*starts, len(lengths)]
+    total = sum(lengths) or 1
+    firsts = [len(lengths)] * (count + 1)
+    done = 0
+    for w, start in enumerate(starts):
+        tokens = sum(lengths[start : bounds[w + 1]])
+        owner = min(count - 1, int((done + tokens / 2) * count / total))
+        for k in range(owner + 1):
+            firsts[k] = min(firsts[k], start)
+        done += tokens
+    firsts[0] = 0
+    return ShardInfo(index, count, firsts[index - 1], firsts[index])
 
 
 def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInfo:
@@ -225,6 +459,20 @@ def shown_path(path: Path) -> str:
     return "…/" + "/".join(parts[-2:])
 
 
+def merge(
+    runs: Sequence[str | Path | Run],
+    out: str | Path,
+    force: bool = False,
+    command: str | None = None,
+) -> Run:
+    """Join the shards of one run (computed with `shard=(i, n)`, on any machines) into the run
+    folder `out`, in input order; see `reportgen.records.merge_shards`."""
+    opened = [r if isinstance(r, Run) else Run.open(r) for r in runs]
+    if command is None:
+        command = shown_command(["merge", *(str(r.path) for r in opened), "--out", str(out)])
+    return merge_shards(opened, out, command, force)
+
+
 def render(
     run: str | Path | Run,
     out: str | Path,
@@ -250,11 +498,15 @@ def build(
     render_progress: Progress | None = None,
     command: str | None = None,
     on_loaded: Callable[[int], None] | None = None,
+    resume: bool = False,
 ) -> Report:
-    """Compute and render in one go. The run folder is kept only when `run_dir` is given."""
+    """Compute and render in one go. The run folder is kept only when `run_dir` is given (and
+    then `resume` continues an interrupted compute of it, as `compute` does)."""
     import tempfile
 
     settings = (settings or Settings()).validate()
+    if resume and run_dir is None:
+        raise SettingsError("--resume continues the run folder of --run; give --run RUN")
     check_outputs(
         Path(out),
         settings.single_file,
@@ -263,7 +515,7 @@ def build(
         settings.force,
     )
     if run_dir is not None:
-        run = compute(inputs, run_dir, settings, progress, command, on_loaded)
+        run = compute(inputs, run_dir, settings, progress, command, on_loaded, resume=resume)
         return render(run, out, settings, render_progress)
     with tempfile.TemporaryDirectory(prefix="reportgen-run-") as tmp:
         run = compute(inputs, Path(tmp) / "run", settings, progress, command, on_loaded)

@@ -14,16 +14,38 @@ files, and every array's shape is checked against its entry. The
 writer appends each entry line as its result arrives and writes the manifest last; the reader
 keeps only each entry's id and byte offset, parsing a line again when it is asked for. So memory
 does not grow with the number of examples.
+
+The manifest also names the inputs (their count and a SHA-256 over them) and, for a shard of a
+larger run, which shard it is and the inputs it covers (`--shard I/N`); `merge_shards` joins
+complete shards into one run folder equal to the run computed in one go.
+
+**Resumable runs.** `reportgen compute` writes through a *partial run*, `.NAME.partial/` beside
+the run folder: `partial.json` (the run's description as it started, its inputs and settings),
+then each record (written under a temporary name and renamed, so a record with its final name is
+whole) and its entry line (appended after the record, and synced to disk every few seconds). So
+whatever kills the process, the partial run holds a valid prefix of the run: `--resume` finds it,
+checks that the inputs and settings are the same, keeps the entries whose records are complete
+and computes the rest. When the last result is written the run is *sealed*: its files are
+hard-linked into a staged update of the run folder (`fsutil.staged_update`), the manifest written
+and the update committed; then the partial run is removed. A resumed run records the run as it
+started (its command and start time), so it equals, byte for byte, the run computed without a
+break.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import hashlib
 import json
 import os
+import shutil
+import socket
 import stat
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, overload
@@ -34,13 +56,19 @@ from safetensors.numpy import load_file, save_file
 from reportgen.data.examples import Example, Segment
 from reportgen.data.metrics import Metric, parse_metric, shares
 from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan
-from reportgen.errors import RunError
-from reportgen.fsutil import staged_update
+from reportgen.errors import OutputError, RunError
+from reportgen.fsutil import RUN_WRITES, check_folder, staged_update
 
 MANIFEST = "manifest.json"
 ENTRIES = "entries.jsonl"
 FORMAT = "reportgen-run/2"
 OLD_FORMATS = {"reportgen-run/1": "reportgen 0.1"}
+PARTIAL_STATE = "partial.json"
+PARTIAL_FORMAT = "reportgen-partial/1"
+_PARTIAL_LOCK = "lock"
+SYNC_SECONDS = 2.0
+"""A partial run's records and entries are synced to disk at most this often (a crash of the
+machine loses at most the last seconds; a killed process loses nothing written)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +92,29 @@ class RunInfo:
     command: str
     created: str
     title: str = ""
+
+
+@dataclass(frozen=True)
+class InputsInfo:
+    """Which inputs a run computed: how many, and a SHA-256 over them (`inputs_digest`)."""
+
+    count: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A shard of a larger run: shard `index` of `count` (1-based), computing the inputs
+    [first, last) (0-based positions in the whole run's inputs)."""
+
+    index: int
+    count: int
+    first: int
+    last: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 @dataclass(frozen=True)
@@ -99,6 +150,33 @@ def timestamp() -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+def inputs_digest(examples: Iterable[Example]) -> InputsInfo:
+    """The count of `examples` and a SHA-256 over each one as its entry records it (id, where
+    it came from, segments, target, meta): what a resumed run and the shards of one run must
+    share. Streams (one example at a time)."""
+    digest, count = hashlib.sha256(), 0
+    for ex in examples:
+        digest.update(_dumps_line(_example_json(ex)).encode("utf-8"))
+        count += 1
+    return InputsInfo(count, digest.hexdigest())
+
+
+def _example_json(ex: Example) -> dict[str, Any]:
+    return {
+        "id": ex.id,
+        "source": ex.source,
+        "segments": [{"name": s.name, "text": s.text} for s in ex.segments],
+        "target": ex.target,
+        "meta": dict(ex.meta),
+    }
+
+
+def partial_folder(out: str | Path) -> Path:
+    """Where the partial run of the run folder `out` is kept: `.NAME.partial` beside it."""
+    target = Path(out).resolve()
+    return target.parent / f".{target.name}.partial"
+
+
 def is_run(path: Path) -> bool:
     """Whether a folder looks like a reportgen run (its manifest names a run format)."""
     try:
@@ -114,18 +192,45 @@ class RunWriter:
 
     Each result's arrays go to its record file and its entry line to entries.jsonl at once, so
     nothing accumulates in memory; the manifest is written on success, and the folder (in a
-    temporary place until then) is swapped in."""
+    temporary place until then) is swapped in. Given a claimed `partial` run, the writer
+    appends to it from entry `partial.kept` on (see the module) and seals it on success; on a
+    failure the partial run is kept for `--resume` if it holds any result, else removed.
+    `inputs` and `shard` go into the manifest."""
 
-    def __init__(self, out: Path, info: RunInfo, force: bool = False) -> None:
+    def __init__(
+        self,
+        out: Path,
+        info: RunInfo,
+        force: bool = False,
+        *,
+        inputs: InputsInfo | None = None,
+        shard: ShardInfo | None = None,
+        partial: PartialRun | None = None,
+    ) -> None:
         self.out, self.info, self.force = Path(out), info, force
-        self._count = 0
+        self.inputs, self.shard, self.partial = inputs, shard, partial
+        self._count = 0 if partial is None else partial.kept
+
+    @property
+    def count(self) -> int:
+        """Entries written so far (with a resumed partial run, those it kept too)."""
+        return self._count
 
     def __enter__(self) -> RunWriter:
+        if self.partial is not None:
+            try:
+                check_folder(self.out, "run", self.force, RUN_WRITES)  # refusals come first
+                self._tmp = self.partial.path
+                self._entries = self.partial.open_entries()
+            except BaseException:
+                self.partial.release(remove=self.partial.kept == 0)
+                raise
+            return self
         self._ctx = staged_update(self.out, "run", self.force)
         self._tmp = self._ctx.__enter__()
         try:
             (self._tmp / "records").mkdir()
-            self._entries: IO[str] = open(self._tmp / ENTRIES, "w", encoding="utf-8", newline="\n")
+            self._entries = open(self._tmp / ENTRIES, "w", encoding="utf-8", newline="\n")
         except BaseException:
             self._ctx.__exit__(*sys.exc_info())
             raise
@@ -144,20 +249,451 @@ class RunWriter:
         }
         if result.dense is not None:
             arrays["dense"] = np.ascontiguousarray(result.dense)
-        save_file(arrays, str(self._tmp / record))
-        self._entries.write(line)
+        if self.partial is None:
+            save_file(arrays, str(self._tmp / record))
+            self._entries.write(line)
+        else:
+            self.partial.append(record, arrays, line)
         self._count += 1
 
+    def _manifest(self) -> str:
+        head: dict[str, Any] = {"format": FORMAT, "run": asdict(self.info)}
+        if self.inputs is not None:
+            head["inputs"] = asdict(self.inputs)
+        if self.shard is not None:
+            head["shard"] = asdict(self.shard)
+        head["count"] = self._count
+        return _dumps(head)
+
     def __exit__(self, *exc: object) -> None:
+        if self.partial is not None:
+            self._exit_partial(exc[0] is None)
+            return
         try:
             self._entries.close()
             if exc[0] is None:
-                head = {"format": FORMAT, "run": asdict(self.info), "count": self._count}
-                (self._tmp / MANIFEST).write_text(_dumps(head), "utf-8")
+                (self._tmp / MANIFEST).write_text(self._manifest(), "utf-8")
         except BaseException as err:
             self._ctx.__exit__(type(err), err, err.__traceback__)
             raise
         self._ctx.__exit__(*exc)  # type: ignore[arg-type]
+
+    def _exit_partial(self, ok: bool) -> None:
+        partial = self.partial
+        assert partial is not None
+        sealed = False
+        try:
+            partial.close_entries()
+            if ok:
+                with staged_update(self.out, "run", self.force) as stage:
+                    (stage / "records").mkdir()
+                    for n in range(1, self._count + 1):
+                        name = f"records/{n:06d}.safetensors"
+                        _link_or_copy(partial.path / name, stage / name)
+                    _link_or_copy(partial.path / ENTRIES, stage / ENTRIES)
+                    (stage / MANIFEST).write_text(self._manifest(), "utf-8")
+                sealed = True
+        finally:
+            partial.release(remove=sealed or self._count == 0)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """A hard link (no bytes copied), or a copy where links cannot be made (another device, a
+    file system without them)."""
+    try:
+        os.link(source, dest)
+    except OSError as err:
+        if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
+        shutil.copyfile(source, dest)
+
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (Windows: no lock; one writer at a time is on the user)
+    fcntl = None  # type: ignore[assignment]
+
+
+class PartialRun:
+    """The partial run of a run folder being computed (`.NAME.partial/` beside it, see the
+    module), claimed by one process at a time (a lock held while it writes)."""
+
+    def __init__(self, path: Path, lock: IO[str]) -> None:
+        self.path = path
+        self._lock: IO[str] | None = lock
+        self.state: dict[str, Any] | None = read_partial_state(path)
+        """What `partial.json` says (None for a new partial run): `run` (the RunInfo as it
+        started), `inputs`, `shard`, `settings`."""
+        self.kept = 0
+        """Entries kept from before (set by `keep`)."""
+        self._entries: IO[str] | None = None
+        self._unsynced: list[Path] = []
+        self._synced_at = time.monotonic()
+
+    @classmethod
+    def claim(cls, out: str | Path) -> PartialRun:
+        """Open (or create) and lock the partial run of `out`; OutputError if another process
+        is writing it."""
+        path = partial_folder(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(exist_ok=True)
+        fh = open(path / _PARTIAL_LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (kept open)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                fh.close()
+                raise OutputError(
+                    f"{out} is being computed right now by {holder} (its partial run {path} "
+                    "is locked); wait for that compute to end, or stop it"
+                ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"reportgen (pid {os.getpid()} on {socket.gethostname()})")
+        fh.flush()
+        return cls(path, fh)
+
+    def start(self, state: Mapping[str, Any]) -> None:
+        """Begin a new partial run: no entries, no records, `state` as its description."""
+        for name in (ENTRIES, "records"):
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                target.unlink()
+        (self.path / "records").mkdir()
+        tmp = self.path / f".{PARTIAL_STATE}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(_dumps({"format": PARTIAL_FORMAT, **state}))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path / PARTIAL_STATE)
+        _fsync_folder(self.path)
+        self.state = read_partial_state(self.path)
+        self.kept = 0
+
+    def prefix(self, ids: Iterable[str]) -> int:
+        """How many entries from the start are whole, in order and for the examples `ids`
+        names, with their records whole: what a crash left that can be kept."""
+        return len(self._valid(ids))
+
+    def _valid(self, ids: Iterable[str]) -> list[int]:
+        """The end offset of each valid entry line, in order (see `prefix`)."""
+        ends: list[int] = []
+        expected = iter(ids)
+        try:
+            fh = open(self.path / ENTRIES, "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            return ends
+        with fh:
+            offset = 0
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break  # cut short by the crash
+                n = len(ends) + 1
+                try:
+                    raw = json.loads(line.decode("utf-8"))
+                    good = (
+                        isinstance(raw, dict)
+                        and raw.get("id") == next(expected, None)
+                        and raw.get("record") == f"records/{n:06d}.safetensors"
+                        and _record_whole(self.path / raw["record"])
+                    )
+                except ValueError:
+                    good = False
+                if not good:
+                    break
+                offset += len(line)
+                ends.append(offset)
+        return ends
+
+    def keep(self, count: int, ids: Iterable[str]) -> None:
+        """Keep the first `count` entries (at most `prefix(ids)`) and their records; drop the
+        rest."""
+        ends = self._valid(ids)
+        if count > len(ends):
+            raise ValueError(f"only {len(ends)} entries can be kept, not {count}")
+        entries = self.path / ENTRIES
+        if entries.exists():
+            os.truncate(entries, ends[count - 1] if count else 0)
+        records = self.path / "records"
+        records.mkdir(exist_ok=True)
+        for item in records.iterdir():
+            stem = item.name.removesuffix(".safetensors")
+            if not (item.name.endswith(".safetensors") and stem.isdigit() and int(stem) <= count):
+                item.unlink()
+        self.kept = count
+
+    def open_entries(self) -> IO[str]:
+        self._entries = open(self.path / ENTRIES, "a", encoding="utf-8", newline="\n")  # noqa: SIM115
+        return self._entries
+
+    def append(self, record: str, arrays: Mapping[str, np.ndarray], line: str) -> None:
+        """A result: its record (whole under its name, or not there), then its entry line."""
+        assert self._entries is not None
+        final = self.path / record
+        tmp = final.with_name(f".{final.name}.tmp")
+        save_file(dict(arrays), str(tmp))
+        os.replace(tmp, final)
+        self._entries.write(line)
+        self._entries.flush()
+        self._unsynced.append(final)
+        if time.monotonic() - self._synced_at > SYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        """The records, then the entries that name them, onto the disk."""
+        for path in self._unsynced:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if self._unsynced:
+            _fsync_folder(self.path / "records")
+        self._unsynced = []
+        if self._entries is not None and not self._entries.closed:
+            self._entries.flush()
+            os.fsync(self._entries.fileno())
+        self._synced_at = time.monotonic()
+
+    def close_entries(self) -> None:
+        if self._entries is not None and not self._entries.closed:
+            self.sync()
+            self._entries.close()
+
+    def release(self, remove: bool) -> None:
+        """Let the partial run go: removed (sealed, or nothing in it), or kept for --resume."""
+        with contextlib.suppress(OSError):
+            self.close_entries()
+        if remove:
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def read_partial_state(path: Path) -> dict[str, Any] | None:
+    """The state of the partial run in folder `path`, or None if it has none (or not ours)."""
+    try:
+        state = json.loads((path / PARTIAL_STATE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(state, dict) and state.get("format") == PARTIAL_FORMAT):
+        return None
+    return state
+
+
+def partial_state(out: str | Path) -> dict[str, Any] | None:
+    """The state of `out`'s partial run, if an interrupted compute left one (not claimed)."""
+    return read_partial_state(partial_folder(out))
+
+
+def partial_count(out: str | Path) -> int:
+    """How many entry lines `out`'s partial run holds (0 if there is none)."""
+    path = partial_folder(out) / ENTRIES
+    if read_partial_state(path.parent) is None:
+        return 0
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.endswith(b"\n"))
+    except OSError:
+        return 0
+
+
+def _record_whole(path: Path) -> bool:
+    """Whether a safetensors file is whole: its size is what its header says (a record cut
+    short by a crash is not)."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= size - 8:
+                return False
+            header = json.loads(fh.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return size == 8 + n + max(ends, default=0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _fsync_folder(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_INFO_LABELS = {
+    "weights_sha256": "the model's weights (SHA-256)",
+    "architecture": "the model's architecture",
+    "task": "the model's task",
+    "num_layers": "the model's layers",
+    "num_heads": "the model's heads",
+    "attn_implementation": "the attention path",
+    "dtype": "--dtype",
+    "device": "the device",
+    "method": "--method",
+    "metric": "--metric",
+    "title": "--title",
+}
+_PARAMETER_LABELS = {
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "max_tokens": "--max-tokens",
+    "truncate": "--truncate",
+    "ablate_k": "--ablate-k",
+    "ablate_draws": "--ablate-draws",
+    "seed": "--seed",
+    "engine": "--engine",
+    "store": "--store",
+    "top_k": "--top-k",
+    "pairing": "--pairing",
+    "reductions": "the reduction dtype (from --dtype)",
+    "torch_threads": "torch's thread count (set OMP_NUM_THREADS to the same value)",
+}
+
+
+def info_differences(
+    a: RunInfo, b: RunInfo, device_type_only: bool = False
+) -> list[tuple[str, str, str]]:
+    """What differs between two runs' descriptions in anything that changes their results:
+    (what, value in a, value in b). Not compared: the model's name and path as shown (the
+    weights are), the command and the start time; `device_type_only` compares `cuda:0` and
+    `cuda:1` as equal (shards on different GPUs)."""
+    out: list[tuple[str, str, str]] = []
+
+    def shown(name: str, value: object) -> str:
+        if name == "weights_sha256" and isinstance(value, str):
+            return value[:12] + "…"
+        return json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+
+    for name, label in _INFO_LABELS.items():
+        x, y = getattr(a, name), getattr(b, name)
+        if name == "device" and device_type_only:
+            x, y = str(x).split(":")[0], str(y).split(":")[0]
+        if x != y:
+            out.append((label, shown(name, x), shown(name, y)))
+    for key in dict.fromkeys([*a.parameters, *b.parameters]):
+        x, y = a.parameters.get(key), b.parameters.get(key)
+        if x != y:
+            out.append((_PARAMETER_LABELS.get(key, key), shown(key, x), shown(key, y)))
+    for key in dict.fromkeys([*a.versions, *b.versions]):
+        x, y = a.versions.get(key), b.versions.get(key)
+        if x != y:
+            out.append((f"the {key} version", str(x), str(y)))
+    return out
+
+
+def merge_shards(shards: Sequence[Run], out: str | Path, command: str, force: bool = False) -> Run:
+    """Join the shards of one run (`--shard I/N`) into the run folder `out`, in input order:
+    one run folder like any other, equal to the run computed in one go but for its command,
+    start time (the earliest shard's) and device (every shard's, where they differ). The
+    shards must agree on the model, the settings and the inputs, and cover every input exactly
+    once; records are hard-linked (copied only across file systems)."""
+    if not shards:
+        raise RunError("merge: no run folders given; name the shards to merge")
+    for run in shards:
+        if run.shard is None or run.inputs is None:
+            raise RunError(
+                f"{run.path} is not a shard (it was not computed with --shard I/N); merge joins "
+                "the shards of one run"
+            )
+    first = shards[0]
+    assert first.shard is not None and first.inputs is not None
+    target = Path(out).resolve()
+    for run in shards:
+        assert run.shard is not None and run.inputs is not None
+        where = Path(run.path).resolve()
+        if target == where or target in where.parents or where in target.parents:
+            raise RunError(f"--out {out} is (or holds, or lies in) the shard {run.path}")
+        if run.shard.count != first.shard.count:
+            raise RunError(
+                f"{run.path} is shard {run.shard.name} and {first.path} is shard "
+                f"{first.shard.name}: shards of different splits of the inputs; merge the "
+                f"{first.shard.count} shards of one split"
+            )
+        if run.inputs != first.inputs:
+            raise RunError(
+                f"{run.path} and {first.path} computed different inputs ({run.inputs.count} "
+                f"inputs, SHA-256 {run.inputs.sha256[:12]}…, against {first.inputs.count}, "
+                f"{first.inputs.sha256[:12]}…); merge the shards of one input file"
+            )
+        found = info_differences(first.info, run.info, device_type_only=True)
+        if found:
+            shown = "; ".join(
+                f"{what}: {x} in {first.path}, {y} in {run.path}" for what, x, y in found
+            )
+            raise RunError(f"the shards were computed differently: {shown}")
+    by_index: dict[int, Run] = {}
+    for run in shards:
+        assert run.shard is not None
+        if run.shard.index in by_index:
+            raise RunError(
+                f"shard {run.shard.name} is given twice ({by_index[run.shard.index].path} and "
+                f"{run.path}); give each shard once"
+            )
+        by_index[run.shard.index] = run
+    count = first.shard.count
+    missing = [f"{i}/{count}" for i in range(1, count + 1) if i not in by_index]
+    if missing:
+        raise RunError(
+            f"shard(s) {', '.join(missing)} missing (given: "
+            f"{', '.join(f'{i}/{count}' for i in sorted(by_index))}); compute them with "
+            "--shard, then merge all of them"
+        )
+    ordered = [by_index[i] for i in range(1, count + 1)]
+    at = 0
+    for run in ordered:
+        assert run.shard is not None
+        if run.shard.first != at or len(run) != run.shard.last - run.shard.first:
+            raise RunError(
+                f"{run.path}: shard {run.shard.name} covers inputs {run.shard.first + 1} to "
+                f"{run.shard.last} with {len(run)} entries, where inputs {at + 1} on were "
+                "expected; the shards overlap or leave inputs out (were they computed with "
+                "the same --batch-size and --store?)"
+            )
+        at = run.shard.last
+    if at != first.inputs.count:
+        raise RunError(
+            f"the shards cover {at} of the {first.inputs.count} inputs; the run folders are damaged"
+        )
+    devices = sorted({r.info.device for r in ordered})
+    info = RunInfo(
+        **{
+            **asdict(first.info),
+            "command": command,
+            "created": min(r.info.created for r in ordered),
+            "device": ", ".join(devices),
+        }
+    )
+    n = 0
+    with staged_update(out, "run", force) as stage:
+        (stage / "records").mkdir()
+        with open(stage / ENTRIES, "w", encoding="utf-8", newline="\n") as fh:
+            for run in ordered:
+                with open(run.path / ENTRIES, "rb") as lines:
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        raw = json.loads(line.decode("utf-8"))
+                        source = run._record(_entry(line, n, run.path / ENTRIES))
+                        n += 1
+                        raw["record"] = f"records/{n:06d}.safetensors"
+                        _link_or_copy(source, stage / raw["record"])
+                        fh.write(_dumps_line(raw))
+        head = {
+            "format": FORMAT,
+            "run": asdict(info),
+            "inputs": asdict(first.inputs),
+            "count": n,
+        }
+        (stage / MANIFEST).write_text(_dumps(head), "utf-8")
+    return Run.open(out)
 
 
 class Entries(Sequence[Entry]):
@@ -208,6 +744,10 @@ class Run:
     path: Path
     info: RunInfo
     entries: Entries
+    inputs: InputsInfo | None = None
+    """The inputs it computed (None in a run folder written without them)."""
+    shard: ShardInfo | None = None
+    """Which shard of a larger run it is (None: a whole run)."""
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
@@ -216,6 +756,13 @@ class Run:
         try:
             head = json.loads(manifest.read_text("utf-8"))
         except FileNotFoundError:
+            waiting = partial_count(path) if partial_state(path) is not None else 0
+            if waiting:
+                raise RunError(
+                    f"{path} is not complete: an interrupted compute left {waiting} of its "
+                    f"inputs in {partial_folder(path)}; finish it with `reportgen compute ... "
+                    "--resume` (the same command with --resume)"
+                ) from None
             raise RunError(
                 f"{path} is not a run folder (no {MANIFEST}); make one with `reportgen compute`"
             ) from None
@@ -232,6 +779,8 @@ class Run:
         try:
             run, count = head["run"], head["count"]
             info = RunInfo(**{**run, "parameters": run["parameters"], "versions": run["versions"]})
+            inputs = None if head.get("inputs") is None else InputsInfo(**head["inputs"])
+            shard = None if head.get("shard") is None else ShardInfo(**head["shard"])
         except (KeyError, TypeError) as err:
             raise RunError(f"{manifest}: the run description is incomplete ({err})") from None
         ids, offsets = _scan(path / ENTRIES)
@@ -240,7 +789,7 @@ class Run:
                 f"{path / ENTRIES}: {len(ids)} entries, but the manifest counts {count}; the run "
                 "folder was changed after it was written: compute it again"
             )
-        return cls(path, info, Entries(path / ENTRIES, ids, offsets))
+        return cls(path, info, Entries(path / ENTRIES, ids, offsets), inputs, shard)
 
     def __len__(self) -> int:
         return len(self.entries)
