@@ -46,9 +46,7 @@ def test_the_bi_encoder_objective_is_the_models_own_similarity(minilm):
     model = AutoModel.from_pretrained(minilm).eval()
     tok = AutoTokenizer.from_pretrained(minilm)
     lm = load_model(minilm, "cpu")
-    items = [
-        {"segments": [{"name": "A", "text": a}, {"name": "B", "text": b}]} for a, b in PAIRS
-    ]
+    items = [{"segments": [{"name": "A", "text": a}, {"name": "B", "text": b}]} for a, b in PAIRS]
     results = list(compute(examples_from_items(items), lm, Settings(ablate_k=0)))
     for (a, b), result in zip(PAIRS, results, strict=True):
         own = torch.nn.functional.cosine_similarity(
