@@ -442,9 +442,10 @@ def shown_path(path: Path) -> str:
     """A model folder as the report shows it: the demo model as `reportgen/demo_model`, a folder
     under the working directory relative to it, a hub cache snapshot as `hub:ORG/NAME@REV`, and
     anything else by its last two parts (a report is shared; a home folder's name is not)."""
-    from reportgen.engine import demo_model_path
+    from importlib import resources
 
-    if Path(path).resolve() == demo_model_path().resolve():
+    demo = Path(str(resources.files("reportgen") / "demo_model"))  # engine.demo_model_path,
+    if Path(path).resolve() == demo.resolve():  # without importing torch (merge needs none)
         return "reportgen/demo_model"
     path = Path(os.path.abspath(path))  # symlinks kept: the path as the user gave it
     for cwd in dict.fromkeys((Path(os.path.abspath(os.getcwd())), Path.cwd().resolve())):
