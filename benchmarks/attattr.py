@@ -11,6 +11,7 @@ Both are checked to give the same scores before their times count.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -153,7 +154,8 @@ def run(opts: Options) -> list[Table]:
         examples = examples_from_items(fixtures.demo_inputs(batch, seed=batch))
         rows = [encode(ex, lm, None, False) for ex in examples]
         settings = Settings(method="attattr", steps=steps, batch_size=batch)
-        engine = [r.scores for r in compute_batch(lm, rows, settings, ablate=False)]
+        checked = replace(settings, store="dense")  # every cell, to compare with the references
+        engine = [r.dense for r in compute_batch(lm, rows, checked, ablate=False)]
         diff = max(
             difference(engine, per_input(lm, rows, steps)),
             difference(engine, reference(lm, rows, steps)),

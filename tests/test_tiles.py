@@ -75,18 +75,21 @@ def _compare(lm, reductions, per_layer, signed, k, rtol):
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("method", ["attn-grad", "attention", "attattr"])
-def test_tiles_equal_the_dense_computation(loaded, name, method):
+@pytest.mark.parametrize("budget", [BUDGET, 2**30], ids=["recomputed", "kept"])
+def test_tiles_equal_the_dense_computation(loaded, name, method, budget):
+    """One query row per tile with the weights recomputed from the fast kernel's inputs, and
+    one tile per layer with the weights kept from the forward (short inputs)."""
     lm = loaded[name]
     rows = _rows(lm, name)
     settings = Settings(method=method, steps=3, batch_size=2)
     base_dense, per_layer = methods.REGISTRY[method](lm, rows, settings)
     k = 7
     if method == "attn-grad":
-        base, red = tiles.tiled_attn_grad(lm, rows, k, dense=True, budget=BUDGET)
+        base, red = tiles.tiled_attn_grad(lm, rows, k, dense=True, budget=budget)
     elif method == "attention":
-        base, red = tiles.tiled_attention(lm, rows, k, dense=True, budget=BUDGET)
+        base, red = tiles.tiled_attention(lm, rows, k, dense=True, budget=budget)
     else:
-        base, red = tiles.tiled_attattr(lm, rows, k, True, steps=3, rows_per_pass=6, budget=BUDGET)
+        base, red = tiles.tiled_attattr(lm, rows, k, True, steps=3, rows_per_pass=6, budget=budget)
     assert base.layout == base_dense.layout
     np.testing.assert_allclose(base.values.numpy(), base_dense.values.numpy(), rtol=1e-12)
     signed = method == "attattr"

@@ -60,9 +60,10 @@ class HeadStats:
     """Exact per-head reductions of an example's saliency S [L, H, T, T] (rows queries, columns
     keys), and each head's strongest cells: all the report needs, without S itself.
 
-    Sums are of |S|, in float64. `flow[l, h, q, k]` is the mass from keys in segment k to queries
-    in segment q, segments in `segments` order, then (last index) tokens in no named segment, so
-    any `flow:SRC->DST` metric is a lookup and `flow.sum((2, 3)) == total`."""
+    Sums are of |S| over every cell, accumulated in float64 (each tile's partial sums in the
+    compute dtype, float32 at least). `flow[l, h, q, k]` is the mass from keys in segment k to
+    queries in segment q, segments in `segments` order, then (last index) tokens in no named
+    segment, so any `flow:SRC->DST` metric is a lookup and `flow.sum((2, 3)) == total`."""
 
     segments: tuple[str, ...]
     total: np.ndarray

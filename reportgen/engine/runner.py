@@ -42,14 +42,16 @@ def compute_batch(
 ) -> list[Result]:
     """Saliency, head scores and (optionally) the ablation check for one batch of examples."""
     metric = settings.metric
-    top_k = settings.top_k or default_top_k(max(len(row.ids) for row in batch))
+    # The batch keeps the most any of its inputs needs; each input then keeps its own k, so
+    # what is stored does not depend on the inputs it was batched with.
+    top_k = max(_top_k(settings, row) for row in batch)
     memory = memory or MemoryPlan.of(lm, settings)
     dense = settings.store != "top-k"
     base, reductions = saliency(lm, batch, settings, top_k, dense=dense, memory=memory)
     _check_finite(lm, batch, base.losses.detach(), "objective")
     results = []
     for b, row in enumerate(batch):
-        stats, scores = _example_stats(reductions, base.layout[b], row, top_k)
+        stats, scores = _example_stats(reductions, base.layout[b], row, _top_k(settings, row))
         if not (np.isfinite(stats.total).all() and np.isfinite(stats.top_values).all()):
             _check_finite(lm, [row], torch.tensor([float("nan")]), f"{settings.method} saliency")
         shares(stats, metric, row.example.id)  # a metric without saliency fails here, named
@@ -105,6 +107,11 @@ def saliency(
     return base, reductions
 
 
+def _top_k(settings: Settings, row: Encoded) -> int:
+    """Cells an input keeps per head: --top-k, or the default for its length."""
+    return settings.top_k or default_top_k(len(row.ids))
+
+
 def _stored(scores: np.ndarray, store: str) -> np.ndarray:
     return scores.astype(np.float16) if store == "dense-float16" else scores
 
@@ -129,7 +136,9 @@ def _example_stats(
         cells.append(torch.where(cell >= 0, moved, cell))
         values.append(reductions.top_values[k])
     value, cell = torch.cat(values, -1), torch.cat(cells, -1)
-    if len(placed) > 1:
+    if len(placed) == 1:  # already strongest first: the example's own k of the batch's
+        value, cell = value[..., :top_k], cell[..., :top_k]
+    else:
         keep = torch.topk(value.abs(), min(top_k, value.shape[-1]), dim=-1).indices
         value, cell = torch.gather(value, -1, keep), torch.gather(cell, -1, keep)
         order = tiles._lexsort(-value.abs(), torch.where(cell >= 0, cell, cell.max() + 1))

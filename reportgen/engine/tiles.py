@@ -62,9 +62,11 @@ class Reductions:
         self.device = device
         self.k = top_k
         groups = n_segments + 1
-        self.total = torch.zeros(rows, layers, heads, dtype=dtype, device=device)
-        self.prediction = torch.zeros(rows, layers, heads, dtype=dtype, device=device)
-        self.flow = torch.zeros(rows, layers, heads, groups, groups, dtype=dtype, device=device)
+        # The sums accumulate in float64 (a tile's own partial sums are in the tile's dtype).
+        wide = torch.float64 if device.type != "mps" else dtype
+        self.total = torch.zeros(rows, layers, heads, dtype=wide, device=device)
+        self.prediction = torch.zeros(rows, layers, heads, dtype=wide, device=device)
+        self.flow = torch.zeros(rows, layers, heads, groups, groups, dtype=wide, device=device)
         self.top_values = torch.zeros(rows, layers, heads, top_k, dtype=dtype, device=device)
         self.top_cells = torch.full(
             (rows, layers, heads, top_k), -1, dtype=torch.long, device=device
@@ -100,8 +102,8 @@ class Reductions:
         by_key = torch.matmul(mag, self.onehot[:, None])  # [B, H, r, groups]
         self.flow[:, layer] += torch.matmul(
             self.onehot[:, None, start : start + rows].transpose(-1, -2), by_key
-        )
-        row_sums = by_key.sum(-1)  # [B, H, r]
+        ).to(self.flow.dtype)
+        row_sums = by_key.sum(-1).to(self.total.dtype)  # [B, H, r]
         self.total[:, layer] += row_sums.sum(-1)
         for b, plan in enumerate(self.plans):
             p = plan.prediction
