@@ -51,7 +51,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, overload
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from reportgen.data.examples import Example, Segment
 from reportgen.data.metrics import Metric, parse_metric, shares
@@ -250,7 +250,7 @@ class RunWriter:
         if result.dense is not None:
             arrays["dense"] = np.ascontiguousarray(result.dense)
         if self.partial is None:
-            save_file(arrays, str(self._tmp / record))
+            _write_record(self._tmp / record, arrays)
             self._entries.write(line)
         else:
             self.partial.append(record, arrays, line)
@@ -435,7 +435,7 @@ class PartialRun:
         assert self._entries is not None
         final = self.path / record
         tmp = final.with_name(f".{final.name}.tmp")
-        save_file(dict(arrays), str(tmp))
+        _write_record(tmp, arrays)
         os.replace(tmp, final)
         self._entries.write(line)
         self._entries.flush()
@@ -1015,3 +1015,9 @@ def _stamp(file: Path | IO[bytes]) -> tuple[int, ...]:
     """What identifies a version of a file: device, inode, size, modification time."""
     st = os.stat(file) if isinstance(file, Path) else os.fstat(file.fileno())
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _write_record(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """A record as safetensors bytes, written like every other file of the run (mode from the
+    umask: safetensors' own `save_file` writes 0600, which a shared run folder cannot read)."""
+    path.write_bytes(save(dict(arrays)))

@@ -535,3 +535,23 @@ def test_a_record_at_512_tokens_and_144_heads_is_at_most_a_megabyte(tmp_path):
     back = Run.open(tmp_path / "run").result(0)
     np.testing.assert_array_equal(back.stats.top_cells, cells)
     assert back.dense is None
+
+
+def _modes(folder) -> set[str]:
+    """Every file's and folder's permission bits under `folder`, as octal text."""
+    return {oct(p.stat().st_mode & 0o777) for p in [folder, *folder.rglob("*")]}
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+@pytest.mark.e2e
+def test_a_computed_run_is_readable_by_whoever_the_umask_allows(gpt2_run, synthetic_run, tmp_path):
+    """safetensors' own save_file writes records 0600: a run shared on a cluster's file system
+    could not be read by the group. Files follow the umask like any other file."""
+    expected = {oct(0o666 & ~_umask()), oct(0o777 & ~_umask())}
+    assert _modes(gpt2_run) <= expected  # written through a partial run (compute)
+    assert _modes(_many(Run.open(synthetic_run), tmp_path / "run", 2).path) <= expected
