@@ -371,6 +371,7 @@ def figure(
         str | None, typer.Option(help="Head as LAYER.HEAD, 1-based [default: the top head].")
     ] = None,
     keys_as_rows: KeysOpt = False,
+    force: ForceOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Draw the two-panel figure (head grid + token heatmap) of one input, offline."""
@@ -388,7 +389,8 @@ def figure(
             raise _UsageError(f"--id {id}: no such input in {run} (ids: {shown})")
         result = opened.result(ids.index(id))
         chosen = _parse_head(head, opened.info.num_layers, opened.info.num_heads)
-        save_figure(figure_spec(result, chosen, keys_as_rows, metric=opened.info.metric), out)
+        spec = figure_spec(result, chosen, keys_as_rows, metric=opened.info.metric)
+        save_figure(spec, out, force=force)
         typer.echo(f"wrote {out}")
 
 

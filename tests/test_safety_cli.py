@@ -124,3 +124,33 @@ def test_render_keeps_a_gh_pages_checkout(gpt2_run, tmp_path):
     _one_line_error(
         _invoke("render", gpt2_run, "--out", site, "-q"), "changed since: about.html", "--force"
     )
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".png"])
+def test_figure_overwrites_only_its_own_figure(gpt2_run, tmp_path, suffix):
+    """`figure --out` replaces a figure it wrote, unchanged; any other file (the user's notes,
+    an edited figure) only with --force, and a folder never."""
+    from reportgen.site.writer import is_figure
+
+    out = tmp_path / f"f{suffix}"
+    figure = ("figure", gpt2_run, "--id", "reference", "-o", out)
+    assert _invoke(*figure).exit_code == 0
+    first = out.read_bytes()
+    assert is_figure(out)
+    assert _invoke(*figure).exit_code == 0  # its own figure: replaced, the same bytes
+    assert out.read_bytes() == first
+
+    out.write_bytes(first + b"\n")  # edited since: no longer reportgen's
+    _one_line_error(_invoke(*figure), f"--out {out} exists", "--force")
+    assert out.read_bytes() == first + b"\n"
+    assert _invoke(*figure, "--force").exit_code == 0 and is_figure(out)
+
+    notes = tmp_path / f"notes{suffix}"
+    notes.write_text("my notes", "utf-8")
+    _one_line_error(_invoke(*figure[:-1], notes), "was not written by reportgen")
+    assert notes.read_text("utf-8") == "my notes"
+    (tmp_path / f"folder{suffix}").mkdir()
+    _one_line_error(_invoke(*figure[:-1], tmp_path / f"folder{suffix}"), "is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name, notes.name, f"folder{suffix}"]
+    )  # no temporary file left behind

@@ -10,8 +10,11 @@ overwrite it. Output is deterministic: the same run renders to byte-identical fi
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -240,16 +243,114 @@ def iframe_html(path: str | Path, height: int = 900) -> str:
     )
 
 
-def save_figure(spec: Mapping[str, Any], path: str | Path) -> Path:
-    """Write a figure spec as .svg or .png (2× scale), offline with vl-convert."""
+def save_figure(spec: Mapping[str, Any], path: str | Path, force: bool = False) -> Path:
+    """Write a figure spec as .svg or .png (2× scale), offline with vl-convert.
+
+    The file carries its own SHA-256 (an SVG comment, a PNG `tEXt` chunk), so a later figure
+    replaces it only if reportgen wrote it and nobody changed it since; any other file at
+    `path` is refused without `force`. The file appears whole or not at all."""
     import vl_convert
 
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix == ".svg":
-        path.write_text(vl_convert.vegalite_to_svg(dict(spec)), "utf-8")
-    elif suffix == ".png":
-        path.write_bytes(vl_convert.vegalite_to_png(dict(spec), scale=2))
-    else:
+    if suffix not in (".svg", ".png"):
         raise OutputError(f"{path}: unknown figure format '{suffix}' (use .svg or .png)")
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a folder; give a file path, e.g. {path}/figure{suffix}")
+    if os.path.lexists(path) and not force and not is_figure(path):
+        raise OutputError(
+            f"--out {path} exists and was not written by reportgen (or was changed since); "
+            "choose another path, or pass --force to overwrite it"
+        )
+    if suffix == ".svg":
+        svg = _renumbered(vl_convert.vegalite_to_svg(dict(spec)))
+        data = f"<!-- reportgen figure {SEAL_PLACEHOLDER} -->\n{svg}".encode()
+    else:
+        data = _png_sealed(vl_convert.vegalite_to_png(dict(spec), scale=2))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        if suffix == ".svg":
+            seal(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+_SVG_ID = re.compile(r'(id="|url\(#|href="#)(gradient_|clip|pattern_)(\d+)')
+
+
+def _renumbered(svg: str) -> str:
+    """Vega numbers an SVG's gradients and clips with counters that live as long as the
+    process, so the second figure drawn differs from the first: number them from 0 in order of
+    appearance, and the same figure is the same bytes whatever was drawn before. Only ids and
+    references to them change, never text."""
+    seen: dict[tuple[str, str], int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        where, kind, n = match.groups()
+        key = (kind, n)
+        if key not in seen:
+            seen[key] = sum(1 for k in seen if k[0] == kind)
+        return f"{where}{kind}{seen[key]}"
+
+    return _SVG_ID.sub(number, svg)
+
+
+def is_figure(path: str | Path) -> bool:
+    """Whether `path` is a figure `save_figure` wrote, unchanged since."""
+    path = Path(path)
+    if path.suffix.lower() == ".svg":
+        return is_sealed(path, b"<!-- reportgen figure ")
+    try:
+        data = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+    except OSError:
+        return False
+    chunks = list(_png_chunks(data))
+    ours = [c for c in chunks if c[0] == b"tEXt" and c[1].startswith(_PNG_KEY)]
+    if len(ours) != 1:
+        return False
+    _, body, start, stop = ours[0]
+    rest = data[:start] + data[stop:]
+    return body[len(_PNG_KEY) :] == hashlib.sha256(rest).hexdigest().encode("ascii")
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_KEY = b"reportgen-sha256\x00"
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes, int, int]]:
+    """A PNG's chunks as (type, body, start, stop) byte offsets; nothing for a file that is not
+    a well-formed PNG."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return
+    at = len(_PNG_SIGNATURE)
+    while at + 12 <= len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        stop = at + 12 + size
+        if stop > len(data):
+            return
+        yield data[at + 4 : at + 8], data[at + 8 : at + 8 + size], at, stop
+        at = stop
+
+
+def _png_sealed(png: bytes) -> bytes:
+    """The PNG with a `tEXt` chunk `reportgen-sha256` after its header, holding the SHA-256 of
+    the PNG without that chunk (checked by `is_figure`)."""
+    chunks = list(_png_chunks(png))
+    if not chunks or chunks[0][0] != b"IHDR":
+        raise OutputError("vl-convert returned an image that is not a PNG")
+    after = chunks[0][3]
+    body = b"tEXt" + _PNG_KEY + hashlib.sha256(png).hexdigest().encode("ascii")
+    chunk = (len(body) - 4).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    return png[:after] + chunk + png[after:]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
