@@ -90,3 +90,31 @@ def test_pickled_weights_that_would_run_code_are_refused(tiny_models, tmp_path):
 def test_a_missing_model_folder_is_a_usage_error(tmp_path):
     done = _compute(tmp_path, tmp_path / "nonexistent")
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_a_model_with_fewer_positions_than_the_probe_loads_and_refuses_longer_inputs(
+    tiny_models, tmp_path
+):
+    """The load-time probes fit the model's positions (a fixed 12-token probe died with an
+    IndexError on a model of 6); an input over them is a one-line usage error naming it."""
+    from transformers import AutoConfig, GPT2LMHeadModel
+
+    from reportgen.engine import compute, load_model
+    from reportgen.errors import ReportgenError
+    from reportgen.inputs import examples_from_items
+    from reportgen.settings import Settings
+
+    folder = tmp_path / "short"
+    shutil.copytree(tiny_models["gpt2"], folder)
+    config = AutoConfig.from_pretrained(folder)
+    config.n_positions = 6
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    lm = load_model(str(folder), "cpu")
+    assert lm.max_tokens == 6
+    [short, long] = examples_from_items(
+        [{"id": "short", "text": "a b"}, {"id": "long", "text": "a b c d e f g h i j k l"}]
+    )
+    [result] = compute([short], lm, Settings())
+    assert len(result.tokens) <= 6 and result.stats.total.shape[:2] == (lm.num_layers, lm.num_heads)
+    with pytest.raises(ReportgenError, match="long"):
+        list(compute([long], lm, Settings()))
