@@ -196,6 +196,25 @@ def test_method_matches_the_oracle(zoo, name, method):
     assert not failures(diffs, TOLERANCE), f"max relative difference: {failures(diffs, TOLERANCE)}"
 
 
+@pytest.mark.parametrize("method", ["attn-grad", "attattr"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_tiled_engine_equals_the_eager_engine(zoo, name, method):
+    """The default engine (attention recomputed in tiles from the head outputs' gradient) and
+    the eager one (every layer's attention kept with its autograd gradient) give the same
+    scores and stored reductions on every family."""
+    family = FAMILIES[name]
+    tiled = reportgen_results(zoo, family, method=method)
+    if tiled is None:
+        return
+    eager = zoo.results(family, method=method, engine="eager")
+    diffs = {}
+    for a, b in zip(tiled, eager, strict=True):
+        pairs = [(a.dense, b.dense), (a.stats.total, b.stats.total), (a.stats.flow, b.stats.flow)]
+        diffs[a.example.id] = max(relative_difference(x, y) for x, y in pairs if y.size)
+        assert a.tokens == b.tokens and a.target == b.target
+    assert not failures(diffs, TOLERANCE), f"tiled vs eager: {failures(diffs, TOLERANCE)}"
+
+
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_padded_batch_equals_one_at_a_time(zoo, name):
     family = FAMILIES[name]
