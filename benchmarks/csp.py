@@ -113,7 +113,7 @@ def run(opts: Options) -> list[Table]:
                     times[variant][key].append(value)
     got = {v: {k: median(values) for k, values in times[v].items()} for v in VARIANTS}
     table = Table(
-        f"CSP: Vega with vega-interpreter (no 'unsafe-eval') vs compiled expressions, "
+        f"6. CSP: Vega with vega-interpreter (no 'unsafe-eval') vs compiled expressions, "
         f"example page at T = {tokens}, ms",
         ["measure", "interpreter", "codegen", "interpreter ÷ codegen", "target", "met"],
     )
