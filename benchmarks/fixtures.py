@@ -112,6 +112,40 @@ def gpt2(
     return folder
 
 
+def llama(
+    folder: Path,
+    layers: int = 16,
+    heads: int = 32,
+    width: int = 2048,
+    kv_heads: int = 8,
+    positions: int = 4096,
+) -> Path:
+    """A random Llama over the demo vocabulary, saved once: by default a 1B-parameter-class
+    shape (16 layers × 32 heads, width 2048, grouped-query attention with 8 key/value heads)."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    words = [*SPECIAL, *corpus().vocabulary()]
+    config = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=positions,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    _tokenizer(words, bert=False).save_pretrained(folder)
+    return folder
+
+
 def bert(
     folder: Path,
     layers: int = 12,

@@ -172,7 +172,7 @@ def _worker(case: dict[str, Any]) -> dict[str, Any]:
     from reportgen.settings import Settings
 
     torch.set_num_threads(case["threads"] or torch.get_num_threads())
-    lm = load_model(case["path"], device=case["device"])
+    lm = load_model(case["path"], device=case["device"], dtype=case.get("dtype", "float32"))
     device = lm.device
     rows = _rows(lm, case["tokens"], 1)
     if case["kind"] == "baseline":
@@ -389,8 +389,56 @@ def storage_table(opts: Options) -> Table:
     return table
 
 
+LARGE = {"layers": 16, "heads": 32, "width": 2048, "kv_heads": 8, "positions": 4096}
+"""The large-model row: a 1B-parameter-class Llama shape (random weights), T = 4096, bfloat16."""
+
+
+def large_table(opts: Options) -> Table:
+    """Peak memory and time of the 1B-class shape at T = 4096 in bfloat16, on CUDA (on a CPU
+    machine the full mode says so; the quick mode runs a tiny Llama on CPU through the same
+    code, so the path stays working where no GPU is)."""
+    table = Table(
+        "5d. Scale: a 1B-parameter-class model (Llama shape, 16 × 32 heads, width 2048, "
+        "random), batch 1, bfloat16",
+        ["device", "T", "SDPA fwd + bwd (MiB)", "tiled (MiB)", "tiled ÷ fwd + bwd", "tiled (s)"],
+    )
+    device = _device()
+    if device != "cuda" and not opts.quick:
+        table.add(device, 4096, "CUDA only: not run", "", "", "")
+        return table
+    shape = {**LARGE, "layers": 2, "heads": 4, "width": 64, "kv_heads": 2, "positions": 128}
+    tokens = 64 if opts.quick else 4096
+    path = fixtures.llama(
+        opts.work / ("llama-tiny" if opts.quick else "llama-1b"), **(shape if opts.quick else LARGE)
+    )
+    opts.log(f"scale/large: T {tokens} on {device}")
+    base = {"path": str(path), "tokens": tokens, "device": device, "threads": opts.threads}
+    found = {
+        kind: _measure(opts, {**base, "kind": kind, "dtype": "bfloat16"})
+        for kind in ("baseline", "tiled")
+    }
+    shown = {k: v if isinstance(v, str) else f"{v['peak'] / 2**20:.0f}" for k, v in found.items()}
+    ratio = ""
+    if isinstance(found["baseline"], dict) and isinstance(found["tiled"], dict):
+        ratio = f"{found['tiled']['peak'] / max(1, found['baseline']['peak']):.2f}×"
+    seconds = found["tiled"]["seconds"] if isinstance(found["tiled"], dict) else None
+    table.add(
+        device,
+        tokens,
+        shown["baseline"],
+        shown["tiled"],
+        ratio,
+        f"{seconds:.2f}" if seconds is not None else "",
+    )
+    table.notes.append(
+        "Same measurement as 5b (fresh process per cell, peak over the loaded model); weights "
+        "and compute in bfloat16, reductions in float32 and float64."
+    )
+    return table
+
+
 def run(opts: Options) -> list[Table]:
-    return [time_table(opts), memory_table(opts), storage_table(opts)]
+    return [time_table(opts), memory_table(opts), storage_table(opts), large_table(opts)]
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("### 1. Compute", "### 2. Integrated gradients", "### 3. Browser", "### 4. Build")
-TABLES += ("### 5a. Scale", "### 5b. Scale", "### 5c. Scale", "### 6. CSP")
+TABLES += ("### 5a. Scale", "### 5b. Scale", "### 5c. Scale", "### 5d. Scale", "### 6. CSP")
 
 
 @pytest.mark.browser  # the one tier: it also computes, but needs Chromium
