@@ -18,6 +18,7 @@ TABLES += ("### 5a. Scale", "### 5b. Scale", "### 5c. Scale", "### 5d. Scale", "
 
 
 @pytest.mark.browser  # the one tier: it also computes, but needs Chromium
+@pytest.mark.timeout(1800)  # every benchmark end to end: minutes, more on a loaded machine
 def test_quick_mode_runs_every_benchmark_and_writes_nothing() -> None:
     results = ROOT / "benchmarks" / "RESULTS.md"
     before = results.read_bytes() if results.exists() else None
@@ -26,7 +27,7 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1700,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
