@@ -9,8 +9,10 @@ import base64
 import gzip
 import json
 import re
+import zlib
 from html.parser import HTMLParser
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from conftest import in_fresh_processes
@@ -327,9 +329,18 @@ def test_iframe_html_escapes_the_document(built: Path) -> None:
 def test_save_figure(run: Run, tmp_path: Path) -> None:
     spec = figure_spec(run.result(0), None, keys_as_rows=True, metric=run.info.metric)
     svg = site.save_figure(spec, tmp_path / "fig.svg").read_text("utf-8")
-    assert svg.startswith("<svg") and "saliency" in svg and "horse" in svg
+    root = ElementTree.fromstring(svg)  # well-formed, the ownership comment before the root
+    assert root.tag == "{http://www.w3.org/2000/svg}svg" and "saliency" in svg and "horse" in svg
     png = site.save_figure(spec, tmp_path / "fig.png").read_bytes()
-    assert png.startswith(b"\x89PNG")
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    at, kinds = 8, []
+    while at < len(png):  # every chunk's CRC holds (ours included): decoders accept the file
+        size = int.from_bytes(png[at : at + 4], "big")
+        body, crc = png[at + 4 : at + 8 + size], png[at + 8 + size : at + 12 + size]
+        assert zlib.crc32(body).to_bytes(4, "big") == crc, body[:4]
+        kinds.append(body[:4])
+        at += 12 + size
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and kinds.count(b"tEXt") >= 1
     with pytest.raises(OutputError, match="use .svg or .png"):
         site.save_figure(spec, tmp_path / "fig.pdf")
 
