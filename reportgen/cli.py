@@ -46,13 +46,33 @@ MaxTokOpt = Annotated[
 ]
 TruncOpt = Annotated[bool, typer.Option("--truncate", help="Cut over-long inputs, not fail.")]
 AblateOpt = Annotated[
-    int | None, typer.Option("--ablate-k", help="Heads zeroed by the ablation check (0: skip).")
+    int | None, typer.Option("--ablate-k", help="Heads ablated by the ablation check (0: skip).")
+]
+AblationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ablation",
+        help="What replaces an ablated head's output: mean (over every token of every input, "
+        "one vector per head for all positions), resample (its mean over another input, "
+        "seeded) or zero [default: mean].",
+    ),
+]
+EffectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--effect",
+        help="Effect measure: logprob (log p(target)), logit-diff (target − contrast; inputs "
+        "name a contrast) or prob [default: logprob].",
+    ),
 ]
 DrawsOpt = Annotated[
     int | None,
     typer.Option("--ablate-draws", help="Random head sets averaged for the ablation baseline."),
 ]
-SeedOpt = Annotated[int | None, typer.Option(help="Seed of the random ablation baseline.")]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option(help="Seed of the random heads, resample's donors and the bootstrap."),
+]
 EngineOpt = Annotated[
     str | None,
     typer.Option(
@@ -182,6 +202,8 @@ def build(
     truncate: TruncOpt = False,
     ablate_k: AblateOpt = None,
     ablate_draws: DrawsOpt = None,
+    ablation: AblationOpt = None,
+    effect: EffectOpt = None,
     seed: SeedOpt = None,
     engine: EngineOpt = None,
     pairing: PairingOpt = None,
@@ -236,6 +258,8 @@ def compute(
     truncate: TruncOpt = False,
     ablate_k: AblateOpt = None,
     ablate_draws: DrawsOpt = None,
+    ablation: AblationOpt = None,
+    effect: EffectOpt = None,
     seed: SeedOpt = None,
     engine: EngineOpt = None,
     pairing: PairingOpt = None,
@@ -442,6 +466,8 @@ def _settings(options: dict[str, Any]) -> Settings:
         "max_tokens",
         "ablate_k",
         "ablate_draws",
+        "ablation",
+        "effect",
         "seed",
         "engine",
         "pairing",

@@ -179,8 +179,9 @@ def _parse_delimited(text: str, name: str, delimiter: str) -> list[Example]:
         if not text_value:
             parsed.append(f"{where}: empty 'text'")
             continue
+        contrast = row.get("contrast") or None
         parsed.append(
-            _example(row.get("id") or None, (Segment("", text_value),), target, {}, where)
+            _example(row.get("id") or None, (Segment("", text_value),), target, {}, where, contrast)
         )
     return _finish(parsed, name)
 
@@ -209,12 +210,13 @@ def _from_object(obj: object, where: str) -> Example | str:
         if isinstance(parsed, str):
             return parsed
         segments = parsed
-    for key in ("target", "label"):
+    for key in ("target", "label", "contrast"):
         if key in obj and not isinstance(obj[key], (str, int)):
             return f'{where}: "{key}" must be a string or an integer'
     if "target" in obj and "label" in obj:
         return f'{where}: give "target" or "label", not both'
     target = obj.get("target", obj.get("label"))
+    contrast = obj.get("contrast")
     meta = obj.get("meta", {})
     if not isinstance(meta, Mapping):
         return f'{where}: "meta" must be a JSON object'
@@ -229,6 +231,7 @@ def _from_object(obj: object, where: str) -> Example | str:
         None if target is None else str(target),
         dict(meta),
         where,
+        None if contrast is None else str(contrast),
     )
 
 
@@ -288,6 +291,7 @@ def _example(
     target: str | None,
     meta: Mapping[str, Any],
     where: str,
+    contrast: str | None = None,
 ) -> Example | str:
     """The Example, or the first problem with it: too long, or a value the writers would reject
     later (a lone surrogate, NaN or Infinity, a non-JSON value in `meta`)."""
@@ -297,7 +301,18 @@ def _example(
             f"{where}: an input of {length:,} characters, more than the limit of {MAX_CHARS:,}; "
             "split it into shorter inputs (a model reads at most a few thousand tokens)"
         )
-    fields: list[tuple[str, str | None]] = [('"id"', id_), ('"target"', target)]
+    if contrast is not None:
+        if not contrast.strip():
+            return f'{where}: "contrast" is empty'
+        if target is None:
+            return f'{where}: "contrast" needs a "target" (logit-diff compares the two)'
+        if contrast.strip() == target.strip():
+            return f'{where}: "contrast" is the same as "target" ({target!r}); give another one'
+    fields: list[tuple[str, str | None]] = [
+        ('"id"', id_),
+        ('"target"', target),
+        ('"contrast"', contrast),
+    ]
     for k, seg in enumerate(segments, start=1):
         label = '"text"' if len(segments) == 1 and not seg.name else f"segment {k}"
         fields += [(f"{label} name", seg.name), (label, seg.text)]
@@ -307,7 +322,7 @@ def _example(
     problem = _json_problem(meta)
     if problem is not None:
         return f'{where}: "meta"{problem}'
-    return Example(id_ or "", segments, target, dict(meta), where)
+    return Example(id_ or "", segments, target, dict(meta), where, contrast)
 
 
 def _encodes(text: str) -> bool:
@@ -393,7 +408,7 @@ def _finish(parsed: Sequence[Example | str], name: str) -> list[Example]:
                 suffix += 1
                 generated = f"{n}-{suffix}"
             first_seen[generated] = ex.source
-            ex = Example(generated, ex.segments, ex.target, ex.meta, ex.source)
+            ex = Example(generated, ex.segments, ex.target, ex.meta, ex.source, ex.contrast)
         numbered.append(ex)
     if problems:
         raise InputError(problems)

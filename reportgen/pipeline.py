@@ -189,7 +189,7 @@ def compute(
     with RunWriter(
         Path(out), info, force=settings.force, inputs=digest, shard=placed, partial=partial
     ) as writer:
-        for result in compute_saliency(todo, lm, settings, progress):
+        for result in compute_saliency(todo, lm, settings, progress, pool=examples):
             writer.add(result)
     return Run.open(out)
 
@@ -211,6 +211,8 @@ def _job_settings(settings: Settings) -> dict[str, Any]:
         "--truncate": settings.truncate,
         "--ablate-k": settings.ablate_k,
         "--ablate-draws": settings.ablate_draws,
+        "--ablation": settings.ablation,
+        "--effect": settings.effect,
         "--seed": settings.seed,
         "--top-k": settings.top_k,
         "--title": settings.title,
@@ -358,6 +360,8 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
             "truncate": settings.truncate,
             "ablate_k": settings.ablate_k,
             "ablate_draws": settings.ablate_draws,
+            "ablation": settings.ablation if settings.ablate_k else None,
+            "effect": settings.effect if settings.ablate_k else None,
             "seed": settings.seed,
             "engine": settings.engine,
             "store": settings.store,
@@ -428,7 +432,7 @@ def equivalent_command(settings: Settings, inputs: object = None, out: object = 
     for name in (
         "model", "method", "metric", "steps", "batch_size", "device", "dtype", "engine",
         "pairing", "max_memory", "device_map", "store", "max_tokens", "ablate_k",
-        "ablate_draws", "seed", "top_k",
+        "ablate_draws", "ablation", "effect", "seed", "top_k",
     ):  # fmt: skip
         value = getattr(settings, name)
         if value != getattr(defaults, name):

@@ -55,14 +55,17 @@ from safetensors.numpy import load_file, save
 
 from reportgen.data.examples import Example, Segment
 from reportgen.data.metrics import Metric, parse_metric, shares
-from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan
+from reportgen.data.results import Ablation, HeadStats, Knockout, Result, TokenSpan
 from reportgen.errors import OutputError, RunError
 from reportgen.fsutil import RUN_WRITES, check_folder, staged_update
 
 MANIFEST = "manifest.json"
 ENTRIES = "entries.jsonl"
-FORMAT = "reportgen-run/2"
-OLD_FORMATS = {"reportgen-run/1": "reportgen 0.1"}
+FORMAT = "reportgen-run/3"
+OLD_FORMATS = {
+    "reportgen-run/1": "reportgen 0.1",
+    "reportgen-run/2": "a reportgen without mean/resample ablation, effects and knockouts",
+}
 PARTIAL_STATE = "partial.json"
 PARTIAL_FORMAT = "reportgen-partial/1"
 _PARTIAL_LOCK = "lock"
@@ -162,13 +165,16 @@ def inputs_digest(examples: Iterable[Example]) -> InputsInfo:
 
 
 def _example_json(ex: Example) -> dict[str, Any]:
-    return {
+    out = {
         "id": ex.id,
         "source": ex.source,
         "segments": [{"name": s.name, "text": s.text} for s in ex.segments],
         "target": ex.target,
         "meta": dict(ex.meta),
     }
+    if ex.contrast is not None:  # only when given: digests of inputs without one stay as they were
+        out["contrast"] = ex.contrast
+    return out
 
 
 def partial_folder(out: str | Path) -> Path:
@@ -548,6 +554,8 @@ _PARAMETER_LABELS = {
     "truncate": "--truncate",
     "ablate_k": "--ablate-k",
     "ablate_draws": "--ablate-draws",
+    "ablation": "--ablation",
+    "effect": "--effect",
     "seed": "--seed",
     "engine": "--engine",
     "store": "--store",
@@ -945,20 +953,51 @@ def _entry_json(result: Result, record: str) -> dict[str, Any]:
         "spans": [{"name": s.name, "start": s.start, "end": s.end} for s in result.spans],
         "target": result.target,
         "target_given": result.target_given,
+        "contrast": ex.contrast,
         "predicted": result.predicted,
         "value": result.value,
         "loss": result.loss,
         "prediction_position": result.prediction_position,
-        "ablation": None
-        if result.ablation is None
-        else {
-            "heads": [list(h) for h in result.ablation.heads],
-            "value": result.ablation.value,
-            "value_top": result.ablation.value_top,
-            "value_random": result.ablation.value_random,
-            "draws": result.ablation.draws,
-        },
+        "ablation": None if result.ablation is None else _ablation_json(result.ablation),
     }
+
+
+def _ablation_json(a: Ablation) -> dict[str, Any]:
+    return {
+        "intervention": a.intervention,
+        "effect": a.effect,
+        "heads": [list(h) for h in a.heads],
+        "value": a.value,
+        "value_top": a.value_top,
+        "random_heads": [[list(h) for h in drawn] for drawn in a.random_heads],
+        "random_values": list(a.random_values),
+        "curve": list(a.curve),
+        "donor": a.donor,
+        "knockout": None
+        if a.knockout is None
+        else {"src": a.knockout.src, "dst": a.knockout.dst, "value": a.knockout.value},
+    }
+
+
+def _ablation_from(a: Mapping[str, Any]) -> Ablation:
+    def pairs(items: Any) -> tuple[tuple[int, int], ...]:
+        return tuple((int(x), int(y)) for x, y in items)
+
+    knock = a["knockout"]
+    return Ablation(
+        intervention=str(a["intervention"]),
+        effect=str(a["effect"]),
+        heads=pairs(a["heads"]),
+        value=float(a["value"]),
+        value_top=float(a["value_top"]),
+        random_heads=tuple(pairs(drawn) for drawn in a["random_heads"]),
+        random_values=tuple(float(v) for v in a["random_values"]),
+        curve=tuple(float(v) for v in a["curve"]),
+        donor=a["donor"],
+        knockout=None
+        if knock is None
+        else Knockout(str(knock["src"]), str(knock["dst"]), float(knock["value"])),
+    )
 
 
 def _entry(line: bytes, index: int, path: Path) -> Entry:
@@ -981,6 +1020,7 @@ def _entry_from(e: Mapping[str, Any]) -> Entry:
             e["target"] if e["target_given"] else None,
             e["meta"],
             e["source"],
+            e["contrast"],
         ),
         tokens=tuple(e["tokens"]),
         spans=tuple(TokenSpan(s["name"], s["start"], s["end"]) for s in e["spans"]),
@@ -990,15 +1030,7 @@ def _entry_from(e: Mapping[str, Any]) -> Entry:
         value=e["value"],
         loss=e["loss"],
         prediction_position=e["prediction_position"],
-        ablation=None
-        if ablation is None
-        else Ablation(
-            tuple((int(a), int(b)) for a, b in ablation["heads"]),
-            ablation["value"],
-            ablation["value_top"],
-            ablation["value_random"],
-            ablation["draws"],
-        ),
+        ablation=None if ablation is None else _ablation_from(ablation),
     )
 
 

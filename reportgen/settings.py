@@ -12,6 +12,7 @@ from pathlib import Path
 
 from reportgen.data.methods import parse_method
 from reportgen.data.metrics import Metric, parse_metric
+from reportgen.data.results import EFFECTS, INTERVENTIONS
 from reportgen.errors import SettingsError
 
 TOTAL = Metric("total")
@@ -100,8 +101,15 @@ class Settings:
     """Heads zeroed by the ablation check (top-k of the grid, and k random heads); 0 skips it."""
     ablate_draws: int = 8
     """Random head sets averaged for the ablation baseline."""
+    ablation: str = "mean"
+    """What replaces an ablated head's output: `mean` (its mean over every token of every input
+    of the run, the same vector at each position), `resample` (its mean over the tokens of
+    another input of the run, drawn with --seed) or `zero`."""
+    effect: str = "logprob"
+    """The ablation's effect measure: `logprob` (log p(target)), `logit-diff` (logit(target) −
+    logit(contrast), each input naming a `contrast`) or `prob` (p(target))."""
     seed: int = 0
-    """Seed of the random ablation baseline."""
+    """Seed of the random ablation baseline, resample's donors and the bootstrap."""
     top_k: int | None = None
     """Cells kept per head in the page data; None means 2 × T, at most 512."""
     keys_as_rows: bool = False
@@ -161,6 +169,12 @@ class Settings:
                 raise SettingsError(f"{option} must be an integer, got {value!r}")
             if value < low:
                 raise SettingsError(f"{option} must be at least {low}, got {value}")
+        if self.ablation not in INTERVENTIONS:
+            raise SettingsError(
+                f"unknown --ablation '{self.ablation}' (use {', '.join(INTERVENTIONS)})"
+            )
+        if self.effect not in EFFECTS:
+            raise SettingsError(f"unknown --effect '{self.effect}' (use {', '.join(EFFECTS)})")
         if self.engine not in ENGINES:
             raise SettingsError(f"unknown --engine '{self.engine}' (use {' or '.join(ENGINES)})")
         if self.pairing not in PAIRINGS:

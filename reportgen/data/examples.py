@@ -25,6 +25,8 @@ class Example:
     meta: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
     """Where it came from, e.g. `inputs.jsonl:12`, for error messages."""
+    contrast: str | None = None
+    """A contrast target (a foil): `--effect logit-diff` measures logit(target) − logit(it)."""
 
     @property
     def text(self) -> str:

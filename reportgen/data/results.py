@@ -33,18 +33,59 @@ class TokenSpan:
     end: int
 
 
+INTERVENTIONS = ("zero", "mean", "resample")
+"""What replaces an ablated head's output (pre-output-projection): zeros; its mean over every
+token of every input of the run (one vector per head, the same at every position); or its mean
+over the tokens of one other input of the run (the donor, drawn with the seed)."""
+EFFECTS = ("logprob", "logit-diff", "prob")
+"""What an intervention's effect is measured on: log p(target) (a multi-token target's summed
+log-probabilities), the logit difference target − contrast at the prediction position, or
+p(target). A bare encoder's objective (the cosine of its two segments) is measured as is."""
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """The effect measure with attention from queries in segment `dst` to keys in segment `src`
+    blocked (pre-softmax) in the ablated top heads."""
+
+    src: str
+    dst: str
+    value: float
+
+
 @dataclass(frozen=True)
 class Ablation:
-    """Objective value with the top-k grid heads zeroed, next to k random heads zeroed."""
+    """An example's interventions: the top-k grid heads ablated, against k random heads (several
+    seeded draws), head by head (the cumulative curve), and the metric's flow knocked out."""
 
+    intervention: str
+    """zero, mean or resample (see INTERVENTIONS)."""
+    effect: str
+    """logprob, logit-diff or prob (see EFFECTS); `cosine` for a bare encoder."""
     heads: tuple[tuple[int, int], ...]
-    """The zeroed top heads, (layer, head), 0-based, strongest first."""
+    """The ablated top heads, (layer, head), 0-based, strongest first."""
     value: float
-    """Objective value of the intact model."""
+    """The effect measure on the intact model."""
     value_top: float
-    value_random: float
-    """Mean over `draws` seeded random sets of k heads."""
-    draws: int
+    """With the top-k heads ablated."""
+    random_heads: tuple[tuple[tuple[int, int], ...], ...]
+    """Each draw's k random heads (seeded by --seed and the input's id)."""
+    random_values: tuple[float, ...]
+    """The effect measure with each draw's heads ablated."""
+    curve: tuple[float, ...]
+    """The effect measure with the top 1, 2, ..., k heads ablated (the last is value_top)."""
+    donor: str | None = None
+    """Resample ablation: the id of the input whose head outputs replace this one's."""
+    knockout: Knockout | None = None
+
+    @property
+    def draws(self) -> int:
+        return len(self.random_values)
+
+    @property
+    def value_random(self) -> float:
+        """Mean over the draws."""
+        return float(sum(self.random_values) / len(self.random_values))
 
     @property
     def delta_top(self) -> float:
@@ -53,6 +94,14 @@ class Ablation:
     @property
     def delta_random(self) -> float:
         return self.value_random - self.value
+
+    @property
+    def delta_knockout(self) -> float | None:
+        return None if self.knockout is None else self.knockout.value - self.value
+
+    @property
+    def delta_curve(self) -> tuple[float, ...]:
+        return tuple(v - self.value for v in self.curve)
 
 
 @dataclass(frozen=True)

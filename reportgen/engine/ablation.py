@@ -1,19 +1,134 @@
-"""The ablation check: the objective with the top-k grid heads zeroed, against k random heads."""
+"""The interventions: the top-k grid heads ablated (zero, mean or resample), against k random
+heads (several seeded draws), head by head, and the metric's flow knocked out in those heads.
+
+A head's output here is its slice of the attention output before the output projection (A V for
+that head, [T, d]). Mean ablation replaces it by its mean over every token of every input of the
+run, one vector per head at every position (computed in one extra streaming forward pass over
+the inputs, `head_means`); resample ablation by its mean over the tokens of one other input of
+the run, drawn with the seed (recorded as the donor). The run's inputs are all of them, also
+when a shard or a resumed run computes only some: results do not depend on how a run is split.
+"""
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from reportgen.data.results import Ablation
+from reportgen.data.examples import Example
+from reportgen.data.results import Ablation, Knockout
+from reportgen.data.tasks import Task
 from reportgen.engine.encoding import Encoded
 from reportgen.engine.loading import LoadedModel
-from reportgen.engine.objectives import Pass, forward
+from reportgen.engine.objectives import Edges, Pass, forward
+from reportgen.errors import SaliencyError
 from reportgen.settings import Settings
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What mean and resample ablation draw on: the run's inputs, and (mean ablation) every
+    head's mean output over all their tokens."""
+
+    examples: Sequence[Example]
+    encode: Callable[[Example], Encoded]
+    mean: torch.Tensor | None = None
+    """[layers, heads, head_dim], float64: mean ablation's replacement."""
+
+
+def head_sums(lm: LoadedModel, rows: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's head outputs summed over its tokens, float64 [E, layers, heads, d], and
+    its token count [E]: one forward pass without gradients."""
+    outputs: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        base = forward(lm, rows, outputs=outputs)
+    if sorted(outputs) != list(range(lm.num_layers)):
+        raise SaliencyError(
+            f"model '{lm.name}': {len(outputs)} of its {lm.num_layers} attention layers reported "
+            "their head outputs; mean and resample ablation need them all (use --ablation zero)"
+        )
+    per_layer = torch.stack([outputs[layer].double() for layer in range(lm.num_layers)])
+    sums = torch.zeros(
+        (len(rows), lm.num_layers, per_layer.shape[3], per_layer.shape[4]), dtype=torch.float64
+    )
+    counts = torch.zeros(len(rows), dtype=torch.float64)
+    for b, placed in enumerate(base.layout):
+        for k, start, end in placed:  # per_layer: [L, rows, T, H, d]
+            sums[b] += per_layer[:, k, : end - start].sum(1).cpu()
+            counts[b] += end - start
+    return sums, counts
+
+
+def head_means(lm: LoadedModel, batches: Iterable[Sequence[Encoded]]) -> tuple[torch.Tensor, int]:
+    """Every head's mean output over all tokens of all inputs, float64 [layers, heads, d], and
+    the number of tokens: one streaming pass, only the running sums kept."""
+    total: torch.Tensor | None = None
+    count = 0.0
+    for batch in batches:
+        sums, counts = head_sums(lm, batch)
+        total = sums.sum(0) if total is None else total + sums.sum(0)
+        count += float(counts.sum())
+    if total is None or count == 0:
+        raise SaliencyError("mean ablation needs at least one input")
+    return total / count, int(count)
+
+
+def donor_index(example: Example, pool: Sequence[Example], seed: int) -> int:
+    """Resample ablation's donor: another input of the run, drawn by --seed and the input's id
+    (its own stream, apart from the random heads')."""
+    others = [i for i, ex in enumerate(pool) if ex.id != example.id]
+    if not others:
+        raise SaliencyError(
+            "--ablation resample replaces a head's output by its output on another input of the "
+            "run, and the run has only one input; give more inputs or use --ablation mean"
+        )
+    rng = np.random.default_rng([seed, zlib.crc32(example.id.encode()), 1])
+    return others[int(rng.integers(len(others)))]
+
+
+def effect_values(lm: LoadedModel, found: Pass, effect: str) -> list[float]:
+    """The effect measure of each example of a pass (see EFFECTS)."""
+    if lm.task is Task.ENCODER:
+        return [float(v) for v in found.values.tolist()]
+    if effect == "logprob":
+        return [-float(v) for v in found.losses.detach().tolist()]
+    if effect == "prob":
+        return [float(v) for v in found.values.tolist()]
+    assert found.logit_diffs is not None
+    return [float(v) for v in found.logit_diffs.tolist()]
+
+
+def effect_name(lm: LoadedModel, settings: Settings) -> str:
+    return "cosine" if lm.task is Task.ENCODER else settings.effect
+
+
+def check_effect(row: Encoded, lm: LoadedModel, settings: Settings) -> None:
+    """--effect logit-diff needs a one-token target and a contrast on every input."""
+    if settings.effect != "logit-diff" or lm.task is Task.ENCODER or settings.ablate_k == 0:
+        return
+    ex = row.example
+    if row.contrast_ids is None:
+        raise SaliencyError(
+            f"{ex.source}: input '{ex.id}' has no \"contrast\"; --effect logit-diff measures "
+            "logit(target) − logit(contrast): give every input a contrast (or use --effect logprob)"
+        )
+    if row.target_ids is not None and len(row.target_ids) != 1:
+        raise SaliencyError(
+            f"{ex.source}: input '{ex.id}': target '{ex.target}' is {len(row.target_ids)} tokens; "
+            "--effect logit-diff compares one token with one token: give a one-token target"
+        )
+
+
+@dataclass(frozen=True)
+class _Job:
+    row: Encoded
+    off: np.ndarray
+    """Flat head indices (layer * heads + head) ablated; or knocked out, with `knock`."""
+    replacement: torch.Tensor | None
+    knock: tuple[Sequence[bool], Sequence[bool]] | None = None
 
 
 def ablate(
@@ -22,39 +137,125 @@ def ablate(
     base: Pass,
     grids: Sequence[np.ndarray],
     settings: Settings,
+    reference: Reference | None = None,
 ) -> list[Ablation]:
-    """Zero the top-k grid heads, and `draws` seeded random sets of k heads, in one batch."""
+    """For each example: its top-k grid heads ablated one more at a time (the curve, ending at
+    all k), `draws` seeded random sets of k heads, and (with a flow metric) the knockout of the
+    flow's edges in the top heads; all in batched forward passes without gradients."""
     layers, heads, k = lm.num_layers, lm.num_heads, settings.ablate_k
-    expanded, gate_rows, chosen = [], [], []
-    for row, target, grid in zip(rows, base.targets, grids, strict=True):
+    metric, effect = settings.metric, effect_name(lm, settings)
+    kind = settings.ablation
+    if kind != "zero" and reference is None:
+        raise SaliencyError(f"--ablation {kind} needs the run's inputs (a Reference)")
+    donors: list[Example | None] = [None] * len(rows)
+    replacements: list[torch.Tensor | None] = [None] * len(rows)
+    if kind == "mean":
+        assert reference is not None and reference.mean is not None
+        replacements = [reference.mean] * len(rows)
+    elif kind == "resample":
+        assert reference is not None
+        donors = [
+            reference.examples[donor_index(row.example, reference.examples, settings.seed)]
+            for row in rows
+        ]
+        donor_rows = [reference.encode(d) for d in donors if d is not None]
+        sums, counts = head_sums(lm, donor_rows)
+        replacements = list(sums / counts[:, None, None, None])
+    jobs: list[_Job] = []
+    plans = []
+    for row, target, grid, rep in zip(rows, base.targets, grids, replacements, strict=True):
+        fixed = replace(row, target_ids=target)
         top = np.argsort(-grid.reshape(-1), kind="stable")[:k]
         rng = np.random.default_rng([settings.seed, zlib.crc32(row.example.id.encode())])
-        sets = [top] + [
+        randoms = [
             rng.choice(layers * heads, k, replace=False) for _ in range(settings.ablate_draws)
         ]
-        for heads_off in sets:
-            gate = torch.ones(layers * heads, dtype=lm.dtype)
-            gate[torch.as_tensor(heads_off)] = 0
-            gate_rows.append(gate.reshape(layers, heads))
-            expanded.append(replace(row, target_ids=target))
-        chosen.append(tuple((int(h) // heads, int(h) % heads) for h in top))
-    values: list[float] = []
-    budget = settings.batch_size * (1 + settings.ablate_draws) if lm.padding.batches else 1
-    with torch.no_grad():
-        for start in range(0, len(expanded), budget):
-            gates = torch.stack(gate_rows[start : start + budget]).to(lm.device)
-            values += forward(lm, expanded[start : start + budget], gates=gates).values.tolist()
-    per = 1 + settings.ablate_draws
-    out = []
-    for b, heads_top in enumerate(chosen):
-        block = values[b * per : (b + 1) * per]
+        jobs += [_Job(fixed, top[: n + 1], rep) for n in range(k)]
+        jobs += [_Job(fixed, chosen, rep) for chosen in randoms]
+        knock = None
+        if metric.kind == "flow" and metric.src is not None and metric.dst is not None:
+            spans = {s.name: s for s in row.spans}
+            src, dst = spans[metric.src], spans[metric.dst]
+            positions = range(len(row.ids))
+            edges = (
+                [dst.start <= p < dst.end for p in positions],
+                [src.start <= p < src.end for p in positions],
+            )
+            jobs.append(_Job(fixed, top, None, edges))
+            knock = (metric.src, metric.dst)
+        plans.append((top, randoms, knock))
+    values = _run(lm, jobs, settings)
+    intact = effect_values(lm, base, effect)
+    out, at = [], 0
+
+    def pairs(flat: np.ndarray) -> tuple[tuple[int, int], ...]:
+        return tuple((int(h) // heads, int(h) % heads) for h in flat)
+
+    for b, (top, randoms, knock) in enumerate(plans):
+        curve = values[at : at + k]
+        at += k
+        drawn = values[at : at + len(randoms)]
+        at += len(randoms)
+        knockout = None
+        if knock is not None:
+            knockout = Knockout(knock[0], knock[1], values[at])
+            at += 1
+        donor = donors[b]
         out.append(
             Ablation(
-                heads_top,
-                float(base.values[b]),
-                block[0],
-                float(np.mean(block[1:])),
-                settings.ablate_draws,
+                intervention=kind,
+                effect=effect,
+                heads=pairs(top),
+                value=intact[b],
+                value_top=curve[-1],
+                random_heads=tuple(pairs(r) for r in randoms),
+                random_values=tuple(drawn),
+                curve=tuple(curve),
+                donor=None if donor is None else donor.id,
+                knockout=knockout,
             )
         )
     return out
+
+
+def _run(lm: LoadedModel, jobs: Sequence[_Job], settings: Settings) -> list[float]:
+    """The effect measure of every job, in batches."""
+    layers, heads = lm.num_layers, lm.num_heads
+    per = settings.ablate_k + settings.ablate_draws + 1
+    budget = settings.batch_size * per if lm.padding.batches else 1
+    values: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(jobs), budget):
+            part = jobs[start : start + budget]
+            gates = torch.ones((len(part), layers * heads), dtype=lm.dtype)
+            knocked = torch.zeros((len(part), layers * heads), dtype=torch.bool)
+            for n, job in enumerate(part):
+                index = torch.as_tensor(job.off, dtype=torch.long)
+                if job.knock is not None:
+                    knocked[n, index] = True
+                else:
+                    gates[n, index] = 0
+            reps = [job.replacement for job in part]
+            replacement = None
+            if any(r is not None for r in reps):
+                shape = next(r for r in reps if r is not None).shape
+                replacement = torch.stack(
+                    [r if r is not None else torch.zeros(shape, dtype=torch.float64) for r in reps]
+                ).to(device=lm.device, dtype=lm.dtype)
+            edges = None
+            if any(job.knock is not None for job in part):
+                none = [[False] * len(job.row.ids) for job in part]
+                edges = Edges(
+                    knocked.reshape(len(part), layers, heads).to(lm.device),
+                    [job.knock[0] if job.knock else none[n] for n, job in enumerate(part)],
+                    [job.knock[1] if job.knock else none[n] for n, job in enumerate(part)],
+                )
+            found = forward(
+                lm,
+                [job.row for job in part],
+                gates=gates.reshape(len(part), layers, heads).to(lm.device),
+                replace=replacement,
+                knock=edges,
+            )
+            values += effect_values(lm, found, settings.effect)
+    return values

@@ -100,11 +100,27 @@ class Capture:
             self.on_grad(layer, grad)
 
 
+@dataclass(frozen=True)
+class Knock:
+    """Edges to block before the softmax: in batch row b and layer l, head h's queries at
+    positions `queries[b]` may not read keys at positions `keys[b]` where `heads[b, l, h]`."""
+
+    heads: torch.Tensor
+    """bool [rows, layers, heads]."""
+    queries: torch.Tensor
+    """bool [rows, T]."""
+    keys: torch.Tensor
+    """bool [rows, T]."""
+
+
 @dataclass
 class _Control:
     gates: torch.Tensor | None
     record: bool
     capture: Capture | None = None
+    replace: torch.Tensor | None = None
+    knock: Knock | None = None
+    outputs: dict[int, torch.Tensor] | None = None
     weights: dict[int, torch.Tensor] = field(default_factory=dict)
     calls: int = 0
 
@@ -123,14 +139,22 @@ class Recorded(list[torch.Tensor]):
 
 @contextmanager
 def attention_control(
-    gates: torch.Tensor | None = None, record: bool = False, capture: Capture | None = None
+    gates: torch.Tensor | None = None,
+    record: bool = False,
+    capture: Capture | None = None,
+    replace: torch.Tensor | None = None,
+    knock: Knock | None = None,
+    outputs: dict[int, torch.Tensor] | None = None,
 ) -> Iterator[Recorded]:
     """Within the block, attention layer l scales head h of batch row b by gates[b, l, h], and
     (with record) its attention weights [B, H, Tq, Tk] are recorded, in layer order, in the
     yielded list. With `capture`, layers run scaled_dot_product_attention where the load-time
     probe allowed it (no T × T weights at all) and leave their inputs in the capture instead.
+    With `replace` [B, L, H, d], a gated head's output becomes g·out + (1 − g)·replace at every
+    position (mean and resample ablation); with `knock`, its edges are masked before the
+    softmax; `outputs` receives each layer's output [B, T, H, d] before any gate.
     One forward pass per block."""
-    control = _Control(gates, record, capture)
+    control = _Control(gates, record, capture, replace, knock, outputs)
     recorded = Recorded()
     token = _ACTIVE.set(control)
     try:
@@ -193,6 +217,9 @@ def reportgen_attention(
     control = _ACTIVE.get()
     if control is not None and control.capture is not None:
         return _captured_attention(control, module, query, key, value, attention_mask, kwargs)
+    layer = -1 if control is None else _layer(module, control)
+    if control is not None and control.knock is not None:
+        attention_mask = _knocked(control.knock, layer, attention_mask, query, key)
     seen = _SEEN.get()
     found = None
     if getattr(module, FUSED_FLAG, False) and not _OWN_EAGER.get():
@@ -205,10 +232,40 @@ def reportgen_attention(
     out, weights = found
     if control is None:
         return out, weights
-    layer = _layer(module, control)
     if control.record:
         control.weights[layer] = weights
+    if control.outputs is not None:
+        control.outputs[layer] = out.detach()
     return _gated(control, module, layer, out), weights
+
+
+def _knocked(
+    knock: Knock,
+    layer: int,
+    mask: torch.Tensor | None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+) -> torch.Tensor:
+    """The additive (or boolean) mask with the knocked-out edges of this layer's chosen heads
+    blocked: [B, H, Tq, Tk]. Blocked entries get the dtype's lowest value (float32's in a float64
+    model, as `reportgen_mask` does), never -inf, so no row's softmax becomes NaN."""
+    tq, tk = query.shape[-2], key.shape[-2]
+    heads = knock.heads[:, layer].to(query.device)
+    block = (
+        heads[:, :, None, None]
+        & knock.queries[:, None, :tq, None].to(query.device)
+        & knock.keys[:, None, None, :tk].to(query.device)
+    )
+    if mask is not None and mask.dtype == torch.bool:
+        return mask[:, :, :, :tk] & ~block
+    dtype = query.dtype if mask is None else mask.dtype
+    low = torch.finfo(torch.float32 if dtype == torch.float64 else dtype).min
+    base = (
+        torch.zeros((1, 1, tq, tk), dtype=dtype, device=query.device)
+        if mask is None
+        else mask[:, :, :, :tk]
+    )
+    return (base + block.to(dtype) * low).clamp(min=low)
 
 
 def _gated(
@@ -221,7 +278,11 @@ def _gated(
                 f"{type(module).__name__} returns attention output of shape {tuple(out.shape)}; "
                 "reportgen expects [batch, tokens, heads, head_dim]"
             )
-        out = out * control.gates[:, layer, :, None].to(out.dtype)[:, None]
+        gate = control.gates[:, layer, :, None].to(out.dtype)[:, None]
+        if control.replace is None:
+            out = out * gate
+        else:
+            out = out * gate + (1 - gate) * control.replace[:, layer].to(out.dtype)[:, None]
     return out
 
 

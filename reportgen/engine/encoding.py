@@ -30,6 +30,8 @@ class Encoded:
     pieces: tuple[tuple[int, int], ...] = ()
     """Token ranges [start, end) of `ids` that the model reads as separate sequences: the two
     texts of a bi-encoder; empty means all of `ids` as one sequence."""
+    contrast_ids: tuple[int, ...] | None = None
+    """The contrast target's one token id (LMs) or label index (classifiers); None without one."""
 
     @property
     def sequences(self) -> tuple[tuple[int, int], ...]:
@@ -101,9 +103,44 @@ def encode(
     spans = _spans(example.char_spans(), offsets)
     if lm.task is Task.ENCODER and (len(spans) < 2 or any(s.end <= s.start for s in spans[:2])):
         raise SaliencyError(f"{where}: the first two segments must each keep at least one token")
+    contrast_ids = _contrast(example, lm, where)
     return Encoded(
-        example, tuple(ids), tokens, spans, target_ids, loss_positions, prediction_position
+        example,
+        tuple(ids),
+        tokens,
+        spans,
+        target_ids,
+        loss_positions,
+        prediction_position,
+        contrast_ids=contrast_ids,
     )
+
+
+def _contrast(example: Example, lm: LoadedModel, where: str) -> tuple[int, ...] | None:
+    """The contrast target as one token id (LMs) or a label index (classifiers)."""
+    contrast = example.contrast
+    if contrast is None:
+        return None
+    if lm.task is Task.ENCODER:
+        raise SaliencyError(
+            f'{where}: a bare encoder has no target to contrast; drop "contrast" from the input'
+        )
+    if lm.task is Task.CLASSIFICATION:
+        return (_label_index(lm, contrast, where),)
+    tok = lm.tokenizer
+    if lm.task is Task.CAUSAL_LM:
+        text = example.text
+        full = _tokenize(tok, f"{text} {contrast}", strip_end=True)[0]
+        ids = tuple(full[len(_tokenize(tok, text, strip_end=True)[0]) :])
+    else:
+        ids = tuple(tok(contrast, add_special_tokens=False)["input_ids"])
+    _check_target(tok, ids, contrast, where)
+    if len(ids) != 1:
+        raise SaliencyError(
+            f"{where}: contrast '{contrast}' is {len(ids)} tokens; the logit difference compares "
+            "one token with one token: give a one-token contrast"
+        )
+    return ids
 
 
 def _encode_pair(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from reportgen.data.tasks import Task
-from reportgen.engine.attention import Capture, attention_control
+from reportgen.engine.attention import Capture, Knock, attention_control
 from reportgen.engine.encoding import Encoded
 from reportgen.engine.loading import LoadedModel
 
@@ -35,6 +35,9 @@ class Pass:
     """Each layer's attention weights [rows, H, T, T], if recorded (else empty)."""
     layout: Layout
     """Which batch rows hold each example's tokens (see `Layout`)."""
+    logit_diffs: torch.Tensor | None = None
+    """Per example, logit(target) − logit(contrast) at the prediction position (NaN for an
+    example without a contrast); None for a bare encoder."""
 
 
 def forward(
@@ -43,11 +46,18 @@ def forward(
     gates: torch.Tensor | None = None,
     record: bool = False,
     capture: Capture | None = None,
+    replace: torch.Tensor | None = None,
+    knock: Edges | None = None,
+    outputs: dict[int, torch.Tensor] | None = None,
 ) -> Pass:
     """Run the examples as one right-padded batch and evaluate each example's objective.
 
-    `gates` has one [layers, heads] row per example (shared by its sequences). Padding uses the
-    model's own pad id, and explicit position ids only where the load-time probe needed them."""
+    `gates` has one [layers, heads] row per example (shared by its sequences), and so has
+    `replace` ([layers, heads, head_dim]: what a gated head's output becomes, see
+    `attention_control`). `knock` blocks edges of the heads it names, per example; `outputs`
+    receives each layer's head outputs [rows, T, H, d] (rows as in the returned layout).
+    Padding uses the model's own pad id, and explicit position ids only where the load-time
+    probe needed them."""
     layout: Layout = []
     sequences: list[tuple[int, ...]] = []
     owners: list[int] = []
@@ -74,6 +84,9 @@ def forward(
         capture.lengths = tuple(len(seq) for seq in sequences)
     if gates is not None and len(sequences) != len(examples):
         gates = gates[torch.tensor(owners, device=gates.device)]
+    if replace is not None and len(sequences) != len(examples):
+        replace = replace[torch.tensor(owners, device=replace.device)]
+    knocked = None if knock is None else knock.rows(layout, owners, width)
     # A language model's head runs only where the loss reads its logits (a vocabulary-sized
     # matmul per position, forward and backward, is most of a small model's cost).
     kept = sorted({p for row in examples for p in row.loss_positions})
@@ -83,7 +96,14 @@ def forward(
     if torch.is_grad_enabled():  # the weights are frozen: the graph starts at the embeddings
         hooks.append(lm.model.get_input_embeddings().register_forward_hook(_track))
     try:
-        with attention_control(gates=gates, record=record, capture=capture) as weights:
+        with attention_control(
+            gates=gates,
+            record=record,
+            capture=capture,
+            replace=replace,
+            knock=knocked,
+            outputs=outputs,
+        ) as weights:
             output = lm.model(**kwargs)
     finally:
         for hook in hooks:
@@ -92,6 +112,7 @@ def forward(
     values: list[torch.Tensor] = []
     targets: list[tuple[int, ...] | None] = []
     predicted: list[tuple[int, ...] | None] = []
+    diffs: list[float] = []
     if lm.task is Task.ENCODER:
         hidden = _at_least_float32(output.last_hidden_state)
         for row, placed in zip(examples, layout, strict=True):
@@ -125,9 +146,43 @@ def forward(
             values.append(torch.exp(-loss))
             targets.append(target)
             predicted.append(tuple(best.tolist()))
+            if row.contrast_ids is None:
+                diffs.append(float("nan"))
+            else:  # log-softmax shifts every logit alike: its difference is the logits'
+                first = scored if lm.task is Task.CLASSIFICATION else scored[0]
+                diffs.append(float((first[target[0]] - first[row.contrast_ids[0]]).detach()))
     return Pass(
-        torch.stack(losses), torch.stack(values).detach(), targets, predicted, weights, layout
+        torch.stack(losses),
+        torch.stack(values).detach(),
+        targets,
+        predicted,
+        weights,
+        layout,
+        None if lm.task is Task.ENCODER else torch.tensor(diffs, dtype=torch.float64),
     )
+
+
+@dataclass(frozen=True)
+class Edges:
+    """Per example, the heads whose edges from `keys` to `queries` (bool over the example's
+    positions) are blocked before the softmax: an edge knockout."""
+
+    heads: torch.Tensor
+    """bool [examples, layers, heads]."""
+    queries: Sequence[Sequence[bool]]
+    keys: Sequence[Sequence[bool]]
+
+    def rows(self, layout: Layout, owners: Sequence[int], width: int) -> Knock:
+        """The knockout per batch row (a bi-encoder's sequences each get their part)."""
+        rows = len(owners)
+        queries = torch.zeros((rows, width), dtype=torch.bool)
+        keys = torch.zeros((rows, width), dtype=torch.bool)
+        for b, placed in enumerate(layout):
+            for k, start, end in placed:
+                queries[k, : end - start] = torch.tensor(list(self.queries[b][start:end]))
+                keys[k, : end - start] = torch.tensor(list(self.keys[b][start:end]))
+        heads = self.heads[torch.tensor(list(owners), device=self.heads.device)]
+        return Knock(heads, queries, keys)
 
 
 def _keep_positions(positions: Sequence[int]) -> Any:

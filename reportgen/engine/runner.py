@@ -17,6 +17,7 @@ from reportgen.data.metrics import check_metric, shares
 from reportgen.data.results import HeadStats, Result, default_top_k
 from reportgen.data.tasks import Task
 from reportgen.engine import tiles
+from reportgen.engine.ablation import Reference, check_effect, head_means
 from reportgen.engine.ablation import ablate as ablate_heads
 from reportgen.engine.encoding import Encoded, encode
 from reportgen.engine.loading import LoadedModel
@@ -39,8 +40,10 @@ def compute_batch(
     settings: Settings,
     ablate: bool = True,
     memory: MemoryPlan | None = None,
+    reference: Reference | None = None,
 ) -> list[Result]:
-    """Saliency, head scores and (optionally) the ablation check for one batch of examples."""
+    """Saliency, head scores and (optionally) the ablation check for one batch of examples
+    (mean and resample ablation draw on `reference`, by default the batch itself)."""
     metric = settings.metric
     # The batch keeps the most any of its inputs needs; each input then keeps its own k, so
     # what is stored does not depend on the inputs it was batched with.
@@ -73,7 +76,9 @@ def compute_batch(
         )
     if ablate and settings.ablate_k > 0:
         grids_for_ablation = [r.head_scores(metric) for r in results]
-        ablations = ablate_heads(lm, batch, base, grids_for_ablation, settings)
+        if reference is None and settings.ablation != "zero":
+            reference = make_reference(lm, [row.example for row in batch], settings, memory)
+        ablations = ablate_heads(lm, batch, base, grids_for_ablation, settings, reference)
         results = [replace(r, ablation=a) for r, a in zip(results, ablations, strict=True)]
     return results
 
@@ -201,17 +206,46 @@ def check_settings(lm: LoadedModel, settings: Settings) -> None:
         )
 
 
+def make_reference(
+    lm: LoadedModel,
+    pool: Sequence[Example],
+    settings: Settings,
+    memory: MemoryPlan | None = None,
+) -> Reference:
+    """What mean and resample ablation draw on: the run's inputs `pool` and, for mean ablation,
+    every head's mean output over them (one streaming forward pass, in the same windows and
+    batches whatever part of the run is computed, so shards and resumed runs agree)."""
+    mean = None
+    if settings.ablation == "mean":
+        memory = memory or MemoryPlan.of(lm, settings)
+        lengths = [len(_encode(ex, lm, settings).ids) for ex in pool]
+
+        def batches() -> Iterator[list[Encoded]]:
+            for first, last in windows(lengths, lm, settings.batch_size, settings.store):
+                window = [_encode(ex, lm, settings) for ex in pool[first:last]]
+                order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
+                sizes = [len(row.ids) for row in window]
+                for picked in memory.batches(order, sizes, settings.batch_size):
+                    yield [window[i] for i in picked]
+
+        mean, _ = head_means(lm, batches())
+    return Reference(pool, lambda ex: _encode(ex, lm, settings), mean)
+
+
 def compute(
     examples: Sequence[Example],
     lm: LoadedModel,
     settings: Settings,
     progress: Callable[[int], None] | None = None,
+    pool: Sequence[Example] | None = None,
 ) -> Iterator[Result]:
     """Saliency for every example, in input order, one batch at a time (results stream out).
 
     All inputs are encoded and checked before the first pass, so a bad input fails fast; only
     their lengths are kept, and each window of inputs is encoded again when its turn comes (this
-    costs ~0.1 ms per input and keeps memory flat in the number of inputs)."""
+    costs ~0.1 ms per input and keeps memory flat in the number of inputs). `pool` is the whole
+    run's inputs when `examples` are only part of them (a shard, the rest of a resumed run):
+    mean and resample ablation draw on it."""
     check_settings(lm, settings)
     check_metric(settings.metric, examples)
     memory = MemoryPlan.of(lm, settings)
@@ -219,9 +253,13 @@ def compute(
     for ex in examples:
         encoded = _encode(ex, lm, settings)
         _check_spans(encoded, settings)
+        check_effect(encoded, lm, settings)
         memory.check(encoded)
         lengths.append(len(encoded.ids))
     _check_padding(lm, settings, examples, lengths)
+    reference = None
+    if settings.ablate_k > 0 and settings.ablation != "zero" and examples:
+        reference = make_reference(lm, examples if pool is None else pool, settings, memory)
     for first, last in windows(lengths, lm, settings.batch_size, settings.store):
         window = [_encode(ex, lm, settings) for ex in examples[first:last]]
         # Batches of similar lengths pad less; results still leave in input order.
@@ -229,7 +267,8 @@ def compute(
         done: dict[int, Result] = {}
         for picked in memory.batches(order, [len(row.ids) for row in window], settings.batch_size):
             batch = [window[i] for i in picked]
-            done.update(zip(picked, compute_batch(lm, batch, settings, memory=memory), strict=True))
+            found = compute_batch(lm, batch, settings, memory=memory, reference=reference)
+            done.update(zip(picked, found, strict=True))
             if progress is not None:
                 progress(len(batch))
         yield from (done[i] for i in range(len(window)))

@@ -1,0 +1,298 @@
+"""Interventions (zero, mean and resample ablation, the edge knockout) and effect measures
+(logprob, logit-diff, prob), each checked against a plain GPT-2 forward written here in float64
+from the model's weights: head outputs replaced by hand before the output projection, and the
+knockout as a hand-built pre-softmax attention mask."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reportgen.engine import compute
+from reportgen.errors import InputError, SaliencyError, SettingsError
+from reportgen.inputs import examples_from_items
+from reportgen.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+ITEMS = [
+    {
+        "id": "horse",
+        "segments": [
+            {"name": "ENV", "text": "<CHI> painted a picture of a horse"},
+            {"name": "LAN", "text": "<CHI> my favorite animal is the"},
+        ],
+        "target": "horse",
+        "contrast": "dog",
+    },
+    {
+        "id": "dog",
+        "segments": [
+            {"name": "ENV", "text": "<MOT> saw a big dog"},
+            {"name": "LAN", "text": "<CHI> my favorite animal is the"},
+        ],
+        "target": "dog",
+        "contrast": "cat",
+    },
+    {
+        "id": "ball",
+        "segments": [
+            {"name": "ENV", "text": "<CHI> played with a red ball"},
+            {"name": "LAN", "text": "<MOT> my favorite toy is the"},
+        ],
+        "target": "ball",
+        "contrast": "apple",
+    },
+    {
+        "id": "apple",
+        "segments": [
+            {"name": "ENV", "text": "<MOT> ate an apple"},
+            {"name": "LAN", "text": "my favorite animal is the"},
+        ],
+        "target": "cat",
+        "contrast": "banana",
+    },
+]
+METRIC = "flow:ENV->LAN"
+
+
+def plain_forward(model, ids, head_fn=None, mask_fn=None):
+    """GPT-2's logits [T, V] for one sequence, written out: `head_fn(layer, o)` may replace the
+    heads' outputs o [T, H, d] before c_proj, `mask_fn(layer)` adds [H, T, T] to the scores."""
+    cfg = model.config
+    width, heads = cfg.n_embd, cfg.n_head
+    d = width // heads
+    tr = model.transformer
+    t = len(ids)
+    ids = torch.tensor(ids)
+    x = tr.wte.weight[ids] + tr.wpe.weight[:t]
+
+    def norm(x, ln):
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+    causal = torch.full((t, t), -math.inf, dtype=torch.float64).triu(1)
+    for layer, block in enumerate(tr.h):
+        h = norm(x, block.ln_1)
+        qkv = h @ block.attn.c_attn.weight + block.attn.c_attn.bias
+        q, k, v = (part.reshape(t, heads, d).transpose(0, 1) for part in qkv.split(width, -1))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + causal
+        if mask_fn is not None:
+            scores = scores + mask_fn(layer)
+        o = (torch.softmax(scores, -1) @ v).transpose(0, 1)  # [T, H, d]
+        if head_fn is not None:
+            o = head_fn(layer, o.clone())
+        x = x + o.reshape(t, width) @ block.attn.c_proj.weight + block.attn.c_proj.bias
+        h = norm(x, block.ln_2)
+        inner = torch.nn.functional.gelu(
+            h @ block.mlp.c_fc.weight + block.mlp.c_fc.bias, approximate="tanh"
+        )
+        x = x + inner @ block.mlp.c_proj.weight + block.mlp.c_proj.bias
+    return norm(x, tr.ln_f) @ tr.wte.weight.T
+
+
+def head_outputs(model, ids):
+    """Every layer's head outputs [L, T, H, d] in the plain forward."""
+    kept = {}
+
+    def keep(layer, o):
+        kept[layer] = o.clone()
+        return o
+
+    plain_forward(model, ids, keep)
+    return torch.stack([kept[layer] for layer in sorted(kept)])
+
+
+@pytest.fixture(scope="module")
+def gpt2(loaded):
+    return loaded["gpt2"]
+
+
+def _ids(lm, item):
+    text = " ".join(s["text"] for s in item["segments"])
+    ids = lm.tokenizer(text)["input_ids"]
+    return (
+        ids,
+        lm.tokenizer(item["target"])["input_ids"][0],
+        lm.tokenizer(item["contrast"])["input_ids"][0],
+    )
+
+
+def _effect(logits, target, contrast, effect):
+    logp = torch.log_softmax(logits[-1], -1)
+    if effect == "logprob":
+        return float(logp[target])
+    if effect == "prob":
+        return float(logp[target].exp())
+    return float(logits[-1, target] - logits[-1, contrast])
+
+
+def _replaced(heads, replacement):
+    """head_fn replacing the (layer, head)s by `replacement(layer, head, o)`."""
+
+    def fn(layer, o):
+        for lay, head in heads:
+            if lay == layer:
+                o[:, head] = replacement(layer, head, o)
+        return o
+
+    return fn
+
+
+def _results(gpt2, **changes):
+    settings = Settings(dtype="float64", metric=METRIC, ablate_k=3, ablate_draws=3, **changes)
+    return list(compute(examples_from_items(ITEMS), gpt2, settings))
+
+
+def test_the_plain_forward_is_the_models(gpt2):
+    ids, _, _ = _ids(gpt2, ITEMS[0])
+    with torch.no_grad():
+        theirs = gpt2.model(torch.tensor([ids])).logits[0]
+        ours = plain_forward(gpt2.model, ids)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("ablation", "effect"),
+    [("zero", "prob"), ("mean", "logprob"), ("resample", "logit-diff"), ("mean", "logit-diff")],
+)
+def test_ablation_equals_hand_replaced_head_outputs(gpt2, ablation, effect):
+    results = _results(gpt2, ablation=ablation, effect=effect)
+    model = gpt2.model
+    with torch.no_grad():
+        outs = {item["id"]: head_outputs(model, _ids(gpt2, item)[0]) for item in ITEMS}
+        tokens = sum(o.shape[1] for o in outs.values())
+        mean = sum(o.sum(1) for o in outs.values()) / tokens  # [L, H, d]
+        for item, result in zip(ITEMS, results, strict=True):
+            a = result.ablation
+            assert a is not None and a.intervention == ablation and a.effect == effect
+            ids, target, contrast = _ids(gpt2, item)
+            if ablation == "zero":
+                vector = None
+            elif ablation == "mean":
+                vector = mean
+            else:
+                assert a.donor is not None and a.donor != item["id"]
+                vector = outs[a.donor].mean(1)
+
+            def value(heads, vector=vector, ids=ids, target=target, contrast=contrast):
+                fn = _replaced(
+                    heads,
+                    lambda layer, head, o: 0 if vector is None else vector[layer, head],
+                )
+                return _effect(plain_forward(model, ids, fn), target, contrast, effect)
+
+            assert a.value == pytest.approx(
+                _effect(plain_forward(model, ids), target, contrast, effect), rel=1e-9, abs=1e-12
+            )
+            expected_curve = [value(a.heads[: n + 1]) for n in range(len(a.heads))]
+            np.testing.assert_allclose(a.curve, expected_curve, rtol=1e-9, atol=1e-12)
+            assert a.value_top == a.curve[-1]
+            expected_random = [value(drawn) for drawn in a.random_heads]
+            np.testing.assert_allclose(a.random_values, expected_random, rtol=1e-9, atol=1e-12)
+            assert a.draws == 3 and all(len(set(drawn)) == 3 for drawn in a.random_heads)
+
+
+def test_knockout_equals_a_hand_built_attention_mask(gpt2):
+    results = _results(gpt2, ablation="zero", effect="logprob")
+    model = gpt2.model
+    heads = model.config.n_head
+    for item, result in zip(ITEMS, results, strict=True):
+        a = result.ablation
+        assert a is not None and a.knockout is not None
+        assert (a.knockout.src, a.knockout.dst) == ("ENV", "LAN")
+        ids, target, contrast = _ids(gpt2, item)
+        spans = {s.name: (s.start, s.end) for s in result.spans}
+        (s0, s1), (d0, d1) = spans["ENV"], spans["LAN"]
+        t = len(ids)
+
+        def mask(layer, a=a, s0=s0, s1=s1, d0=d0, d1=d1, t=t):
+            m = torch.zeros((heads, t, t), dtype=torch.float64)
+            for lay, head in a.heads:
+                if lay == layer:
+                    m[head, d0:d1, s0:s1] = -math.inf
+            return m
+
+        with torch.no_grad():
+            expected = _effect(plain_forward(model, ids, mask_fn=mask), target, contrast, "logprob")
+        assert a.knockout.value == pytest.approx(expected, rel=1e-9)
+        assert a.delta_knockout == pytest.approx(expected - a.value, rel=1e-7, abs=1e-12)
+
+
+def test_no_knockout_without_a_flow_metric(gpt2):
+    settings = Settings(dtype="float64", metric="total", ablate_k=2, ablate_draws=2)
+    [result] = compute(examples_from_items(ITEMS[:1]), gpt2, settings)
+    assert result.ablation is not None and result.ablation.knockout is None
+
+
+def test_mean_and_donors_come_from_the_whole_run_not_the_part_computed(gpt2):
+    """A shard or a resumed run computes some inputs; mean and resample draw on all of them."""
+    examples = examples_from_items(ITEMS)
+    for ablation in ("mean", "resample"):
+        settings = Settings(
+            dtype="float64", metric=METRIC, ablate_k=2, ablate_draws=2, ablation=ablation
+        )
+        whole = list(compute(examples, gpt2, settings))
+        part = list(compute(examples[2:], gpt2, settings, pool=examples))
+        for a, b in zip(part, whole[2:], strict=True):  # equal up to the batch's rounding
+            assert a.ablation is not None and b.ablation is not None
+            assert (a.ablation.donor, a.ablation.heads) == (b.ablation.donor, b.ablation.heads)
+            np.testing.assert_allclose(a.ablation.curve, b.ablation.curve, rtol=1e-12)
+            np.testing.assert_allclose(
+                a.ablation.random_values, b.ablation.random_values, rtol=1e-12
+            )
+    mean = Settings(dtype="float64", metric=METRIC, ablate_k=2, ablate_draws=2)
+    whole = list(compute(examples, gpt2, mean))
+    alone = list(compute(examples[2:], gpt2, mean))
+    assert alone[0].ablation is not None and whole[2].ablation is not None
+    assert alone[0].ablation.curve != pytest.approx(whole[2].ablation.curve, rel=1e-6)
+
+
+def test_batching_does_not_change_the_interventions(gpt2):
+    one = _results(gpt2, ablation="mean", batch_size=1)
+    many = _results(gpt2, ablation="mean", batch_size=4)
+    for a, b in zip(one, many, strict=True):
+        assert a.ablation is not None and b.ablation is not None
+        np.testing.assert_allclose(a.ablation.curve, b.ablation.curve, rtol=1e-9)
+        np.testing.assert_allclose(a.ablation.random_values, b.ablation.random_values, rtol=1e-9)
+        assert a.ablation.knockout is not None and b.ablation.knockout is not None
+        assert a.ablation.knockout.value == pytest.approx(b.ablation.knockout.value, rel=1e-9)
+
+
+def test_logit_diff_needs_a_contrast_on_every_input(gpt2):
+    items = [dict(ITEMS[0]), {k: v for k, v in ITEMS[1].items() if k != "contrast"}]
+    with pytest.raises(SaliencyError, match="input 'dog' has no \"contrast\""):
+        list(compute(examples_from_items(items), gpt2, Settings(effect="logit-diff")))
+    long = [{**ITEMS[0], "contrast": "red ball"}]
+    with pytest.raises(SaliencyError, match="contrast 'red ball' is 2 tokens"):
+        list(compute(examples_from_items(long), gpt2, Settings(effect="logit-diff")))
+
+
+def test_resample_needs_two_inputs(gpt2):
+    with pytest.raises(SaliencyError, match="only one input"):
+        list(compute(examples_from_items(ITEMS[:1]), gpt2, Settings(ablation="resample")))
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"text": "a b", "contrast": "dog"}, 'needs a "target"'),
+        ({"text": "a b", "target": "dog", "contrast": "dog"}, "the same as"),
+        ({"text": "a b", "target": "dog", "contrast": ["x"]}, "must be a string"),
+        ({"text": "a b", "target": "dog", "contrast": " "}, "is empty"),
+    ],
+)
+def test_contrast_is_validated_like_target(item, message):
+    with pytest.raises(InputError, match=message):
+        examples_from_items([item])
+
+
+def test_unknown_ablation_and_effect_name_the_option():
+    with pytest.raises(SettingsError, match="unknown --ablation 'half'"):
+        Settings(ablation="half").validate()
+    with pytest.raises(SettingsError, match="unknown --effect 'kl'"):
+        Settings(effect="kl").validate()
