@@ -979,20 +979,21 @@ def _ablation_json(a: Ablation) -> dict[str, Any]:
     }
 
 
-def _ablation_from(a: Mapping[str, Any]) -> Ablation:
-    def pairs(items: Any) -> tuple[tuple[int, int], ...]:
-        return tuple((int(x), int(y)) for x, y in items)
+def _pairs(items: Any) -> tuple[tuple[int, int], ...]:
+    return tuple([(int(x), int(y)) for x, y in items])
 
+
+def _ablation_from(a: Mapping[str, Any]) -> Ablation:
     knock = a["knockout"]
     return Ablation(
         intervention=str(a["intervention"]),
         effect=str(a["effect"]),
-        heads=pairs(a["heads"]),
+        heads=_pairs(a["heads"]),
         value=float(a["value"]),
         value_top=float(a["value_top"]),
-        random_heads=tuple(pairs(drawn) for drawn in a["random_heads"]),
-        random_values=tuple(float(v) for v in a["random_values"]),
-        curve=tuple(float(v) for v in a["curve"]),
+        random_heads=tuple([_pairs(drawn) for drawn in a["random_heads"]]),
+        random_values=tuple([float(v) for v in a["random_values"]]),
+        curve=tuple([float(v) for v in a["curve"]]),
         donor=a["donor"],
         knockout=None
         if knock is None

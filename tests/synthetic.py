@@ -12,7 +12,7 @@ import numpy as np
 
 from reportgen.data.examples import Example, Segment
 from reportgen.data.metrics import parse_metric, shares
-from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan, default_top_k
+from reportgen.data.results import Ablation, HeadStats, Knockout, Result, TokenSpan, default_top_k
 from reportgen.inputs import examples_from_items
 from reportgen.records import Run, RunInfo, RunWriter
 
@@ -157,6 +157,8 @@ def run_info(**changes: Any) -> RunInfo:
             "truncate": False,
             "ablate_k": 3,
             "ablate_draws": 8,
+            "ablation": "mean",
+            "effect": "logprob",
             "seed": 0,
             "engine": "tiled",
             "store": "top-k",
@@ -203,13 +205,34 @@ def result_for(example: Example, seed: int) -> Result:
         loss=float(-np.log(value)),
         prediction_position=t - 1,
         stats=stats,
-        ablation=Ablation(
-            tuple((int(h) // HEADS, int(h) % HEADS) for h in top),
-            value,
-            value * 0.5,
-            value * 0.95,
-            8,
+        ablation=synthetic_ablation(
+            tuple((int(h) // HEADS, int(h) % HEADS) for h in top), float(np.log(value)), seed
         ),
+    )
+
+
+def synthetic_ablation(heads: tuple[tuple[int, int], ...], value: float, seed: int) -> Ablation:
+    """An ablation record as the engine writes one (mean ablation, log p, a flow knockout):
+    the top heads lower log p more than random heads, head by head."""
+    rng = np.random.default_rng([seed, 99])
+    k = len(heads)
+    curve = tuple(value - 0.5 * (n + 1) / k - 0.01 * float(rng.random()) for n in range(k))
+    draws = tuple(
+        tuple((int(h) // HEADS, int(h) % HEADS) for h in rng.choice(LAYERS * HEADS, k, False))
+        for _ in range(8)
+    )
+    randoms = tuple(value - 0.05 * float(rng.random()) for _ in draws)
+    return Ablation(
+        intervention="mean",
+        effect="logprob",
+        heads=heads,
+        value=value,
+        value_top=curve[-1],
+        random_heads=draws,
+        random_values=randoms,
+        curve=curve,
+        donor=None,
+        knockout=Knockout("ENV", "LAN", value - 0.3),
     )
 
 

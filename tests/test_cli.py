@@ -75,6 +75,26 @@ def test_compute_writes_a_run_folder(tiny_models, tmp_path):
     assert "1 inputs (4 tokens) in" in result.stderr and "run folder" in result.stderr
 
 
+def test_compute_takes_the_intervention_and_effect_options(tiny_models, tmp_path):
+    items = [
+        {"id": "a", "text": "<CHI> saw a dog", "target": "dog", "contrast": "cat"},
+        {"id": "b", "text": "<MOT> ate an apple", "target": "banana", "contrast": "apple"},
+    ]
+    inputs = _inputs(tmp_path, items)
+    args = ["compute", inputs, "--out", tmp_path / "run", "--model", tiny_models["gpt2"]]
+    args += ["--ablate-k", "2", "--ablate-draws", "2", "--ablation", "resample"]
+    result = _invoke(*args, "--effect", "logit-diff")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text("utf-8"))
+    assert manifest["run"]["parameters"]["ablation"] == "resample"
+    assert manifest["run"]["parameters"]["effect"] == "logit-diff"
+    first = json.loads((tmp_path / "run" / "entries.jsonl").read_text("utf-8").splitlines()[0])
+    assert first["contrast"] == "cat" and first["ablation"]["donor"] == "b"
+    assert first["ablation"]["effect"] == "logit-diff" and len(first["ablation"]["curve"]) == 2
+    bad = _invoke("compute", inputs, "--out", tmp_path / "other", "--ablation", "half")
+    assert bad.exit_code == 2 and "unknown --ablation 'half'" in bad.output
+
+
 def test_quiet_prints_nothing(tiny_models, tmp_path):
     inputs = _inputs(tmp_path, [{"text": "a b"}])
     result = _invoke("compute", inputs, "-o", tmp_path / "run", "-m", tiny_models["gpt2"], "-q")

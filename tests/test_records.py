@@ -6,6 +6,7 @@ and `reportgen.compute` write (e2e)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -107,7 +108,7 @@ def test_manifest_describes_the_run(gpt2_run):
         assert key in run
     assert set(run["versions"]) >= {"transformers", "torch", "reportgen"}
     assert run["parameters"]["store"] == "top-k" and run["parameters"]["top_k"] is None
-    assert manifest["format"] == "reportgen-run/2" and manifest["count"] == 3
+    assert manifest["format"] == "reportgen-run/3" and manifest["count"] == 3
     lines = (gpt2_run / "entries.jsonl").read_text("utf-8").splitlines()
     assert len(lines) == 3
     example = json.loads(lines[0])
@@ -268,6 +269,39 @@ def test_an_old_run_folder_names_its_version(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "reportgen-run/1"}))
     with pytest.raises(RunError, match=r"format reportgen-run/1, written by reportgen 0\.1"):
         Run.open(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "reportgen-run/2"}))
+    with pytest.raises(RunError, match=r"format reportgen-run/2, written by a reportgen without"):
+        Run.open(tmp_path)
+
+
+@pytest.mark.unit
+def test_ablation_records_round_trip_with_curve_draws_donor_and_knockout(tmp_path):
+    from synthetic import result_for, run_info, synthetic_ablation
+
+    from reportgen.data.results import Knockout
+
+    [example] = examples_from_items(
+        [{"segments": [{"name": "ENV", "text": "a b c"}, {"name": "LAN", "text": "d e"}]}]
+    )
+    base = result_for(example, 3)
+    resampled = dataclasses.replace(
+        synthetic_ablation(((0, 1), (2, 3)), -1.25, 4),
+        intervention="resample",
+        effect="logit-diff",
+        donor="other",
+        knockout=Knockout("ENV", "LAN", -2.5),
+    )
+    with RunWriter(tmp_path / "run", run_info()) as writer:
+        writer.add(dataclasses.replace(base, ablation=resampled))
+        writer.add(
+            dataclasses.replace(base, example=dataclasses.replace(example, id="2"), ablation=None)
+        )
+    back = Run.open(tmp_path / "run")
+    assert back.entries[0].ablation == resampled
+    assert back.entries[1].ablation is None
+    a = back.entries[0].ablation
+    assert a.draws == 8 and a.value_random == pytest.approx(np.mean(a.random_values))
+    assert a.delta_knockout == pytest.approx(-1.25) and a.delta_curve[-1] == a.delta_top
 
 
 @pytest.mark.unit
@@ -486,9 +520,9 @@ def test_rendering_a_run_whose_record_is_a_fifo_exits_2_and_never_hangs(syntheti
 def test_a_record_at_512_tokens_and_144_heads_is_at_most_a_megabyte(tmp_path):
     """The default store (exact reductions and the top 2T cells, at most 512, per head) keeps a
     12 x 12 model's example of 512 tokens under 1 MB (the dense S would be 151 MB)."""
-    from synthetic import run_info
+    from synthetic import run_info, synthetic_ablation
 
-    from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan, default_top_k
+    from reportgen.data.results import HeadStats, Result, TokenSpan, default_top_k
 
     layers, heads, t = 12, 12, 512
     k = default_top_k(t)
@@ -526,7 +560,7 @@ def test_a_record_at_512_tokens_and_144_heads_is_at_most_a_megabyte(tmp_path):
         loss=0.69,
         prediction_position=t - 1,
         stats=stats,
-        ablation=Ablation(((0, 0), (1, 1), (2, 2)), 0.5, 0.25, 0.45, 8),
+        ablation=synthetic_ablation(((0, 0), (1, 1), (2, 2)), -0.69, 0),
     )
     with RunWriter(tmp_path / "run", run_info(num_layers=layers, num_heads=heads)) as writer:
         writer.add(result)

@@ -401,10 +401,13 @@ def test_masked_classifier_and_encoder_objectives(tiny_models, loaded):
     assert pair.loss == pytest.approx(-cos.item(), rel=1e-9)
 
 
+ZERO_PROB = Settings(ablate_k=2, ablate_draws=3, ablation="zero", effect="prob")
+
+
 def test_ablation_matches_zeroing_heads_by_hand(loaded):
     """value_top equals p(target) with those heads' slices of c_proj's input zeroed (GPT-2)."""
     lm = loaded["gpt2"]
-    [result] = compute(examples_from_items([REFERENCE]), lm, Settings(ablate_k=2, ablate_draws=3))
+    [result] = compute(examples_from_items([REFERENCE]), lm, ZERO_PROB)
     ablation = result.ablation
     assert ablation is not None and len(ablation.heads) == 2 and ablation.draws == 3
     grid = result.head_scores("total")
@@ -430,9 +433,7 @@ def test_ablation_matches_zeroing_heads_by_hand(loaded):
             handle.remove()
     assert ablation.value_top == pytest.approx(value, rel=1e-9)
     assert ablation.value == pytest.approx(result.value)
-    again = list(
-        compute(examples_from_items([REFERENCE]), lm, Settings(ablate_k=2, ablate_draws=3))
-    )
+    again = list(compute(examples_from_items([REFERENCE]), lm, ZERO_PROB))
     assert again[0].ablation == ablation, "seeded random baseline"
 
 

@@ -16,6 +16,8 @@ BOOTSTRAP_SAMPLES = 2000
 """Bootstrap resamples of the inputs for a confidence interval."""
 PERMUTATIONS = 10000
 """Random sign flips of the permutation test when exact enumeration (2^n) would be more."""
+BLOCK = 256
+"""Bootstrap resamples drawn at a time."""
 EXACT_UP_TO = 16
 """Inputs up to which the permutation test enumerates all 2^n sign flips (exact)."""
 
@@ -40,16 +42,19 @@ def bootstrap_mean(
 ) -> Interval:
     """The mean over axis 0 (the inputs) of `values` [n, ...] and its percentile bootstrap
     interval: the inputs resampled with replacement `samples` times (seeded), each resample's
-    mean, and their (1 − level)/2 and (1 + level)/2 quantiles. Drawn as multinomial counts, so
-    memory is samples × n plus samples × the rest, whatever the shape."""
+    mean, and their (1 − level)/2 and (1 + level)/2 quantiles. Drawn as multinomial counts, a
+    block of resamples at a time: memory is BLOCK × n plus samples × the rest."""
     x = np.asarray(values, np.float64)
     n = x.shape[0]
     if n == 0:
         raise ValueError("bootstrap of no values")
     flat = x.reshape(n, -1)
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=samples)  # [samples, n]
-    means = counts @ flat / n  # [samples, rest]
+    means = np.empty((samples, flat.shape[1]))
+    for start in range(0, samples, BLOCK):
+        size = min(BLOCK, samples - start)
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size)  # [size, n]
+        means[start : start + size] = counts @ flat / n
     alpha = (1 - level) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha], axis=0)
     shape = x.shape[1:]

@@ -22,6 +22,14 @@ from reportgen.charts import Packed
 from reportgen.data.examples import Example
 from reportgen.data.methods import METHODS
 from reportgen.data.results import Ablation, Result
+from reportgen.data.stats import (
+    HeadTests,
+    Interval,
+    PairedTest,
+    bootstrap_mean,
+    head_tests,
+    paired_test,
+)
 from reportgen.errors import SettingsError
 from reportgen.records import Entry, Run, RunInfo
 from reportgen.settings import Settings
@@ -36,6 +44,71 @@ RANK_BLOCK = 1024
 
 TopHeads = list[tuple[int, int, float]]
 """(layer, head, score), 0-based, strongest first."""
+
+EFFECT_LABELS = {
+    "logprob": "log p(target)",
+    "prob": "p(target)",
+    "logit-diff": "logit(target) − logit(contrast)",
+    "cosine": "cosine",
+}
+INTERVENTION_LABELS = {
+    "zero": "zeroed",
+    "mean": "mean-ablated (each head's output replaced by its mean over all tokens of all inputs)",
+    "resample": "resample-ablated (each head's output replaced by its mean over another input)",
+}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The dataset's ablation evidence, from the entries: the top-k heads against k random
+    heads as a paired test over inputs, and the flow knockout against no change."""
+
+    intervention: str
+    effect: str
+    effect_label: str
+    k: int
+    draws: int
+    mean_delta_top: float
+    mean_delta_random: float
+    test: PairedTest
+    """d_i = Δ top-k − Δ random (mean over the draws); negative: the top heads matter more."""
+    knockout: PairedTest | None
+    """d_i = Δ knockout (against 0), where the run has a flow metric."""
+    knockout_flow: str | None
+    """`SRC→DST`."""
+    seed: int
+
+
+def evidence(run: Run) -> Evidence | None:
+    """The dataset test of a run's ablations (None without any); seeded by the run's --seed."""
+    tops, randoms, knocks = [], [], []
+    first: Ablation | None = None
+    for entry in run.entries:
+        a = entry.ablation
+        if a is None:
+            continue
+        first = first or a
+        tops.append(a.delta_top)
+        randoms.append(a.delta_random)
+        if a.delta_knockout is not None:
+            knocks.append(a.delta_knockout)
+    if first is None:
+        return None
+    seed = int(run.info.parameters.get("seed") or 0)
+    knock = first.knockout
+    return Evidence(
+        intervention=first.intervention,
+        effect=first.effect,
+        effect_label=EFFECT_LABELS.get(first.effect, first.effect),
+        k=len(first.heads),
+        draws=first.draws,
+        mean_delta_top=float(np.mean(tops)),
+        mean_delta_random=float(np.mean(randoms)),
+        test=paired_test(tops, randoms, seed),
+        knockout=paired_test(knocks, [0.0] * len(knocks), seed) if knocks else None,
+        knockout_flow=None if knock is None else f"{knock.src}→{knock.dst}",
+        seed=seed,
+    )
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -111,6 +184,12 @@ class Common(Context):
     count: int
     """Number of inputs."""
     keys_as_rows: bool
+    evidence: Evidence | None
+    """The dataset's ablation test (index and about pages show it)."""
+    intervention_labels: Mapping[str, str]
+    """How each intervention reads in a sentence ("mean-ablated (...)")."""
+    effect_labels: Mapping[str, str]
+    """Each effect measure's name on the page ("log p(target)")."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +234,11 @@ class IndexContext(Context):
 
     rows: Rows
     top_heads: TopHeads
+    head_intervals: list[tuple[float, float]]
+    """Each of `top_heads`' bootstrap confidence interval of its mean share (low, high)."""
+    interval: Interval | None
+    heads_tested: HeadTests | None
+    """Per head, share above the uniform share over the inputs (sign test, BH)."""
     mean_delta_top: float | None
     mean_delta_random: float | None
     mean_value: float | None
@@ -219,6 +303,7 @@ class SiteContext:
     value_label: str
     method: str
     metric: str
+    evidence: Evidence | None
 
     @classmethod
     def gather(cls, run: Run, settings: Settings) -> SiteContext:
@@ -232,7 +317,8 @@ class SiteContext:
         known = METHODS.get(info.method)
         method = f"{info.method}: {known.summary}" if known else info.method
         metric = str(settings.report_metric or info.metric)
-        return cls(run, settings, env, names, title, value_label, method, metric)
+        found = evidence(run)
+        return cls(run, settings, env, names, title, value_label, method, metric, found)
 
     def common(self, links: Links) -> Common:
         return Common(
@@ -244,6 +330,9 @@ class SiteContext:
             metric=self.metric,
             count=len(self.names),
             keys_as_rows=self.settings.keys_as_rows,
+            evidence=self.evidence,
+            intervention_labels=INTERVENTION_LABELS,
+            effect_labels=EFFECT_LABELS,
         )
 
 
@@ -275,6 +364,9 @@ def index_page(site: SiteContext) -> Page:
     grids = site.run.head_scores(site.metric)
     count = len(grids)
     mean = grids.mean(axis=0) if count else np.zeros((layers, heads), np.float32)
+    seed = int(info.parameters.get("seed") or 0)
+    interval = bootstrap_mean(grids, seed) if count else None
+    tested = head_tests(grids) if count else None
     flat = grids.reshape(count, layers * heads)
     tops = flat.argmax(axis=1)  # as charts.top_head: the first one on ties
     top_scores = flat[np.arange(count), tops]
@@ -284,7 +376,7 @@ def index_page(site: SiteContext) -> Page:
     for start in range(0, count, RANK_BLOCK):
         block = flat[start : start + RANK_BLOCK]
         ranking[start : start + RANK_BLOCK] = np.rint(block.astype(np.float64) * RANK_SCALE)
-    del grids, flat
+    del flat
     deltas: list[float] = []
     randoms: list[float] = []
     values: list[float] = []
@@ -293,6 +385,7 @@ def index_page(site: SiteContext) -> Page:
         if entry.ablation is not None:
             deltas.append(entry.ablation.delta_top)
             randoms.append(entry.ablation.delta_random)
+    del grids
     data = {
         "kind": "index",
         "spec": charts.to_vega(charts.grid_spec(mean)),
@@ -302,9 +395,18 @@ def index_page(site: SiteContext) -> Page:
         "per_input": layers * heads,
         "scores": base64.b64encode(ranking.data).decode("ascii"),
     }
+    top_heads = charts.top_heads(mean, TOP_HEADS_SHOWN) if count else []
+    intervals = (
+        []
+        if interval is None
+        else [(float(interval.low[a, b]), float(interval.high[a, b])) for a, b, _ in top_heads]
+    )
     context = IndexContext(
         rows=Rows(site.run, site.names, tops, top_scores),
-        top_heads=charts.top_heads(mean, TOP_HEADS_SHOWN) if count else [],
+        top_heads=top_heads,
+        head_intervals=intervals,
+        interval=interval,
+        heads_tested=tested,
         mean_delta_top=float(np.mean(deltas)) if deltas else None,
         mean_delta_random=float(np.mean(randoms)) if randoms else None,
         mean_value=float(np.mean(values)) if values else None,
