@@ -184,6 +184,51 @@ def test_pages_state_what_they_show(built: Path, run: Run) -> None:
         assert text.replace(">", "&gt;") in about
 
 
+def _text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html)).replace("−", "-")
+
+
+def test_index_and_about_show_the_dataset_test(built: Path, run: Run) -> None:
+    """The numbers the pages print are the paired test of the entries' ablations."""
+    from reportgen.data.stats import paired_test
+    from reportgen.site.html import number, signed
+
+    entries = [e.ablation for e in run.entries]
+    assert all(a is not None for a in entries)
+    tops = [a.delta_top for a in entries if a]
+    randoms = [a.delta_random for a in entries if a]
+    test = paired_test(tops, randoms, int(run.info.parameters["seed"]))
+    index = _text((built / "index.html").read_text("utf-8"))
+    about = _text((built / "about.html").read_text("utf-8"))
+    n = len(run)
+    assert f"on {test.below} of {n} inputs" in index and f"n = {n}" in index
+    assert f"sign test p = {number(test.sign_p, 2)}" in index
+    assert f"permutation test p = {number(test.permutation_p, 2)}" in index
+    assert f"dz = {number(test.effect_size, 3)}".replace("−", "-") in index
+    assert "mean-ablated" in index and "log p(target)" in index
+    assert "Knocking out attention ENV→LAN" in index
+    assert f"{test.below} of {n} ({test.above} higher)" in about
+    assert f"{signed(test.mean)} (Δ top − Δ random)".replace("−", "-") in about
+    assert re.search(r"\d+\.\d% \[\d+\.\d%, \d+\.\d%\]", index), "head intervals"
+    assert "Benjamini–Hochberg" in index
+
+
+def test_the_ablation_card_shows_the_curve_and_the_knockout(built: Path, run: Run) -> None:
+    from reportgen.site.html import signed
+
+    a = run.entries[0].ablation
+    assert a is not None and a.knockout is not None
+    page = (built / "examples" / EXAMPLES[0]).read_text("utf-8")
+    curve = Tags(page)
+    text = _text(page)
+    assert "Effect measured on log p(target)" in text and "mean-ablated" in text
+    for n, delta in enumerate(a.delta_curve, start=1):
+        assert f"top {n} (+ " in text and signed(delta).replace("−", "-") in text
+    assert "attention ENV → LAN knocked out in the top heads" in text
+    assert signed(a.delta_knockout).replace("−", "-") in text
+    assert any(t.get("data-rg") == "ablation-curve" for t in curve.named("table"))
+
+
 RENDER = """
 import sys
 from pathlib import Path
