@@ -42,6 +42,8 @@ def test_segment_names_are_compared_as_they_are_stored():
         ({"dtype": "int8"}, "unknown --dtype 'int8'"),
         ({"engine": "fast"}, "unknown --engine 'fast'"),
         ({"max_memory": "lots"}, "'lots' is not a size"),
+        ({"ablation": "half"}, "unknown --ablation 'half'"),
+        ({"effect": "kl"}, "unknown --effect 'kl'"),
     ],
 )
 def test_every_setting_is_validated_with_its_option_name(changes, message):
