@@ -32,7 +32,18 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="Model folder or cached hub id [default: the demo model]."),
 ]
 MethodOpt = Annotated[
-    str | None, typer.Option(help="Saliency method: attn-grad, attention or attattr.")
+    str | None,
+    typer.Option(
+        help="Saliency method: attn-grad, attention, attattr, attn-norm, rollout or "
+        "grad-rollout (README: Methods)."
+    ),
+]
+AggregateOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="attn-grad only: heads, or wang (also Wang et al. 2023's per-layer flow; tiled "
+        "engine) [default: heads]."
+    ),
 ]
 MetricOpt = Annotated[
     str | None, typer.Option(help="Grid head score: total, prediction or flow:SRC->DST.")
@@ -193,6 +204,7 @@ def build(
     run: Annotated[Path | None, typer.Option(help="Also keep the run folder here.")] = None,
     model: ModelOpt = None,
     method: MethodOpt = None,
+    aggregate: AggregateOpt = None,
     metric: MetricOpt = None,
     steps: StepsOpt = None,
     batch_size: BatchOpt = None,
@@ -249,6 +261,7 @@ def compute(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")],
     model: ModelOpt = None,
     method: MethodOpt = None,
+    aggregate: AggregateOpt = None,
     metric: MetricOpt = None,
     steps: StepsOpt = None,
     batch_size: BatchOpt = None,
@@ -458,6 +471,7 @@ def _settings(options: dict[str, Any]) -> Settings:
     names = {
         "model",
         "method",
+        "aggregate",
         "metric",
         "steps",
         "batch_size",

@@ -369,6 +369,8 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
             "pairing": settings.pairing if lm.task.value == "encoder" else None,
             "reductions": "float64" if settings.dtype == "float64" else "float32",
             "torch_threads": torch.get_num_threads(),
+            # Only where it is not the default, so runs from before the option read the same.
+            **({"aggregate": settings.aggregate} if settings.aggregate != "heads" else {}),
         },
         versions={
             "reportgen": __version__,
@@ -430,8 +432,8 @@ def equivalent_command(settings: Settings, inputs: object = None, out: object = 
     argv: list[str] = ["compute", str(inputs) if isinstance(inputs, (str, Path)) else "INPUTS"]
     argv += ["--out", str(out) if out is not None else "RUN"]
     for name in (
-        "model", "method", "metric", "steps", "batch_size", "device", "dtype", "engine",
-        "pairing", "max_memory", "device_map", "store", "max_tokens", "ablate_k",
+        "model", "method", "aggregate", "metric", "steps", "batch_size", "device", "dtype",
+        "engine", "pairing", "max_memory", "device_map", "store", "max_tokens", "ablate_k",
         "ablate_draws", "ablation", "effect", "seed", "top_k",
     ):  # fmt: skip
         value = getattr(settings, name)

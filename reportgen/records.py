@@ -5,7 +5,9 @@
     RUN/records/000001.safetensors  the example's HeadStats: `total`, `prediction` [L, H] and
                                     `flow` [L, H, n+1, n+1] (float64, exact), `top_cells` (int32)
                                     and `top_values` (float32) [L, H, k]; with --store dense
-                                    also `dense` [L, H, T, T]
+                                    also `dense` [L, H, T, T]; rollout methods add
+                                    `relevance` [L, T], attn-grad --aggregate wang adds
+                                    `pair_sums` and `pair_counts` [L, n+2, n+2] (float64)
 
 Any metric's head scores come from `total`, `prediction` and `flow`, so a run renders under
 any metric without recomputing. Nothing but numpy arrays and plain values is stored; loading
@@ -55,7 +57,7 @@ from safetensors.numpy import load_file, save
 
 from reportgen.data.examples import Example, Segment
 from reportgen.data.metrics import Metric, parse_metric, shares
-from reportgen.data.results import Ablation, HeadStats, Knockout, Result, TokenSpan
+from reportgen.data.results import Ablation, HeadStats, Knockout, PairFlow, Result, TokenSpan
 from reportgen.errors import OutputError, RunError
 from reportgen.fsutil import RUN_WRITES, check_folder, staged_update
 
@@ -255,6 +257,11 @@ class RunWriter:
         }
         if result.dense is not None:
             arrays["dense"] = np.ascontiguousarray(result.dense)
+        if result.relevance is not None:
+            arrays["relevance"] = np.ascontiguousarray(result.relevance, dtype=np.float64)
+        if result.pairs is not None:
+            arrays["pair_sums"] = np.ascontiguousarray(result.pairs.sums, dtype=np.float64)
+            arrays["pair_counts"] = np.ascontiguousarray(result.pairs.pairs, dtype=np.float64)
         if self.partial is None:
             _write_record(self._tmp / record, arrays)
             self._entries.write(line)
@@ -848,7 +855,7 @@ class Run:
         k = arrays["top_cells"].shape[-1] if "top_cells" in arrays else 0
         for key, shape in _shapes(self.info, entry, k).items():
             if key not in arrays:
-                if key == "dense":
+                if key in _OPTIONAL:
                     continue
                 raise RunError(f"{path}: no '{key}' array; the run folder is damaged")
             _check_shape(path, key, arrays[key], shape)
@@ -873,6 +880,10 @@ class Run:
             stats=stats,
             ablation=entry.ablation,
             dense=arrays.get("dense"),
+            relevance=arrays.get("relevance"),
+            pairs=None
+            if "pair_sums" not in arrays or "pair_counts" not in arrays
+            else PairFlow(stats.segments, arrays["pair_sums"], arrays["pair_counts"]),
         )
 
     def _record(self, entry: Entry) -> Path:
@@ -911,7 +922,14 @@ def _shapes(info: RunInfo, entry: Entry, k: int) -> dict[str, tuple[int, ...]]:
         "top_cells": (layers, heads, k),
         "top_values": (layers, heads, k),
         "dense": (layers, heads, tokens, tokens),
+        "relevance": (layers, tokens),
+        "pair_sums": (layers, groups + 1, groups + 1),
+        "pair_counts": (layers, groups + 1, groups + 1),
     }
+
+
+_OPTIONAL = frozenset({"dense", "relevance", "pair_sums", "pair_counts"})
+"""Record arrays only some runs have (--store dense, rollout methods, --aggregate wang)."""
 
 
 def _check_shape(path: Path, key: str, array: np.ndarray, shape: tuple[int, ...]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from reportgen.data.methods import parse_method
+from reportgen.data.methods import AGGREGATES, parse_method
 from reportgen.data.metrics import Metric, parse_metric
 from reportgen.data.results import EFFECTS, INTERVENTIONS
 from reportgen.errors import SettingsError
@@ -62,7 +62,11 @@ class Settings:
     model: str | None = None
     """Local folder or hub id (resolved from the local cache); None means the demo model."""
     method: str = "attn-grad"
-    """Saliency method: attn-grad, attention or attattr."""
+    """Saliency method: attn-grad, attention, attattr, attn-norm, rollout or grad-rollout."""
+    aggregate: str = "heads"
+    """attn-grad's aggregation: `heads` (each head's |A ⊙ ∂L/∂A|) or `wang` (also Wang et
+    al. 2023's per-layer flow: heads summed before the magnitude, the diagonal excluded, each
+    group of token pairs averaged over its pairs; tiled engine)."""
     metric: Metric = TOTAL
     """Head score shown in the grid: total, prediction or flow:SRC->DST (a string is parsed)."""
     engine: str = "tiled"
@@ -175,6 +179,16 @@ class Settings:
             )
         if self.effect not in EFFECTS:
             raise SettingsError(f"unknown --effect '{self.effect}' (use {', '.join(EFFECTS)})")
+        if self.aggregate not in AGGREGATES:
+            raise SettingsError(
+                f"unknown --aggregate '{self.aggregate}' (use {' or '.join(AGGREGATES)})"
+            )
+        if self.aggregate == "wang" and self.method != "attn-grad":
+            raise SettingsError(
+                f"--aggregate wang is an option of --method attn-grad, not {self.method}"
+            )
+        if self.aggregate == "wang" and self.engine != "tiled":
+            raise SettingsError("--aggregate wang runs on the tiled engine: drop --engine eager")
         if self.engine not in ENGINES:
             raise SettingsError(f"unknown --engine '{self.engine}' (use {' or '.join(ENGINES)})")
         if self.pairing not in PAIRINGS:

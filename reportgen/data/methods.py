@@ -26,8 +26,25 @@ METHODS: dict[str, Method] = {
         Method("attn-grad", "|A ⊙ ∂L/∂A| per head, one forward and one backward pass", False),
         Method("attention", "raw attention weights", False),
         Method("attattr", "integrated gradients on attention (A ⊙ mean_k ∂L(αA)/∂A), signed", True),
+        Method("attn-norm", "‖α_ij f_h(x_j)‖ per head: attention × projected value norm", False),
+        Method(
+            "rollout",
+            "attention rollout over layers (heads averaged); per head, the attention weights",
+            False,
+        ),
+        Method(
+            "grad-rollout",
+            "gradient rollout over layers (heads averaged); per head, (A ⊙ ∂log p/∂A)⁺",
+            False,
+        ),
     )
 }
+
+ROLLOUTS = ("rollout", "grad-rollout")
+"""Methods that also give a token-level relevance per layer, [L, T] (`Result.relevance`)."""
+
+AGGREGATES = ("heads", "wang")
+"""`--aggregate` of attn-grad: per head only, or also Wang et al. 2023's layer flow."""
 
 
 def parse_method(name: str) -> Method:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -133,6 +134,57 @@ class HeadStats:
 
 
 @dataclass(frozen=True)
+class PairFlow:
+    """Wang et al. 2023 (arXiv:2305.14160) aggregation of attn-grad per layer: the heads summed
+    before the magnitude, I_l = |Σ_h A_h ⊙ ∂L/∂A_h|, summed over the token pairs (i, j) the
+    attention allows, i ≠ j, by (query group, key group), and those pairs counted. Groups are
+    the segments in `segments` order, then tokens in no segment, then (last) the prediction
+    position on its own, so a mean over any set of groups is sums / pairs of its cells."""
+
+    segments: tuple[str, ...]
+    sums: np.ndarray
+    """float64 [L, n + 2, n + 2]: Σ I_l(i, j) by (query group, key group)."""
+    pairs: np.ndarray
+    """float64 [L, n + 2, n + 2]: the number of those pairs (the same in every layer unless a
+    layer's window differs)."""
+
+    @property
+    def target(self) -> int:
+        """The prediction position's group."""
+        return len(self.segments) + 1
+
+    def mean(self, cells: Sequence[tuple[int, int]]) -> np.ndarray:
+        """S_l over the (query group, key group) `cells`: their sum over their pairs, [L]
+        (NaN in a layer without such pairs)."""
+        total = sum((self.sums[:, q, k] for q, k in cells), np.zeros(self.sums.shape[0]))
+        count = sum((self.pairs[:, q, k] for q, k in cells), np.zeros(self.sums.shape[0]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+    def curves(
+        self, src: str | None = None, dst: str | None = None
+    ) -> list[tuple[str, np.ndarray]]:
+        """The per-layer flow curves Wang et al. plot, for this input's groups: SRC→DST (a flow
+        metric's), each segment → target (the prediction position), and all other pairs;
+        curves without pairs are left out."""
+        index = {name: g for g, name in enumerate(self.segments)}
+        chosen: list[tuple[str, list[tuple[int, int]]]] = []
+        if src in index and dst in index:
+            chosen.append((f"{src} → {dst}", [(index[dst], index[src])]))
+        for name, g in index.items():
+            chosen.append((f"{name} → target", [(self.target, g)]))
+        used = {cell for _, cells in chosen for cell in cells}
+        groups = self.sums.shape[-1]
+        rest = [(q, k) for q in range(groups) for k in range(groups) if (q, k) not in used]
+        chosen.append(("other pairs", rest))
+        out = []
+        for label, cells in chosen:
+            if sum(self.pairs[:, q, k].sum() for q, k in cells) > 0:
+                out.append((label, self.mean(cells)))
+        return out
+
+
+@dataclass(frozen=True)
 class Result:
     """One example's saliency and everything the report shows about it."""
 
@@ -154,6 +206,11 @@ class Result:
     dense: np.ndarray | None = None
     """S itself, [layers, heads, T, T] (rows queries, columns keys), with `--store dense` only;
     magnitudes for attn-grad, signed for attattr."""
+    relevance: np.ndarray | None = None
+    """float64 [layers, T]: rollout and grad-rollout's relevance of each key token for the
+    prediction position after each layer (heads averaged by the method); None otherwise."""
+    pairs: PairFlow | None = None
+    """attn-grad with `--aggregate wang`: Wang et al.'s per-layer aggregation; None otherwise."""
 
     def head_scores(self, metric: str | Metric) -> np.ndarray:
         """Each head's share of the metric's saliency, float32 [layers, heads], summing to 1."""

@@ -9,6 +9,10 @@ targets and values) and each layer's scores [B, H, T, T] (rows are queries, colu
 - `attattr`: integrated gradients on attention (Hao et al. 2021, arXiv:2004.11207): layer l's
   attention is scaled by α = k/m while the other layers run normally, and
   S_l = A_l ⊙ mean_k ∂L(α_k A_l)/∂A_l. Signed; every (layer, step) pair is a row of a batch.
+- `attn-norm`: A_ij ‖v_j W_O^h‖ (Kobayashi et al. 2020, `reportgen.engine.norms`).
+- `rollout`: A per head; the rollout over layers is formed from the reductions
+  (`reportgen.engine.rollout`).
+- `grad-rollout`: (A ⊙ ∂log p/∂A)⁺ = (−A ⊙ ∂L/∂A)⁺ per head, and its rollout.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from dataclasses import replace
 import torch
 
 from reportgen.data.methods import METHODS
+from reportgen.engine.attention import Capture, own_eager
 from reportgen.engine.encoding import Encoded
 from reportgen.engine.loading import LoadedModel
+from reportgen.engine.norms import value_norms
 from reportgen.engine.objectives import Pass, forward
 from reportgen.settings import Settings
 
@@ -86,9 +92,35 @@ def attattr(
     return base, scores
 
 
+def attn_norm(
+    lm: LoadedModel, rows: Sequence[Encoded], settings: Settings
+) -> tuple[Pass, list[torch.Tensor]]:
+    """A_ij ‖v_j W_O^h‖ per head from one eager forward without gradients, [L][B, H, T, T]."""
+    capture = Capture(keep_weights=True)
+    with torch.no_grad(), own_eager():
+        base = forward(lm, rows, capture=capture)
+    scores = []
+    for layer in sorted(capture.layers):
+        captured = capture.layers[layer]
+        assert captured.weights is not None
+        scores.append(captured.weights * value_norms(captured)[:, :, None, :])
+    return base, scores
+
+
+def grad_rollout(
+    lm: LoadedModel, rows: Sequence[Encoded], settings: Settings
+) -> tuple[Pass, list[torch.Tensor]]:
+    """(A ⊙ ∂log p/∂A)⁺ per head, [L][B, H, T, T] (the rollout is formed from the reductions)."""
+    base, scores = attn_grad(lm, rows, settings)
+    return base, [s.neg_().clamp_(min=0) for s in scores]
+
+
 REGISTRY: dict[str, MethodFunction] = {
     "attn-grad": attn_grad,
     "attention": attention,
     "attattr": attattr,
+    "attn-norm": attn_norm,
+    "rollout": attention,
+    "grad-rollout": grad_rollout,
 }
 assert REGISTRY.keys() == METHODS.keys(), "every method has one function"

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from reportgen.data.examples import Example
+from reportgen.data.methods import ROLLOUTS
 from reportgen.data.metrics import check_metric, shares
-from reportgen.data.results import HeadStats, Result, default_top_k
+from reportgen.data.results import HeadStats, PairFlow, Result, default_top_k
 from reportgen.data.tasks import Task
 from reportgen.engine import tiles
 from reportgen.engine.ablation import Reference, check_effect, head_means
@@ -23,6 +24,7 @@ from reportgen.engine.encoding import Encoded, encode
 from reportgen.engine.loading import LoadedModel
 from reportgen.engine.memory import budget_bytes
 from reportgen.engine.methods import REGISTRY
+from reportgen.engine.norms import check_supported as check_attn_norm
 from reportgen.engine.objectives import Pass, target_text
 from reportgen.engine.tiles import Reductions
 from reportgen.errors import SaliencyError, SettingsError
@@ -72,6 +74,8 @@ def compute_batch(
                 stats=stats,
                 ablation=None,
                 dense=None if scores is None else _stored(scores, settings.store),
+                relevance=_relevance(reductions, base.layout[b], row),
+                pairs=_pairs(reductions, base.layout[b], row),
             )
         )
     if ablate and settings.ablate_k > 0:
@@ -98,23 +102,60 @@ def saliency(
     budget = memory.tile_bytes
     if settings.engine == "tiled":
         if method == "attn-grad":
-            return tiles.tiled_attn_grad(lm, batch, top_k, dense, budget)
-        if method == "attention":
-            return tiles.tiled_attention(lm, batch, top_k, dense, budget)
+            wang = settings.aggregate == "wang"
+            return tiles.tiled_attn_grad(lm, batch, top_k, dense, budget, pairs=wang)
+        if method == "grad-rollout":
+            return tiles.tiled_attn_grad(lm, batch, top_k, dense, budget, mode="gain")
+        if method in ("attention", "rollout"):
+            return tiles.tiled_attention(lm, batch, top_k, dense, budget, method == "rollout")
+        if method == "attn-norm":
+            return tiles.tiled_attn_norm(lm, batch, top_k, dense, budget)
         longest = max(len(row.ids) for row in batch)
         rows = max(1, min(settings.batch_size * settings.steps, memory.rows(longest)))
         return tiles.tiled_attattr(lm, batch, top_k, dense, settings.steps, rows, budget)
     base, per_layer = REGISTRY[method](lm, batch, settings)
-    reductions = tiles.new_reductions(lm, batch, base.layout, top_k, dense)
+    mix = method in ROLLOUTS
+    reductions = tiles.new_reductions(lm, batch, base.layout, top_k, dense, mix=mix)
     for layer, part in enumerate(per_layer):
         reductions.add(layer, 0, part.abs() if method == "attn-grad" else part)
-    reductions.finish()
+    reductions.finish(method if mix else None)
     return base, reductions
 
 
 def _top_k(settings: Settings, row: Encoded) -> int:
     """Cells an input keeps per head: --top-k, or the default for its length."""
     return settings.top_k or default_top_k(len(row.ids))
+
+
+def _relevance(
+    reductions: Reductions, placed: Sequence[tuple[int, int, int]], row: Encoded
+) -> np.ndarray | None:
+    """The example's rollout relevance [L, T] (its one sequence's row), if the method has one."""
+    if reductions.relevance is None or row.prediction_position is None:
+        return None
+    [(k, start, end)] = placed  # a prediction position means one sequence
+    return np.asarray(reductions.relevance[k, :, : end - start].cpu(), np.float64)
+
+
+def _pairs(
+    reductions: Reductions, placed: Sequence[tuple[int, int, int]], row: Encoded
+) -> PairFlow | None:
+    """The example's Wang et al. aggregation (its segments, no segment, the prediction), if
+    computed: a bi-encoder's two sequences add up."""
+    if reductions.pair_sums is None or reductions.pair_counts is None:
+        return None
+    width = reductions.pair_sums.shape[-1]
+    groups = [*range(len(row.spans)), width - 2, width - 1]
+    rows = [k for k, _, _ in placed]
+
+    def pick(a: torch.Tensor) -> np.ndarray:
+        return np.asarray(a[rows][:, :, groups][:, :, :, groups].sum(0).cpu(), np.float64)
+
+    return PairFlow(
+        segments=tuple(s.name for s in row.spans),
+        sums=pick(reductions.pair_sums),
+        pairs=pick(reductions.pair_counts),
+    )
 
 
 def _stored(scores: np.ndarray, store: str) -> np.ndarray:
@@ -189,6 +230,14 @@ def _check_finite(
 def check_settings(lm: LoadedModel, settings: Settings) -> None:
     """The settings that depend on the model, checked before any pass."""
     settings.validate()
+    if settings.method == "attn-norm":
+        check_attn_norm(lm.model)
+    if settings.method in ROLLOUTS and lm.task is Task.ENCODER:
+        raise SaliencyError(
+            f"method {settings.method} gives each token's relevance for the prediction "
+            "position, which a bare encoder has not; use attn-grad, attention, attattr or "
+            "attn-norm"
+        )
     heads = lm.num_layers * lm.num_heads
     if settings.ablate_k >= heads:
         raise SettingsError(
@@ -296,6 +345,8 @@ class MemoryPlan:
             need = 1.25 * lm.footprint.bytes(1, tokens)  # and the backward's working set
             if settings.engine == "eager":  # every layer's weights, gradients and products
                 need += 3 * cells * tokens * tokens * element
+            if settings.method in ROLLOUTS:  # each layer's head mean, kept for the rollout
+                need += 2 * lm.num_layers * tokens * tokens * max(element, 4)
             need += cells * tokens * tokens * dense
             need += cells * (16 * (settings.top_k or default_top_k(tokens)) + 8 * 64)
             return int(need)

@@ -18,7 +18,13 @@ import torch
 from reportgen.engine.attention import FUSED_FLAG, Capture, Captured, eager_of, fused_attention
 from reportgen.engine.encoding import Encoded
 from reportgen.engine.loading import LoadedModel
+from reportgen.engine.norms import value_norms
 from reportgen.engine.objectives import Layout, Pass, forward
+from reportgen.engine.rollout import rollout
+
+MODES = ("signed", "magnitude", "gain")
+"""What a tile of A ⊙ ∂L/∂A is reduced as: itself, its magnitude, or (−S)⁺ = (A ⊙ ∂log p/∂A)⁺,
+the positive part of the gradient of the log-probability (grad-rollout's per-head scores)."""
 
 TILE_BYTES = 64 * 2**20
 """Default bytes of one tile's full-size temporaries (about four [B, H, rows, T] tensors)."""
@@ -42,7 +48,13 @@ class Reductions:
     Shapes per batch row b: total and prediction [L, H]; flow [L, H, n+1, n+1], queries'
     segment by keys' segment (index n: tokens in no named segment); top values and cells
     [L, H, k] (cell = i * length + j, in the row's own coordinates, strongest first after
-    `finish`). Sums are of |S|; top values keep S's sign."""
+    `finish`). Sums are of |S|; top values keep S's sign.
+
+    With `mix`, each layer's mean over heads of S is kept too, [L, T, T] per row, and `finish`
+    turns it into the rollout relevance [L, T] (`relevance`). With `pairs`, Wang et al.'s
+    layer aggregation (`add_pairs`) is summed by (query group, key group) over the token pairs
+    the attention allows, off the diagonal, with the pairs counted: groups are the segments,
+    then tokens in none, then (last) the prediction position on its own."""
 
     def __init__(
         self,
@@ -54,8 +66,11 @@ class Reductions:
         dense: bool,
         dtype: torch.dtype,
         device: torch.device,
+        mix: bool = False,
+        pairs: bool = False,
     ) -> None:
         self.plans = list(plans)
+        self.heads = heads
         rows = len(self.plans)
         self.width = max(p.length for p in self.plans)
         self.dtype = dtype
@@ -85,6 +100,25 @@ class Reductions:
             if dense
             else None
         )
+        self.mixed = (
+            torch.zeros(rows, layers, width, width, dtype=dtype, device=device) if mix else None
+        )
+        self.relevance: torch.Tensor | None = None
+        """float64 [rows, L, T] after `finish` with a rollout (zeros without a prediction)."""
+        self.pair_onehot: torch.Tensor | None = None
+        self.pair_sums: torch.Tensor | None = None
+        self.pair_counts: torch.Tensor | None = None
+        if pairs:
+            own = torch.zeros(rows, width, groups + 1, dtype=dtype, device=device)
+            own[..., :groups] = onehot
+            for b, plan in enumerate(self.plans):
+                if plan.prediction is not None:
+                    own[b, plan.prediction] = 0
+                    own[b, plan.prediction, groups] = 1
+            self.pair_onehot = own
+            shape = (rows, layers, groups + 1, groups + 1)
+            self.pair_sums = torch.zeros(shape, dtype=wide, device=device)
+            self.pair_counts = torch.zeros(shape, dtype=wide, device=device)
 
     def add(self, layer: int, start: int, tile: torch.Tensor, nonnegative: bool = False) -> None:
         """Reduce S for query rows [start, start + r) of `layer`: tile [B, H, r, T] (T at least
@@ -98,6 +132,8 @@ class Reductions:
             tile = tile * keep[:, None]
         if self.dense is not None:
             self.dense[:, layer, :, start : start + rows, :width] = tile
+        if self.mixed is not None:
+            self.mixed[:, layer, start : start + rows, :width] += tile.sum(1) / self.heads
         mag = tile if nonnegative else tile.abs()
         by_key = torch.matmul(mag, self.onehot[:, None])  # [B, H, r, groups]
         self.flow[:, layer] += torch.matmul(
@@ -123,12 +159,50 @@ class Reductions:
         self.top_values[:, layer] = torch.gather(all_values, -1, keep_k)
         self.top_cells[:, layer] = torch.gather(all_cells, -1, keep_k)
 
-    def finish(self) -> None:
+    def add_pairs(
+        self, layer: int, start: int, tile: torch.Tensor, mask: torch.Tensor | None
+    ) -> None:
+        """Wang et al. 2023's I_l = |Σ_h A_h ⊙ ∂L/∂A_h| for query rows [start, start + r) of
+        `layer` (tile: signed S [B, H, r, T]), summed by (query group, key group) over the
+        pairs the layer's additive `mask` rows [B, 1, r, T] allow (all, without one), the
+        diagonal i = j excluded; the pairs are counted alike."""
+        assert self.pair_onehot is not None and self.pair_sums is not None
+        assert self.pair_counts is not None
+        rows, width = tile.shape[2], self.width
+        summed = tile[..., :width].sum(1).abs()  # [B, r, T]
+        allowed = self.valid[:, start : start + rows, None] & self.valid[:, None, :width]
+        query = torch.arange(start, start + rows, device=self.device)
+        allowed = allowed & (query[:, None] != torch.arange(width, device=self.device))
+        if mask is not None:
+            m = mask[:, 0, :, :width].to(self.device)
+            if m.dtype != torch.bool:  # masked: the dtype's lowest value (float32's at most,
+                low = max(torch.finfo(m.dtype).min, torch.finfo(torch.float32).min)  # see
+                m = m > low / 2  # attention.reportgen_mask); a bias (ALiBi) is far above it
+            allowed = allowed & m
+        weight = allowed.to(summed.dtype)
+        onehot = self.pair_onehot
+        rows_onehot = onehot[:, start : start + rows].transpose(-1, -2)  # [B, G, r]
+        sums = torch.matmul(rows_onehot, torch.matmul(summed * weight, onehot))
+        counts = torch.matmul(rows_onehot, torch.matmul(weight, onehot))
+        self.pair_sums[:, layer] += sums.to(self.pair_sums.dtype)
+        self.pair_counts[:, layer] += counts.to(self.pair_counts.dtype)
+
+    def finish(self, kind: str | None = None) -> None:
         """Order each head's top cells strongest first, ties by cell (deterministic); empty
-        slots (cell -1, value 0) last."""
+        slots (cell -1, value 0) last. With `kind` (a rollout), the kept head means become
+        each row's relevance R_l[p, :] and are let go."""
         order = _lexsort(-self.top_values.abs(), self.top_cells)
         self.top_values = torch.gather(self.top_values, -1, order)
         self.top_cells = torch.gather(self.top_cells, -1, order)
+        if kind is not None and self.mixed is not None:
+            rows, layers, width = self.mixed.shape[:3]
+            relevance = torch.zeros(rows, layers, width, dtype=torch.float64, device=self.device)
+            for b, plan in enumerate(self.plans):
+                if plan.prediction is not None:
+                    n = plan.length
+                    relevance[b, :, :n] = rollout(self.mixed[b, :, :n, :n], plan.prediction, kind)
+            self.relevance = relevance
+            self.mixed = None
 
 
 def _lexsort(primary: torch.Tensor, secondary: torch.Tensor) -> torch.Tensor:
@@ -176,11 +250,14 @@ def reduce_layer(
     layer: int,
     captured: Captured,
     grad_out: torch.Tensor | None,
-    signed: bool = True,
+    mode: str = "signed",
     budget: int = TILE_BYTES,
+    key_scale: torch.Tensor | None = None,
+    pairs: bool = False,
 ) -> None:
-    """S = A ⊙ ∂L/∂A for every tile of query rows of `layer` (or A itself without a gradient),
-    reduced into `reductions`."""
+    """S = A ⊙ ∂L/∂A for every tile of query rows of `layer`, reduced into `reductions` as
+    `mode` says (see MODES; with `pairs` also by Wang et al.'s aggregation), or without a
+    gradient A itself, each key's column scaled by `key_scale` [B, H, T] if given."""
     query = captured.query
     batch, heads, width, _ = query.shape
     step = tile_rows(batch, heads, width, query.element_size(), budget)
@@ -189,14 +266,30 @@ def reduce_layer(
             stop = min(width, start + step)
             a = attention_rows(captured, start, stop)
             if grad_out is None:
-                reductions.add(layer, start, a, nonnegative=True)  # weights are >= 0
+                if key_scale is not None:
+                    a = a * key_scale[:, :, None, : a.shape[-1]].to(a.dtype)
+                reductions.add(layer, start, a, nonnegative=True)  # weights (norms) are >= 0
                 continue
             s = grad_rows(captured, grad_out, start, stop).to(reductions.dtype)
             s.mul_(a)  # a fresh tensor of ours: the product in place
-            if signed:
+            if pairs:
+                mask = None if captured.mask is None else captured.mask[:, :, start:stop]
+                reductions.add_pairs(layer, start, s, mask)
+            if mode == "signed":
                 reductions.add(layer, start, s)
             else:
-                reductions.add(layer, start, s.abs_(), nonnegative=True)
+                reductions.add(layer, start, scored(s, mode), nonnegative=True)
+
+
+def scored(s: torch.Tensor, mode: str) -> torch.Tensor:
+    """A tile of A ⊙ ∂L/∂A (a fresh tensor of ours, changed in place) as `mode` reduces it."""
+    if mode == "magnitude":
+        return s.abs_()
+    if mode == "gain":
+        return s.neg_().clamp_(min=0)
+    if mode == "signed":
+        return s
+    raise ValueError(f"unknown mode {mode!r}")
 
 
 # --- the methods, tiled -----------------------------------------------------------------------
@@ -221,7 +314,13 @@ def plans(examples: Sequence[Encoded], layout: Layout, n_segments: int) -> list[
 
 
 def new_reductions(
-    lm: LoadedModel, examples: Sequence[Encoded], layout: Layout, top_k: int, dense: bool
+    lm: LoadedModel,
+    examples: Sequence[Encoded],
+    layout: Layout,
+    top_k: int,
+    dense: bool,
+    mix: bool = False,
+    pairs: bool = False,
 ) -> Reductions:
     """Empty reductions for a batch, in float32 (float64 for a float64 model) on its device."""
     n_segments = max((len(e.spans) for e in examples), default=0)
@@ -235,6 +334,8 @@ def new_reductions(
         dense,
         dtype,
         lm.device,
+        mix=mix,
+        pairs=pairs,
     )
 
 
@@ -248,43 +349,77 @@ def keeps_weights(lm: LoadedModel, rows: Sequence[Encoded], budget: int) -> bool
 
 
 def tiled_attn_grad(
-    lm: LoadedModel, rows: Sequence[Encoded], top_k: int, dense: bool, budget: int = TILE_BYTES
+    lm: LoadedModel,
+    rows: Sequence[Encoded],
+    top_k: int,
+    dense: bool,
+    budget: int = TILE_BYTES,
+    mode: str = "magnitude",
+    pairs: bool = False,
 ) -> tuple[Pass, Reductions]:
     """|A ⊙ ∂L/∂A| from one forward and one backward; each layer reduced as its output gradient
     arrives, its captured tensors dropped right after. Short inputs keep their weights from the
-    forward (`keeps_weights`); longer ones run the fast kernel and recompute them in tiles."""
+    forward (`keeps_weights`); longer ones run the fast kernel and recompute them in tiles.
+    `mode` "gain" gives grad-rollout's per-head (A ⊙ ∂log p/∂A)⁺ and its rollout; `pairs`
+    adds Wang et al.'s aggregation (`Reductions.add_pairs`)."""
     capture = Capture(hooks=True, keep_weights=keeps_weights(lm, rows, budget))
     base = forward(lm, rows, capture=capture)
-    reductions = new_reductions(lm, rows, base.layout, top_k, dense)
+    gain = mode == "gain"
+    reductions = new_reductions(lm, rows, base.layout, top_k, dense, mix=gain, pairs=pairs)
 
     def on_grad(layer: int, grad: torch.Tensor) -> None:
         captured = capture.layers.pop(layer)
         if captured.weights is None:
-            reduce_layer(reductions, layer, captured, grad, signed=False, budget=budget)
+            reduce_layer(reductions, layer, captured, grad, mode=mode, budget=budget, pairs=pairs)
             return
         with torch.no_grad():  # the weights kept, and autograd's own ∂L/∂A (never changed:
-            s = (grad * captured.weights).to(reductions.dtype).abs_()  # the backward goes on)
-            reductions.add(layer, 0, s, nonnegative=True)
+            s = (grad * captured.weights).to(reductions.dtype)  # the backward goes on)
+            if pairs:
+                reductions.add_pairs(layer, 0, s, captured.mask)
+            reductions.add(layer, 0, scored(s, mode), nonnegative=True)
 
     capture.on_grad = on_grad
     lowest = capture.layers[min(capture.layers)]
     assert lowest.target is not None
     torch.autograd.grad(base.losses.sum(), [lowest.target])
     capture.layers.clear()  # a layer the loss does not depend on has S = 0
-    reductions.finish()
+    reductions.finish("grad-rollout" if gain else None)
     return base, reductions
 
 
 def tiled_attention(
-    lm: LoadedModel, rows: Sequence[Encoded], top_k: int, dense: bool, budget: int = TILE_BYTES
+    lm: LoadedModel,
+    rows: Sequence[Encoded],
+    top_k: int,
+    dense: bool,
+    budget: int = TILE_BYTES,
+    rollout: bool = False,
 ) -> tuple[Pass, Reductions]:
-    """The attention weights A themselves, from one forward and the tiles."""
+    """The attention weights A themselves, from one forward and the tiles (with `rollout`,
+    also Abnar & Zuidema's attention rollout)."""
     capture = Capture(keep_weights=keeps_weights(lm, rows, budget))
     with torch.no_grad():
         base = forward(lm, rows, capture=capture)
-    reductions = new_reductions(lm, rows, base.layout, top_k, dense)
+    reductions = new_reductions(lm, rows, base.layout, top_k, dense, mix=rollout)
     for layer in sorted(capture.layers):
         reduce_layer(reductions, layer, capture.layers.pop(layer), None, budget=budget)
+    reductions.finish("rollout" if rollout else None)
+    return base, reductions
+
+
+def tiled_attn_norm(
+    lm: LoadedModel, rows: Sequence[Encoded], top_k: int, dense: bool, budget: int = TILE_BYTES
+) -> tuple[Pass, Reductions]:
+    """‖α_ij f_h(x_j)‖ (`reportgen.engine.norms`) from one forward without gradients: each
+    layer's tiles of A with key j's column scaled by ‖v_j W_O^h‖."""
+    capture = Capture(keep_weights=keeps_weights(lm, rows, budget))
+    with torch.no_grad():
+        base = forward(lm, rows, capture=capture)
+        reductions = new_reductions(lm, rows, base.layout, top_k, dense)
+        for layer in sorted(capture.layers):
+            captured = capture.layers.pop(layer)
+            norms = value_norms(captured)
+            reduce_layer(reductions, layer, captured, None, budget=budget, key_scale=norms)
     reductions.finish()
     return base, reductions
 
@@ -346,6 +481,8 @@ def tiled_attattr(
             torch.autograd.grad(run.losses.sum(), [capture.layers[min(scaled)].out])
     for layer in sorted(base_capture.layers):
         captured = base_capture.layers.pop(layer)
-        reduce_layer(reductions, layer, captured, mean_grad.pop(layer), signed=True, budget=budget)
+        reduce_layer(
+            reductions, layer, captured, mean_grad.pop(layer), mode="signed", budget=budget
+        )
     reductions.finish()
     return base, reductions

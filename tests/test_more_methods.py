@@ -1,0 +1,340 @@
+"""attn-norm, rollout, grad-rollout and attn-grad's Wang et al. aggregation, in float64 on tiny
+random models of tests/architectures.py, against oracles written here: a plain transformers
+forward (eager, unpadded, one input at a time) with output_attentions, forward hooks on the
+value projections, the output projection's weights sliced by hand, and torch.autograd.
+
+reportgen runs three inputs of different lengths as one right-padded batch, with both engines
+(tiled, the default, and the dense eager reference)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from architectures import FAMILIES, build, case_for, inputs_for, load_plain, relative_difference
+from synthetic import assert_stats_match_dense
+
+from reportgen.engine import compute, load_model
+from reportgen.errors import ModelError, SaliencyError, SettingsError
+from reportgen.inputs import examples_from_items
+from reportgen.records import Run, RunWriter
+from reportgen.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+TOLERANCE = 1e-6
+NORM_FAMILIES = ("gpt2", "llama", "qwen3")
+"""GPT-2 (Conv1D c_proj), Llama (o_proj, grouped-query: 4 heads, 2 key/value heads), Qwen3."""
+ROLLOUT_FAMILIES = ("gpt2", "llama", "bert-mlm")
+ENGINES = ("tiled", "eager")
+
+
+class Zoo:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cache: dict[Any, Any] = {}
+
+    def folder(self, name: str) -> Path:
+        if ("folder", name) not in self.cache:
+            self.cache["folder", name] = build(FAMILIES[name], self.root / name)
+        return Path(self.cache["folder", name])
+
+    def lm(self, name: str) -> Any:
+        if ("lm", name) not in self.cache:
+            self.cache["lm", name] = load_model(self.folder(name), device="cpu", dtype="float64")
+        return self.cache["lm", name]
+
+    def results(self, name: str, **changes: Any) -> list[Any]:
+        key = ("results", name, *sorted(changes.items()))
+        if key not in self.cache:
+            settings = Settings(
+                **{
+                    "dtype": "float64",
+                    "device": "cpu",
+                    "ablate_k": 0,
+                    "store": "dense",
+                    "batch_size": 8,
+                    **changes,
+                }
+            )
+            examples = examples_from_items(inputs_for(FAMILIES[name]))
+            self.cache[key] = list(compute(examples, self.lm(name), settings))
+        return list(self.cache[key])
+
+    def plain(self, name: str) -> tuple[Any, list[Any]]:
+        if ("plain", name) not in self.cache:
+            from transformers import AutoTokenizer
+
+            family = FAMILIES[name]
+            model = load_plain(family, self.folder(name), "eager")
+            tok = AutoTokenizer.from_pretrained(self.folder(name))
+            cases = [case_for(family, item, tok, model) for item in inputs_for(family)]
+            self.cache["plain", name] = (model, cases)
+        return self.cache["plain", name]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zoo]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield Zoo(tmp_path_factory.mktemp("more-methods"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --- the oracles ------------------------------------------------------------------------------
+
+
+def _layers_of(model: Any) -> list[Any]:
+    """The model's attention modules, in layer order."""
+    base = model.base_model
+    if hasattr(base, "h"):  # GPT-2
+        return [block.attn for block in base.h]
+    return [layer.self_attn for layer in base.layers]
+
+
+def oracle_attn_norm(model: Any, case: Any) -> np.ndarray:
+    """S[l, h, i, j] = A[l, h, i, j] · ‖v_j^{kv(h)} W_O^h‖, from the value projection's output
+    (a forward hook) and the output projection's weight, sliced per head by hand."""
+    (ids,) = case.sequences
+    config = model.config
+    heads = config.num_attention_heads
+    modules = _layers_of(model)
+    values: list[torch.Tensor] = []
+
+    def keep(module: Any, args: Any, out: torch.Tensor) -> None:
+        values.append(out.detach()[0])
+
+    hooks = []
+    for attn in modules:
+        if hasattr(attn, "v_proj"):
+            hooks.append(attn.v_proj.register_forward_hook(keep))
+        else:  # GPT-2's c_attn: q, k, v concatenated
+            hooks.append(attn.c_attn.register_forward_hook(keep))
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([list(ids)]), output_attentions=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    t = len(ids)
+    scores = np.zeros((len(modules), heads, t, t))
+    for layer, (attn, value) in enumerate(zip(modules, values, strict=True)):
+        a = out.attentions[layer][0].numpy()  # [H, T, T]
+        if hasattr(attn, "o_proj"):
+            d = attn.head_dim
+            kv_heads = value.shape[-1] // d
+            v = value.numpy().reshape(t, kv_heads, d)
+            w = attn.o_proj.weight.detach().numpy()  # [E, H * d]
+            for h in range(heads):
+                kv = h // (heads // kv_heads)
+                moved = v[:, kv, :] @ w[:, h * d : (h + 1) * d].T  # [T, E]
+                scores[layer, h] = a[h] * np.linalg.norm(moved, axis=-1)[None, :]
+        else:
+            e = config.n_embd
+            d = e // heads
+            v = value.numpy()[:, 2 * e :].reshape(t, heads, d)
+            w = attn.c_proj.weight.detach().numpy()  # Conv1D: [H * d, E]
+            for h in range(heads):
+                moved = v[:, h, :] @ w[h * d : (h + 1) * d, :]
+                scores[layer, h] = a[h] * np.linalg.norm(moved, axis=-1)[None, :]
+    return scores
+
+
+def _position(case: Any) -> int:
+    """The prediction position: the first scored position (LMs)."""
+    return int(case.scored[0][0])
+
+
+def _attentions_and_grads(model: Any, case: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    (ids,) = case.sequences
+    out = model(input_ids=torch.tensor([list(ids)]), output_attentions=True)
+    loss = case.loss([out])
+    grads = torch.autograd.grad(loss, list(out.attentions))
+    return [a[0].detach().numpy() for a in out.attentions], [g[0].numpy() for g in grads]
+
+
+def oracle_rollout(model: Any, case: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(per-head A, relevance [L, T]): Abnar & Zuidema's rollout of the heads' mean attention,
+    ½A + ½I with rows renormalised, multiplied up from layer 1; the prediction position's row."""
+    attentions, _ = _attentions_and_grads(model, case)
+    t = attentions[0].shape[-1]
+    rolled = np.eye(t)
+    rows = []
+    for a in attentions:
+        step = 0.5 * a.mean(0) + 0.5 * np.eye(t)
+        step = step / step.sum(-1, keepdims=True)
+        rolled = step @ rolled
+        rows.append(rolled[_position(case)])
+    return np.stack(attentions), np.stack(rows)
+
+
+def oracle_grad_rollout(model: Any, case: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(per-head (A ⊙ ∂log p/∂A)⁺, relevance [L, T]): Chefer et al.'s R ← R + mean_h(...)⁺ R."""
+    attentions, grads = _attentions_and_grads(model, case)
+    t = attentions[0].shape[-1]
+    per_head = [np.maximum(a * -g, 0) for a, g in zip(attentions, grads, strict=True)]
+    rolled = np.eye(t)
+    rows = []
+    for s in per_head:
+        rolled = rolled + s.mean(0) @ rolled
+        rows.append(rolled[_position(case)])
+    return np.stack(per_head), np.stack(rows)
+
+
+def oracle_wang(model: Any, case: Any, spans: Any, position: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sums, pairs) [L, n+2, n+2]: I_l = |Σ_h A_h ⊙ ∂L/∂A_h| summed over the causal pairs
+    j < i by (group of i, group of j); groups are the spans, no span, the prediction position."""
+    attentions, grads = _attentions_and_grads(model, case)
+    t = attentions[0].shape[-1]
+    n = len(spans)
+    group = np.full(t, n)
+    for g, span in enumerate(spans):
+        group[span.start : span.end] = g
+    group[position] = n + 1
+    sums = np.zeros((len(attentions), n + 2, n + 2))
+    pairs = np.zeros((len(attentions), n + 2, n + 2))
+    for layer, (a, g) in enumerate(zip(attentions, grads, strict=True)):
+        flow = np.abs((a * g).sum(0))  # the heads summed before the magnitude
+        for i in range(t):
+            for j in range(i):
+                sums[layer, group[i], group[j]] += flow[i, j]
+                pairs[layer, group[i], group[j]] += 1
+    return sums, pairs
+
+
+# --- attn-norm --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", NORM_FAMILIES)
+def test_attn_norm_equals_attention_times_projected_value_norms(zoo, name, engine):
+    results = zoo.results(name, method="attn-norm", engine=engine)
+    model, cases = zoo.plain(name)
+    for case, result in zip(cases, results, strict=True):
+        want = oracle_attn_norm(model, case)
+        assert relative_difference(result.dense, want) <= TOLERANCE
+        assert_stats_match_dense(
+            result.stats, result.dense, result.spans, result.prediction_position
+        )
+        assert result.relevance is None and result.pairs is None
+
+
+def test_attn_norm_sees_grouped_query_heads(zoo):
+    """In the GQA model two query heads share a value head but not their slice of W_O: their
+    norms differ (a test that broadcasting one head's norm to its group would fail)."""
+    (result, *_) = zoo.results("llama", method="attn-norm")
+    model, _ = zoo.plain("llama")
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    assert not np.allclose(result.dense[:, 0], result.dense[:, 1])
+
+
+@pytest.mark.parametrize("name", ["gpt-neox", "bert-mlm"])
+def test_attn_norm_refuses_other_families_clearly(zoo, name):
+    examples = examples_from_items(inputs_for(FAMILIES[name]))
+    with pytest.raises(ModelError, match=r"attn-norm: \w+ has no output projection .*supported"):
+        list(compute(examples, zoo.lm(name), Settings(method="attn-norm", dtype="float64")))
+
+
+# --- rollout and grad-rollout ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("method", ["rollout", "grad-rollout"])
+@pytest.mark.parametrize("name", ROLLOUT_FAMILIES)
+def test_rollout_equals_its_definition(zoo, name, method, engine):
+    results = zoo.results(name, method=method, engine=engine)
+    model, cases = zoo.plain(name)
+    oracle = oracle_rollout if method == "rollout" else oracle_grad_rollout
+    for case, result in zip(cases, results, strict=True):
+        per_head, relevance = oracle(model, case)
+        assert result.prediction_position == _position(case)
+        assert relative_difference(result.dense, per_head) <= TOLERANCE
+        assert result.relevance is not None
+        assert result.relevance.shape == (len(per_head), len(result.tokens))
+        assert relative_difference(result.relevance, relevance) <= TOLERANCE
+        assert_stats_match_dense(
+            result.stats, result.dense, result.spans, result.prediction_position
+        )
+    if method == "rollout":  # rows of a rollout stay distributions
+        assert np.allclose(results[0].relevance.sum(-1), 1)
+
+
+def test_rollout_needs_a_prediction_position(zoo):
+    examples = examples_from_items(inputs_for(FAMILIES["bert"]))
+    with pytest.raises(SaliencyError, match="rollout .* bare encoder"):
+        list(compute(examples, zoo.lm("bert"), Settings(method="rollout", dtype="float64")))
+
+
+def test_rollout_and_pairs_survive_the_run_folder(zoo, tmp_path):
+    from reportgen.pipeline import run_info
+
+    for method, changes in (("grad-rollout", {}), ("attn-grad", {"aggregate": "wang"})):
+        results = zoo.results("gpt2", method=method, **changes)
+        settings = Settings(method=method, dtype="float64", **changes)
+        out = tmp_path / method
+        with RunWriter(out, run_info(zoo.lm("gpt2"), settings, "test")) as writer:
+            for result in results:
+                writer.add(result)
+        run = Run.open(out)
+        for i, result in enumerate(results):
+            back = run.result(i)
+            for field in ("relevance",):
+                got, want = getattr(back, field), getattr(result, field)
+                assert (got is None) == (want is None)
+                if want is not None:
+                    np.testing.assert_array_equal(got, want)
+            assert (back.pairs is None) == (result.pairs is None)
+            if result.pairs is not None:
+                np.testing.assert_array_equal(back.pairs.sums, result.pairs.sums)
+                np.testing.assert_array_equal(back.pairs.pairs, result.pairs.pairs)
+        if changes:
+            assert run.info.parameters["aggregate"] == "wang"
+
+
+# --- Wang et al.'s aggregation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_wang_aggregation_equals_a_direct_computation(zoo, name):
+    results = zoo.results(name, aggregate="wang")
+    plain = zoo.results(name)
+    model, cases = zoo.plain(name)
+    seen = set()
+    for case, result, alone in zip(cases, results, plain, strict=True):
+        # The per-head grid is attn-grad's, unchanged by the option.
+        np.testing.assert_array_equal(result.dense, alone.dense)
+        assert result.pairs is not None and alone.pairs is None
+        sums, pairs = oracle_wang(model, case, result.spans, result.prediction_position)
+        np.testing.assert_array_equal(result.pairs.pairs, pairs)
+        assert relative_difference(result.pairs.sums, sums) <= TOLERANCE
+        curves = dict(result.pairs.curves("ENV", "LAN"))
+        rest = np.ones(sums.shape[1:], bool)
+        if [s.name for s in result.spans] == ["ENV", "LAN"]:
+            env, lan, target = 0, 1, 3
+            assert list(curves) == ["ENV → LAN", "ENV → target", "LAN → target", "other pairs"]
+            want = sums[:, lan, env] / pairs[:, lan, env]
+            np.testing.assert_allclose(curves["ENV → LAN"], want, rtol=TOLERANCE)
+            want = sums[:, target, env] / pairs[:, target, env]
+            np.testing.assert_allclose(curves["ENV → target"], want, rtol=TOLERANCE)
+            rest[lan, env] = rest[target, env] = rest[target, lan] = False
+            seen.add("segments")
+        else:
+            assert list(curves) == ["other pairs"]
+        want = sums[:, rest].sum(-1) / pairs[:, rest].sum(-1)
+        np.testing.assert_allclose(curves["other pairs"], want, rtol=TOLERANCE)
+    assert seen == {"segments"}
+
+
+def test_wang_aggregation_is_an_option_of_attn_grad_on_the_tiled_engine():
+    with pytest.raises(SettingsError, match="option of --method attn-grad"):
+        Settings(method="attention", aggregate="wang").validate()
+    with pytest.raises(SettingsError, match="tiled engine"):
+        Settings(aggregate="wang", engine="eager").validate()
+    with pytest.raises(SettingsError, match="unknown --aggregate"):
+        Settings(aggregate="layers").validate()
