@@ -21,7 +21,6 @@ from synthetic import assert_stats_match_dense
 from reportgen.engine import compute, load_model
 from reportgen.errors import ModelError, SaliencyError, SettingsError
 from reportgen.inputs import examples_from_items
-from reportgen.records import Run, RunWriter
 from reportgen.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -271,30 +270,72 @@ def test_rollout_needs_a_prediction_position(zoo):
         list(compute(examples, zoo.lm("bert"), Settings(method="rollout", dtype="float64")))
 
 
-def test_rollout_and_pairs_survive_the_run_folder(zoo, tmp_path):
-    from reportgen.pipeline import run_info
+def _page_data(path: Path) -> Any:
+    import json
+    import re
 
-    for method, changes in (("grad-rollout", {}), ("attn-grad", {"aggregate": "wang"})):
-        results = zoo.results("gpt2", method=method, **changes)
-        settings = Settings(method=method, dtype="float64", **changes)
-        out = tmp_path / method
-        with RunWriter(out, run_info(zoo.lm("gpt2"), settings, "test")) as writer:
-            for result in results:
-                writer.add(result)
-        run = Run.open(out)
-        for i, result in enumerate(results):
-            back = run.result(i)
-            for field in ("relevance",):
-                got, want = getattr(back, field), getattr(result, field)
-                assert (got is None) == (want is None)
-                if want is not None:
-                    np.testing.assert_array_equal(got, want)
-            assert (back.pairs is None) == (result.pairs is None)
-            if result.pairs is not None:
-                np.testing.assert_array_equal(back.pairs.sums, result.pairs.sums)
-                np.testing.assert_array_equal(back.pairs.pairs, result.pairs.pairs)
-        if changes:
-            assert run.info.parameters["aggregate"] == "wang"
+    found = re.search(
+        r'<script type="application/json" id="rg-data">(.*?)</script>',
+        path.read_text("utf-8"),
+        flags=re.S,
+    )
+    assert found, f"{path}: no page data"
+    return json.loads(found.group(1))
+
+
+def _datasets(vega: Any) -> dict[str, Any]:
+    return {d["name"]: d.get("values") for d in vega.get("data", [])}
+
+
+@pytest.mark.parametrize(
+    ("method", "changes", "dataset", "note"),
+    [
+        ("grad-rollout", {}, "relevance_rows", "relevance-note"),
+        ("attn-grad", {"aggregate": "wang"}, "pair_flow_rows", "pair-flow-note"),
+    ],
+)
+def test_the_run_folder_and_the_example_page_keep_them(
+    zoo, tmp_path, method, changes, dataset, note
+):
+    """Through the API: compute into a run folder (the arrays come back equal), render, and the
+    example page draws the chart by layer and says how the heads were combined."""
+    from reportgen.pipeline import compute as compute_run
+    from reportgen.pipeline import render
+
+    items = inputs_for(FAMILIES["gpt2"])
+    settings = Settings(
+        method=method, dtype="float64", device="cpu", ablate_k=0, metric="total", **changes
+    )
+    run = compute_run(items, tmp_path / "run", settings, model=zoo.lm("gpt2"))
+    want = zoo.results("gpt2", method=method, store="top-k", **changes)
+    for i, result in enumerate(want):
+        back = run.result(i)
+        if result.relevance is not None:
+            np.testing.assert_array_equal(back.relevance, result.relevance)
+        else:
+            assert back.relevance is None
+        if result.pairs is not None:
+            assert back.pairs is not None
+            np.testing.assert_array_equal(back.pairs.sums, result.pairs.sums)
+            np.testing.assert_array_equal(back.pairs.pairs, result.pairs.pairs)
+        else:
+            assert back.pairs is None
+    if changes:
+        assert run.info.parameters["aggregate"] == "wang"
+    render(run, tmp_path / "site", settings)
+    page = sorted((tmp_path / "site" / "examples").glob("*.html"))[0]
+    html = page.read_text("utf-8")
+    assert f'data-rg="{note}"' in html
+    if method == "grad-rollout":
+        assert "Heads are averaged by this method" in " ".join(html.split())
+    rows = _datasets(_page_data(page)["spec"])[dataset]
+    layers = zoo.lm("gpt2").num_layers
+    assert {row["layer"] for row in rows} == set(range(1, layers + 1))
+    if method == "grad-rollout":
+        tokens = len(want[0].tokens)
+        assert len(rows) == layers * tokens
+        shares = np.array([row["share"] for row in rows]).reshape(layers, tokens)
+        np.testing.assert_allclose(shares.sum(-1), 1, atol=1e-3)
 
 
 # --- Wang et al.'s aggregation ----------------------------------------------------------------

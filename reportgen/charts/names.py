@@ -19,6 +19,12 @@ CELLS_DATA = "cells"
 BRACKETS_DATA = "brackets"
 BRACKET_LABELS_DATA = "bracket_labels"
 CONNECTOR_DATA = "connector"
+RELEVANCE = "relevance"
+RELEVANCE_CELLS = "relevance_cells"
+RELEVANCE_DATA = "relevance_rows"
+PAIR_FLOW = "pair_flow"
+PAIR_FLOW_LINES = "pair_flow_lines"
+PAIR_FLOW_DATA = "pair_flow_rows"
 SELECTIONS = (PICK, BRUSH)
 """The grid's selections, in the order the page reads them."""
 

@@ -46,7 +46,13 @@ from reportgen.charts.names import (
     HEADS_DATA,
     HEAT,
     HEAT_CELLS,
+    PAIR_FLOW,
+    PAIR_FLOW_DATA,
+    PAIR_FLOW_LINES,
     PICK,
+    RELEVANCE,
+    RELEVANCE_CELLS,
+    RELEVANCE_DATA,
     TOKENS,
 )
 from reportgen.charts.packing import (
@@ -56,9 +62,12 @@ from reportgen.charts.packing import (
     metric_name,
     one_head,
     pack_cells,
+    sig,
+    sig_array,
     top_head,
 )
-from reportgen.data.results import Result
+from reportgen.data.metrics import parse_metric
+from reportgen.data.results import PairFlow, Result
 
 VIRIDIS_LOW = "#440154"
 """viridis(0): the heatmap's background, so a cell without data reads as zero saliency."""
@@ -260,6 +269,133 @@ def _heat_view(
     )
 
 
+RELEVANCE_TITLE = "key token"
+
+
+def _selected_layers(selected: Any, name: str) -> alt.Chart:
+    """The layers holding a head of the grid's selection: the grid's rows, filtered by the
+    selection and grouped by layer (so a chart by layer follows the grid's pick and brush)."""
+    return (
+        alt.Chart(alt.Data(name=HEADS_DATA))
+        .transform_filter(selected)
+        .transform_aggregate(heads="count()", groupby=["layer"])
+        .properties(name=name)
+    )
+
+
+def _relevance_view(layers: int, tokens: int, selected: Any, width: int) -> alt.LayerChart:
+    """Rollout relevance, layer × key token (layer 1 at the top): each cell the token's share
+    of its layer's relevance for the prediction; the layers of the grid's selection outlined."""
+    step = max(8, min(18, grid_step(layers, 1)))
+    label = f"{TOKENS}[datum.value]"
+    axis: dict[str, Any] = {
+        "labelExpr": label,
+        "labelAngle": -90,
+        "labelAlign": "right",
+        "labelBaseline": "middle",
+        "labelFontSize": _label_size(tokens),
+        "labelOverlap": "greedy",
+        "domain": False,
+        "tickSize": 3,
+    }
+    stride = label_stride(tokens)
+    if stride > 1:
+        axis["values"] = list(range(0, tokens, stride))
+    x = alt.X("j:O", title=RELEVANCE_TITLE, scale={"domain": list(range(tokens))}, axis=axis)
+    y = alt.Y(
+        "layer:O",
+        title="layer",
+        scale={"domain": list(range(1, layers + 1))},
+        axis=alt.Axis(ticks=False, domain=False),
+    )
+    cells = (
+        alt.Chart(alt.Data(name=RELEVANCE_DATA))
+        .transform_calculate(token=f"{TOKENS}[datum.j]")
+        .mark_rect()
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color(
+                "share:Q",
+                title="share of layer",
+                scale=alt.Scale(scheme="viridis", domainMin=0),
+                legend=alt.Legend(format=".0%", orient="right", offset=12),
+            ),
+            tooltip=[
+                alt.Tooltip("layer:O", title="layer"),
+                alt.Tooltip("token:N", title="key token"),
+                alt.Tooltip("v:Q", title="relevance", format=".4g"),
+                alt.Tooltip("share:Q", title="share of layer", format=".2%"),
+            ],
+        )
+        .properties(name=RELEVANCE_CELLS)
+    )
+    outline = (
+        _selected_layers(selected, "relevance_outline")
+        .mark_rect(fill=None, stroke=OUTLINE, strokeWidth=2.5)
+        .encode(y=y, x=alt.value(0), x2=alt.value(width))
+    )
+    return alt.LayerChart(layer=[cells, outline], name=RELEVANCE, width=width, height=step * layers)
+
+
+def _pair_flow_view(layers: int, selected: Any, width: int) -> alt.LayerChart:
+    """Wang et al.'s per-layer flow curves (one line per group of token pairs); rules at the
+    layers of the grid's selection."""
+    x = alt.X(
+        "layer:O",
+        title="layer",
+        scale={"domain": list(range(1, layers + 1))},
+        axis=alt.Axis(labelAngle=0),
+    )
+    lines = (
+        alt.Chart(alt.Data(name=PAIR_FLOW_DATA))
+        .mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("value:Q", title="S: mean |Σₕ A ⊙ ∂L/∂A| per pair"),
+            color=alt.Color("curve:N", title="token pairs", sort=None),
+            tooltip=[
+                alt.Tooltip("layer:O", title="layer"),
+                alt.Tooltip("curve:N", title="pairs"),
+                alt.Tooltip("value:Q", title="S", format=".4g"),
+            ],
+        )
+        .properties(name=PAIR_FLOW_LINES)
+    )
+    rules = (
+        _selected_layers(selected, "pair_flow_selected")
+        .mark_rule(color=OUTLINE, strokeWidth=2)
+        .encode(x=x)
+    )
+    return alt.LayerChart(layer=[rules, lines], name=PAIR_FLOW, width=width, height=160)
+
+
+def relevance_rows(relevance: np.ndarray) -> list[dict[str, Any]]:
+    """Rollout relevance [L, T] as rows {layer (1-based), j, v, share of the layer's sum}."""
+    values = np.asarray(relevance, np.float64)
+    sums = values.sum(-1, keepdims=True)
+    shares = np.divide(values, sums, out=np.zeros_like(values), where=sums > 0)
+    v, share = sig_array(values, flat=False), sig_array(shares, flat=False)
+    return [
+        {"layer": layer + 1, "j": j, "v": v[layer][j], "share": share[layer][j]}
+        for layer in range(values.shape[0])
+        for j in range(values.shape[1])
+    ]
+
+
+def pair_flow_rows(pairs: PairFlow, metric: str) -> list[dict[str, Any]]:
+    """Wang et al.'s curves as rows {layer (1-based), curve, value} (layers without pairs of a
+    curve left out); a flow metric's SRC → DST comes first."""
+    parsed = parse_metric(metric)
+    src, dst = (parsed.src, parsed.dst) if parsed.kind == "flow" else (None, None)
+    rows = []
+    for label, curve in pairs.curves(src, dst):
+        for layer, value in enumerate(curve):
+            if np.isfinite(value):
+                rows.append({"layer": layer + 1, "curve": label, "value": sig(value)})
+    return rows
+
+
 CONFIG: dict[str, Any] = {
     "font": FONT,
     "view": {"stroke": None},
@@ -303,7 +439,14 @@ def _top_level(body: dict[str, Any], params: list[dict[str, Any]]) -> dict[str, 
 
 @functools.lru_cache(maxsize=64)
 def _linked_skeleton(
-    layers: int, heads: int, tokens: int, keys_as_rows: bool, spans: bool, budget: int
+    layers: int,
+    heads: int,
+    tokens: int,
+    keys_as_rows: bool,
+    spans: bool,
+    budget: int,
+    relevance: bool = False,
+    pair_flow: bool = False,
 ) -> str:
     """The linked spec for one shape, as JSON (built once per shape: Altair is the slow part)."""
     pick = alt.selection_point(
@@ -328,7 +471,23 @@ def _linked_skeleton(
     selected = pick | brush
     grid = _view_dict(_grid_view(layers, heads, selected))
     heat = _view_dict(_heat_view(tokens, keys_as_rows, selected, spans, budget))
-    body = {"hconcat": [grid, heat], "spacing": 48, "resolve": {"scale": {"color": "independent"}}}
+    body: dict[str, Any] = {
+        "hconcat": [grid, heat],
+        "spacing": 48,
+        "resolve": {"scale": {"color": "independent"}},
+    }
+    below = []
+    width = grid_step(layers, heads) * heads + 48 + heat_side(tokens)
+    if relevance:
+        below.append(_view_dict(_relevance_view(layers, tokens, selected, width)))
+    if pair_flow:
+        below.append(_view_dict(_pair_flow_view(layers, selected, width)))
+    if below:  # views by layer under the grid and heatmap, following the grid's selection
+        body = {
+            "vconcat": [body, *below],
+            "spacing": 36,
+            "resolve": {"scale": {"color": "independent"}},
+        }
     params = [
         {**_param_dict(pick), "views": [GRID_CELLS]},
         {**_param_dict(brush), "views": [GRID_CELLS]},
@@ -376,7 +535,19 @@ def linked_spec(
     has_spans = bool(_named_spans(result.spans))
     packed = pack_cells(result.stats, tokens, top_k)
     budget = flatten_budget(packed.k)
-    spec = json.loads(_linked_skeleton(layers, heads, tokens, keys_as_rows, has_spans, budget))
+    relevance, pairs = result.relevance, result.pairs
+    spec = json.loads(
+        _linked_skeleton(
+            layers,
+            heads,
+            tokens,
+            keys_as_rows,
+            has_spans,
+            budget,
+            relevance is not None,
+            pairs is not None,
+        )
+    )
     top = top_head(grid)
     _set_param(spec, PICK, [{"layer": top[0] + 1, "head": top[1] + 1}])
     _set_param(spec, TOKENS, list(result.tokens))
@@ -384,6 +555,10 @@ def linked_spec(
     if has_spans:
         points, labels = bracket_rows(result.spans, tokens, heat_side(tokens))
         datasets[BRACKETS_DATA], datasets[BRACKET_LABELS_DATA] = points, labels
+    if relevance is not None:
+        datasets[RELEVANCE_DATA] = relevance_rows(relevance)
+    if pairs is not None:
+        datasets[PAIR_FLOW_DATA] = pair_flow_rows(pairs, metric)
     spec["datasets"] = datasets
     return LinkedChart(spec, packed, metric, top, budget)
 

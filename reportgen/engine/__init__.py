@@ -4,7 +4,10 @@
     attention   the registered attention function: the model's eager attention, gated, recorded
     encoding    an Example as token ids, spans and loss positions for the model's task
     objectives  one forward pass and each row's objective
-    methods     attn-grad, attention, attattr: a registry of functions
+    methods     every method's dense reference function (--engine eager), a registry
+    tiles       the tiled engine: each method a block of query rows at a time
+    norms       attn-norm's per-head output projections and value norms
+    rollout     attention rollout and gradient rollout through the layers
     ablation    the top-k heads zeroed against random heads
     runner      batching and windows: Results in input order
     memory      process-wide allocator tuning
