@@ -143,6 +143,14 @@ ProvenanceOpt = Annotated[
         "full (absolute paths, the verbatim command) [default: relative]."
     ),
 ]
+PatchingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--patching",
+        help="Attribution patching: each head's first-order estimated effect of zeroing it on "
+        "log p(target), the top 3 checked by real patching (one extra forward and backward).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")]
 ForceOpt = Annotated[
     bool,
@@ -216,6 +224,7 @@ def build(
     ablate_draws: DrawsOpt = None,
     ablation: AblationOpt = None,
     effect: EffectOpt = None,
+    patching: PatchingOpt = False,
     seed: SeedOpt = None,
     engine: EngineOpt = None,
     pairing: PairingOpt = None,
@@ -273,6 +282,7 @@ def compute(
     ablate_draws: DrawsOpt = None,
     ablation: AblationOpt = None,
     effect: EffectOpt = None,
+    patching: PatchingOpt = False,
     seed: SeedOpt = None,
     engine: EngineOpt = None,
     pairing: PairingOpt = None,
@@ -494,7 +504,7 @@ def _settings(options: dict[str, Any]) -> Settings:
         "title",
         "templates",
     }
-    flags = {"truncate", "keys_as_rows", "quiet", "force"}
+    flags = {"truncate", "keys_as_rows", "quiet", "force", "patching"}
     changes = {k: v for k, v in options.items() if k in names}
     changes.update({k: True for k in flags if options.get(k)})
     return Settings().override(**changes)

@@ -371,6 +371,7 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
             "torch_threads": torch.get_num_threads(),
             # Only where it is not the default, so runs from before the option read the same.
             **({"aggregate": settings.aggregate} if settings.aggregate != "heads" else {}),
+            **({"patching": "zero"} if settings.patching else {}),
         },
         versions={
             "reportgen": __version__,
@@ -441,6 +442,8 @@ def equivalent_command(settings: Settings, inputs: object = None, out: object = 
             argv += [f"--{name.replace('_', '-')}", str(value)]
     if settings.truncate:
         argv.append("--truncate")
+    if settings.patching:
+        argv.append("--patching")
     return shown_command(argv, settings.provenance)
 
 

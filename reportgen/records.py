@@ -57,7 +57,16 @@ from safetensors.numpy import load_file, save
 
 from reportgen.data.examples import Example, Segment
 from reportgen.data.metrics import Metric, parse_metric, shares
-from reportgen.data.results import Ablation, HeadStats, Knockout, PairFlow, Result, TokenSpan
+from reportgen.data.results import (
+    PATCH_CHECKED,
+    Ablation,
+    HeadStats,
+    Knockout,
+    PairFlow,
+    Patching,
+    Result,
+    TokenSpan,
+)
 from reportgen.errors import OutputError, RunError
 from reportgen.fsutil import RUN_WRITES, check_folder, staged_update
 
@@ -262,6 +271,11 @@ class RunWriter:
         if result.pairs is not None:
             arrays["pair_sums"] = np.ascontiguousarray(result.pairs.sums, dtype=np.float64)
             arrays["pair_counts"] = np.ascontiguousarray(result.pairs.pairs, dtype=np.float64)
+        if result.patching is not None:
+            patching = result.patching
+            arrays["patch_estimate"] = np.ascontiguousarray(patching.estimate, dtype=np.float64)
+            arrays["patch_heads"] = np.ascontiguousarray(patching.heads, dtype=np.int32)
+            arrays["patch_real"] = np.ascontiguousarray(patching.real, dtype=np.float64)
         if self.partial is None:
             _write_record(self._tmp / record, arrays)
             self._entries.write(line)
@@ -884,6 +898,9 @@ class Run:
             pairs=None
             if "pair_sums" not in arrays or "pair_counts" not in arrays
             else PairFlow(stats.segments, arrays["pair_sums"], arrays["pair_counts"]),
+            patching=None
+            if "patch_estimate" not in arrays
+            else Patching(arrays["patch_estimate"], arrays["patch_heads"], arrays["patch_real"]),
         )
 
     def _record(self, entry: Entry) -> Path:
@@ -925,11 +942,25 @@ def _shapes(info: RunInfo, entry: Entry, k: int) -> dict[str, tuple[int, ...]]:
         "relevance": (layers, tokens),
         "pair_sums": (layers, groups + 1, groups + 1),
         "pair_counts": (layers, groups + 1, groups + 1),
+        "patch_estimate": (layers, heads),
+        "patch_heads": (min(PATCH_CHECKED, layers * heads), 2),
+        "patch_real": (min(PATCH_CHECKED, layers * heads),),
     }
 
 
-_OPTIONAL = frozenset({"dense", "relevance", "pair_sums", "pair_counts"})
-"""Record arrays only some runs have (--store dense, rollout methods, --aggregate wang)."""
+_OPTIONAL = frozenset(
+    {
+        "dense",
+        "relevance",
+        "pair_sums",
+        "pair_counts",
+        "patch_estimate",
+        "patch_heads",
+        "patch_real",
+    }
+)
+"""Record arrays only some runs have (--store dense, rollout methods, --aggregate wang,
+--patching)."""
 
 
 def _check_shape(path: Path, key: str, array: np.ndarray, shape: tuple[int, ...]) -> None:

@@ -103,6 +103,9 @@ class Settings:
     """Cut over-long inputs to max_tokens instead of failing."""
     ablate_k: int = 3
     """Heads zeroed by the ablation check (top-k of the grid, and k random heads); 0 skips it."""
+    patching: bool = False
+    """Attribution patching: every head's first-order estimated change in log p(target) when
+    its output is zeroed (one extra forward and backward), the top 3 checked by real patching."""
     ablate_draws: int = 8
     """Random head sets averaged for the ablation baseline."""
     ablation: str = "mean"

@@ -292,6 +292,7 @@ def _datasets(vega: Any) -> dict[str, Any]:
     [
         ("grad-rollout", {}, "relevance_rows", "relevance-note"),
         ("attn-grad", {"aggregate": "wang"}, "pair_flow_rows", "pair-flow-note"),
+        ("attention", {"patching": True}, "patching_rows", "patching"),
     ],
 )
 def test_the_run_folder_and_the_example_page_keep_them(
@@ -320,8 +321,18 @@ def test_the_run_folder_and_the_example_page_keep_them(
             np.testing.assert_array_equal(back.pairs.pairs, result.pairs.pairs)
         else:
             assert back.pairs is None
-    if changes:
+        if result.patching is not None:
+            assert back.patching is not None
+            for field in ("estimate", "heads", "real"):
+                np.testing.assert_array_equal(
+                    getattr(back.patching, field), getattr(result.patching, field)
+                )
+        else:
+            assert back.patching is None
+    if "aggregate" in changes:
         assert run.info.parameters["aggregate"] == "wang"
+    if "patching" in changes:
+        assert run.info.parameters["patching"] == "zero"
     render(run, tmp_path / "site", settings)
     page = sorted((tmp_path / "site" / "examples").glob("*.html"))[0]
     html = page.read_text("utf-8")
@@ -379,3 +390,63 @@ def test_wang_aggregation_is_an_option_of_attn_grad_on_the_tiled_engine():
         Settings(aggregate="wang", engine="eager").validate()
     with pytest.raises(SettingsError, match="unknown --aggregate"):
         Settings(aggregate="layers").validate()
+
+
+# --- attribution patching ---------------------------------------------------------------------
+
+
+def _scaled_head_logp(model: Any, case: Any, layer: int, head: int, scale: float) -> float:
+    """log p(target) with head `head` of `layer` scaled by `scale` where the heads meet the
+    output projection (a forward pre-hook on o_proj / c_proj scaling that head's slice)."""
+    attn = _layers_of(model)[layer]
+    proj = attn.o_proj if hasattr(attn, "o_proj") else attn.c_proj
+    d = attn.head_dim
+
+    def pre(module: Any, args: Any) -> Any:
+        x = args[0].clone()
+        x[..., head * d : (head + 1) * d] *= scale
+        return (x, *args[1:])
+
+    hook = proj.register_forward_pre_hook(pre)
+    try:
+        with torch.no_grad():
+            (ids,) = case.sequences
+            loss = case.loss([model(input_ids=torch.tensor([list(ids)]))])
+    finally:
+        hook.remove()
+    return -float(loss)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_attribution_patching_is_the_first_order_patching_effect(zoo, name):
+    """The estimate equals the derivative of the patching effect along the patch (a central
+    finite difference of log p with the head scaled by 1 ± ε), and the checked heads' real
+    effect equals zeroing the head by hand."""
+    results = zoo.results(name, method="attention", patching=True, store="top-k")
+    model, cases = zoo.plain(name)
+    # A family whose softmax runs in float32 (Llama's) rounds log p at ~1e-7: a wider step keeps
+    # that noise below the tolerance (a central difference errs by O(ε²)).
+    eps, tolerance = (1e-2, 1e-4) if FAMILIES[name].softmax32 else (1e-4, 1e-6)
+    for case, result in zip(cases, results, strict=True):
+        patching = result.patching
+        assert patching is not None
+        intact = _scaled_head_logp(model, case, 0, 0, 1.0)
+        assert abs(intact - (-result.loss)) <= 1e-6 * abs(intact)
+        scale = np.abs(patching.estimate).max()
+        order = np.argsort(-np.abs(patching.estimate.reshape(-1)), kind="stable")[:3]
+        heads = patching.estimate.shape[1]
+        assert patching.heads.tolist() == [[int(h) // heads, int(h) % heads] for h in order]
+        for layer, head in [*patching.heads.tolist(), [0, 0], [2, 3]]:
+            down = _scaled_head_logp(model, case, layer, head, 1 - eps)
+            up = _scaled_head_logp(model, case, layer, head, 1 + eps)
+            derivative = (down - up) / (2 * eps)  # d log p / d(patch fraction), at 0
+            assert abs(patching.estimate[layer, head] - derivative) <= tolerance * scale
+        for (layer, head), real in zip(patching.heads.tolist(), patching.real, strict=True):
+            want = _scaled_head_logp(model, case, layer, head, 0.0) - intact
+            assert abs(real - want) <= 1e-6 * max(abs(want), 1e-12)
+
+
+def test_attribution_patching_needs_a_target(zoo):
+    examples = examples_from_items(inputs_for(FAMILIES["bert"]))
+    with pytest.raises(SaliencyError, match="--patching .* bare encoder"):
+        list(compute(examples, zoo.lm("bert"), Settings(patching=True, dtype="float64")))

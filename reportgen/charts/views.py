@@ -49,6 +49,9 @@ from reportgen.charts.names import (
     PAIR_FLOW,
     PAIR_FLOW_DATA,
     PAIR_FLOW_LINES,
+    PATCHING,
+    PATCHING_CELLS,
+    PATCHING_DATA,
     PICK,
     RELEVANCE,
     RELEVANCE_CELLS,
@@ -67,7 +70,7 @@ from reportgen.charts.packing import (
     top_head,
 )
 from reportgen.data.metrics import parse_metric
-from reportgen.data.results import PairFlow, Result
+from reportgen.data.results import PairFlow, Patching, Result
 
 VIRIDIS_LOW = "#440154"
 """viridis(0): the heatmap's background, so a cell without data reads as zero saliency."""
@@ -370,6 +373,87 @@ def _pair_flow_view(layers: int, selected: Any, width: int) -> alt.LayerChart:
     return alt.LayerChart(layer=[rules, lines], name=PAIR_FLOW, width=width, height=160)
 
 
+def _patching_view(layers: int, heads: int, selected: Any) -> alt.LayerChart:
+    """Attribution patching's estimate per head, as a grid like the saliency grid (diverging:
+    blue lowers log p(target) when the head is zeroed, red raises it); the grid's selection
+    outlined, the heads checked by real patching ringed in black."""
+    step = grid_step(layers, heads)
+    band: dict[str, Any] = {"paddingInner": _GRID_PAD_INNER, "paddingOuter": _GRID_PAD_OUTER}
+    base = alt.Chart(alt.Data(name=PATCHING_DATA)).encode(
+        x=alt.X(
+            "head:O",
+            title="head",
+            scale={"domain": list(range(1, heads + 1)), **band},
+            axis=alt.Axis(labelAngle=0, ticks=False, domain=False, orient="bottom"),
+        ),
+        y=alt.Y(
+            "layer:O",
+            title="layer",
+            scale={"domain": list(range(1, layers + 1)), **band},
+            axis=alt.Axis(ticks=False, domain=False),
+        ),
+    )
+    cells = (
+        base.mark_rect()
+        .encode(
+            color=alt.Color(
+                "estimate:Q",
+                title="est. Δ log p",
+                scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True),
+                legend=alt.Legend(format=".2~g", orient="right"),
+            ),
+            tooltip=[
+                alt.Tooltip("layer:O", title="layer"),
+                alt.Tooltip("head:O", title="head"),
+                alt.Tooltip("estimate:Q", title="estimated Δ log p", format=".4g"),
+                alt.Tooltip("real:Q", title="patched Δ log p", format=".4g"),
+            ],
+        )
+        .properties(name=PATCHING_CELLS)
+    )
+    checked = (
+        base.transform_filter("isValid(datum.real)")
+        .mark_rect(fill=None, stroke="#1d1d1f", strokeWidth=1.5, strokeDash=[3, 2])
+        .properties(name="patching_checked")
+    )
+    outline = (
+        base.transform_filter(selected)
+        .mark_rect(fill=None, stroke=OUTLINE, strokeWidth=2.5)
+        .properties(name="patching_outline")
+    )
+    return alt.LayerChart(
+        layer=[cells, checked, outline],
+        name=PATCHING,
+        width=step * heads,
+        height=step * layers,
+        title=alt.TitleParams(
+            "attribution patching: estimated Δ log p(target), head zeroed",
+            anchor="start",
+            fontSize=12,
+        ),
+    )
+
+
+def patching_rows(patching: Patching) -> list[dict[str, Any]]:
+    """Rows {layer, head (1-based), estimate, real (checked heads only)}."""
+    estimate = np.asarray(patching.estimate, np.float64)
+    layers, heads = estimate.shape
+    pairs = zip(patching.heads.tolist(), patching.real.tolist(), strict=True)
+    real = {(int(layer), int(head)): float(v) for (layer, head), v in pairs}
+    rows = []
+    for layer in range(layers):
+        for head in range(heads):
+            row: dict[str, Any] = {
+                "layer": layer + 1,
+                "head": head + 1,
+                "estimate": sig(estimate[layer, head]),
+            }
+            if (layer, head) in real:
+                row["real"] = sig(real[layer, head])
+            rows.append(row)
+    return rows
+
+
 def relevance_rows(relevance: np.ndarray) -> list[dict[str, Any]]:
     """Rollout relevance [L, T] as rows {layer (1-based), j, v, share of the layer's sum}."""
     values = np.asarray(relevance, np.float64)
@@ -447,6 +531,7 @@ def _linked_skeleton(
     budget: int,
     relevance: bool = False,
     pair_flow: bool = False,
+    patching: bool = False,
 ) -> str:
     """The linked spec for one shape, as JSON (built once per shape: Altair is the slow part)."""
     pick = alt.selection_point(
@@ -478,6 +563,8 @@ def _linked_skeleton(
     }
     below = []
     width = grid_step(layers, heads) * heads + 48 + heat_side(tokens)
+    if patching:
+        below.append(_view_dict(_patching_view(layers, heads, selected)))
     if relevance:
         below.append(_view_dict(_relevance_view(layers, tokens, selected, width)))
     if pair_flow:
@@ -546,6 +633,7 @@ def linked_spec(
             budget,
             relevance is not None,
             pairs is not None,
+            result.patching is not None,
         )
     )
     top = top_head(grid)
@@ -559,6 +647,8 @@ def linked_spec(
         datasets[RELEVANCE_DATA] = relevance_rows(relevance)
     if pairs is not None:
         datasets[PAIR_FLOW_DATA] = pair_flow_rows(pairs, metric)
+    if result.patching is not None:
+        datasets[PATCHING_DATA] = patching_rows(result.patching)
     spec["datasets"] = datasets
     return LinkedChart(spec, packed, metric, top, budget)
 

@@ -184,6 +184,26 @@ class PairFlow:
         return out
 
 
+PATCH_CHECKED = 3
+"""Heads per input whose attribution-patching estimate is checked by real patching (fewer if
+the model has fewer)."""
+
+
+@dataclass(frozen=True)
+class Patching:
+    """Attribution patching against the zero baseline (`reportgen.engine.patching`): each
+    head's first-order estimate of the change in log p(target) when its output is zeroed, and
+    the real change for the heads of largest |estimate|."""
+
+    estimate: np.ndarray
+    """float64 [L, H]: estimated Δ log p(target) (an estimate, from the head-gate gradient)."""
+    heads: np.ndarray
+    """int32 [k, 2]: the heads patched for real, (layer, head), 0-based, largest |estimate|
+    first."""
+    real: np.ndarray
+    """float64 [k]: the measured Δ log p(target) with each of those heads zeroed alone."""
+
+
 @dataclass(frozen=True)
 class Result:
     """One example's saliency and everything the report shows about it."""
@@ -211,6 +231,8 @@ class Result:
     prediction position after each layer (heads averaged by the method); None otherwise."""
     pairs: PairFlow | None = None
     """attn-grad with `--aggregate wang`: Wang et al.'s per-layer aggregation; None otherwise."""
+    patching: Patching | None = None
+    """With `--patching`: attribution patching of every head, the top ones checked for real."""
 
     def head_scores(self, metric: str | Metric) -> np.ndarray:
         """Each head's share of the metric's saliency, float32 [layers, heads], summing to 1."""

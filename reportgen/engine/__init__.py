@@ -8,6 +8,7 @@
     tiles       the tiled engine: each method a block of query rows at a time
     norms       attn-norm's per-head output projections and value norms
     rollout     attention rollout and gradient rollout through the layers
+    patching    attribution patching (an estimate per head), the top heads patched for real
     ablation    the top-k heads zeroed against random heads
     runner      batching and windows: Results in input order
     memory      process-wide allocator tuning

@@ -26,6 +26,7 @@ from reportgen.engine.memory import budget_bytes
 from reportgen.engine.methods import REGISTRY
 from reportgen.engine.norms import check_supported as check_attn_norm
 from reportgen.engine.objectives import Pass, target_text
+from reportgen.engine.patching import attribution_patching
 from reportgen.engine.tiles import Reductions
 from reportgen.errors import SaliencyError, SettingsError
 from reportgen.settings import Settings
@@ -78,6 +79,9 @@ def compute_batch(
                 pairs=_pairs(reductions, base.layout[b], row),
             )
         )
+    if settings.patching and lm.task is not Task.ENCODER:
+        patched = attribution_patching(lm, batch, base, settings.batch_size)
+        results = [replace(r, patching=p) for r, p in zip(results, patched, strict=True)]
     if ablate and settings.ablate_k > 0:
         grids_for_ablation = [r.head_scores(metric) for r in results]
         if reference is None and settings.ablation != "zero":
@@ -232,6 +236,11 @@ def check_settings(lm: LoadedModel, settings: Settings) -> None:
     settings.validate()
     if settings.method == "attn-norm":
         check_attn_norm(lm.model)
+    if settings.patching and lm.task is Task.ENCODER:
+        raise SaliencyError(
+            "--patching estimates each head's effect on log p(target), which a bare encoder "
+            "has not; drop --patching"
+        )
     if settings.method in ROLLOUTS and lm.task is Task.ENCODER:
         raise SaliencyError(
             f"method {settings.method} gives each token's relevance for the prediction "
