@@ -21,6 +21,7 @@ from synthetic import assert_stats_match_dense
 from reportgen.engine import compute, load_model
 from reportgen.errors import ModelError, SaliencyError, SettingsError
 from reportgen.inputs import examples_from_items
+from reportgen.records import Run
 from reportgen.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -450,3 +451,31 @@ def test_attribution_patching_needs_a_target(zoo):
     examples = examples_from_items(inputs_for(FAMILIES["bert"]))
     with pytest.raises(SaliencyError, match="--patching .* bare encoder"):
         list(compute(examples, zoo.lm("bert"), Settings(patching=True, dtype="float64")))
+
+
+def test_the_command_line_computes_them(zoo, tmp_path):
+    """`reportgen compute` with the new options: the run records what was asked, and an
+    option that does not apply is a one-line error (exit code 2)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from reportgen.cli import app
+
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("\n".join(json.dumps(i) for i in inputs_for(FAMILIES["gpt2"])), "utf-8")
+    model = str(zoo.folder("gpt2"))
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["compute", str(inputs), "--model", model, "--out", str(out), "--quiet"]
+    done = runner.invoke(app, [*args, "--aggregate", "wang", "--patching", "--ablate-k", "0"])
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((out / "manifest.json").read_text("utf-8"))["run"]
+    assert manifest["parameters"]["aggregate"] == "wang"
+    assert manifest["parameters"]["patching"] == "zero"
+    assert "--aggregate wang" in manifest["command"] and "--patching" in manifest["command"]
+    run = Run.open(out)
+    assert run.result(0).pairs is not None and run.result(0).patching is not None
+    wrong = runner.invoke(app, [*args, "--method", "rollout", "--aggregate", "wang", "--force"])
+    assert wrong.exit_code == 2
+    assert "--aggregate wang is an option of --method attn-grad" in wrong.output
