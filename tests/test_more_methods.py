@@ -27,8 +27,10 @@ from reportgen.settings import Settings
 pytestmark = pytest.mark.e2e
 
 TOLERANCE = 1e-6
-NORM_FAMILIES = ("gpt2", "llama", "qwen3")
-"""GPT-2 (Conv1D c_proj), Llama (o_proj, grouped-query: 4 heads, 2 key/value heads), Qwen3."""
+NORM_FAMILIES = ("gpt2", "llama", "qwen3", "mistral-sw", "qwen2-sw", "gemma2", "phi3")
+"""GPT-2 (Conv1D c_proj), Llama (o_proj, grouped-query: 4 heads, 2 key/value heads), Qwen3,
+Mistral and Qwen2 with sliding windows, Gemma 2 (softcapping), Phi-3 (fused qkv_proj): every
+attention class attn-norm supports."""
 ROLLOUT_FAMILIES = ("gpt2", "llama", "bert-mlm")
 ENGINES = ("tiled", "eager")
 
@@ -114,6 +116,8 @@ def oracle_attn_norm(model: Any, case: Any) -> np.ndarray:
     for attn in modules:
         if hasattr(attn, "v_proj"):
             hooks.append(attn.v_proj.register_forward_hook(keep))
+        elif hasattr(attn, "qkv_proj"):  # Phi-3: q, k, v concatenated, v last
+            hooks.append(attn.qkv_proj.register_forward_hook(keep))
         else:  # GPT-2's c_attn: q, k, v concatenated
             hooks.append(attn.c_attn.register_forward_hook(keep))
     try:
@@ -128,8 +132,8 @@ def oracle_attn_norm(model: Any, case: Any) -> np.ndarray:
         a = out.attentions[layer][0].numpy()  # [H, T, T]
         if hasattr(attn, "o_proj"):
             d = attn.head_dim
-            kv_heads = value.shape[-1] // d
-            v = value.numpy().reshape(t, kv_heads, d)
+            kv_heads = config.num_key_value_heads
+            v = value.numpy()[:, -kv_heads * d :].reshape(t, kv_heads, d)
             w = attn.o_proj.weight.detach().numpy()  # [E, H * d]
             for h in range(heads):
                 kv = h // (heads // kv_heads)
@@ -237,7 +241,9 @@ def test_attn_norm_sees_grouped_query_heads(zoo):
 @pytest.mark.parametrize("name", ["gpt-neox", "bert-mlm"])
 def test_attn_norm_refuses_other_families_clearly(zoo, name):
     examples = examples_from_items(inputs_for(FAMILIES[name]))
-    with pytest.raises(ModelError, match=r"attn-norm: \w+ has no output projection .*supported"):
+    with pytest.raises(
+        ModelError, match=r"attn-norm does not support \w+ \(supported: GPT-2, Llama"
+    ):
         list(compute(examples, zoo.lm(name), Settings(method="attn-norm", dtype="float64")))
 
 

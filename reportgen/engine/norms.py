@@ -4,9 +4,11 @@ output projection: what head h actually moves from key j into query i (the outpu
 added once per position, outside the sum over keys, so it is left out).
 
 The value vectors come from the captured pass (as the layer handed them to its attention, bias
-included); the slice of the output projection from the attention module itself. Supported: an
-`o_proj` linear layer (Llama, Mistral, Qwen2/3, Gemma, Phi-3 and the other Llama-style
-families) and GPT-2's `c_proj` Conv1D; anything else is refused by name rather than guessed.
+included); the slice of the output projection from the attention module itself. Supported:
+the attention classes in `SUPPORTED_CLASSES`, whose output projection reads the heads' outputs
+directly, head-major (`o_proj`, or GPT-2's `c_proj` Conv1D), each checked in tests. Anything
+else is refused by name rather than guessed: a family may gate or normalise the heads' output
+before projecting it (Qwen3-Next gates it), which would make the norm wrong.
 """
 
 from __future__ import annotations
@@ -16,7 +18,18 @@ import torch
 from reportgen.engine.attention import Captured
 from reportgen.errors import ModelError
 
-SUPPORTED = "Llama-style attention with an `o_proj` linear layer, or GPT-2's `c_proj`"
+SUPPORTED_CLASSES = frozenset(
+    {
+        "GPT2Attention",
+        "LlamaAttention",
+        "MistralAttention",
+        "Qwen2Attention",
+        "Qwen3Attention",
+        "Gemma2Attention",
+        "Phi3Attention",
+    }
+)
+SUPPORTED = "GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma 2, Phi-3"
 
 
 def head_projections(module: torch.nn.Module, heads: int, head_dim: int) -> torch.Tensor:
@@ -34,19 +47,24 @@ def head_projections(module: torch.nn.Module, heads: int, head_dim: int) -> torc
             weight = getattr(module, "c_proj").weight  # noqa: B009
             if weight.shape[0] == heads * head_dim:
                 return weight.reshape(heads, head_dim, weight.shape[1])
-    raise ModelError(
-        f"method attn-norm: {name} has no output projection reportgen knows how to split by "
-        f"head (supported: {SUPPORTED}); use attn-grad, attention or attattr with this model"
+    raise ModelError(_refusal(name))
+
+
+def _refusal(name: str) -> str:
+    return (
+        f"method attn-norm does not support {name} (supported: {SUPPORTED}, whose output "
+        "projection is known to read the heads' outputs directly); use attn-grad, attention, "
+        "attattr or the rollouts with this model"
     )
 
 
 def _splittable(module: torch.nn.Module) -> bool:
+    if type(module).__name__ not in SUPPORTED_CLASSES:
+        return False
     o_proj = getattr(module, "o_proj", None)
     c_proj = getattr(module, "c_proj", None)
     return isinstance(o_proj, torch.nn.Linear) or (
-        c_proj is not None
-        and type(c_proj).__name__ == "Conv1D"
-        and type(module).__name__.startswith("GPT2")
+        c_proj is not None and type(c_proj).__name__ == "Conv1D"
     )
 
 
@@ -57,11 +75,7 @@ def check_supported(model: torch.nn.Module) -> None:
 
     for module in model.modules():
         if hasattr(module, LAYER_ATTR) and not _splittable(module):
-            raise ModelError(
-                f"method attn-norm: {type(module).__name__} has no output projection reportgen "
-                f"knows how to split by head (supported: {SUPPORTED}); use attn-grad, "
-                "attention or attattr with this model"
-            )
+            raise ModelError(_refusal(type(module).__name__))
 
 
 def value_norms(captured: Captured) -> torch.Tensor:
