@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from reportgen import __version__
+from reportgen.errors import ConfigError, ReportgenError
 from reportgen.settings import Settings
 
 app = typer.Typer(
@@ -26,6 +27,12 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+def _default(name: str) -> str:
+    """` [default: X]` for a help text, from Settings (the defaults live in one place)."""
+    return f" [default: {getattr(Settings(), name)}]"
+
+
 # --- options shared by several commands ---------------------------------------------------------
 ModelOpt = Annotated[
     str | None,
@@ -35,7 +42,7 @@ MethodOpt = Annotated[
     str | None,
     typer.Option(
         help="Saliency method: attn-grad, attention, attattr, attn-norm, rollout or "
-        "grad-rollout (README: Methods)."
+        f"grad-rollout (README: Methods){_default('method')}."
     ),
 ]
 AggregateOpt = Annotated[
@@ -46,18 +53,30 @@ AggregateOpt = Annotated[
     ),
 ]
 MetricOpt = Annotated[
-    str | None, typer.Option(help="Grid head score: total, prediction or flow:SRC->DST.")
+    str | None,
+    typer.Option(help=f"Grid head score: total, prediction or flow:SRC->DST{_default('metric')}."),
 ]
-StepsOpt = Annotated[int | None, typer.Option(help="Integration steps of attattr.")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Inputs per pass.")]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")]
-DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16, float16 or float64.")]
+StepsOpt = Annotated[
+    int | None, typer.Option(help=f"Integration steps of attattr{_default('steps')}.")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch-size", help=f"Inputs per pass{_default('batch_size')}.")
+]
+DeviceOpt = Annotated[str | None, typer.Option(help=f"auto, cpu, cuda or mps{_default('device')}.")]
+DtypeOpt = Annotated[
+    str | None, typer.Option(help=f"float32, bfloat16, float16 or float64{_default('dtype')}.")
+]
 MaxTokOpt = Annotated[
     int | None, typer.Option("--max-tokens", help="Longest input [default: the model's limit].")
 ]
-TruncOpt = Annotated[bool, typer.Option("--truncate", help="Cut over-long inputs, not fail.")]
+TruncOpt = Annotated[
+    bool, typer.Option("--truncate", help="Cut over-long inputs, not fail [default: off].")
+]
 AblateOpt = Annotated[
-    int | None, typer.Option("--ablate-k", help="Heads ablated by the ablation check (0: skip).")
+    int | None,
+    typer.Option(
+        "--ablate-k", help=f"Heads ablated by the ablation check (0: skip){_default('ablate_k')}."
+    ),
 ]
 AblationOpt = Annotated[
     str | None,
@@ -65,7 +84,7 @@ AblationOpt = Annotated[
         "--ablation",
         help="What replaces an ablated head's output: mean (over every token of every input, "
         "one vector per head for all positions), resample (its mean over another input, "
-        "seeded) or zero [default: mean].",
+        f"seeded) or zero{_default('ablation')}.",
     ),
 ]
 EffectOpt = Annotated[
@@ -73,16 +92,21 @@ EffectOpt = Annotated[
     typer.Option(
         "--effect",
         help="Effect measure: logprob (log p(target)), logit-diff (target − contrast; inputs "
-        "name a contrast) or prob [default: logprob].",
+        f"name a contrast) or prob{_default('effect')}.",
     ),
 ]
 DrawsOpt = Annotated[
     int | None,
-    typer.Option("--ablate-draws", help="Random head sets averaged for the ablation baseline."),
+    typer.Option(
+        "--ablate-draws",
+        help=f"Random head sets averaged for the ablation baseline{_default('ablate_draws')}.",
+    ),
 ]
 SeedOpt = Annotated[
     int | None,
-    typer.Option(help="Seed of the random heads, resample's donors and the bootstrap."),
+    typer.Option(
+        help=f"Seed of the random heads, resample's donors and the bootstrap{_default('seed')}."
+    ),
 ]
 EngineOpt = Annotated[
     str | None,
@@ -107,7 +131,10 @@ MemoryOpt = Annotated[
 ]
 DeviceMapOpt = Annotated[
     str | None,
-    typer.Option("--device-map", help="auto: spread a large model over GPUs, CPU and disk."),
+    typer.Option(
+        "--device-map",
+        help="auto: spread a large model over GPUs, CPU and disk [default: one device].",
+    ),
 ]
 TopKOpt = Annotated[
     int | None,
@@ -127,14 +154,23 @@ StoreOpt = Annotated[
     ),
 ]
 SingleOpt = Annotated[
-    Path | None, typer.Option("--single-file", help="Also write one self-contained HTML file.")
+    Path | None,
+    typer.Option("--single-file", help="Also write one self-contained HTML file [default: none]."),
 ]
-TitleOpt = Annotated[str | None, typer.Option(help="Report title.")]
+TitleOpt = Annotated[
+    str | None,
+    typer.Option(help="Report title [default: from the model and the inputs]."),
+]
 TemplatesOpt = Annotated[
-    Path | None, typer.Option(help="Folder of templates overriding the built-in ones.")
+    Path | None,
+    typer.Option(help="Folder of templates overriding the built-in ones [default: none]."),
 ]
 KeysOpt = Annotated[
-    bool, typer.Option("--keys-as-rows", help="Heatmap rows are keys (as the reference figure).")
+    bool,
+    typer.Option(
+        "--keys-as-rows",
+        help="Heatmap rows are keys (as the reference figure) [default: off: queries].",
+    ),
 ]
 ProvenanceOpt = Annotated[
     str | None,
@@ -151,22 +187,24 @@ PatchingOpt = Annotated[
         "log p(target), the top 3 checked by real patching (one extra forward and backward).",
     ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or summary [default: off].")
+]
 ForceOpt = Annotated[
     bool,
     typer.Option(
         "--force",
         help="Write into a folder reportgen did not write (its files are kept); overwrite "
-        "files in the way or edited since.",
+        "files in the way or edited since [default: off].",
     ),
 ]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks [default: off].")]
 ResumeOpt = Annotated[
     bool,
     typer.Option(
         "--resume",
         help="Continue an interrupted compute of the run folder (same inputs and settings, "
-        "checked); nothing to do if it is complete.",
+        "checked); nothing to do if it is complete [default: off].",
     ),
 ]
 ShardOpt = Annotated[
@@ -174,7 +212,16 @@ ShardOpt = Annotated[
     typer.Option(
         "--shard",
         help="Compute only shard I of N of the inputs (I/N, 1-based) into --out; join the "
-        "shards with `reportgen merge`.",
+        "shards with `reportgen merge` [default: all the inputs].",
+    ),
+]
+PrintConfigOpt = Annotated[
+    bool,
+    typer.Option(
+        "--print-config",
+        help="Print the settings from the defaults, the config file (reportgen.toml, or "
+        "[tool.reportgen] in pyproject.toml) and the command line, merged, and exit "
+        "[default: off].",
     ),
 ]
 InputsArg = Annotated[
@@ -197,19 +244,14 @@ def main_callback(
     """Attention saliency for Hugging Face transformers models, as a static HTML report."""
 
 
-def _tune_allocator() -> None:
-    """Before computing: keep freed memory for the next batch (see keep_freed_memory)."""
-    from reportgen.engine import keep_freed_memory
-
-    keep_freed_memory()
-
-
 @app.command()
 def build(
     ctx: typer.Context,
     inputs: InputsArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Site folder.")] = Path("site"),
-    run: Annotated[Path | None, typer.Option(help="Also keep the run folder here.")] = None,
+    run: Annotated[
+        Path | None, typer.Option(help="Also keep the run folder here [default: not kept].")
+    ] = None,
     model: ModelOpt = None,
     method: MethodOpt = None,
     aggregate: AggregateOpt = None,
@@ -240,27 +282,31 @@ def build(
     resume: ResumeOpt = False,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
+    print_config: PrintConfigOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Compute saliency for INPUTS and render the report site, in one go."""
-    settings = _settings(locals())
-    with _errors(debug), _Progress(settings.quiet) as progress:
+    options = locals()
+    with _errors(debug):
+        settings = _settings(options, "build", print_config)
+        progress = _Progress(settings.quiet)
         from reportgen.pipeline import build as run_build
         from reportgen.pipeline import shown_command
 
-        _tune_allocator()
-        report = run_build(
-            inputs,
-            out,
-            settings,
-            command=shown_command(_invocation(ctx), settings.provenance),
-            run_dir=run,
-            progress=progress.compute,
-            render_progress=progress.render,
-            on_loaded=progress.start_compute,
-            resume=resume,
-        )
-        progress.summary(report.site, report.single_file, report.tokens)
+        with progress:
+            report = run_build(
+                inputs,
+                out,
+                settings,
+                command=shown_command(_invocation(ctx), settings.provenance),
+                run_dir=run,
+                progress=progress.compute,
+                render_progress=progress.render,
+                on_loaded=progress.start_compute,
+                resume=resume,
+                on_loading=lambda: progress.loading(settings.model),
+            )
+            progress.summary(report.site, report.single_file, report.tokens)
 
 
 @app.command()
@@ -296,20 +342,22 @@ def compute(
     shard: ShardOpt = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
+    print_config: PrintConfigOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Compute saliency for INPUTS into a run folder (render it later with `render`).
 
     Results are kept as they come: after an interruption (Ctrl-C, a crash, a time limit),
     the same command with --resume continues where it stopped."""
-    settings = _settings(locals())
-    with _errors(debug), _Progress(settings.quiet) as progress:
+    options = locals()
+    with _errors(debug):
+        settings = _settings(options, "compute", print_config)
+        progress = _Progress(settings.quiet)
         from reportgen.pipeline import compute as run_compute
         from reportgen.pipeline import parse_shard, shown_command
 
         which = None if shard is None else parse_shard(shard)
-        _tune_allocator()
-        with _kept_on_failure(out):
+        with progress, _kept_on_failure(out):
             run = run_compute(
                 inputs,
                 out,
@@ -319,10 +367,11 @@ def compute(
                 on_loaded=progress.start_compute,
                 resume=resume,
                 shard=which,
+                on_loading=lambda: progress.loading(settings.model),
             )
-        tokens = sum(len(e.tokens) for e in run.entries)
-        progress.inputs = len(run)  # with --resume, those computed before too
-        progress.summary(None, None, tokens, run_path=run.path)
+            tokens = sum(len(e.tokens) for e in run.entries)
+            progress.inputs = len(run)  # with --resume, those computed before too
+            progress.summary(None, None, tokens, run_path=run.path)
 
 
 @app.command()
@@ -346,7 +395,8 @@ def merge(
         if not quiet:
             seconds = time.perf_counter() - started
             typer.echo(
-                f"{len(merged)} inputs from {len(runs)} shards in {seconds:.1f} s; run folder: "
+                f"{_plural(len(merged), 'input')} from {_plural(len(runs), 'shard')} in "
+                f"{seconds:.1f} s; run folder: "
                 f"{merged.path}",
                 err=True,
             )
@@ -367,7 +417,7 @@ def _kept_on_failure(out: Path) -> Iterator[None]:
         kept = partial_count(out)
         if kept:
             typer.echo(
-                f"{kept} results are kept in {partial_folder(out)}: the same command with "
+                f"{_plural(kept, 'result')} kept in {partial_folder(out)}: the same command with "
                 "--resume continues from there",
                 err=True,
             )
@@ -392,21 +442,21 @@ def render(
     keys_as_rows: KeysOpt = False,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
+    print_config: PrintConfigOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Render a run folder into a static site."""
     options = locals()
-    settings = _settings({k: v for k, v in options.items() if k != "metric"}).override(
-        report_metric=metric
-    )
-    with _errors(debug), _Progress(settings.quiet) as progress:
+    with _errors(debug):
+        settings = _settings(options, "render", print_config)
         from reportgen.pipeline import render as run_render
         from reportgen.records import Run
 
         opened = Run.open(run)
-        progress.start_render(len(opened))
-        report = run_render(opened, out, settings, progress=progress.render)
-        progress.summary(report.site, report.single_file, report.tokens)
+        with _Progress(settings.quiet) as progress:
+            progress.start_render(len(opened))
+            report = run_render(opened, out, settings, progress=progress.render)
+            progress.summary(report.site, report.single_file, report.tokens)
 
 
 @app.command()
@@ -476,38 +526,79 @@ def _parse_head(text: str | None, layers: int, heads: int) -> tuple[int, int] | 
     return int(layer) - 1, int(head) - 1
 
 
-def _settings(options: dict[str, Any]) -> Settings:
-    """Settings from a command's options: only those given (not None/False) override."""
-    names = {
-        "model",
-        "method",
-        "aggregate",
-        "metric",
-        "steps",
-        "batch_size",
-        "device",
-        "dtype",
-        "max_tokens",
-        "ablate_k",
-        "ablate_draws",
-        "ablation",
-        "effect",
-        "seed",
-        "engine",
-        "pairing",
-        "max_memory",
-        "device_map",
-        "store",
-        "provenance",
-        "top_k",
-        "single_file",
-        "title",
-        "templates",
-    }
-    flags = {"truncate", "keys_as_rows", "quiet", "force", "patching"}
-    changes = {k: v for k, v in options.items() if k in names}
-    changes.update({k: True for k in flags if options.get(k)})
-    return Settings().override(**changes)
+_SETTING_OPTIONS = {
+    "model", "method", "aggregate", "metric", "steps", "batch_size", "device", "dtype",
+    "max_tokens", "ablate_k", "ablate_draws", "ablation", "effect", "seed", "engine", "pairing",
+    "max_memory", "device_map", "store", "provenance", "top_k", "single_file", "title",
+    "templates",
+}  # fmt: skip
+_SETTING_FLAGS = {"truncate", "keys_as_rows", "quiet", "force", "patching"}
+_RENDER_SETTINGS = {"top_k", "single_file", "title", "templates", "keys_as_rows", "quiet", "force"}
+"""What `render` takes from a config file (its --metric picks the metric a report shows, not
+the run's: a config's `metric` is for computing)."""
+
+
+def _settings(options: dict[str, Any], command: str, print_config: bool = False) -> Settings:
+    """Settings from the defaults, then the config file of the working directory, then the
+    command's options (only those given: not None/False). With --print-config, prints the
+    merged result and exits."""
+    from reportgen.config import find_config
+
+    config = find_config(Path())  # the working directory's, named as typed: reportgen.toml
+    given = {k: v for k, v in options.items() if k in _SETTING_OPTIONS and v is not None}
+    given.update({k: True for k in _SETTING_FLAGS if options.get(k)})
+    from_file = dict(config.values)
+    if command == "render":
+        from_file = {k: v for k, v in from_file.items() if k in _RENDER_SETTINGS}
+        metric = given.pop("metric", None)
+        if metric is not None:
+            given["report_metric"] = metric
+    try:
+        Settings().override(**from_file).validate()
+    except ReportgenError as err:
+        raise ConfigError(f"{config.where}: {err}") from None
+    settings = Settings().override(**from_file).override(**given)
+    if print_config:
+        _print_config(settings, command, config.where, set(from_file), set(given))
+        raise typer.Exit()
+    return settings
+
+
+def _print_config(
+    settings: Settings, command: str, where: str, from_file: set[str], given: set[str]
+) -> None:
+    """The merged settings as TOML (what a reportgen.toml holding them says), each with where
+    its value came from."""
+    import json
+
+    from reportgen.config import KEYS, key_name
+    from reportgen.data.metrics import Metric
+
+    typer.echo(f"# reportgen {command}: defaults < {where} < command line")
+    from dataclasses import fields
+
+    for name in (f.name for f in fields(Settings) if f.name in KEYS):
+        if command == "render" and name not in _RENDER_SETTINGS:
+            continue
+        value = getattr(settings, name)
+        source = "command line" if name in given else where if name in from_file else "default"
+        if value is None:
+            typer.echo(f"# {key_name(name)} is not set  # {source}")
+            continue
+        if isinstance(value, bool):
+            shown = "true" if value else "false"
+        elif isinstance(value, int):
+            shown = str(value)
+        else:
+            shown = json.dumps(value.name if isinstance(value, Metric) else str(value))
+        typer.echo(f"{key_name(name)} = {shown}  # {source}")
+    if command == "render" and settings.report_metric is not None:
+        typer.echo(f"# the report shows metric {settings.report_metric.name}  # command line")
+
+
+def _plural(count: int, word: str) -> str:
+    """`1 input`, `2 inputs`."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 class _UsageError(ValueError):
@@ -541,12 +632,18 @@ def _errors(debug: bool) -> Iterator[None]:
 
 
 class _Progress:
-    """rich progress bars on stderr (transient, disabled when quiet or not a terminal)."""
+    """What a long command says on stderr, in steps: "loading model …", then progress bars on a
+    terminal (transient), or a log line every `interval` seconds and at the end of each stage
+    when stderr is not one; the summary comes after the bars have ended. Nothing when quiet."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, interval: float = 10.0) -> None:
         self.quiet = quiet
+        self.interval = interval
         self.started = time.perf_counter()
         self.inputs = 0
+        self._loading: float | None = None
+        self._summary: str | None = None
+        self._logged: dict[Any, float] = {}
 
     def __enter__(self) -> _Progress:
         from rich.console import Console
@@ -559,6 +656,7 @@ class _Progress:
         )
 
         self.console = Console(stderr=True)
+        self.live = not self.quiet and self.console.is_terminal
         self.bars = Progress(
             TextColumn("{task.description:<10}"),
             BarColumn(),
@@ -567,15 +665,34 @@ class _Progress:
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
-            disable=self.quiet or not self.console.is_terminal,
+            disable=not self.live,
         )
         self.bars.__enter__()
         self._compute_task: Any = None
         self._render_task: Any = None
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.bars.__exit__(*exc)  # type: ignore[arg-type]
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self.bars.__exit__(kind, *exc)  # type: ignore[arg-type]
+        if kind is None and self._summary is not None:
+            typer.echo(self._summary, err=True)  # after the bars are gone, not over them
+
+    def say(self, text: str) -> None:
+        """One line of progress (above the bars while they run)."""
+        if self.quiet:
+            return
+        if self.live:
+            self.console.print(text, markup=False, highlight=False)
+        else:
+            typer.echo(text, err=True)
+
+    def loading(self, model: str | None) -> None:
+        """Called when every check that needs no model has passed: torch loads from here."""
+        from reportgen.engine import keep_freed_memory
+
+        keep_freed_memory()  # before the model's memory is allocated (see its docstring)
+        self._loading = time.perf_counter()
+        self.say(f"loading model {model or 'reportgen/demo_model (the demo model)'} …")
 
     def _tick(self, task: Any, n: int) -> None:
         self.bars.advance(task, n)
@@ -583,8 +700,24 @@ class _Progress:
         elapsed = state.elapsed or 0
         rate = f"{state.completed / elapsed:.1f} inputs/s" if elapsed > 0 else ""
         self.bars.update(task, rate=rate)
+        if self.live:
+            return
+        now = time.perf_counter()
+        last = self._logged.get(task, self.started)
+        done = state.total is not None and state.completed >= state.total
+        if done or now - last >= self.interval:
+            self._logged[task] = now
+            total = int(state.total or 0)
+            self.say(
+                f"{state.description}: {int(state.completed)}/{_plural(total, 'input')}"
+                + (f" ({rate})" if rate and not done else f" in {elapsed:.1f} s" if done else "")
+            )
 
     def start_compute(self, total: int) -> None:
+        if self._loading is not None:
+            self.say(f"model loaded in {time.perf_counter() - self._loading:.1f} s")
+        if total:
+            self.say(f"computing {_plural(total, 'input')}")
         self.inputs = total
         self._compute_task = self.bars.add_task("computing", total=total, rate="")
         self.start_render(total)
@@ -609,17 +742,18 @@ class _Progress:
     def summary(
         self, site: Path | None, single: Path | None, tokens: int, run_path: Path | None = None
     ) -> None:
+        """The last line, printed when the bars have ended (see __exit__)."""
         if self.quiet:
             return
         seconds = time.perf_counter() - self.started
-        parts = [f"{self.inputs} inputs ({tokens} tokens) in {seconds:.1f} s"]
+        parts = [f"{_plural(self.inputs, 'input')} ({_plural(tokens, 'token')}) in {seconds:.1f} s"]
         if run_path is not None:
             parts.append(f"run folder: {run_path}")
         if site is not None:
             parts.append(f"site: {site} (open {site / 'index.html'} in a browser)")
         if single is not None:
             parts.append(f"single file: {single}")
-        typer.echo("; ".join(parts), err=True)
+        self._summary = "; ".join(parts)
 
 
 def main() -> None:

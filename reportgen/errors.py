@@ -41,3 +41,7 @@ class RunError(ReportgenError, RuntimeError):
 
 class OutputError(ReportgenError, RuntimeError):
     """The output path cannot be written; the message says why and what to do."""
+
+
+class ConfigError(ReportgenError, ValueError):
+    """A config file (reportgen.toml, pyproject.toml) that cannot be used; names file and key."""

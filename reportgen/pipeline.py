@@ -17,6 +17,7 @@ from reportgen.data.metrics import check_metric
 from reportgen.errors import OutputError, SettingsError
 from reportgen.fsutil import check_outputs
 from reportgen.inputs import examples_from_items, read_inputs
+from reportgen.modelpath import demo_model_path, resolve_model_path
 from reportgen.records import (
     InputsInfo,
     PartialRun,
@@ -101,6 +102,7 @@ def compute(
     resume: bool = False,
     shard: tuple[int, int] | None = None,
     model: LoadedModel | None = None,
+    on_loading: Callable[[], None] | None = None,
 ) -> Run:
     """Compute saliency for `inputs` into the run folder `out`; returns the opened run.
 
@@ -112,7 +114,9 @@ def compute(
     uninterrupted compute writes, byte for byte. `resume` on a complete run with the same
     inputs and settings does nothing; where nothing was interrupted, it computes everything.
     `shard=(i, n)` computes only the i-th of n shards of the inputs (`merge` joins them).
-    `model` is a model already loaded with the same settings (a worker computing many shards)."""
+    `model` is a model already loaded with the same settings (a worker computing many shards).
+    `on_loading` is called when every check that needs no model has passed, just before the
+    model loads (the first import of torch): the command line says "loading model" there."""
     settings = (settings or Settings()).validate()
     examples = load_examples(inputs)
     check_metric(settings.metric, examples)
@@ -132,6 +136,9 @@ def compute(
         complete = Run.open(out)
         _check_complete(complete, digest, shard)
     if model is None:
+        resolve_model_path(settings.model)  # a missing folder is reported before torch loads
+        if on_loading is not None:
+            on_loading()
         from reportgen.engine import load_model
 
         lm = load_model(
@@ -451,10 +458,7 @@ def shown_path(path: Path) -> str:
     """A model folder as the report shows it: the demo model as `reportgen/demo_model`, a folder
     under the working directory relative to it, a hub cache snapshot as `hub:ORG/NAME@REV`, and
     anything else by its last two parts (a report is shared; a home folder's name is not)."""
-    from importlib import resources
-
-    demo = Path(str(resources.files("reportgen") / "demo_model"))  # engine.demo_model_path,
-    if Path(path).resolve() == demo.resolve():  # without importing torch (merge needs none)
+    if Path(path).resolve() == demo_model_path().resolve():
         return "reportgen/demo_model"
     path = Path(os.path.abspath(path))  # symlinks kept: the path as the user gave it
     for cwd in dict.fromkeys((Path(os.path.abspath(os.getcwd())), Path.cwd().resolve())):
@@ -509,6 +513,7 @@ def build(
     command: str | None = None,
     on_loaded: Callable[[int], None] | None = None,
     resume: bool = False,
+    on_loading: Callable[[], None] | None = None,
 ) -> Report:
     """Compute and render in one go. The run folder is kept only when `run_dir` is given (and
     then `resume` continues an interrupted compute of it, as `compute` does)."""
@@ -525,9 +530,20 @@ def build(
         settings.force,
     )
     if run_dir is not None:
-        run = compute(inputs, run_dir, settings, progress, command, on_loaded, resume=resume)
+        run = compute(
+            inputs,
+            run_dir,
+            settings,
+            progress,
+            command,
+            on_loaded,
+            resume=resume,
+            on_loading=on_loading,
+        )
         return render(run, out, settings, render_progress)
     with tempfile.TemporaryDirectory(prefix="reportgen-run-") as tmp:
-        run = compute(inputs, Path(tmp) / "run", settings, progress, command, on_loaded)
+        run = compute(
+            inputs, Path(tmp) / "run", settings, progress, command, on_loaded, on_loading=on_loading
+        )
         report = render(run, out, settings, render_progress)
     return replace(report, run=None)

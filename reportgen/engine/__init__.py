@@ -16,9 +16,10 @@
 It produces the torch-free records of `reportgen.data`.
 """
 
-from reportgen.engine.loading import LoadedModel, demo_model_path, load_model
+from reportgen.engine.loading import LoadedModel, load_model
 from reportgen.engine.memory import keep_freed_memory
 from reportgen.engine.runner import compute, compute_batch
+from reportgen.modelpath import demo_model_path
 
 __all__ = [
     "LoadedModel",

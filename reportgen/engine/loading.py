@@ -14,7 +14,6 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from reportgen.engine.attention import (
 )
 from reportgen.engine.memory import Footprint, saved_bytes
 from reportgen.errors import ModelError
+from reportgen.modelpath import resolve_model_path
 
 DTYPES = {
     "float32": torch.float32,
@@ -114,44 +114,6 @@ class Padding:
     batches: bool = True
     """Whether the model takes more than one row per pass at all (a classifier without a pad
     id does not, even of equal lengths: transformers cannot tell where to pool)."""
-
-
-def demo_model_path() -> Path:
-    """The demo model shipped inside the package."""
-    return Path(str(resources.files("reportgen") / "demo_model"))
-
-
-def resolve_model_path(spec: str | Path | None) -> Path:
-    """A local model folder for `spec`: a folder, a hub id in the local cache, or the demo model."""
-    if spec is None:
-        path = demo_model_path()
-        if not (path / "config.json").is_file():
-            raise ModelError(f"the demo model is missing from {path}; reinstall reportgen")
-        return path
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelError(
-                f"model folder '{spec}' has no config.json; "
-                "pass a folder written by save_pretrained"
-            )
-        if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
-            raise ModelError(
-                f"model folder '{spec}' has no weights (*.safetensors or pytorch_model*.bin)"
-            )
-        return path
-    text = str(spec)
-    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
-        raise ModelError(f"model folder '{spec}' does not exist")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(text, local_files_only=True))
-    except Exception:
-        raise ModelError(
-            f"model '{spec}' is neither a local folder nor in the Hugging Face cache, and "
-            f"reportgen does not download: run `hf download {spec}` first, or pass a local folder"
-        ) from None
 
 
 def detect_task(config: Any) -> Task:
