@@ -417,7 +417,8 @@ def _kept_on_failure(out: Path) -> Iterator[None]:
         kept = partial_count(out)
         if kept:
             typer.echo(
-                f"{_plural(kept, 'result')} kept in {partial_folder(out)}: the same command with "
+                f"{_plural(kept, 'result')} {'is' if kept == 1 else 'are'} kept in "
+                f"{partial_folder(out)}: the same command with "
                 "--resume continues from there",
                 err=True,
             )

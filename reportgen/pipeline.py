@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +45,26 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Report:
-    """What a build produced: the run folder (None if not kept), the site and the single file."""
+    """What a build produced: the run folder, the site and the single file (paths given as
+    `str` are taken as `Path`s).
+
+    A `build` without `run_dir` computes its run in a temporary folder that lives as long as
+    the Report (and is deleted with it, or when the interpreter exits): `run` points there, so
+    `log_report(report, include_run=True)` works; pass `run_dir` to keep the run."""
 
     run: Path | None
     site: Path
     single_file: Path | None = None
     inputs: int = 0
     tokens: int = 0
+    _temporary: Any = field(default=None, repr=False, compare=False)
+    """The temporary folder holding `run` (a TemporaryDirectory), if the build made one."""
+
+    def __post_init__(self) -> None:
+        for name in ("run", "site", "single_file"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
 
     def _repr_html_(self) -> str:
         """Notebooks show the single-file report inline (an iframe with `srcdoc`)."""
@@ -515,8 +528,9 @@ def build(
     resume: bool = False,
     on_loading: Callable[[], None] | None = None,
 ) -> Report:
-    """Compute and render in one go. The run folder is kept only when `run_dir` is given (and
-    then `resume` continues an interrupted compute of it, as `compute` does)."""
+    """Compute and render in one go. The run folder is kept at `run_dir` if given (and then
+    `resume` continues an interrupted compute of it, as `compute` does); else in a temporary
+    folder that lives as long as the returned Report (see `Report`)."""
     import tempfile
 
     settings = (settings or Settings()).validate()
@@ -541,9 +555,12 @@ def build(
             on_loading=on_loading,
         )
         return render(run, out, settings, render_progress)
-    with tempfile.TemporaryDirectory(prefix="reportgen-run-") as tmp:
-        run = compute(
-            inputs, Path(tmp) / "run", settings, progress, command, on_loaded, on_loading=on_loading
-        )
+    temporary = tempfile.TemporaryDirectory(prefix="reportgen-run-")
+    try:
+        folder = Path(temporary.name) / "run"
+        run = compute(inputs, folder, settings, progress, command, on_loaded, on_loading=on_loading)
         report = render(run, out, settings, render_progress)
-    return replace(report, run=None)
+    except BaseException:
+        temporary.cleanup()
+        raise
+    return replace(report, _temporary=temporary)

@@ -2,11 +2,13 @@
 
 The command line, the Python API and the tests build a `Settings` and pass it down the pipeline;
 a stage reads only the fields it needs. Values are parsed once, here: `metric` becomes a
-`Metric`, paths become `Path`s, and `validate()` checks every range before any model loads.
+`Metric`, paths (given as `str` or `Path`) become `Path`s, and `validate()` checks every range
+before any model loads.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -60,7 +62,8 @@ class Settings:
     """Options of one reportgen job (compute, render or both)."""
 
     model: str | None = None
-    """Local folder or hub id (resolved from the local cache); None means the demo model."""
+    """Local folder or hub id (resolved from the local cache); None means the demo model (a
+    `Path` is taken as its string)."""
     method: str = "attn-grad"
     """Saliency method: attn-grad, attention, attattr, attn-norm, rollout or grad-rollout."""
     aggregate: str = "heads"
@@ -146,6 +149,8 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
 
     def override(self, **changes: object) -> Settings:
         """A copy with the given fields replaced; None values (options not given) are skipped."""

@@ -354,6 +354,16 @@ def command_env() -> dict[str, str]:
     }
 
 
+PROGRESS_STEPS = ("loading model ", "model loaded in ", "computing ", "rendering")
+"""How the command line's progress lines start on stderr (without a terminal: log lines)."""
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the progress steps a command printed before it failed: what it said of
+    the failure (one `error: ...` line for a user's error)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith(PROGRESS_STEPS)]
+
+
 def scratch_folder(path: Path) -> Path:
     """A working folder like the repository's for the README's commands: `examples/` is the
     project's, `docs/` exists, and every output lands in `path`."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import error_lines
 from typer.testing import CliRunner
 
 from reportgen.cli import app
@@ -103,7 +104,7 @@ def test_quiet_prints_nothing(tiny_models, tmp_path):
 
 def _assert_one_line_error(result, *fragments):
     assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
+    lines = error_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0]
@@ -203,7 +204,7 @@ def test_unexpected_failures_exit_1_without_traceback(tiny_models, tmp_path, mon
     inputs = _inputs(tmp_path, [{"text": "a b"}])
     result = _invoke("compute", inputs, "-o", tmp_path / "run", "-m", tiny_models["gpt2"])
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == [
+    assert error_lines(result.stderr) == [
         "error: MemoryError: out of memory (run with --debug for details)"
     ]
     assert not (tmp_path / "run").exists()

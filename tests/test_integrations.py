@@ -58,9 +58,10 @@ def test_wandb_logs_html_offline(single, tmp_path, monkeypatch):
         log_report(single)
     run = wandb.init(project="reportgen-test", dir=str(tmp_path), mode="offline")
     try:
-        log_report(Report(None, single.parent, single), key="saliency")
+        logged_as = log_report(Report(None, single.parent, single), key="saliency")
     finally:
         run.finish()
+    assert logged_as == "saliency", "returns what it logged, as the MLflow helper does"
     logged = list(tmp_path.rglob("media/html/saliency_*.html"))
     assert len(logged) == 1
     assert logged[0].read_text("utf-8") == single.read_text("utf-8"), "logged unchanged (no inject)"
@@ -72,3 +73,52 @@ def test_report_displays_inline_in_notebooks(single, tmp_path):
     assert "<script" not in html.split('srcdoc="', 1)[1], "the document is attribute-escaped"
     plain = Report(None, tmp_path / "<b>site")._repr_html_()
     assert "&lt;b&gt;site" in plain
+
+
+def test_paths_may_be_str_or_path_and_come_back_as_paths(tmp_path):
+    from pathlib import Path
+
+    from reportgen.settings import Settings
+
+    settings = Settings(single_file="r.html", templates="tpl", model=tmp_path / "m")
+    assert settings.single_file == Path("r.html") and settings.templates == Path("tpl")
+    assert settings.model == str(tmp_path / "m")
+    assert settings.override(single_file="s.html").single_file == Path("s.html")
+    report = Report("run", "site", "one.html")
+    assert (report.run, report.site, report.single_file) == (
+        Path("run"),
+        Path("site"),
+        Path("one.html"),
+    )
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_build_keeps_its_run_as_long_as_its_report(tiny_models, tmp_path, monkeypatch):
+    """build() without run_dir: Report.run is a temporary run folder, there for log_report's
+    include_run, and gone with the Report (no files leaked)."""
+    import gc
+
+    import mlflow
+
+    import reportgen
+    from reportgen.integrations.mlflow import log_report
+    from reportgen.records import Run
+    from reportgen.settings import Settings
+
+    settings = Settings(model=str(tiny_models["gpt2"]), device="cpu", ablate_k=0)
+    report = reportgen.build(["<CHI> saw a dog"], out=str(tmp_path / "site"), settings=settings)
+    run = report.run
+    assert run is not None and Run.open(run).ids == ("1",)
+    assert Run.open(run).info.model_path.endswith("gpt2")
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as active:
+        assert log_report(report, include_run=True) == "reportgen/report.html"
+    client = mlflow.tracking.MlflowClient()
+    names = {a.path for a in client.list_artifacts(active.info.run_id, "reportgen/run")}
+    assert "reportgen/run/manifest.json" in names
+    del report
+    gc.collect()
+    assert not run.exists(), "the temporary run goes with its Report"

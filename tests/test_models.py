@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import error_lines
 
 pytestmark = pytest.mark.cli
 
@@ -61,7 +62,7 @@ def test_a_folder_that_needs_its_own_code_is_refused_and_the_code_never_runs(tmp
     done = _compute(tmp_path, folder)  # "y" on stdin, were anything to ask
     assert done.returncode == 2, done.stderr
     assert "needs code shipped in its folder" in done.stderr and "never runs" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    assert len(error_lines(done.stderr)) == 1
     assert not marker.exists(), "the model folder's code ran"
     assert not (tmp_path / "run").exists()
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import error_lines
 from typer.testing import CliRunner
 
 from reportgen.cli import app
@@ -250,7 +251,7 @@ def test_a_resume_with_other_inputs_or_settings_names_what_differs(
     before = tree(partial_folder(out))
     result = _invoke(*_args(inputs, out, model, "--resume", *extra))
     assert result.exit_code == 2, result.output
-    message = result.stderr.strip()
+    message = "\n".join(error_lines(result.stderr))
     assert message.startswith("error: --resume:") and "\n" not in message, message
     for fragment in fragments:
         assert fragment in message, message

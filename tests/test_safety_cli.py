@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from conftest import error_lines
 from typer.testing import CliRunner
 
 from reportgen.cli import app
@@ -22,7 +23,7 @@ def _invoke(*args: object):
 
 def _one_line_error(result, *fragments: str) -> str:
     assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
+    lines = error_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import error_lines
 from test_resume import METRIC, tree, write_inputs
 from typer.testing import CliRunner
 
@@ -136,7 +137,7 @@ def _invoke(*args):
 
 def _error(result, *fragments):
     assert result.exit_code == 2, result.output
-    message = result.stderr.strip()
+    message = "\n".join(error_lines(result.stderr))
     assert message.startswith("error: ") and "\n" not in message, message
     for fragment in fragments:
         assert fragment in message, message

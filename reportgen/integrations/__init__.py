@@ -26,7 +26,7 @@ def single_file(source: Source, settings: Settings | None = None) -> Iterator[Pa
             return
         if source.run is None:
             raise ValueError(
-                "this report has no single file and no kept run folder; build it with "
+                "this report has no single file and no run folder; build it with "
                 "Settings(single_file=...) or run_dir=..."
             )
         source = source.run

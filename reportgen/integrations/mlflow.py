@@ -25,12 +25,12 @@ def log_report(
         raise RuntimeError(
             "no active MLflow run: call log_report inside `with mlflow.start_run():`"
         )
+    folder = run_folder(source) if include_run else None
+    if include_run and folder is None:  # before anything is uploaded
+        raise ValueError("include_run=True needs a run folder (a Report with run, or a Run)")
     with single_file(source, settings) as path:
         mlflow.log_artifact(str(path), artifact_path)
         name = path.name
-    if include_run:
-        folder = run_folder(source)
-        if folder is None:
-            raise ValueError("include_run=True needs a run folder (a Report with run, or a Run)")
+    if folder is not None:
         mlflow.log_artifacts(str(folder), f"{artifact_path}/run")
     return f"{artifact_path}/{name}"

@@ -6,8 +6,9 @@ from reportgen.integrations import Source, single_file
 from reportgen.settings import Settings
 
 
-def log_report(source: Source, key: str = "reportgen", settings: Settings | None = None) -> None:
+def log_report(source: Source, key: str = "reportgen", settings: Settings | None = None) -> str:
     """Log the single-file report of `source` (a Report, run folder or .html file) under `key`.
+    Returns the key it was logged under (as the MLflow helper returns the artifact path).
 
     `inject=False` keeps W&B from adding its own (remote) stylesheet: the report stays offline."""
     import wandb
@@ -17,3 +18,4 @@ def log_report(source: Source, key: str = "reportgen", settings: Settings | None
     with single_file(source, settings) as path:
         html = path.read_text("utf-8")
     wandb.log({key: wandb.Html(html, inject=False)})
+    return key
