@@ -492,6 +492,37 @@ def figure(
         typer.echo(f"wrote {out}")
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `compute`.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder to write the tables into, one file each."),
+    ],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="csv, json or parquet (needs pyarrow).")
+    ] = "csv",
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="Head score of head_scores: total, prediction or flow:SRC->DST "
+            "[default: the run's]."
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a run's head scores (per input and over the dataset), top cells and ablation
+    results as tables: head_scores, dataset_head_scores, top_cells, ablation."""
+    with _errors(debug):
+        from reportgen.export import export as run_export
+
+        written = run_export(run, out, format, metric, force)
+        if not quiet:
+            typer.echo(f"wrote {', '.join(p.name for p in written)} in {out}", err=True)
+
+
 def _invocation(ctx: typer.Context) -> list[str]:
     """The current command as the user gave it: its name, then every argument and option that
     differs from its default (in the command's own order), paths as typed."""
