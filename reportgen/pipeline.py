@@ -58,7 +58,7 @@ class Report:
     inputs: int = 0
     tokens: int = 0
     _temporary: Any = field(default=None, repr=False, compare=False)
-    """The temporary folder holding `run` (a TemporaryDirectory), if the build made one."""
+    """The temporary folder holding `run`, if the build made one (see _TemporaryFolder)."""
 
     def __post_init__(self) -> None:
         for name in ("run", "site", "single_file"):
@@ -76,6 +76,22 @@ class Report:
             index = escape(str(self.site / "index.html"))
             return f"<p>reportgen site: <code>{index}</code> (pass single_file to show it here)</p>"
         return iframe_html(self.single_file)
+
+
+class _TemporaryFolder:
+    """A temporary folder removed when the last Report holding it is garbage-collected, or when
+    the interpreter exits (weakref.finalize: quietly, unlike TemporaryDirectory's warning)."""
+
+    def __init__(self) -> None:
+        import shutil
+        import tempfile
+        import weakref
+
+        self.path = Path(tempfile.mkdtemp(prefix="reportgen-run-"))
+        self._remove = weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
+
+    def cleanup(self) -> None:
+        self._remove()
 
 
 def _input_path(inputs: Inputs) -> str | Path | None:
@@ -447,23 +463,41 @@ def shown_command(argv: Sequence[str], provenance: str = "relative") -> str:
     return " ".join(["reportgen", *shown])
 
 
-def equivalent_command(settings: Settings, inputs: object = None, out: object = None) -> str:
-    """The command line that computes what `settings` say (for runs made through the API)."""
+def equivalent_command(
+    settings: Settings,
+    inputs: object = None,
+    out: object = None,
+    command: str = "compute",
+    run_dir: object = None,
+) -> str:
+    """The command line that computes what `settings` say (for runs made through the API):
+    `compute`, or `build` with its site and single-file options; inputs given as a list (not a
+    file) are written INPUTS."""
     defaults = Settings()
-    argv: list[str] = ["compute", str(inputs) if isinstance(inputs, (str, Path)) else "INPUTS"]
-    argv += ["--out", str(out) if out is not None else "RUN"]
-    for name in (
+    argv: list[str] = [command, str(inputs) if isinstance(inputs, (str, Path)) else "INPUTS"]
+    argv += ["--out", str(out) if out is not None else "RUN" if command == "compute" else "SITE"]
+    if command == "build" and run_dir is not None:
+        argv += ["--run", str(run_dir)]
+    names = [
         "model", "method", "aggregate", "metric", "steps", "batch_size", "device", "dtype",
         "engine", "pairing", "max_memory", "device_map", "store", "max_tokens", "ablate_k",
         "ablate_draws", "ablation", "effect", "seed", "top_k",
-    ):  # fmt: skip
+    ]  # fmt: skip
+    if command == "build":
+        names += ["single_file", "title", "templates"]
+    for name in names:
         value = getattr(settings, name)
         if value != getattr(defaults, name):
-            argv += [f"--{name.replace('_', '-')}", str(value)]
+            shown = value.name if name == "metric" else str(value)
+            argv += [f"--{name.replace('_', '-')}", shown]
     if settings.truncate:
         argv.append("--truncate")
     if settings.patching:
         argv.append("--patching")
+    if command == "build" and settings.keys_as_rows:
+        argv.append("--keys-as-rows")
+    if settings.provenance != defaults.provenance:
+        argv += ["--provenance", settings.provenance]
     return shown_command(argv, settings.provenance)
 
 
@@ -531,8 +565,6 @@ def build(
     """Compute and render in one go. The run folder is kept at `run_dir` if given (and then
     `resume` continues an interrupted compute of it, as `compute` does); else in a temporary
     folder that lives as long as the returned Report (see `Report`)."""
-    import tempfile
-
     settings = (settings or Settings()).validate()
     if resume and run_dir is None:
         raise SettingsError("--resume continues the run folder of --run; give --run RUN")
@@ -543,6 +575,8 @@ def build(
         run_dir and Path(run_dir),
         settings.force,
     )
+    if command is None:
+        command = equivalent_command(settings, inputs, out, "build", run_dir)
     if run_dir is not None:
         run = compute(
             inputs,
@@ -555,9 +589,9 @@ def build(
             on_loading=on_loading,
         )
         return render(run, out, settings, render_progress)
-    temporary = tempfile.TemporaryDirectory(prefix="reportgen-run-")
+    temporary = _TemporaryFolder()
     try:
-        folder = Path(temporary.name) / "run"
+        folder = temporary.path / "run"
         run = compute(inputs, folder, settings, progress, command, on_loaded, on_loading=on_loading)
         report = render(run, out, settings, render_progress)
     except BaseException:

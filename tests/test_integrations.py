@@ -111,6 +111,10 @@ def test_a_build_keeps_its_run_as_long_as_its_report(tiny_models, tmp_path, monk
     report = reportgen.build(["<CHI> saw a dog"], out=str(tmp_path / "site"), settings=settings)
     run = report.run
     assert run is not None and Run.open(run).ids == ("1",)
+    about = (tmp_path / "site" / "about.html").read_text("utf-8")
+    assert "reportgen build INPUTS --out " in about and "--ablate-k 0" in about
+    assert "INPUTS stands for inputs that were given from Python as a list" in about
+    assert "reportgen-run-" not in about, "not the temporary run folder"
     assert Run.open(run).info.model_path.endswith("gpt2")
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

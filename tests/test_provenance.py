@@ -71,3 +71,30 @@ def test_the_api_records_the_equivalent_command(tiny_models, tmp_path, monkeypat
     command = run.info.command
     assert command.startswith("reportgen compute in.txt --out run --model ")
     assert "--method attention --ablate-k 0" in command and str(tmp_path) not in command
+
+
+def test_an_api_build_records_the_equivalent_build_command(tiny_models, tmp_path, monkeypatch):
+    import shlex
+
+    from markupsafe import escape
+
+    from reportgen.pipeline import build, shown_path
+    from reportgen.records import Run
+    from reportgen.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.txt").write_text("<CHI> saw a dog\n")
+    settings = Settings(
+        model=tiny_models["gpt2"], ablate_k=0, metric="prediction", single_file="one.html",
+        title="Mine", keys_as_rows=True,
+    )  # fmt: skip
+    report = build("in.txt", "site", settings)
+    assert report.run is not None
+    command = Run.open(report.run).info.command
+    assert command == (
+        f"reportgen build in.txt --out site --model {shlex.quote(shown_path(tiny_models['gpt2']))} "
+        "--metric prediction --ablate-k 0 --single-file one.html --title Mine --keys-as-rows"
+    ), command
+    about = (tmp_path / "site" / "about.html").read_text("utf-8")
+    assert f'<code class="rg-cmd">{escape(command)}</code>' in about
+    assert "INPUTS stands for" not in about
