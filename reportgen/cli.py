@@ -305,6 +305,7 @@ def build(
                 on_loaded=progress.start_compute,
                 resume=resume,
                 on_loading=lambda: progress.loading(settings.model),
+                on_warning=progress.warn,
             )
             progress.summary(report.site, report.single_file, report.tokens)
 
@@ -368,6 +369,7 @@ def compute(
                 resume=resume,
                 shard=which,
                 on_loading=lambda: progress.loading(settings.model),
+                on_warning=progress.warn,
             )
             tokens = sum(len(e.tokens) for e in run.entries)
             progress.inputs = len(run)  # with --resume, those computed before too
@@ -717,6 +719,9 @@ class _Progress:
             self.console.print(text, markup=False, highlight=False)
         else:
             typer.echo(text, err=True)
+
+    def warn(self, text: str) -> None:
+        self.say(f"warning: {text}")
 
     def loading(self, model: str | None) -> None:
         """Called when every check that needs no model has passed: torch loads from here."""

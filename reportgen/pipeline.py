@@ -5,6 +5,7 @@ This is reportgen's Python API (re-exported by the package) and what the command
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reportgen.data.examples import Example
-from reportgen.data.metrics import check_metric
+from reportgen.data.metrics import check_discriminates, check_metric, parse_metric
 from reportgen.errors import OutputError, SettingsError
 from reportgen.fsutil import check_outputs
 from reportgen.inputs import examples_from_items, read_inputs
@@ -132,6 +133,7 @@ def compute(
     shard: tuple[int, int] | None = None,
     model: LoadedModel | None = None,
     on_loading: Callable[[], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Run:
     """Compute saliency for `inputs` into the run folder `out`; returns the opened run.
 
@@ -145,8 +147,11 @@ def compute(
     `shard=(i, n)` computes only the i-th of n shards of the inputs (`merge` joins them).
     `model` is a model already loaded with the same settings (a worker computing many shards).
     `on_loading` is called when every check that needs no model has passed, just before the
-    model loads (the first import of torch): the command line says "loading model" there."""
+    model loads (the first import of torch): the command line says "loading model" there.
+    `on_warning` receives what the user should know but is no error (inputs with words the
+    tokenizer does not know); without it, warnings go to the `reportgen` logger."""
     settings = (settings or Settings()).validate()
+    check_discriminates(settings.method, settings.metric)
     examples = load_examples(inputs)
     check_metric(settings.metric, examples)
     check_outputs(None, None, _input_path(inputs), Path(out), settings.force, run_option="--out")
@@ -182,6 +187,9 @@ def compute(
     if command is None:
         command = equivalent_command(settings, inputs, out)
     info = run_info(lm, settings, command)
+    unknown = unknown_tokens(examples, lm, settings)  # before the partial run is claimed
+    if unknown:
+        (on_warning or logging.getLogger("reportgen").warning)(unknown)
     if complete is not None:
         _refuse_differences(out, complete.info, info, "is a complete run")
         if on_loaded is not None:
@@ -322,6 +330,30 @@ def _shard_text(shard: object) -> str:
 
 def _shown(value: object) -> str:
     return "not given" if value is None else str(value)
+
+
+def unknown_tokens(examples: Sequence[Example], lm: LoadedModel, settings: Settings) -> str:
+    """A warning naming how many tokens of the inputs the tokenizer does not know (the model
+    reads its unknown token there, e.g. [UNK]), with an example word; empty if none."""
+    from reportgen.engine.encoding import encode
+
+    unknown = tokens = inputs = 0
+    example = ""
+    for ex in examples:
+        encoded = encode(ex, lm, settings.max_tokens, settings.truncate, settings.pairing)
+        tokens += len(encoded.ids)
+        if encoded.unknown:
+            unknown += len(encoded.unknown)
+            inputs += 1
+            example = example or f"'{encoded.unknown[0]}' in input '{ex.id}' ({ex.source})"
+    if not unknown:
+        return ""
+    unk = lm.tokenizer.unk_token
+    many = "inputs" if len(examples) != 1 else "input"
+    return (
+        f"{unknown} of {tokens} tokens in {inputs} of {len(examples)} {many} are not in the "
+        f"model's vocabulary and read as {unk}, e.g. {example}; the report labels them {unk}"
+    )
 
 
 def _lengths(examples: Sequence[Example], lm: LoadedModel, settings: Settings) -> list[int]:
@@ -545,6 +577,8 @@ def render(
 
     settings = (settings or Settings()).validate()
     opened = run if isinstance(run, Run) else Run.open(run)
+    shown = settings.report_metric or parse_metric(opened.info.metric)
+    check_discriminates(opened.info.method, shown)
     site = render_site(opened, Path(out), settings, progress)
     tokens = sum(len(e.tokens) for e in opened.entries)
     return Report(opened.path, site, settings.single_file, len(opened), tokens)
@@ -561,6 +595,7 @@ def build(
     on_loaded: Callable[[int], None] | None = None,
     resume: bool = False,
     on_loading: Callable[[], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Report:
     """Compute and render in one go. The run folder is kept at `run_dir` if given (and then
     `resume` continues an interrupted compute of it, as `compute` does); else in a temporary
@@ -587,12 +622,22 @@ def build(
             on_loaded,
             resume=resume,
             on_loading=on_loading,
+            on_warning=on_warning,
         )
         return render(run, out, settings, render_progress)
     temporary = _TemporaryFolder()
     try:
         folder = temporary.path / "run"
-        run = compute(inputs, folder, settings, progress, command, on_loaded, on_loading=on_loading)
+        run = compute(
+            inputs,
+            folder,
+            settings,
+            progress,
+            command,
+            on_loaded,
+            on_loading=on_loading,
+            on_warning=on_warning,
+        )
         report = render(run, out, settings, render_progress)
     except BaseException:
         temporary.cleanup()

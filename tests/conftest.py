@@ -354,8 +354,8 @@ def command_env() -> dict[str, str]:
     }
 
 
-PROGRESS_STEPS = ("loading model ", "model loaded in ", "computing ", "rendering")
-"""How the command line's progress lines start on stderr (without a terminal: log lines)."""
+PROGRESS_STEPS = ("loading model ", "model loaded in ", "computing ", "rendering", "warning: ")
+"""How the command line's progress lines and warnings start on stderr (without a terminal)."""
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -70,6 +70,14 @@ REFUSED = [
     (["compute", "in.txt", "-o", "run", "--metric", "flow:A->B"], "has no segment 'A'"),
     (["compute", "in.txt", "-o", "run", "--shard", "3/2"], "--shard 3/2"),
     (["render", "in.txt", "--metric", "flux"], "unknown metric 'flux'"),
+    (
+        ["compute", "in.txt", "-o", "run", "--method", "attention"],
+        "--metric total cannot tell heads apart with --method attention",
+    ),
+    (
+        ["build", "in.txt", "--method", "attention", "--metric", "prediction"],
+        "--metric prediction cannot tell heads apart with --method attention",
+    ),
 ]
 
 
@@ -250,3 +258,55 @@ def test_a_config_file_changes_what_is_computed(tiny_models, tmp_path, monkeypat
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text("utf-8"))
     assert manifest["run"]["parameters"]["ablate_k"] == 1
     assert manifest["run"]["parameters"]["seed"] == 6
+
+
+def test_attention_refuses_the_metrics_that_give_every_head_the_same_score():
+    """Raw attention rows sum to 1: total and prediction are flat; a flow is not, nor is any
+    metric of a gradient method."""
+    from reportgen.data.metrics import check_discriminates, parse_metric
+    from reportgen.errors import SettingsError
+
+    for name in ("total", "prediction"):
+        with pytest.raises(SettingsError, match="use --metric flow:SRC->DST"):
+            check_discriminates("attention", parse_metric(name))
+        for method in ("attn-grad", "attattr"):
+            check_discriminates(method, parse_metric(name))
+    check_discriminates("attention", parse_metric("flow:ENV->LAN"))
+
+
+def test_rendering_an_attention_run_under_total_is_refused(synthetic_run, tmp_path):
+    """`render --metric total` of a run of raw attention: refused, nothing written. (The
+    synthetic run says its method is attn-grad; a copy of it says attention.)"""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(synthetic_run, run)
+    manifest = json.loads((run / "manifest.json").read_text("utf-8"))
+    manifest["run"]["method"] = "attention"
+    (run / "manifest.json").write_text(json.dumps(manifest), "utf-8")
+    result = runner.invoke(
+        app, ["render", str(run), "-o", str(tmp_path / "s"), "--metric", "total"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot tell heads apart" in result.stderr and not (tmp_path / "s").exists()
+
+
+def test_unknown_words_are_warned_about_and_labelled_as_the_model_reads_them(tiny_models, tmp_path):
+    from reportgen.records import Run
+
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("<CHI> saw a zebra yesterday\n<CHI> saw a dog\n", "utf-8")
+    out = tmp_path / "run"
+    args = ["compute", str(inputs), "-o", str(out), "-m", str(tiny_models["gpt2"]), "--device"]
+    result = runner.invoke(app, [*args, "cpu", "--ablate-k", "0"])
+    assert result.exit_code == 0, result.output
+    [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warning == (
+        "warning: 2 of 9 tokens in 1 of 2 inputs are not in the model's vocabulary and read as "
+        "[UNK], e.g. 'zebra' in input '1' (in.txt:1); the report labels them [UNK]"
+    )
+    run = Run.open(out)
+    assert run.entries[0].tokens == ("<CHI>", "saw", "a", "[UNK]", "[UNK]")
+    assert run.entries[1].tokens == ("<CHI>", "saw", "a", "dog")
+    quiet = runner.invoke(app, [*args, "cpu", "--ablate-k", "0", "-q", "--force"])
+    assert quiet.exit_code == 0 and quiet.output == "", "quiet means nothing, warnings too"

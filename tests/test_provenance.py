@@ -66,11 +66,11 @@ def test_the_api_records_the_equivalent_command(tiny_models, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.txt").write_text("<CHI> saw a dog\n")
     run = compute(
-        "in.txt", "run", Settings(model=str(tiny_models["gpt2"]), method="attention", ablate_k=0)
+        "in.txt", "run", Settings(model=str(tiny_models["gpt2"]), method="attattr", ablate_k=0)
     )
     command = run.info.command
     assert command.startswith("reportgen compute in.txt --out run --model ")
-    assert "--method attention --ablate-k 0" in command and str(tmp_path) not in command
+    assert "--method attattr --ablate-k 0" in command and str(tmp_path) not in command
 
 
 def test_an_api_build_records_the_equivalent_build_command(tiny_models, tmp_path, monkeypatch):

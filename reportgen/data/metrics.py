@@ -89,3 +89,17 @@ def check_metric(metric: Metric, examples: Iterable[Example]) -> None:
                     f"{ex.source}: input '{ex.id}' has no segment '{needed}' (its segments: "
                     f"{', '.join(names) or 'none'}), which metric {metric.name} needs"
                 )
+
+
+def check_discriminates(method: str, metric: Metric, option: str = "--metric") -> None:
+    """Refuse a metric that gives every head the same score under `method`: raw attention rows
+    sum to 1, so each head's `total` is T (one per query row) and its `prediction` row is 1,
+    and every head would score exactly 1/(layers × heads): a flat grid, an arbitrary ranking.
+    A flow between two segments still tells heads apart."""
+    if method == "attention" and metric.kind in ("total", "prediction"):
+        raise SettingsError(
+            f"{option} {metric.name} cannot tell heads apart with --method attention: every "
+            "row of attention sums to 1, so every head would score 1/(layers × heads); use "
+            "--metric flow:SRC->DST (e.g. flow:ENV->LAN, segments of the inputs), or "
+            "--method attn-grad"
+        )

@@ -32,6 +32,9 @@ class Encoded:
     texts of a bi-encoder; empty means all of `ids` as one sequence."""
     contrast_ids: tuple[int, ...] | None = None
     """The contrast target's one token id (LMs) or label index (classifiers); None without one."""
+    unknown: tuple[str, ...] = ()
+    """The text of each token the tokenizer does not know (its id is the unknown token's), in
+    order: what the model reads as `[UNK]`, and `tokens` shows as such."""
 
     @property
     def sequences(self) -> tuple[tuple[int, int], ...]:
@@ -100,6 +103,7 @@ def encode(
         ids, offsets, loss_positions, prediction_position, lm, limit, truncate, where
     )
     tokens = _shown(tok, shown_text, ids, offsets)
+    unknown = _unknown(tok, shown_text, ids, offsets)
     spans = _spans(example.char_spans(), offsets)
     if lm.task is Task.ENCODER and (len(spans) < 2 or any(s.end <= s.start for s in spans[:2])):
         raise SaliencyError(f"{where}: the first two segments must each keep at least one token")
@@ -113,6 +117,7 @@ def encode(
         loss_positions,
         prediction_position,
         contrast_ids=contrast_ids,
+        unknown=unknown,
     )
 
 
@@ -153,6 +158,7 @@ def _encode_pair(
     tokens: list[str] = []
     spans: list[TokenSpan] = []
     pieces: list[tuple[int, int]] = []
+    unknown: list[str] = []
     for segment in example.segments:
         seg_ids, offsets = _tokenize(lm.tokenizer, segment.text, strip_end=False)
         seg_ids, offsets, _, _ = _fit(
@@ -166,8 +172,19 @@ def _encode_pair(
             spans.append(TokenSpan(segment.name, start + inside[0], start + inside[-1] + 1))
         ids += seg_ids
         tokens += _shown(lm.tokenizer, segment.text, seg_ids, offsets)
+        unknown += _unknown(lm.tokenizer, segment.text, seg_ids, offsets)
         pieces.append((start, len(ids)))
-    return Encoded(example, tuple(ids), tuple(tokens), tuple(spans), None, (), None, tuple(pieces))
+    return Encoded(
+        example,
+        tuple(ids),
+        tuple(tokens),
+        tuple(spans),
+        None,
+        (),
+        None,
+        tuple(pieces),
+        unknown=tuple(unknown),
+    )
 
 
 def _check_two_segments(example: Example, where: str, pairing: str) -> None:
@@ -202,11 +219,23 @@ def _tokenize(tok: Any, text: str, strip_end: bool) -> tuple[list[int], list[tup
 def _shown(
     tok: Any, text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]
 ) -> tuple[str, ...]:
-    """Each token as the text it covers, or its own name for a special token."""
+    """Each token as the text it covers, or its own name for a special token and for the
+    unknown token (the model reads `[UNK]`, not the word: the labels say so)."""
+    unk = tok.unk_token_id
     return tuple(
-        text[a:b] if b > a else tok.convert_ids_to_tokens(i)
+        text[a:b] if b > a and i != unk else tok.convert_ids_to_tokens(i)
         for i, (a, b) in zip(ids, offsets, strict=True)
     )
+
+
+def _unknown(
+    tok: Any, text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]
+) -> tuple[str, ...]:
+    """The text the tokenizer read as its unknown token, one entry per such token."""
+    unk = tok.unk_token_id
+    if unk is None:
+        return ()
+    return tuple(text[a:b] for i, (a, b) in zip(ids, offsets, strict=True) if i == unk)
 
 
 def _check_target(tok: Any, target_ids: Sequence[int], target: str, where: str) -> None:
