@@ -298,7 +298,7 @@ def build(
                 inputs,
                 out,
                 settings,
-                command=shown_command(_invocation(ctx), settings.provenance),
+                command=shown_command(_invocation(ctx) + _configured(options), settings.provenance),
                 run_dir=run,
                 progress=progress.compute,
                 render_progress=progress.render,
@@ -364,7 +364,7 @@ def compute(
                 out,
                 settings,
                 progress=progress.compute,
-                command=shown_command(_invocation(ctx), settings.provenance),
+                command=shown_command(_invocation(ctx) + _configured(options), settings.provenance),
                 on_loaded=progress.start_compute,
                 resume=resume,
                 shard=which,
@@ -596,6 +596,23 @@ def _settings(options: dict[str, Any], command: str, print_config: bool = False)
         _print_config(settings, command, config.where, set(from_file), set(given))
         raise typer.Exit()
     return settings
+
+
+def _configured(options: dict[str, Any]) -> list[str]:
+    """The config file's settings that the command line did not override, as options: the
+    recorded command (the about page's) must reproduce the run without the file."""
+    from reportgen.config import find_config, key_name
+
+    given = {k for k, v in options.items() if v is not None and v is not False}
+    argv: list[str] = []
+    for name, value in find_config(Path()).values.items():
+        if name in given or name not in options:
+            continue
+        if isinstance(value, bool):
+            argv += [f"--{key_name(name)}"] if value else []
+        else:
+            argv += [f"--{key_name(name)}", str(value)]
+    return argv
 
 
 def _print_config(

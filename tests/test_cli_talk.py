@@ -258,6 +258,9 @@ def test_a_config_file_changes_what_is_computed(tiny_models, tmp_path, monkeypat
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text("utf-8"))
     assert manifest["run"]["parameters"]["ablate_k"] == 1
     assert manifest["run"]["parameters"]["seed"] == 6
+    command = manifest["run"]["command"]  # reproduces the run without the config file
+    assert command.startswith("reportgen compute in.txt --out run --seed 6 --model ")
+    assert command.endswith(" --device cpu --ablate-k 1 --quiet") and "--seed 5" not in command
 
 
 def test_attention_refuses_the_metrics_that_give_every_head_the_same_score():
