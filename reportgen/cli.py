@@ -621,13 +621,12 @@ def _print_config(
     """The merged settings as TOML (what a reportgen.toml holding them says), each with where
     its value came from."""
     import json
+    from dataclasses import fields
 
     from reportgen.config import KEYS, key_name
     from reportgen.data.metrics import Metric
 
     typer.echo(f"# reportgen {command}: defaults < {where} < command line")
-    from dataclasses import fields
-
     for name in (f.name for f in fields(Settings) if f.name in KEYS):
         if command == "render" and name not in _RENDER_SETTINGS:
             continue
