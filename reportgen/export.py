@@ -6,8 +6,8 @@ shows them), token positions 0-based (as in the run's `tokens`):
     head_scores          id, layer, head, score (the metric's share), total, prediction
     dataset_head_scores  layer, head, score (the mean share over the inputs: the index's grid)
     top_cells            id, layer, head, rank, query, key, query_token, key_token, value
-    ablation             id, top_heads, value, value_top, value_random, delta_top,
-                         delta_random, draws
+    ablation             id, intervention, effect, top_heads, value, value_top,
+                         value_random, delta_top, delta_random, draws
 
 `total` and `prediction` are the exact sums of |S| over the head's cells and over the
 prediction position's row; `value` in top_cells is S at the cell (signed for attattr).
@@ -40,8 +40,9 @@ COLUMNS: dict[str, dict[str, str]] = {
         "query_token": "str", "key_token": "str", "value": "float",
     },
     "ablation": {
-        "id": "str", "top_heads": "str", "value": "float", "value_top": "float",
-        "value_random": "float", "delta_top": "float", "delta_random": "float", "draws": "int",
+        "id": "str", "intervention": "str", "effect": "str", "top_heads": "str",
+        "value": "float", "value_top": "float", "value_random": "float", "delta_top": "float",
+        "delta_random": "float", "draws": "int",
     },
 }  # fmt: skip
 """Each table's columns and their types, in order (what every format writes)."""
@@ -95,6 +96,8 @@ def tables(run: Run, metric: str | Metric | None = None) -> Tables:
             out["ablation"].append(
                 {
                     "id": ident,
+                    "intervention": ab.intervention,
+                    "effect": ab.effect,
                     "top_heads": " ".join(f"{la + 1}.{h + 1}" for la, h in ab.heads),
                     "value": ab.value,
                     "value_top": ab.value_top,

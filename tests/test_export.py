@@ -76,6 +76,7 @@ def test_csv_holds_the_runs_head_scores_top_cells_and_ablation(synthetic_run, tm
         ab = result.ablation
         assert ab is not None
         row = ablation[result.example.id]
+        assert (row["intervention"], row["effect"]) == (ab.intervention, ab.effect)
         assert row["top_heads"] == " ".join(f"{la + 1}.{h + 1}" for la, h in ab.heads)
         assert float(row["value_top"]) == ab.value_top and int(row["draws"]) == ab.draws
         assert float(row["delta_random"]) == pytest.approx(ab.value_random - ab.value, abs=1e-15)
