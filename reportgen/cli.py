@@ -225,8 +225,130 @@ PrintConfigOpt = Annotated[
     ),
 ]
 InputsArg = Annotated[
-    str, typer.Argument(help="Inputs: .txt, .jsonl, .csv or .tsv file, or - for stdin.")
+    str,
+    typer.Argument(
+        help="Inputs: a .txt, .jsonl, .csv or .tsv file, or - for stdin; or a data set: a "
+        ".parquet or .arrow file, a save_to_disk folder, or hf:NAME[:CONFIG] (the local "
+        "Hugging Face cache)."
+    ),
 ]
+_DATA = "Data set inputs"
+TextColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--text-column", help="Data set column of the text [default: text].", rich_help_panel=_DATA
+    ),
+]
+SegColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--segments-column",
+        help="Data set column of segments, a list of {name, text} as in .jsonl.",
+        rich_help_panel=_DATA,
+    ),
+]
+SegTemplateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--segments",
+        help="Segments built from data set columns: NAME={column},NAME=text {column}, e.g. "
+        "ENV={env},LAN={lan}.",
+        rich_help_panel=_DATA,
+    ),
+]
+TargetColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target-column",
+        help="Data set column of the target [default: target or label, if there is one].",
+        rich_help_panel=_DATA,
+    ),
+]
+IdColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--id-column",
+        help="Data set column of the ids [default: id, if there is one].",
+        rich_help_panel=_DATA,
+    ),
+]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Split of a data set folder or of hf:NAME, e.g. train.", rich_help_panel=_DATA
+    ),
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(help="Only the first N rows of the data set.", rich_help_panel=_DATA),
+]
+SampleOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="N rows of the data set chosen by --seed (the same rows for a seed, anywhere).",
+        rich_help_panel=_DATA,
+    ),
+]
+
+
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Compute on a Ray cluster: its address, auto (the running one) or local (start "
+        "one here); --out must be on a file system every worker sees.",
+        rich_help_panel="Ray",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Ray actors, each with one loaded model [default: as many as fit the cluster].",
+        rich_help_panel="Ray",
+    ),
+]
+GpusOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--gpus-per-worker",
+        help="GPUs per Ray actor [default: 1 if the cluster has GPUs, else 0].",
+        rich_help_panel="Ray",
+    ),
+]
+CpusOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--cpus-per-worker",
+        help="CPUs (torch threads) per Ray actor [default: 1].",
+        rich_help_panel="Ray",
+    ),
+]
+
+
+def _source(inputs: str, options: dict[str, Any], seed: int) -> Any:
+    """The inputs argument with the data set options: a `TableInputs` for a data set, the path
+    as given otherwise (data set options refused for it)."""
+    from reportgen.tables import TableInputs, is_table
+
+    names = (
+        "text_column", "segments_column", "segments", "target_column", "id_column", "split",
+        "limit", "sample",
+    )  # fmt: skip
+    given = {k: options[k] for k in names if options.get(k) is not None}
+    if inputs != "-" and is_table(inputs):
+        return TableInputs(inputs, seed=seed, **given)
+    if given:
+        shown = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+        _fail(
+            f"{shown}: options of data set inputs (.parquet, .arrow, a save_to_disk folder or "
+            f"hf:NAME), not of {inputs}"
+        )
+    return inputs
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def _version(value: bool) -> None:
@@ -280,6 +402,14 @@ def build(
     keys_as_rows: KeysOpt = False,
     provenance: ProvenanceOpt = None,
     resume: ResumeOpt = False,
+    text_column: TextColOpt = None,
+    segments_column: SegColOpt = None,
+    segments: SegTemplateOpt = None,
+    target_column: TargetColOpt = None,
+    id_column: IdColOpt = None,
+    split: SplitOpt = None,
+    limit: LimitOpt = None,
+    sample: SampleOpt = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     print_config: PrintConfigOpt = False,
@@ -289,13 +419,14 @@ def build(
     options = locals()
     with _errors(debug):
         settings = _settings(options, "build", print_config)
+        source = _source(inputs, options, settings.seed)
         progress = _Progress(settings.quiet)
         from reportgen.pipeline import build as run_build
         from reportgen.pipeline import shown_command
 
         with progress:
             report = run_build(
-                inputs,
+                source,
                 out,
                 settings,
                 command=shown_command(_invocation(ctx) + _configured(options), settings.provenance),
@@ -341,6 +472,18 @@ def compute(
     provenance: ProvenanceOpt = None,
     resume: ResumeOpt = False,
     shard: ShardOpt = None,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusOpt = None,
+    cpus_per_worker: CpusOpt = None,
+    text_column: TextColOpt = None,
+    segments_column: SegColOpt = None,
+    segments: SegTemplateOpt = None,
+    target_column: TargetColOpt = None,
+    id_column: IdColOpt = None,
+    split: SplitOpt = None,
+    limit: LimitOpt = None,
+    sample: SampleOpt = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     print_config: PrintConfigOpt = False,
@@ -353,18 +496,53 @@ def compute(
     options = locals()
     with _errors(debug):
         settings = _settings(options, "compute", print_config)
+        source = _source(inputs, options, settings.seed)
+        if ray is None:
+            given = [
+                f"--{name.replace('_', '-')}"
+                for name, value in (
+                    ("workers", workers),
+                    ("gpus_per_worker", gpus_per_worker),
+                    ("cpus_per_worker", cpus_per_worker),
+                )
+                if value is not None
+            ]
+            if given:
+                _fail(f"{', '.join(given)}: options of --ray; give --ray ADDRESS (or auto, local)")
+        elif shard is not None:
+            _fail("--ray and --shard: Ray computes every shard; give one of them")
         progress = _Progress(settings.quiet)
         from reportgen.pipeline import compute as run_compute
         from reportgen.pipeline import parse_shard, shown_command
 
         which = None if shard is None else parse_shard(shard)
+        command = shown_command(_invocation(ctx) + _configured(options), settings.provenance)
+        if ray is not None:
+            from reportgen.integrations.ray import compute as ray_compute
+
+            with progress:
+                run = ray_compute(
+                    source,
+                    out,
+                    settings,
+                    address=ray,
+                    workers=workers,
+                    gpus_per_worker=gpus_per_worker,
+                    cpus_per_worker=cpus_per_worker,
+                    resume=resume,
+                    command=command,
+                )
+                progress.inputs = len(run)
+                tokens = sum(len(e.tokens) for e in run.entries)
+                progress.summary(None, None, tokens, run_path=run.path)
+            return
         with progress, _kept_on_failure(out):
             run = run_compute(
-                inputs,
+                source,
                 out,
                 settings,
                 progress=progress.compute,
-                command=shown_command(_invocation(ctx) + _configured(options), settings.provenance),
+                command=command,
                 on_loaded=progress.start_compute,
                 resume=resume,
                 shard=which,
@@ -544,9 +722,10 @@ def _invocation(ctx: typer.Context) -> list[str]:
     return parts
 
 
-_NOT_RECORDED = {"resume"}
+_NOT_RECORDED = {"resume", "ray", "workers", "gpus_per_worker", "cpus_per_worker"}
 """Options that say how a command ran, not what it computed: left out of the recorded
-command, so a resumed run records the command of the run it continues."""
+command, so a resumed run records the command of the run it continues, and a run computed on
+Ray the command that computes it in one process."""
 
 
 def _parse_head(text: str | None, layers: int, heads: int) -> tuple[int, int] | None:

@@ -27,7 +27,9 @@ __all__ = [
     "InputError",
     "Segment",
     "examples_from_items",
+    "finish_examples",
     "read_inputs",
+    "validate_item",
 ]
 
 MAX_CHARS = 1_000_000
@@ -233,6 +235,17 @@ def _from_object(obj: object, where: str) -> Example | str:
         where,
         None if contrast is None else str(contrast),
     )
+
+
+def validate_item(obj: object, where: str) -> Example | str:
+    """A .jsonl-shaped mapping (or a string) as an Example, or the problem with it: the one
+    validation of an input, whatever it was read from (a data set row goes through it too)."""
+    return _from_object(obj, where)
+
+
+def finish_examples(parsed: Sequence[Example | str], name: str) -> list[Example]:
+    """Examples and problems of one source, finished as every reader does (see `_finish`)."""
+    return _finish(parsed, name)
 
 
 def _segments(value: object, where: str) -> tuple[Segment, ...] | str:

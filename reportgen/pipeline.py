@@ -36,11 +36,14 @@ from reportgen.records import (
     timestamp,
 )
 from reportgen.settings import Settings
+from reportgen.tables import TableInputs, read_table
 
 if TYPE_CHECKING:
     from reportgen.engine import LoadedModel
 
-Inputs = str | Path | Sequence[str | Mapping[str, Any]]
+Inputs = str | Path | TableInputs | Sequence[str | Mapping[str, Any]] | Sequence[Example]
+"""A file (or `-`), a data set (`TableInputs`), Python values shaped like .jsonl lines, or
+examples already read (`load_examples`)."""
 Progress = Callable[[int], None]
 
 
@@ -97,14 +100,22 @@ class _TemporaryFolder:
 
 def _input_path(inputs: Inputs) -> str | Path | None:
     """The input file, if the inputs are one (for the output checks)."""
+    if isinstance(inputs, TableInputs):
+        return inputs.path
     return inputs if isinstance(inputs, (str, Path)) else None
 
 
 def load_examples(inputs: Inputs) -> list[Example]:
-    """Examples from a path (file or `-`) or from a list of strings / dicts."""
+    """Examples from a path (file or `-`), a data set, or a list of strings / dicts; a list of
+    examples (read before, e.g. by a driver handing them to workers) is taken as it is."""
+    if isinstance(inputs, TableInputs):
+        return read_table(inputs)
     if isinstance(inputs, (str, Path)):
         return read_inputs(inputs)
-    return examples_from_items(inputs)
+    items = list(inputs)
+    if items and all(isinstance(x, Example) for x in items):
+        return items  # type: ignore[return-value]
+    return examples_from_items(items)  # type: ignore[arg-type]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -506,7 +517,11 @@ def equivalent_command(
     `compute`, or `build` with its site and single-file options; inputs given as a list (not a
     file) are written INPUTS."""
     defaults = Settings()
-    argv: list[str] = [command, str(inputs) if isinstance(inputs, (str, Path)) else "INPUTS"]
+    if isinstance(inputs, TableInputs):
+        source = inputs.argv()
+    else:
+        source = [str(inputs) if isinstance(inputs, (str, Path)) else "INPUTS"]
+    argv: list[str] = [command, *source]
     argv += ["--out", str(out) if out is not None else "RUN" if command == "compute" else "SITE"]
     if command == "build" and run_dir is not None:
         argv += ["--run", str(run_dir)]
