@@ -136,12 +136,6 @@ class TableInputs:
         return self
 
 
-def table_options_given(**options: object) -> list[str]:
-    """The command-line names of data set options that were given (to refuse them for a
-    .jsonl, .txt or .csv input, where they mean nothing)."""
-    return [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
-
-
 # --- segment templates ------------------------------------------------------------------------
 
 

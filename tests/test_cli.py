@@ -27,7 +27,7 @@ def _inputs(tmp_path, lines, name="in.jsonl"):
     return path
 
 
-@pytest.mark.parametrize("command", [[], ["build"], ["compute"], ["render"], ["figure"]])
+@pytest.mark.parametrize("command", [[], ["build"], ["compute"], ["render"], ["figure"], ["merge"]])
 def test_help_is_instant_and_imports_no_torch(command):
     code = (
         "import sys\n"

@@ -222,6 +222,23 @@ def test_a_datasets_folder_and_its_splits(tmp_path, jsonl):
 
 
 @pytest.mark.unit
+def test_hf_loads_through_datasets_offline(tmp_path, jsonl, parquet, monkeypatch):
+    """`hf:NAME` is `datasets.load_dataset(NAME)`: here a local folder of data files (what the
+    cache holds for a hub data set is read the same way, offline), its one split `train`."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "train.parquet").write_bytes(parquet.read_bytes())
+    got = read_table(TableInputs(f"hf:{folder}", segments_column="segments", split="train"))
+    assert _plain(got) == _plain(read_inputs(jsonl))
+    assert got[0].source == f"hf:{folder}/train[0]"
+    with pytest.raises(InputError, match="cannot load this data set from the Hugging Face cache"):
+        read_table(TableInputs(f"hf:{tmp_path / 'nothing'}", split="train"))
+
+
+@pytest.mark.unit
 def test_a_large_parquet_file_is_read_in_batches_and_stops_at_its_first_bad_rows(
     tmp_path, monkeypatch
 ):
