@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import attattr, browser, build, compute, csp, scale
+from benchmarks import attattr, browser, build, compute, csp, scale, scaleout
 from benchmarks.common import Options, Table
 from benchmarks.environment import describe, load
 
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Table]]] = {
     "build": build.run,
     "scale": scale.run,
     "csp": csp.run,
+    "scaleout": scaleout.run,
 }
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 NOTES_HEADING = "## Profiles, fixes and before/after"

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("### 1. Compute", "### 2. Integrated gradients", "### 3. Browser", "### 4. Build")
 TABLES += ("### 5a. Scale", "### 5b. Scale", "### 5c. Scale", "### 5d. Scale", "### 6. CSP")
+TABLES += ("### 7. Scale-out",)
 
 
 @pytest.mark.browser  # the one tier: it also computes, but needs Chromium
@@ -34,5 +35,7 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing() -> None:
     for title in TABLES:
         assert title in done.stdout, f"no table '{title}' in:\n{done.stdout}"
     assert "MISSED" not in done.stdout, "quick mode judges no target"
+    assert "| Ray: 2 actors × 1 thread |" in done.stdout
+    assert "yes, byte for byte but the command" in done.stdout, "the Ray run equals the single"
     after = results.read_bytes() if results.exists() else None
     assert after == before, "--quick must not write RESULTS.md"

@@ -57,6 +57,7 @@ def compute(
     columns: TableInputs | None = None,
     resume: bool = False,
     command: str | None = None,
+    keep_shards: bool = False,
 ) -> Run:
     """Compute saliency for `inputs` into the run folder `out` on a Ray cluster; returns the
     opened run (equal to `reportgen.pipeline.compute`'s but for its start time and command).
@@ -68,7 +69,7 @@ def compute(
     cluster's GPUs, or CPUs, fit) each hold one model on `gpus_per_worker` GPUs (default: 1
     where the cluster has GPUs and --device is not cpu) and `cpus_per_worker` CPUs, which are
     its torch threads (default 1). The inputs are cut into `shards` shards (default: one per
-    worker)."""
+    worker); their run folders are removed once merged, unless `keep_shards`."""
     settings = (settings or Settings()).validate()
     ray = _need_ray()
     examples = _examples(inputs, columns, ray)
@@ -111,7 +112,8 @@ def compute(
         raise RunError(f"a Ray worker failed: {problems[0]}")
     ordered = sorted(zip(done["shard"], done["path"], strict=True))
     merged = merge([Path(p) for _, p in ordered], out, settings.force, command=command)
-    shutil.rmtree(folder)  # merge hard-linked (or copied) every record
+    if not keep_shards:
+        shutil.rmtree(folder)  # merge hard-linked (or copied) every record
     return merged
 
 
