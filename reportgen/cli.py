@@ -641,6 +641,76 @@ def render(
 
 
 @app.command()
+def compare(
+    inputs: InputsArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Site folder.")] = Path("site"),
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A model to compare (folder, or hub id ORG/NAME[@REV] in the "
+            "local cache); repeat it, in order.",
+        ),
+    ] = None,
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder of checkpoints (sub-folders with a step number in their name, such "
+            "as checkpoint-500), compared in step order before any --model."
+        ),
+    ] = None,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="A label per model, in order [default: step or folder name]."),
+    ] = None,
+    runs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of the models' run folders, reused when unchanged [default: OUT.runs]."
+        ),
+    ] = None,
+    method: MethodOpt = None,
+    metric: MetricOpt = None,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_tokens: MaxTokOpt = None,
+    truncate: TruncOpt = False,
+    ablate_k: AblateOpt = None,
+    ablate_draws: DrawsOpt = None,
+    seed: SeedOpt = None,
+    engine: EngineOpt = None,
+    pairing: PairingOpt = None,
+    max_memory: MemoryOpt = None,
+    top_k: StoreTopKOpt = None,
+    store: StoreOpt = None,
+    title: TitleOpt = None,
+    templates: TemplatesOpt = None,
+    provenance: ProvenanceOpt = None,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare models or training checkpoints on the same INPUTS: a run folder per model,
+    and a site showing how heads change across them."""
+    settings = _settings(locals())
+    with _errors(debug):
+        from reportgen.pipeline import compare as run_compare
+
+        def say(text: str) -> None:
+            if not settings.quiet:
+                typer.echo(text, err=True)
+
+        report = run_compare(
+            inputs, out, models or [], checkpoints, labels or [], settings, runs, say
+        )
+        index = report.site / "index.html"
+        say(f"compared {report.inputs} inputs; site: {index}; run folders: {report.run}")
+
+
+@app.command()
 def figure(
     run: Annotated[Path, typer.Argument(help="Run folder written by `compute`.")],
     id: Annotated[str, typer.Option("--id", help="Id of the input to draw.")],

@@ -658,3 +658,21 @@ def build(
         temporary.cleanup()
         raise
     return replace(report, _temporary=temporary)
+
+
+def compare(
+    inputs: Inputs,
+    out: str | Path = "site",
+    models: Sequence[str] = (),
+    checkpoints: str | Path | None = None,
+    labels: Sequence[str] = (),
+    settings: Settings | None = None,
+    runs: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Compare models (or the checkpoints in `checkpoints`) on the same inputs: a run folder
+    per model under `runs` (reused when its weights and settings match), and a comparison
+    site at `out`; see `reportgen.comparison`."""
+    from reportgen.comparison import compare as run_compare
+
+    return run_compare(inputs, out, models, checkpoints, labels, settings, runs, progress)

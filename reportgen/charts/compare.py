@@ -1,0 +1,314 @@
+"""Comparison views: head scores of several models (checkpoints) side by side, as one linked
+Vega-Lite spec. Pure functions: score arrays in, numbers and spec dicts out.
+
+Each model contributes its runs' head scores, [inputs, layers, heads]. `trends` reduces them
+to one row per (checkpoint, unit): the mean over inputs and a band of one standard deviation
+either side (clipped to [0, 1], the range of a share). A *unit* is a head, or a whole layer
+when the models' layer × head shapes differ (`layer_scores`: each layer's share is the sum of
+its heads' shares).
+
+Views (names in this module) and their links:
+- `trend_heat`: unit × checkpoint heatmap of the mean score, units ordered by the last
+  checkpoint's score; a click picks a unit (`pick`, shift adds), outlined everywhere.
+- `trend_lines`: the picked units' mean over checkpoints, with the spread band.
+- `trend_grids`: each checkpoint's layer × head grid (small multiples).
+- `trend_diff`: the grid of `to − from` between two checkpoints chosen in two menus (params
+  `diff_from`, `diff_to`; last − first when the page opens), computed in the page from the
+  rows (a unit missing in either checkpoint is not drawn).
+- `trend_value`: the mean target probability (or cosine) per checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import altair as alt
+import numpy as np
+
+from reportgen.charts.names import PICK, store
+
+TREND_HEAT = "trend_heat"
+TREND_LINES = "trend_lines"
+TREND_BAND = "trend_band"
+TREND_GRIDS = "trend_grids"
+TREND_DIFF = "trend_diff"
+TREND_VALUE = "trend_value"
+DIFF_FROM = "diff_from"
+DIFF_TO = "diff_to"
+PICKED = "#ff2d55"
+"""The outline of picked units (visible on every viridis colour, unlike the grid's yellow)."""
+UNITS_DATA = "units"
+CHECKPOINTS_DATA = "checkpoints"
+SCORE_DIGITS = 6
+"""Decimals kept of each score in the page data (the share's float32 has about 7)."""
+
+
+@dataclass(frozen=True)
+class Trends:
+    """Per checkpoint c and unit (layer l, head h): mean score over inputs, and the band.
+
+    Arrays are float64 [checkpoints, layers, heads]; NaN where a checkpoint has no such unit
+    (a model with fewer layers, at the layer level)."""
+
+    labels: tuple[str, ...]
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    values: tuple[float | None, ...]
+    """Mean target probability (or cosine) per checkpoint; None without inputs."""
+    layer_level: bool
+
+
+def layer_scores(scores: np.ndarray) -> np.ndarray:
+    """Head scores [inputs, layers, heads] as layer scores [inputs, layers, 1]: each layer's
+    share is the sum of its heads' shares (float64)."""
+    return np.asarray(scores, np.float64).sum(axis=2, keepdims=True)
+
+
+def trends(
+    labels: Sequence[str],
+    scores: Sequence[np.ndarray],
+    values: Sequence[Sequence[float]],
+    layer_level: bool = False,
+) -> Trends:
+    """Mean and spread per checkpoint of each model's scores [inputs, layers, heads]; with
+    `layer_level`, of their per-layer sums (models of different shapes)."""
+    grids = [layer_scores(s) if layer_level else np.asarray(s, np.float64) for s in scores]
+    layers = max(g.shape[1] for g in grids)
+    heads = max(g.shape[2] for g in grids)
+    shape = (len(grids), layers, heads)
+    mean, lo, hi = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+    for c, g in enumerate(grids):
+        _, n_l, n_h = g.shape
+        m, sd = g.mean(axis=0), g.std(axis=0)
+        mean[c, :n_l, :n_h] = m
+        lo[c, :n_l, :n_h] = np.clip(m - sd, 0.0, 1.0)
+        hi[c, :n_l, :n_h] = np.clip(m + sd, 0.0, 1.0)
+    means = tuple(float(np.mean(v)) if len(v) else None for v in values)
+    return Trends(tuple(labels), mean, lo, hi, means, layer_level)
+
+
+def difference(trend: Trends, first: int, second: int) -> np.ndarray:
+    """The mean grid of checkpoint `second` minus that of `first` (NaN where either lacks
+    the unit)."""
+    return np.asarray(trend.mean[second] - trend.mean[first])
+
+
+def order(trend: Trends) -> list[tuple[int, int]]:
+    """Units (0-based layer, head) by the last checkpoint's mean score, strongest first (ties
+    in layer, head order); units the last checkpoint lacks come last."""
+    last = trend.mean[-1]
+    units = [(ly, h) for ly in range(last.shape[0]) for h in range(last.shape[1])]
+    return sorted(units, key=lambda u: (np.isnan(last[u]), -np.nan_to_num(last[u]), u))
+
+
+def unit_label(layer: int, head: int, layer_level: bool) -> str:
+    """`L3 H2` (1-based), or `L3` at the layer level."""
+    return f"L{layer + 1}" if layer_level else f"L{layer + 1} H{head + 1}"
+
+
+def unit_rows(trend: Trends) -> list[dict[str, Any]]:
+    """The page's rows: one per (checkpoint, unit) present, ranked by `order`."""
+    rank = {u: r for r, u in enumerate(order(trend))}
+    rows = []
+    for c, label in enumerate(trend.labels):
+        for (ly, h), r in sorted(rank.items(), key=lambda item: item[1]):
+            m = trend.mean[c, ly, h]
+            if np.isnan(m):
+                continue
+            rows.append(
+                {
+                    "c": c,
+                    "checkpoint": label,
+                    "layer": ly + 1,
+                    "head": h + 1,
+                    "unit": unit_label(ly, h, trend.layer_level),
+                    "rank": r,
+                    "mean": round(float(m), SCORE_DIGITS),
+                    "lo": round(float(trend.lo[c, ly, h]), SCORE_DIGITS),
+                    "hi": round(float(trend.hi[c, ly, h]), SCORE_DIGITS),
+                }
+            )
+    return rows
+
+
+def _checkpoint_axis(labels: Sequence[str], title: str = "checkpoint") -> alt.X:
+    return alt.X("checkpoint:O", title=title, sort=list(labels), axis=alt.Axis(labelAngle=-30))
+
+
+def compare_spec(trend: Trends, value_label: str = "p(target)") -> dict[str, Any]:
+    """The comparison page's linked spec (see the module); the top unit of the last
+    checkpoint is picked when the page opens."""
+    labels = list(trend.labels)
+    ranked = order(trend)
+    names = [unit_label(ly, h, trend.layer_level) for ly, h in ranked]
+    units = len(names)
+    kind = "Layer" if trend.layer_level else "Head"
+    step = max(4, min(16, 480 // max(units, 1)))
+    top = ranked[0]
+    pick = alt.selection_point(
+        name=PICK,
+        fields=["layer", "head"],
+        on="pointerdown",
+        clear="dblclick",
+        empty=False,
+        value=[{"layer": top[0] + 1, "head": top[1] + 1}],
+    )
+    picked_stroke = alt.condition(pick, alt.value(PICKED), alt.value(None))
+    data = alt.Data(name=UNITS_DATA)
+    share = alt.Scale(scheme="viridis", domainMin=0)
+    tips = [
+        alt.Tooltip("unit:N", title="head" if not trend.layer_level else "layer"),
+        alt.Tooltip("checkpoint:N"),
+        alt.Tooltip("mean:Q", title="mean share", format=".2%"),
+        alt.Tooltip("lo:Q", title="mean − sd", format=".2%"),
+        alt.Tooltip("hi:Q", title="mean + sd", format=".2%"),
+    ]
+    heat = (
+        alt.Chart(data)
+        .mark_rect(cursor="pointer", strokeWidth=2)
+        .encode(
+            x=_checkpoint_axis(labels),
+            y=alt.Y("unit:O", title="layer" if trend.layer_level else "head", sort=names),
+            color=alt.Color(
+                "mean:Q", title="mean share", scale=share, legend=alt.Legend(format=".0%")
+            ),
+            stroke=picked_stroke,
+            tooltip=tips,
+        )
+        .add_params(pick)
+        .properties(
+            name=TREND_HEAT,
+            height=alt.Step(step),
+            width=alt.Step(28),
+            title=f"{kind}s by checkpoint (click to pick)",
+        )
+    )
+    picked = alt.Chart(data).transform_filter(pick)
+    x_trend = _checkpoint_axis(labels)
+    band = (
+        picked.mark_area(opacity=0.18)
+        .encode(x=x_trend, y=alt.Y("lo:Q", title="mean share"), y2="hi:Q", color="unit:N")
+        .properties(name=TREND_BAND)
+    )
+    lines = (
+        picked.mark_line(point=True)
+        .encode(
+            x=x_trend,
+            y=alt.Y("mean:Q", title="mean share", axis=alt.Axis(format=".0%")),
+            color=alt.Color("unit:N", title="selected", sort=names),
+            tooltip=tips,
+        )
+        .properties(name=TREND_LINES)
+    )
+    trend_chart = alt.layer(band, lines).properties(
+        width=320, height=240, title=f"picked {kind.lower()}s: mean ± sd over inputs"
+    )
+    layers, heads = trend.mean.shape[1], trend.mean.shape[2]
+    cell = max(8, min(18, 160 // max(layers, heads)))
+    grids = (
+        alt.Chart(data)
+        .mark_rect(cursor="pointer", strokeWidth=2)
+        .encode(
+            x=alt.X("head:O", title="head" if not trend.layer_level else None),
+            y=alt.Y("layer:O", title="layer"),
+            color=alt.Color("mean:Q", scale=share, legend=None),
+            stroke=picked_stroke,
+            tooltip=tips,
+        )
+        .properties(name=TREND_GRIDS, width=cell * heads, height=cell * layers)
+        .facet(
+            facet=alt.Facet("checkpoint:O", sort=labels, title=None),
+            columns=min(len(labels), max(1, 640 // max(cell * heads + 20, 1))),
+        )
+        .properties(title=f"{kind.lower()} scores per checkpoint")
+    )
+    options = list(range(len(labels)))
+    first = alt.param(
+        name=DIFF_FROM,
+        value=0,
+        bind=alt.binding_select(options=options, labels=labels, name="difference: from "),
+    )
+    second = alt.param(
+        name=DIFF_TO,
+        value=len(labels) - 1,
+        bind=alt.binding_select(options=options, labels=labels, name=" to "),
+    )
+    diff = (
+        alt.Chart(data)
+        .transform_calculate(
+            a=f"datum.c == {DIFF_FROM} ? datum.mean : 0",
+            b=f"datum.c == {DIFF_TO} ? datum.mean : 0",
+            has_a=f"datum.c == {DIFF_FROM} ? 1 : 0",
+            has_b=f"datum.c == {DIFF_TO} ? 1 : 0",
+        )
+        .transform_aggregate(
+            a="sum(a)",
+            b="sum(b)",
+            has_a="sum(has_a)",
+            has_b="sum(has_b)",
+            groupby=["layer", "head", "unit"],
+        )
+        .transform_filter("datum.has_a > 0 && datum.has_b > 0")
+        .transform_calculate(diff="datum.b - datum.a")
+        .mark_rect()
+        .encode(
+            x=alt.X("head:O", title="head" if not trend.layer_level else None),
+            y=alt.Y("layer:O", title="layer"),
+            color=alt.Color(
+                "diff:Q",
+                title="difference",
+                scale=alt.Scale(scheme="redblue", domainMid=0, reverse=True),
+                legend=alt.Legend(format="+.0%"),
+            ),
+            tooltip=[
+                alt.Tooltip("unit:N", title="head" if not trend.layer_level else "layer"),
+                alt.Tooltip("diff:Q", title="difference", format="+.2%"),
+            ],
+        )
+        .add_params(first, second)
+        .properties(
+            name=TREND_DIFF,
+            width=18 * heads,
+            height=18 * layers,
+            title="difference between two checkpoints (menus below)",
+        )
+    )
+    value = (
+        alt.Chart(alt.Data(name=CHECKPOINTS_DATA))
+        .mark_line(point=True)
+        .encode(
+            x=_checkpoint_axis(labels),
+            y=alt.Y("value:Q", title=f"mean {value_label}"),
+            tooltip=[alt.Tooltip("checkpoint:N"), alt.Tooltip("value:Q", format=".4f")],
+        )
+        .properties(name=TREND_VALUE, width=320, height=160, title=f"mean {value_label}")
+    )
+    chart = alt.vconcat(
+        alt.hconcat(heat, alt.vconcat(trend_chart, value)),
+        grids,
+        diff,
+    ).resolve_scale(color="independent")
+    spec = chart.to_dict()
+    spec["datasets"] = {
+        UNITS_DATA: unit_rows(trend),
+        CHECKPOINTS_DATA: [
+            {"c": c, "checkpoint": label, "value": v}
+            for c, (label, v) in enumerate(zip(labels, trend.values, strict=True))
+            if v is not None
+        ],
+    }
+    return spec
+
+
+def compare_names() -> dict[str, Any]:
+    """The names the comparison page's JavaScript receives (`data.names`)."""
+    return {
+        "heat_mark": "",
+        "selections": [PICK],
+        "stores": [store(PICK)],
+        "units": UNITS_DATA,
+        "views": [TREND_HEAT, TREND_LINES, TREND_GRIDS, TREND_DIFF, TREND_VALUE],
+    }

@@ -1,0 +1,399 @@
+"""Compare models: the same inputs through several models (training checkpoints, a base model
+and its fine-tune, seeds), one ordinary run folder each, and a site comparing their heads.
+
+    SITE/index.html                 the comparison (charts.compare), linked to each model's report
+    SITE/models/<label>/            each model's own report (index, input pages, about)
+    SITE/assets/                    the Vega bundle, reportgen.css, reportgen.js
+    RUNS/<label>/                   each model's run folder (default: SITE.runs beside SITE)
+
+A run folder is reused when it holds the same inputs, computed from the same weights (their
+SHA-256) with the same settings, so adding a checkpoint computes only that checkpoint. All the
+checks that need no model come first: at least two models, every folder has weights, every
+hub revision is in the local cache, and the models tokenize the inputs alike (from their
+tokenizer files). Models whose layer × head shapes differ are compared at the layer level.
+Torch is imported only if a model must be computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from reportgen import pipeline
+from reportgen.data.examples import Example
+from reportgen.data.metrics import check_metric
+from reportgen.errors import ModelError, ReportgenError, RunError, SettingsError
+from reportgen.fsutil import RUN_WRITES, SITE_WRITES, check_folder
+from reportgen.records import Run, inputs_digest, is_run
+from reportgen.settings import Settings
+from reportgen.site.compare import MODELS_FOLDER, render_comparison
+
+_STEP = re.compile(r"(\d+)")
+
+
+class CompareError(ReportgenError, ValueError):
+    """Models that cannot be compared; the message names them."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to compare: its label, what was given, and its local folder."""
+
+    label: str
+    given: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Member:
+    """A compared model with its run folder and the name of its sub-folders."""
+
+    model: ModelSpec
+    run: Run
+    folder: str
+    reused: bool
+
+
+def step_number(name: str) -> int | None:
+    """The step number in a checkpoint folder's name (its last number): `checkpoint-500` → 500."""
+    found = _STEP.findall(name)
+    return int(found[-1]) if found else None
+
+
+def checkpoint_folders(root: str | Path) -> list[ModelSpec]:
+    """The sub-folders of `root` with a step number in their name (Hugging Face Trainer's
+    `checkpoint-N`, `step_1000`, ...), ordered by that number; labelled by the step."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SettingsError(f"--checkpoints {root}: no such folder (give a folder of checkpoints)")
+    found = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        step = step_number(sub.name)
+        if step is not None:
+            found.append((step, sub.name, sub))
+    if not found:
+        raise SettingsError(
+            f"--checkpoints {root}: no sub-folder has a step number in its name (such as "
+            "checkpoint-500)"
+        )
+    steps = [s for s, _, _ in found]
+    dupes = sorted({s for s in steps if steps.count(s) > 1})
+    if dupes:
+        names = [n for s, n, _ in found if s == dupes[0]]
+        raise SettingsError(
+            f"--checkpoints {root}: {' and '.join(names)} have the same step {dupes[0]}; keep one"
+        )
+    return [
+        ModelSpec(f"step {s}", str(p), check_model_folder(p, "--checkpoints"))
+        for s, _, p in sorted(found)
+    ]
+
+
+def check_model_folder(path: Path, option: str = "--model") -> Path:
+    """`path` if it is a model folder with a config and weights, else a one-line error."""
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"{option} {path}: no config.json (pass a folder written by save_pretrained)"
+        )
+    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+        raise ModelError(
+            f"{option} {path}: the folder has no weights (*.safetensors or pytorch_model*.bin); "
+            "was the checkpoint saved completely?"
+        )
+    return path
+
+
+def resolve(given: str) -> Path:
+    """A local folder for `--model`: a folder, or a hub id `ORG/NAME` or `ORG/NAME@REV` in the
+    local Hugging Face cache (nothing is downloaded)."""
+    path = Path(given).expanduser()
+    if path.is_dir():
+        return check_model_folder(path)
+    repo, at, revision = given.partition("@")
+    if path.exists() or given.startswith((".", "/", "~")) or repo.count("/") > 1 or "\\" in given:
+        raise ModelError(f"--model {given}: no such model folder")
+    if at and not revision:
+        raise SettingsError(f"--model {given}: give a revision after @ (e.g. {repo}@main)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo, revision=revision or None, local_files_only=True))
+    except Exception:
+        what = f"revision '{revision}' of '{repo}'" if at else f"'{repo}'"
+        hint = f"{repo} --revision {revision}" if at else repo
+        raise ModelError(
+            f"--model {given}: {what} is not in the local Hugging Face cache, and reportgen "
+            f"does not download: run `hf download {hint}` first, or pass a local folder"
+        ) from None
+    return check_model_folder(folder)
+
+
+def model_specs(
+    models: Sequence[str], checkpoints: str | Path | None, labels: Sequence[str] = ()
+) -> list[ModelSpec]:
+    """The models to compare, in order: `--checkpoints` sub-folders, then each `--model`;
+    `labels` replace the default labels in that order. Fewer than two is an error."""
+    specs = [] if checkpoints is None else checkpoint_folders(checkpoints)
+    for given in models:
+        label = given.rstrip("/").rsplit("/", 1)[-1] or given
+        specs.append(ModelSpec(label, given, resolve(given)))
+    if len(specs) < 2:
+        raise SettingsError(
+            f"compare needs at least two models, got {len(specs)}: give --model twice or more, "
+            "or --checkpoints with two or more checkpoint folders"
+        )
+    if labels:
+        if len(labels) != len(specs):
+            raise SettingsError(
+                f"--label given {len(labels)} times for {len(specs)} models; give one label "
+                "per model, or none"
+            )
+        specs = [replace(s, label=label) for s, label in zip(specs, labels, strict=True)]
+    seen: dict[str, str] = {}
+    for s in specs:
+        if s.label in seen:
+            raise SettingsError(
+                f"two models have the label '{s.label}' ({seen[s.label]} and {s.given}); "
+                "give each its own with --label"
+            )
+        seen[s.label] = s.given
+    return specs
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 over a model folder's weight files, in name order: the digest the engine
+    records in a run (`engine.loading.weights_sha256`; a test keeps them equal), computed
+    here without torch to decide whether a run folder can be reused."""
+    digest = hashlib.sha256()
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- tokenizers -------------------------------------------------------------------------------
+
+
+def _tokenize(path: Path, texts: Sequence[str]) -> tuple[dict[str, int], list[list[int]]]:
+    """A model's vocabulary and its ids for `texts`, from its tokenizer files."""
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        return tok.get_vocab(), [tok.encode(t).ids for t in texts]
+    from transformers import AutoTokenizer
+
+    auto = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    return dict(auto.get_vocab()), [list(auto(t)["input_ids"]) for t in texts]
+
+
+def check_tokenizers(specs: Sequence[ModelSpec], examples: Sequence[Example]) -> None:
+    """Every model must have the first one's vocabulary and tokenize each input alike (the
+    token-level views compare positions); else an error naming the two models."""
+    texts = [s.text for ex in examples for s in ex.segments]
+    first = specs[0]
+    known: dict[str, tuple[dict[str, int], list[list[int]]]] = {}
+
+    def files(spec: ModelSpec) -> bytes:
+        names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+        return b"\0".join(
+            (spec.path / n).read_bytes() if (spec.path / n).is_file() else b"" for n in names
+        )
+
+    base_files = files(first)
+    for spec in specs[1:]:
+        if files(spec) == base_files:
+            continue  # the same tokenizer files: nothing to compare
+        for s in (first, spec):
+            if s.label not in known:
+                try:
+                    known[s.label] = _tokenize(s.path, texts)
+                except Exception as err:
+                    why = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+                    raise ModelError(
+                        f"--model {s.given}: cannot read its tokenizer ({why})"
+                    ) from err
+        vocab_a, ids_a = known[first.label]
+        vocab_b, ids_b = known[spec.label]
+        if vocab_a != vocab_b:
+            raise CompareError(
+                f"models '{first.label}' and '{spec.label}' have different tokenizers "
+                f"(vocabularies of {len(vocab_a)} and {len(vocab_b)} tokens differ); compare "
+                "models that share a tokenizer"
+            )
+        if ids_a != ids_b:
+            k = next(i for i, (a, b) in enumerate(zip(ids_a, ids_b, strict=True)) if a != b)
+            raise CompareError(
+                f"models '{first.label}' and '{spec.label}' tokenize the inputs differently "
+                f"(first at {texts[k][:40]!r}); compare models that share a tokenizer"
+            )
+
+
+# --- run folders ------------------------------------------------------------------------------
+
+
+def folder_names(specs: Sequence[ModelSpec]) -> list[str]:
+    """A sub-folder name per model, from its label (unique, readable, stable when models are
+    added: a checkpoint keeps its run folder)."""
+    from reportgen.site.pages import slug
+
+    names: list[str] = []
+    for i, s in enumerate(specs):
+        base = slug(s.label) or f"model-{i + 1}"
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+def reuse_differences(
+    run: Run, weights: str, examples: Sequence[Example], settings: Settings
+) -> list[str]:
+    """Why a run folder cannot stand for computing `examples` with these weights and
+    settings (empty if it can): what the run's manifest records against what is asked."""
+    from reportgen import __version__
+
+    info = run.info
+    found = []
+    if info.weights_sha256 != weights:
+        found.append("the weights")
+    if run.inputs != inputs_digest(examples) or run.shard is not None:
+        found.append("the inputs")
+    asked: dict[str, Any] = {
+        "method": settings.method,
+        "metric": settings.metric.name,
+        "dtype": settings.dtype,
+    }
+    for name, value in asked.items():
+        if getattr(info, name) != value:
+            found.append(name)
+    params = {
+        "batch_size": settings.batch_size,
+        "truncate": settings.truncate,
+        "ablate_k": settings.ablate_k,
+        "ablate_draws": settings.ablate_draws,
+        "seed": settings.seed,
+        "engine": settings.engine,
+        "store": settings.store,
+        "top_k": settings.top_k,
+        "steps": settings.steps if settings.method == "attattr" else None,
+    }
+    if settings.max_tokens is not None:
+        params["max_tokens"] = settings.max_tokens
+    if info.task == "encoder":
+        params["pairing"] = settings.pairing
+    for name, value in params.items():
+        if info.parameters.get(name) != value:
+            found.append(name)
+    if info.versions.get("reportgen") != __version__:
+        found.append("the reportgen version")
+    return found
+
+
+def default_runs(out: str | Path) -> Path:
+    """Where the run folders go unless `runs` is given: `SITE.runs` beside the site (not
+    inside it: a site is published, run folders hold every record)."""
+    out = Path(out)
+    return out.parent / f"{out.name}.runs"
+
+
+def compare(
+    inputs: pipeline.Inputs,
+    out: str | Path = "site",
+    models: Sequence[str] = (),
+    checkpoints: str | Path | None = None,
+    labels: Sequence[str] = (),
+    settings: Settings | None = None,
+    runs: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> pipeline.Report:
+    """Compute (or reuse) a run folder per model under `runs` and render the comparison site
+    at `out` (see the module). `settings.model` is ignored: the models are `models` and the
+    sub-folders of `checkpoints`. Returns the site's `Report` (`run` is the runs folder)."""
+    settings = (settings or Settings()).validate()
+    if settings.single_file is not None:
+        raise SettingsError("compare writes a site folder only; drop --single-file")
+    examples = pipeline.load_examples(inputs)
+    check_metric(settings.metric, examples)
+    specs = model_specs(models, checkpoints, labels)
+    runs_dir = Path(runs) if runs is not None else default_runs(out)
+    names = folder_names(specs)
+    check_folder(out, "site", settings.force, (*SITE_WRITES, f"{MODELS_FOLDER}/"))
+    _check_apart(Path(out), runs_dir, specs)
+    for name in names:
+        check_folder(runs_dir / name, "run", settings.force, RUN_WRITES, "--runs")
+    check_tokenizers(specs, examples)
+    members = []
+    for spec, name in zip(specs, names, strict=True):
+        folder = runs_dir / name
+        weights = weights_sha256(spec.path)
+        run = Run.open(folder) if is_run(folder) else None
+        if run is not None and not reuse_differences(run, weights, examples, settings):
+            members.append(Member(spec, run, name, True))
+            continue
+        if progress is not None:
+            progress(f"computing {spec.label}")
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        computed = pipeline.compute(
+            examples_inputs(examples) if str(inputs) == "-" else inputs,  # stdin is read once
+            folder,
+            replace(settings, model=str(spec.path), single_file=None),
+        )
+        members.append(Member(spec, computed, name, False))
+    _check_tokens(members)
+    site = render_comparison(members, Path(out), settings)
+    tokens = sum(len(e.tokens) for e in members[-1].run.entries)
+    return pipeline.Report(runs_dir, site, None, len(examples), tokens)
+
+
+def examples_inputs(examples: Sequence[Example]) -> list[dict[str, Any]]:
+    """Examples as the input items that read back to them (the inputs are read once)."""
+    out: list[dict[str, Any]] = []
+    for ex in examples:
+        item: dict[str, Any] = {
+            "id": ex.id,
+            "segments": [{"name": s.name, "text": s.text} for s in ex.segments],
+        }
+        if ex.target is not None:
+            item["target"] = ex.target
+        if ex.meta:
+            item["meta"] = dict(ex.meta)
+        out.append(item)
+    return out
+
+
+def _check_apart(out: Path, runs: Path, specs: Sequence[ModelSpec]) -> None:
+    site, where = out.resolve(), runs.resolve()
+    if site == where or site in where.parents or where in site.parents:
+        raise SettingsError(
+            f"--runs {runs} and --out {out} must be apart (neither inside the other)"
+        )
+    for s in specs:
+        model = s.path.resolve()
+        for option, folder in (("--out", site), ("--runs", where)):
+            if folder == model or model in folder.parents or folder in model.parents:
+                raise SettingsError(f"{option} {folder} overlaps the model folder {s.given}")
+
+
+def _check_tokens(members: Sequence[Member]) -> None:
+    """The runs tokenized every input alike (what the tokenizer check promised)."""
+    first = members[0]
+    for m in members[1:]:
+        if len(m.run) != len(first.run):
+            raise RunError(
+                f"{m.run.path} holds {len(m.run)} inputs, {first.run.path} {len(first.run)}"
+            )
+        for a, b in zip(first.run.entries, m.run.entries, strict=True):
+            if a.id != b.id or a.tokens != b.tokens:
+                raise CompareError(
+                    f"models '{first.model.label}' and '{m.model.label}' tokenized input "
+                    f"'{a.id}' differently; compare models that share a tokenizer"
+                )

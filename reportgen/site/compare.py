@@ -1,0 +1,156 @@
+"""The comparison site: one page comparing models' head scores, each model's own report in a
+sub-folder (`reportgen.comparison` describes the layout). Same machinery as a run's site: the
+staged update and its record of files, the Jinja environment (autoescape, strict), JSON
+through `script_json`, classic scripts from the site's assets, the same CSP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from reportgen import charts
+from reportgen.charts import compare as views
+from reportgen.data.methods import METHODS
+from reportgen.fsutil import staged_update
+from reportgen.records import RunInfo
+from reportgen.settings import Settings
+from reportgen.site.html import environment
+from reportgen.site.pages import Common, Context, Links, Page
+from reportgen.site.writer import _site_assets, _write, render_site
+
+if TYPE_CHECKING:
+    from reportgen.comparison import Member
+
+TOP_SHOWN = 3
+MODELS_FOLDER = "models"
+"""Where each model's own report goes inside the comparison site."""
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """A compared model as the page's table shows it."""
+
+    label: str
+    link: str
+    """Its own report's index page, relative to the comparison page."""
+    model: str
+    weights_sha256: str
+    shape: tuple[int, int]
+    """(layers, heads)."""
+    mean_value: float | None
+    top: list[tuple[str, float]]
+    """Its strongest units (label, mean score), strongest first."""
+    reused: bool
+
+
+@dataclass(frozen=True)
+class CompareContext(Context):
+    """The comparison page: the models, the units compared, what the charts show."""
+
+    models: list[ModelRow]
+    layer_level: bool
+    """Whether the models' layer × head shapes differ (compared per layer, summed over heads)."""
+    shapes: list[tuple[str, int, int]]
+    """(label, layers, heads) of each model, for the note when they differ."""
+    first: str
+    last: str
+    final_top: list[tuple[str, float]]
+
+
+def comparison_page(members: Sequence[Member], metric: str, value_label: str) -> Page:
+    """The page (context and data) comparing `members` under `metric`."""
+    shapes = [(m.model.label, m.run.info.num_layers, m.run.info.num_heads) for m in members]
+    layer_level = len({s[1:] for s in shapes}) > 1
+    trend = views.trends(
+        [m.model.label for m in members],
+        [m.run.head_scores(metric) for m in members],
+        [[e.value for e in m.run.entries] for m in members],
+        layer_level=layer_level,
+    )
+    rows = []
+    for c, m in enumerate(members):
+        grid = trend.mean[c]
+        units = [
+            (views.unit_label(ly, h, layer_level), float(grid[ly, h]))
+            for ly in range(grid.shape[0])
+            for h in range(grid.shape[1])
+            if not np.isnan(grid[ly, h])
+        ]
+        units.sort(key=lambda u: -u[1])  # stable: ties keep layer, head order
+        rows.append(
+            ModelRow(
+                label=m.model.label,
+                link=f"{MODELS_FOLDER}/{m.folder}/index.html",
+                model=m.run.info.model,
+                weights_sha256=m.run.info.weights_sha256,
+                shape=(m.run.info.num_layers, m.run.info.num_heads),
+                mean_value=trend.values[c],
+                top=units[:TOP_SHOWN],
+                reused=m.reused,
+            )
+        )
+    context = CompareContext(
+        models=rows,
+        layer_level=layer_level,
+        shapes=shapes,
+        first=members[0].model.label,
+        last=members[-1].model.label,
+        final_top=rows[-1].top,
+    )
+    data = {
+        "kind": "compare",
+        "spec": charts.to_vega(views.compare_spec(trend, value_label)),
+        "names": views.compare_names(),
+    }
+    return Page("index", "index.html", "compare.html", "Comparison", context, data)
+
+
+def render_comparison(members: Sequence[Member], out: Path, settings: Settings) -> Path:
+    """Write the comparison site into `out` (a staged update: all of it or nothing)."""
+    env = environment(settings.templates)
+    last = members[-1].run
+    info: RunInfo = last.info
+    metric = str(settings.report_metric or settings.metric)
+    value_label = "cosine" if info.task == "encoder" else "p(target)"
+    count = len(last)
+    title = settings.title or (
+        f"{len(members)} models compared · {count} input{'s' * (count != 1)}"
+    )
+    page = comparison_page(members, metric, value_label)
+    known = METHODS.get(info.method)
+    links = Links((), 0)
+    common = Common(
+        report_title=title,
+        info=info,
+        links=links,
+        value_label=value_label,
+        method=f"{info.method}: {known.summary}" if known else info.method,
+        metric=metric,
+        count=count,
+        keys_as_rows=settings.keys_as_rows,
+    )
+    with staged_update(out, "site", settings.force) as tmp:
+        for name, text in _site_assets(env).items():
+            _write(tmp / "assets" / name, text)
+        _write(tmp / ".nojekyll", "")
+        for m in members:
+            own = replace(
+                settings,
+                single_file=None,
+                force=False,
+                title=f"{m.model.label} · {count} input{'s' * (count != 1)}",
+            )
+            render_site(m.run, tmp / MODELS_FOLDER / m.folder, own)
+        variables: dict[str, Any] = {
+            **common.variables(),
+            **(page.context.variables() if page.context is not None else {}),
+            "page": page,
+            "data": page.data,
+        }
+        template = env.get_template(page.template)
+        _write(tmp / page.file, template.generate(**variables, inline=False))
+    return out

@@ -1,0 +1,389 @@
+"""`reportgen compare`: models and checkpoints compared on the same inputs.
+
+The numbers the comparison page draws (trajectories, bands, difference grids, per-layer sums)
+are checked against numpy computed here from the run folders' own head scores; reuse of run
+folders by counting model loads; the errors; determinism; and (browser tier) the page in
+Chromium, where a click on a head redraws its trajectory."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DEMO_INPUTS, _configs, _tokenizer
+from typer.testing import CliRunner
+
+from reportgen.charts import compare as views
+from reportgen.errors import ModelError, ReportgenError, SettingsError
+from reportgen.records import Run
+from reportgen.settings import Settings
+
+METRIC = "flow:ENV->LAN"
+SETTINGS = Settings(metric=METRIC, device="cpu")
+STEPS = (0, 10, 200)
+
+
+def _save(folder: Path, seed: int, **config: object) -> Path:
+    import torch
+
+    cls, base, kind = _configs()["gpt2"]
+    for key, value in config.items():
+        setattr(base, key, value)
+    torch.manual_seed(seed)
+    cls(base).save_pretrained(folder)
+    _tokenizer(kind).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three tiny GPT-2 checkpoints (one tokenizer, different weights), compared once."""
+    from reportgen import compare
+
+    root = tmp_path_factory.mktemp("compare")
+    ckpts = root / "ckpts"
+    for step in STEPS:
+        _save(ckpts / f"checkpoint-{step}", seed=step)
+    (ckpts / "logs").mkdir()  # no step number: not a checkpoint
+    report = compare(DEMO_INPUTS, root / "site", checkpoints=ckpts, settings=SETTINGS)
+    return {"root": root, "ckpts": ckpts, "site": report.site, "runs": report.run or Path()}
+
+
+def _page_data(site: Path) -> dict:
+    html = (site / "index.html").read_text("utf-8")
+    found = re.search(r'<script type="application/json" id="rg-data">(.*?)</script>', html, re.S)
+    assert found
+    return json.loads(found.group(1))
+
+
+def _dataset(data: dict, name: str) -> list[dict]:
+    return next(d["values"] for d in data["spec"]["data"] if d["name"] == name)
+
+
+def _scores(runs: Path, label: str) -> np.ndarray:
+    return np.asarray(Run.open(runs / label).head_scores(METRIC), np.float64)
+
+
+@pytest.mark.e2e
+def test_checkpoints_site_equals_numpy(built: dict[str, Path]) -> None:
+    site, runs = built["site"], built["runs"]
+    assert runs == built["root"] / "site.runs"  # the default: beside the site
+    data = _page_data(site)
+    assert data["kind"] == "compare"
+    rows = _dataset(data, views.UNITS_DATA)
+    folders = [f"step-{s}" for s in STEPS]
+    for c, folder in enumerate(folders):
+        scores = _scores(runs, folder)  # [inputs, layers, heads]
+        mean, sd = scores.mean(axis=0), scores.std(axis=0)
+        mine = [r for r in rows if r["c"] == c]
+        assert len(mine) == mean.size
+        for r in mine:
+            ly, h = r["layer"] - 1, r["head"] - 1
+            assert r["checkpoint"] == f"step {STEPS[c]}"
+            assert r["mean"] == pytest.approx(mean[ly, h], abs=1e-6)
+            assert r["lo"] == pytest.approx(max(0.0, mean[ly, h] - sd[ly, h]), abs=1e-6)
+            assert r["hi"] == pytest.approx(min(1.0, mean[ly, h] + sd[ly, h]), abs=1e-6)
+        values = [e.value for e in Run.open(runs / folder).entries]
+        got = next(v for v in _dataset(data, views.CHECKPOINTS_DATA) if v["c"] == c)
+        assert got["value"] == pytest.approx(np.mean(values))
+        assert (site / "models" / folder / "index.html").is_file()
+        assert f'href="models/{folder}/index.html"' in (site / "index.html").read_text("utf-8")
+    # heads ranked by the last checkpoint's mean, strongest first
+    last = _scores(runs, folders[-1]).mean(axis=0)
+    ranked = sorted((r["rank"], r["layer"] - 1, r["head"] - 1) for r in rows if r["c"] == 2)
+    assert [last[ly, h] for _, ly, h in ranked] == sorted(last.ravel(), reverse=True)
+
+
+@pytest.mark.e2e
+def test_difference_grid_equals_numpy(built: dict[str, Path]) -> None:
+    runs = built["runs"]
+    first, last = _scores(runs, "step-0"), _scores(runs, "step-200")
+    trend = views.trends(["a", "b", "c"], [first, _scores(runs, "step-10"), last], [[], [], []])
+    want = last.mean(axis=0) - first.mean(axis=0)
+    np.testing.assert_allclose(views.difference(trend, 0, 2), want, atol=1e-12)
+    np.testing.assert_allclose(views.difference(trend, 2, 0), -want, atol=1e-12)
+
+
+@pytest.mark.e2e
+def test_reuse_computes_only_new_checkpoints(
+    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reportgen.engine
+    from reportgen import compare
+
+    loads: list[str] = []
+    real = reportgen.engine.load_model
+
+    def counting(spec, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loads.append(str(spec))
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(reportgen.engine, "load_model", counting)
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(built["ckpts"], ckpts)
+    runs = tmp_path / "runs"
+    shutil.copytree(built["runs"], runs)
+    # the same checkpoints and settings: every run folder reused, nothing loaded, and the
+    # site is byte for byte the first one
+    again = compare(
+        DEMO_INPUTS, tmp_path / "again", checkpoints=ckpts, settings=SETTINGS, runs=runs
+    )
+    assert loads == []
+    assert _files(again.site) == _files(built["site"])
+    # a new checkpoint: only it is computed
+    _save(ckpts / "checkpoint-50", seed=50)
+    more = compare(DEMO_INPUTS, tmp_path / "more", checkpoints=ckpts, settings=SETTINGS, runs=runs)
+    assert [Path(p).name for p in loads] == ["checkpoint-50"]
+    labels = [r["checkpoint"] for r in _dataset(_page_data(more.site), views.CHECKPOINTS_DATA)]
+    assert labels == ["step 0", "step 10", "step 50", "step 200"]
+    # other settings, weights or inputs: the run folder is not reused, and why
+    from reportgen.comparison import reuse_differences, weights_sha256
+    from reportgen.pipeline import load_examples
+
+    run, examples = Run.open(runs / "step-10"), load_examples(DEMO_INPUTS)
+    weights = weights_sha256(ckpts / "checkpoint-10")
+    assert reuse_differences(run, weights, examples, SETTINGS) == []
+    other = Settings(metric="total", device="cpu", ablate_k=1)
+    assert reuse_differences(run, weights, examples, other) == ["metric", "ablate_k"]
+    assert reuse_differences(run, "0" * 64, examples[:2], SETTINGS) == ["the weights", "the inputs"]
+
+
+def _files(site: Path) -> dict[str, bytes]:
+    return {p.relative_to(site).as_posix(): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+
+
+@pytest.mark.e2e
+def test_layer_level_when_shapes_differ(built: dict[str, Path], tmp_path: Path) -> None:
+    from reportgen import compare
+
+    narrow = _save(tmp_path / "narrow", seed=1, n_head=2)
+    wide = built["ckpts"] / "checkpoint-200"
+    report = compare(
+        DEMO_INPUTS, tmp_path / "site", models=[str(narrow), str(wide)], settings=SETTINGS,
+        runs=tmp_path / "runs",
+    )  # fmt: skip
+    html = (report.site / "index.html").read_text("utf-8")
+    assert 'data-rg="layer-level"' in html
+    assert "narrow: 3 × 2" in html and "checkpoint-200: 3 × 4" in html
+    rows = _dataset(_page_data(report.site), views.UNITS_DATA)
+    for c, name in enumerate(["narrow", "checkpoint-200"]):
+        layers = _scores(tmp_path / "runs", name).sum(axis=2).mean(axis=0)
+        mine = {r["layer"]: r["mean"] for r in rows if r["c"] == c}
+        assert {r["head"] for r in rows} == {1}
+        assert mine == pytest.approx({i + 1: v for i, v in enumerate(layers)}, abs=1e-6)
+
+
+@pytest.mark.e2e
+def test_different_tokenizers_are_refused_before_computing(
+    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reportgen.engine
+    from reportgen import compare
+    from reportgen.comparison import CompareError
+
+    monkeypatch.setattr(reportgen.engine, "load_model", _no_load)
+    other = _save(tmp_path / "other-tok", seed=3)
+    _tokenizer("bert").save_pretrained(other)  # the same words, [CLS] ... [SEP] around inputs
+    pair, runs = [str(built["ckpts"] / "checkpoint-0"), str(other)], tmp_path / "runs"
+    with pytest.raises(CompareError, match="'checkpoint-0' and 'other-tok' tokenize the inputs"):
+        compare(DEMO_INPUTS, tmp_path / "site", models=pair, settings=SETTINGS, runs=runs)
+    vocab = json.loads((other / "tokenizer.json").read_text("utf-8"))
+    vocab["model"]["vocab"]["zebra-word"] = len(vocab["model"]["vocab"])
+    (other / "tokenizer.json").write_text(json.dumps(vocab), "utf-8")
+    with pytest.raises(CompareError, match="'checkpoint-0' and 'other-tok' have different tok"):
+        compare(DEMO_INPUTS, tmp_path / "site", models=pair, settings=SETTINGS, runs=runs)
+
+
+def _no_load(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a model was loaded before the checks")
+
+
+@pytest.mark.e2e
+def test_weights_digest_is_the_engines(built: dict[str, Path]) -> None:
+    from reportgen.comparison import weights_sha256
+    from reportgen.engine.loading import weights_sha256 as engine_sha256
+
+    folder = built["ckpts"] / "checkpoint-10"
+    assert weights_sha256(folder) == engine_sha256(folder)
+    assert Run.open(built["runs"] / "step-10").info.weights_sha256 == weights_sha256(folder)
+
+
+# --- errors and folders, without models -------------------------------------------------------
+
+
+def _fake_model(folder: Path, weights: bool = True) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}", "utf-8")
+    if weights:
+        (folder / "model.safetensors").write_bytes(b"x")
+    return folder
+
+
+@pytest.mark.unit
+def test_checkpoint_folders_in_step_order(tmp_path: Path) -> None:
+    from reportgen.comparison import checkpoint_folders
+
+    for name in ("checkpoint-1000", "checkpoint-50", "step_200", "final"):
+        _fake_model(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("x")
+    got = checkpoint_folders(tmp_path)
+    assert [(s.label, s.path.name) for s in got] == [
+        ("step 50", "checkpoint-50"),
+        ("step 200", "step_200"),
+        ("step 1000", "checkpoint-1000"),
+    ]
+
+
+@pytest.mark.unit
+def test_checkpoint_without_weights(tmp_path: Path) -> None:
+    from reportgen.comparison import checkpoint_folders
+
+    _fake_model(tmp_path / "checkpoint-10")
+    _fake_model(tmp_path / "checkpoint-20", weights=False)
+    with pytest.raises(ModelError, match=r"checkpoint-20: the folder has no weights"):
+        checkpoint_folders(tmp_path)
+
+
+@pytest.mark.unit
+def test_fewer_than_two_models(tmp_path: Path) -> None:
+    from reportgen.comparison import model_specs
+
+    one = _fake_model(tmp_path / "one")
+    with pytest.raises(SettingsError, match="at least two models, got 1"):
+        model_specs([str(one)], None)
+    with pytest.raises(SettingsError, match="at least two models, got 0"):
+        model_specs([], None)
+    two = _fake_model(tmp_path / "sub" / "one")
+    with pytest.raises(SettingsError, match="label 'one'"):
+        model_specs([str(one), str(two)], None)
+    with pytest.raises(SettingsError, match="--label given 1 times for 2 models"):
+        model_specs([str(one), str(two)], None, ["a"])
+    assert [s.label for s in model_specs([str(one), str(two)], None, ["a", "b"])] == ["a", "b"]
+
+
+@pytest.mark.unit
+def test_hub_revisions_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ORG/NAME@REV` resolves to that revision's snapshot in the local cache; a revision not
+    there is an error naming it."""
+    import huggingface_hub.constants
+
+    from reportgen.comparison import resolve
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--tiny"
+    commit = "a" * 40
+    _fake_model(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "step1000").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert resolve("org/tiny@step1000") == repo / "snapshots" / commit
+    with pytest.raises(ModelError, match="revision 'step2000' of 'org/tiny' is not in the local"):
+        resolve("org/tiny@step2000")
+    with pytest.raises(ModelError, match="'org/absent' is not in the local Hugging Face cache"):
+        resolve("org/absent")
+
+
+@pytest.mark.unit
+def test_trends_and_difference_equal_numpy() -> None:
+    rng = np.random.default_rng(1)
+    scores = [rng.dirichlet(np.ones(6), size=4).reshape(4, 2, 3) for _ in range(3)]
+    trend = views.trends(["a", "b", "c"], scores, [[0.5, 0.7], [0.1], []])
+    for c, s in enumerate(scores):
+        np.testing.assert_allclose(trend.mean[c], s.mean(axis=0))
+        np.testing.assert_allclose(trend.hi[c], np.clip(s.mean(0) + s.std(0), 0, 1))
+    assert trend.values == (pytest.approx(0.6), pytest.approx(0.1), None)
+    np.testing.assert_allclose(views.difference(trend, 0, 2), scores[2].mean(0) - scores[0].mean(0))
+    spec = views.compare_spec(trend)
+    assert [p["name"] for p in spec["params"]] == ["pick", views.DIFF_FROM, views.DIFF_TO]
+    top = views.order(trend)[0]
+    assert spec["params"][0]["value"] == [{"layer": top[0] + 1, "head": top[1] + 1}]
+    assert spec["params"][2]["value"] == 2  # last − first when the page opens
+
+
+@pytest.mark.cli
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    from reportgen.cli import app
+
+    one = _fake_model(tmp_path / "one")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"text": "a b"}) + "\n", "utf-8")
+    result = CliRunner().invoke(app, ["compare", str(inputs), "--model", str(one)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: compare needs at least two models, got 1: give --model twice or more, or "
+        "--checkpoints with two or more checkpoint folders"
+    ]
+    assert isinstance(SettingsError("x"), ReportgenError)
+
+
+# --- the page in Chromium ---------------------------------------------------------------------
+
+
+LINES_JS = """
+([lines]) => window.reportgen.view.data(lines).map((d) => [d.unit, d.c, d.mean])
+"""
+
+
+def _mark_source(spec: dict, name: str) -> str:
+    """The Vega dataset a named mark (or path group) draws from."""
+    for mark in spec.get("marks", []):
+        if mark.get("name") == name:
+            source = mark["from"]
+            return source["facet"]["data"] if "facet" in source else source["data"]
+        if mark.get("type") == "group":
+            try:
+                return _mark_source(mark, name)
+            except KeyError:
+                pass
+    raise KeyError(name)
+
+
+@pytest.mark.browser
+def test_click_on_a_head_draws_its_trajectory(built: dict[str, Path]) -> None:
+    from browser import cell_center, launch, serve
+    from playwright.sync_api import sync_playwright
+
+    site, runs = built["site"], built["runs"]
+    data = _page_data(site)
+    lines = _mark_source(data["spec"], "trend_lines_0_pathgroup")
+    diff = _mark_source(data["spec"], "trend_diff_marks")
+    means = [_scores(runs, f"step-{s}").mean(axis=0) for s in STEPS]
+    with sync_playwright() as pw, serve(site) as url:
+        browser = launch(pw)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{url}/index.html")
+        page.evaluate("window.reportgen.ready.then(() => 1)")
+        top = views.order(views.trends(list("abc"), [m[None] for m in means], [[], [], []]))[0]
+        label = f"L{top[0] + 1} H{top[1] + 1}"
+        drawn = page.evaluate(LINES_JS, [lines])
+        assert sorted(d[:2] for d in drawn) == [[label, c] for c in range(3)]
+        for _, c, mean in drawn:
+            assert mean == pytest.approx(means[c][top], abs=1e-6)
+        # the difference grid opens as last − first
+        cells = page.evaluate(
+            "([d]) => window.reportgen.view.data(d).map((r) => [r.layer, r.head, r.diff])", [diff]
+        )
+        assert len(cells) == means[0].size
+        for layer, head, value in cells:
+            want = means[2][layer - 1, head - 1] - means[0][layer - 1, head - 1]
+            assert value == pytest.approx(want, abs=2e-6)
+        # click another head in the heatmap: its trajectory replaces the first
+        other = (2, 3) if top != (2, 3) else (0, 0)
+        x, y = cell_center(page, "trend_heat_marks", layer=other[0] + 1, head=other[1] + 1, c=0)
+        page.mouse.click(x, y)
+        page.evaluate("window.reportgen.view.runAsync().then(() => 1)")
+        assert page.evaluate("window.reportgen.selection()") == [[other[0] + 1, other[1] + 1]]
+        drawn = page.evaluate(LINES_JS, [lines])
+        assert sorted(d[1] for d in drawn) == [0, 1, 2]
+        for unit, c, mean in drawn:
+            assert unit == f"L{other[0] + 1} H{other[1] + 1}"
+            assert mean == pytest.approx(means[c][other], abs=1e-6)
+        assert errors == []
+        browser.close()
