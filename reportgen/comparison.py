@@ -46,11 +46,14 @@ class ModelSpec:
     label: str
     given: str
     path: Path
+    source: str
+    """What names its run folder: the checkpoint's folder name, a model folder's name, or
+    `ORG--NAME@REV` (not the label, so relabelling reuses the run folders)."""
 
 
 @dataclass(frozen=True)
 class Member:
-    """A compared model with its run folder and the name of its sub-folders."""
+    """A compared model, its run, and the name of its report's folder in the site."""
 
     model: ModelSpec
     run: Run
@@ -88,7 +91,7 @@ def checkpoint_folders(root: str | Path) -> list[ModelSpec]:
             f"--checkpoints {root}: {' and '.join(names)} have the same step {dupes[0]}; keep one"
         )
     return [
-        ModelSpec(f"step {s}", str(p), check_model_folder(p, "--checkpoints"))
+        ModelSpec(f"step {s}", str(p), check_model_folder(p, "--checkpoints"), p.name)
         for s, _, p in sorted(found)
     ]
 
@@ -140,7 +143,9 @@ def model_specs(
     specs = [] if checkpoints is None else checkpoint_folders(checkpoints)
     for given in models:
         label = given.rstrip("/").rsplit("/", 1)[-1] or given
-        specs.append(ModelSpec(label, given, resolve(given)))
+        local = Path(given).expanduser()
+        source = local.resolve().name if local.is_dir() else given.replace("/", "--")
+        specs.append(ModelSpec(label, given, resolve(given), source))
     if len(specs) < 2:
         raise SettingsError(
             f"compare needs at least two models, got {len(specs)}: give --model twice or more, "
@@ -239,14 +244,14 @@ def check_tokenizers(specs: Sequence[ModelSpec], examples: Sequence[Example]) ->
 # --- run folders ------------------------------------------------------------------------------
 
 
-def folder_names(specs: Sequence[ModelSpec]) -> list[str]:
-    """A sub-folder name per model, from its label (unique, readable, stable when models are
-    added: a checkpoint keeps its run folder)."""
+def folder_names(texts: Sequence[str]) -> list[str]:
+    """A folder name per model from `texts` (its label, or its source): readable, unique, and
+    stable when models are added (a checkpoint keeps its run folder)."""
     from reportgen.site.pages import slug
 
     names: list[str] = []
-    for i, s in enumerate(specs):
-        base = slug(s.label) or f"model-{i + 1}"
+    for i, text in enumerate(texts):
+        base = slug(text) or f"model-{i + 1}"
         name, n = base, 2
         while name in names:
             name, n = f"{base}-{n}", n + 1
@@ -325,19 +330,20 @@ def compare(
     check_metric(settings.metric, examples)
     specs = model_specs(models, checkpoints, labels)
     runs_dir = Path(runs) if runs is not None else default_runs(out)
-    names = folder_names(specs)
+    names = folder_names([s.source for s in specs])
+    pages = folder_names([s.label for s in specs])
     check_folder(out, "site", settings.force, (*SITE_WRITES, f"{MODELS_FOLDER}/"))
     _check_apart(Path(out), runs_dir, specs)
     for name in names:
         check_folder(runs_dir / name, "run", settings.force, RUN_WRITES, "--runs")
     check_tokenizers(specs, examples)
     members = []
-    for spec, name in zip(specs, names, strict=True):
+    for spec, name, page in zip(specs, names, pages, strict=True):
         folder = runs_dir / name
         weights = weights_sha256(spec.path)
         run = Run.open(folder) if is_run(folder) else None
         if run is not None and not reuse_differences(run, weights, examples, settings):
-            members.append(Member(spec, run, name, True))
+            members.append(Member(spec, run, page, True))
             continue
         if progress is not None:
             progress(f"computing {spec.label}")
@@ -347,7 +353,7 @@ def compare(
             folder,
             replace(settings, model=str(spec.path), single_file=None),
         )
-        members.append(Member(spec, computed, name, False))
+        members.append(Member(spec, computed, page, False))
     _check_tokens(members)
     site = render_comparison(members, Path(out), settings)
     tokens = sum(len(e.tokens) for e in members[-1].run.entries)

@@ -45,12 +45,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from reportgen import compare
 
     root = tmp_path_factory.mktemp("compare")
+    inputs = root / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps(item) + "\n" for item in DEMO_INPUTS), "utf-8")
     ckpts = root / "ckpts"
     for step in STEPS:
         _save(ckpts / f"checkpoint-{step}", seed=step)
     (ckpts / "logs").mkdir()  # no step number: not a checkpoint
-    report = compare(DEMO_INPUTS, root / "site", checkpoints=ckpts, settings=SETTINGS)
-    return {"root": root, "ckpts": ckpts, "site": report.site, "runs": report.run or Path()}
+    report = compare(inputs, root / "site", checkpoints=ckpts, settings=SETTINGS)
+    runs = report.run or Path()
+    return {"root": root, "inputs": inputs, "ckpts": ckpts, "site": report.site, "runs": runs}
 
 
 def _page_data(site: Path) -> dict:
@@ -77,7 +80,7 @@ def test_checkpoints_site_equals_numpy(built: dict[str, Path]) -> None:
     rows = _dataset(data, views.UNITS_DATA)
     folders = [f"step-{s}" for s in STEPS]
     for c, folder in enumerate(folders):
-        scores = _scores(runs, folder)  # [inputs, layers, heads]
+        scores = _scores(runs, f"checkpoint-{STEPS[c]}")  # [inputs, layers, heads]
         mean, sd = scores.mean(axis=0), scores.std(axis=0)
         mine = [r for r in rows if r["c"] == c]
         assert len(mine) == mean.size
@@ -87,13 +90,13 @@ def test_checkpoints_site_equals_numpy(built: dict[str, Path]) -> None:
             assert r["mean"] == pytest.approx(mean[ly, h], abs=1e-6)
             assert r["lo"] == pytest.approx(max(0.0, mean[ly, h] - sd[ly, h]), abs=1e-6)
             assert r["hi"] == pytest.approx(min(1.0, mean[ly, h] + sd[ly, h]), abs=1e-6)
-        values = [e.value for e in Run.open(runs / folder).entries]
+        values = [e.value for e in Run.open(runs / f"checkpoint-{STEPS[c]}").entries]
         got = next(v for v in _dataset(data, views.CHECKPOINTS_DATA) if v["c"] == c)
         assert got["value"] == pytest.approx(np.mean(values))
         assert (site / "models" / folder / "index.html").is_file()
         assert f'href="models/{folder}/index.html"' in (site / "index.html").read_text("utf-8")
     # heads ranked by the last checkpoint's mean, strongest first
-    last = _scores(runs, folders[-1]).mean(axis=0)
+    last = _scores(runs, "checkpoint-200").mean(axis=0)
     ranked = sorted((r["rank"], r["layer"] - 1, r["head"] - 1) for r in rows if r["c"] == 2)
     assert [last[ly, h] for _, ly, h in ranked] == sorted(last.ravel(), reverse=True)
 
@@ -101,8 +104,10 @@ def test_checkpoints_site_equals_numpy(built: dict[str, Path]) -> None:
 @pytest.mark.e2e
 def test_difference_grid_equals_numpy(built: dict[str, Path]) -> None:
     runs = built["runs"]
-    first, last = _scores(runs, "step-0"), _scores(runs, "step-200")
-    trend = views.trends(["a", "b", "c"], [first, _scores(runs, "step-10"), last], [[], [], []])
+    first, last = _scores(runs, "checkpoint-0"), _scores(runs, "checkpoint-200")
+    trend = views.trends(
+        ["a", "b", "c"], [first, _scores(runs, "checkpoint-10"), last], [[], [], []]
+    )
     want = last.mean(axis=0) - first.mean(axis=0)
     np.testing.assert_allclose(views.difference(trend, 0, 2), want, atol=1e-12)
     np.testing.assert_allclose(views.difference(trend, 2, 0), -want, atol=1e-12)
@@ -130,13 +135,15 @@ def test_reuse_computes_only_new_checkpoints(
     # the same checkpoints and settings: every run folder reused, nothing loaded, and the
     # site is byte for byte the first one
     again = compare(
-        DEMO_INPUTS, tmp_path / "again", checkpoints=ckpts, settings=SETTINGS, runs=runs
+        built["inputs"], tmp_path / "again", checkpoints=ckpts, settings=SETTINGS, runs=runs
     )
     assert loads == []
     assert _files(again.site) == _files(built["site"])
     # a new checkpoint: only it is computed
     _save(ckpts / "checkpoint-50", seed=50)
-    more = compare(DEMO_INPUTS, tmp_path / "more", checkpoints=ckpts, settings=SETTINGS, runs=runs)
+    more = compare(
+        built["inputs"], tmp_path / "more", checkpoints=ckpts, settings=SETTINGS, runs=runs
+    )
     assert [Path(p).name for p in loads] == ["checkpoint-50"]
     labels = [r["checkpoint"] for r in _dataset(_page_data(more.site), views.CHECKPOINTS_DATA)]
     assert labels == ["step 0", "step 10", "step 50", "step 200"]
@@ -144,7 +151,7 @@ def test_reuse_computes_only_new_checkpoints(
     from reportgen.comparison import reuse_differences, weights_sha256
     from reportgen.pipeline import load_examples
 
-    run, examples = Run.open(runs / "step-10"), load_examples(DEMO_INPUTS)
+    run, examples = Run.open(runs / "checkpoint-10"), load_examples(built["inputs"])
     weights = weights_sha256(ckpts / "checkpoint-10")
     assert reuse_differences(run, weights, examples, SETTINGS) == []
     other = Settings(metric="total", device="cpu", ablate_k=1)
@@ -209,7 +216,7 @@ def test_weights_digest_is_the_engines(built: dict[str, Path]) -> None:
 
     folder = built["ckpts"] / "checkpoint-10"
     assert weights_sha256(folder) == engine_sha256(folder)
-    assert Run.open(built["runs"] / "step-10").info.weights_sha256 == weights_sha256(folder)
+    assert Run.open(built["runs"] / "checkpoint-10").info.weights_sha256 == weights_sha256(folder)
 
 
 # --- errors and folders, without models -------------------------------------------------------
@@ -351,7 +358,7 @@ def test_click_on_a_head_draws_its_trajectory(built: dict[str, Path]) -> None:
     data = _page_data(site)
     lines = _mark_source(data["spec"], "trend_lines_0_pathgroup")
     diff = _mark_source(data["spec"], "trend_diff_marks")
-    means = [_scores(runs, f"step-{s}").mean(axis=0) for s in STEPS]
+    means = [_scores(runs, f"checkpoint-{s}").mean(axis=0) for s in STEPS]
     with sync_playwright() as pw, serve(site) as url:
         browser = launch(pw)
         page = browser.new_page()
@@ -387,3 +394,24 @@ def test_click_on_a_head_draws_its_trajectory(built: dict[str, Path]) -> None:
             assert mean == pytest.approx(means[c][other], abs=1e-6)
         assert errors == []
         browser.close()
+
+
+@pytest.mark.cli
+def test_cli_compares_reusing_the_runs(built: dict[str, Path], tmp_path: Path) -> None:
+    from reportgen.cli import app
+
+    runs = tmp_path / "runs"
+    shutil.copytree(built["runs"], runs)
+    args = ["compare", str(built["inputs"]), "--checkpoints", str(built["ckpts"])]
+    args += ["--metric", METRIC, "--device", "cpu", "--runs", str(runs), "--out"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "site")])
+    assert result.exit_code == 0, result.output
+    assert "computing" not in result.output  # every run folder reused
+    assert _files(tmp_path / "site") == _files(built["site"])
+    labels = ["--label", "first", "--label", "middle", "--label", "last"]
+    result = CliRunner().invoke(app, [*args, str(tmp_path / "labelled"), *labels])
+    assert result.exit_code == 0, result.output
+    assert "computing" not in result.output  # run folders are named by checkpoint, not label
+    assert (tmp_path / "labelled" / "models" / "middle" / "index.html").is_file()
+    rows = _dataset(_page_data(tmp_path / "labelled"), views.CHECKPOINTS_DATA)
+    assert [r["checkpoint"] for r in rows] == ["first", "middle", "last"]
