@@ -14,12 +14,9 @@ import numpy as np
 
 from reportgen import charts
 from reportgen.charts import compare as views
-from reportgen.data.methods import METHODS
 from reportgen.fsutil import staged_update
-from reportgen.records import RunInfo
 from reportgen.settings import Settings
-from reportgen.site.html import environment
-from reportgen.site.pages import Common, Context, Links, Page
+from reportgen.site.pages import Context, Links, Page, SiteContext
 from reportgen.site.writer import _site_assets, _write, render_site
 
 if TYPE_CHECKING:
@@ -111,28 +108,17 @@ def comparison_page(members: Sequence[Member], metric: str, value_label: str) ->
 
 def render_comparison(members: Sequence[Member], out: Path, settings: Settings) -> Path:
     """Write the comparison site into `out` (a staged update: all of it or nothing)."""
-    env = environment(settings.templates)
     last = members[-1].run
-    info: RunInfo = last.info
-    metric = str(settings.report_metric or settings.metric)
-    value_label = "cosine" if info.task == "encoder" else "p(target)"
+    own_site = SiteContext.gather(last, settings)
+    env, metric = own_site.env, own_site.metric
+    value_label = own_site.value_label
     count = len(last)
     title = settings.title or (
         f"{len(members)} models compared · {count} input{'s' * (count != 1)}"
     )
     page = comparison_page(members, metric, value_label)
-    known = METHODS.get(info.method)
-    links = Links((), 0)
-    common = Common(
-        report_title=title,
-        info=info,
-        links=links,
-        value_label=value_label,
-        method=f"{info.method}: {known.summary}" if known else info.method,
-        metric=metric,
-        count=count,
-        keys_as_rows=settings.keys_as_rows,
-    )
+    # the last model's page variables, but this page's title and no single run's evidence
+    common = replace(own_site.common(Links((), 0)), report_title=title, evidence=None)
     with staged_update(out, "site", settings.force) as tmp:
         for name, text in _site_assets(env).items():
             _write(tmp / "assets" / name, text)
