@@ -361,7 +361,7 @@ def test_click_on_a_head_draws_its_trajectory(built: dict[str, Path]) -> None:
     means = [_scores(runs, f"checkpoint-{s}").mean(axis=0) for s in STEPS]
     with sync_playwright() as pw, serve(site) as url:
         browser = launch(pw)
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 1300, "height": 1400})  # every chart in view
         errors: list[str] = []
         page.on("pageerror", lambda err: errors.append(str(err)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -392,6 +392,13 @@ def test_click_on_a_head_draws_its_trajectory(built: dict[str, Path]) -> None:
         for unit, c, mean in drawn:
             assert unit == f"L{other[0] + 1} H{other[1] + 1}"
             assert mean == pytest.approx(means[c][other], abs=1e-6)
+        assert errors == []
+        # a click on a checkpoint's grid opens that model's own report
+        x, y = cell_center(page, "trend_grids_marks", layer=1, head=1, c=1)
+        with page.expect_navigation():
+            page.mouse.click(x, y)
+        assert page.url == f"{url}/models/step-10/index.html"
+        page.evaluate("window.reportgen.ready.then(() => 1)")
         assert errors == []
         browser.close()
 

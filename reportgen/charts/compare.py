@@ -11,7 +11,8 @@ Views (names in this module) and their links:
 - `trend_heat`: unit × checkpoint heatmap of the mean score, units ordered by the last
   checkpoint's score; a click picks a unit (`pick`, shift adds), outlined everywhere.
 - `trend_lines`: the picked units' mean over checkpoints, with the spread band.
-- `trend_grids`: each checkpoint's layer × head grid (small multiples).
+- `trend_grids`: each checkpoint's layer × head grid (small multiples); a click opens that
+  model's own report.
 - `trend_diff`: the grid of `to − from` between two checkpoints chosen in two menus (params
   `diff_from`, `diff_to`; last − first when the page opens), computed in the page from the
   rows (a unit missing in either checkpoint is not drawn).
@@ -20,6 +21,7 @@ Views (names in this module) and their links:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,9 +140,12 @@ def _checkpoint_axis(labels: Sequence[str], title: str = "checkpoint") -> alt.X:
     return alt.X("checkpoint:O", title=title, sort=list(labels), axis=alt.Axis(labelAngle=-30))
 
 
-def compare_spec(trend: Trends, value_label: str = "p(target)") -> dict[str, Any]:
+def compare_spec(
+    trend: Trends, value_label: str = "p(target)", links: Sequence[str] = ()
+) -> dict[str, Any]:
     """The comparison page's linked spec (see the module); the top unit of the last
-    checkpoint is picked when the page opens."""
+    checkpoint is picked when the page opens. `links` (one per checkpoint, relative URLs)
+    make a click on a checkpoint's grid open that model's own report."""
     labels = list(trend.labels)
     ranked = order(trend)
     names = [unit_label(ly, h, trend.layer_level) for ly, h in ranked]
@@ -208,10 +213,16 @@ def compare_spec(trend: Trends, value_label: str = "p(target)") -> dict[str, Any
     )
     layers, heads = trend.mean.shape[1], trend.mean.shape[2]
     cell = max(8, min(18, 160 // max(layers, heads)))
+    grid_base = alt.Chart(data)
+    grid_links: dict[str, Any] = {}
+    if links:
+        # a JSON array of the links is a Vega expression literal, indexed by the checkpoint
+        grid_base = grid_base.transform_calculate(href=f"{json.dumps(list(links))}[datum.c]")
+        grid_links["href"] = alt.Href("href:N")
     grids = (
-        alt.Chart(data)
-        .mark_rect(cursor="pointer", strokeWidth=2)
+        grid_base.mark_rect(cursor="pointer", strokeWidth=2)
         .encode(
+            **grid_links,
             x=alt.X("head:O", title="head" if not trend.layer_level else None),
             y=alt.Y("layer:O", title="layer"),
             color=alt.Color("mean:Q", scale=share, legend=None),

@@ -100,7 +100,7 @@ def comparison_page(members: Sequence[Member], metric: str, value_label: str) ->
     )
     data = {
         "kind": "compare",
-        "spec": charts.to_vega(views.compare_spec(trend, value_label)),
+        "spec": charts.to_vega(views.compare_spec(trend, value_label, [r.link for r in rows])),
         "names": views.compare_names(),
     }
     return Page("index", "index.html", "compare.html", "Comparison", context, data)
