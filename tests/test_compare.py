@@ -169,6 +169,7 @@ def test_layer_level_when_shapes_differ(built: dict[str, Path], tmp_path: Path) 
 
     narrow = _save(tmp_path / "narrow", seed=1, n_head=2)
     wide = built["ckpts"] / "checkpoint-200"
+    shutil.copytree(built["runs"] / "checkpoint-200", tmp_path / "runs" / "checkpoint-200")
     report = compare(
         DEMO_INPUTS, tmp_path / "site", models=[str(narrow), str(wide)], settings=SETTINGS,
         runs=tmp_path / "runs",
