@@ -263,7 +263,9 @@ def reuse_differences(
     run: Run, weights: str, examples: Sequence[Example], settings: Settings
 ) -> list[str]:
     """Why a run folder cannot stand for computing `examples` with these weights and
-    settings (empty if it can): what the run's manifest records against what is asked."""
+    settings (empty if it can): what the run's manifest records against what is asked (as
+    `pipeline.run_info` records it). Not compared: torch's thread count and the library
+    versions but reportgen's (known only once torch is imported)."""
     from reportgen import __version__
 
     info = run.info
@@ -290,6 +292,8 @@ def reuse_differences(
         "store": settings.store,
         "top_k": settings.top_k,
         "steps": settings.steps if settings.method == "attattr" else None,
+        "ablation": settings.ablation if settings.ablate_k else None,
+        "effect": settings.effect if settings.ablate_k else None,
     }
     if settings.max_tokens is not None:
         params["max_tokens"] = settings.max_tokens
