@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO_INPUTS, _configs, _tokenizer
+from conftest import DEMO_INPUTS, _configs, _tokenizer, in_fresh_processes
 from typer.testing import CliRunner
 
 from reportgen.charts import compare as views
@@ -423,3 +423,30 @@ def test_cli_compares_reusing_the_runs(built: dict[str, Path], tmp_path: Path) -
     assert (tmp_path / "labelled" / "models" / "middle" / "index.html").is_file()
     rows = _dataset(_page_data(tmp_path / "labelled"), views.CHECKPOINTS_DATA)
     assert [r["checkpoint"] for r in rows] == ["first", "middle", "last"]
+
+
+FRESH_BUILD = """
+import sys
+from reportgen import compare
+from reportgen.settings import Settings
+
+inputs, ckpts, runs, out = sys.argv[1:]
+compare(inputs, out, checkpoints=ckpts, runs=runs, settings=Settings(metric="flow:ENV->LAN"))
+print("torch" in sys.modules)
+"""
+
+
+@pytest.mark.e2e
+def test_builds_in_fresh_processes_are_byte_identical(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two processes (other hash seeds) rendering the same run folders write the same bytes,
+    and reusing every run folder never imports torch."""
+    runs = tmp_path / "runs"
+    shutil.copytree(built["runs"], runs)
+    common = [str(built["inputs"]), str(built["ckpts"]), str(runs)]
+    outs = in_fresh_processes(
+        FRESH_BUILD, [*common, str(tmp_path / "a")], [*common, str(tmp_path / "b")]
+    )
+    assert [o.strip() for o in outs] == ["False", "False"]
+    assert _files(tmp_path / "a") == _files(tmp_path / "b") == _files(built["site"])
