@@ -695,8 +695,9 @@ def compare(
 ) -> None:
     """Compare models or training checkpoints on the same INPUTS: a run folder per model,
     and a site showing how heads change across them."""
-    settings = _settings(locals())
+    options = locals()
     with _errors(debug):
+        settings = _settings(options, "compare")
         from reportgen.pipeline import compare as run_compare
 
         def say(text: str) -> None:

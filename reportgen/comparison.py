@@ -299,6 +299,9 @@ def reuse_differences(
         params["max_tokens"] = settings.max_tokens
     if info.task == "encoder":
         params["pairing"] = settings.pairing
+    # Recorded only where not the default (as run_info writes them).
+    params["aggregate"] = settings.aggregate if settings.aggregate != "heads" else None
+    params["patching"] = "zero" if settings.patching else None
     for name, value in params.items():
         if info.parameters.get(name) != value:
             found.append(name)

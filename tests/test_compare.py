@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,8 @@ def test_reuse_computes_only_new_checkpoints(
     assert reuse_differences(run, weights, examples, SETTINGS) == []
     other = Settings(metric="total", device="cpu", ablate_k=1)
     assert reuse_differences(run, weights, examples, other) == ["metric", "ablate_k"]
+    asked = replace(SETTINGS, aggregate="wang", patching=True)
+    assert reuse_differences(run, weights, examples, asked) == ["aggregate", "patching"]
     assert reuse_differences(run, "0" * 64, examples[:2], SETTINGS) == ["the weights", "the inputs"]
 
 
