@@ -184,7 +184,8 @@ PatchingOpt = Annotated[
     typer.Option(
         "--patching",
         help="Attribution patching: each head's first-order estimated effect of zeroing it on "
-        "log p(target), the top 3 checked by real patching (one extra forward and backward).",
+        "log p(target), the top 3 checked by real patching (one extra forward and backward) "
+        "[default: off].",
     ),
 ]
 QuietOpt = Annotated[
@@ -243,7 +244,7 @@ SegColOpt = Annotated[
     str | None,
     typer.Option(
         "--segments-column",
-        help="Data set column of segments, a list of {name, text} as in .jsonl.",
+        help="Data set column of segments, a list of {name, text} as in .jsonl [default: none].",
         rich_help_panel=_DATA,
     ),
 ]
@@ -252,7 +253,7 @@ SegTemplateOpt = Annotated[
     typer.Option(
         "--segments",
         help="Segments built from data set columns: NAME={column},NAME=text {column}, e.g. "
-        "ENV={env},LAN={lan}.",
+        "ENV={env},LAN={lan} [default: none].",
         rich_help_panel=_DATA,
     ),
 ]
@@ -275,17 +276,21 @@ IdColOpt = Annotated[
 SplitOpt = Annotated[
     str | None,
     typer.Option(
-        help="Split of a data set folder or of hf:NAME, e.g. train.", rich_help_panel=_DATA
+        help="Split of a data set folder or of hf:NAME, e.g. train [default: the only one].",
+        rich_help_panel=_DATA,
     ),
 ]
 LimitOpt = Annotated[
     int | None,
-    typer.Option(help="Only the first N rows of the data set.", rich_help_panel=_DATA),
+    typer.Option(
+        help="Only the first N rows of the data set [default: every row].", rich_help_panel=_DATA
+    ),
 ]
 SampleOpt = Annotated[
     int | None,
     typer.Option(
-        help="N rows of the data set chosen by --seed (the same rows for a seed, anywhere).",
+        help="N rows of the data set chosen by --seed (the same rows for a seed, anywhere) "
+        "[default: every row].",
         rich_help_panel=_DATA,
     ),
 ]
@@ -296,7 +301,7 @@ RayOpt = Annotated[
     typer.Option(
         "--ray",
         help="Compute on a Ray cluster: its address, auto (the running one) or local (start "
-        "one here); --out must be on a file system every worker sees.",
+        "one here); --out must be on a file system every worker sees [default: no Ray].",
         rich_help_panel="Ray",
     ),
 ]
@@ -650,14 +655,14 @@ def compare(
             "--model",
             "-m",
             help="A model to compare (folder, or hub id ORG/NAME[@REV] in the "
-            "local cache); repeat it, in order.",
+            "local cache); repeat it, in order [default: none].",
         ),
     ] = None,
     checkpoints: Annotated[
         Path | None,
         typer.Option(
             help="A folder of checkpoints (sub-folders with a step number in their name, such "
-            "as checkpoint-500), compared in step order before any --model."
+            "as checkpoint-500), compared in step order before any --model [default: none]."
         ),
     ] = None,
     labels: Annotated[

@@ -151,7 +151,7 @@ def _help_entries(text):
     entries: dict[str, str] = {}
     current = None
     for line in text.splitlines():
-        found = re.match(r"^  (-[-\w]+(?:, -[-\w]+)?)(?: <\w+>)?(?:\s{2,}(.*))?$", line)
+        found = re.match(r"^  (-[-\w]+(?:, -[-\w]+)?)(?: <[^>]+>)?(?:\s{2,}(.*))?$", line)
         if found:
             names = found.group(1).split(", ")
             current = max(names, key=len)
