@@ -1,20 +1,22 @@
 """`python -m benchmarks [--quick] [--only NAME ...]`: run the benchmarks, print their tables.
 
 The full mode also writes `benchmarks/RESULTS.md` (tables, machine, versions, date, command),
-keeping the hand-written section that follows `NOTES_HEADING` in the existing file. `--quick`
+keeping the hand-written section that follows `NOTES_HEADING` in the existing file; with
+`--only`, the existing tables of the benchmarks not run are kept too (and say so). `--quick`
 runs every benchmark at tiny sizes, prints the tables and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import attattr, browser, build, compute, csp, scale, scaleout
+from benchmarks import attattr, browser, build, compute, csp, peers, scale, scaleout
 from benchmarks.common import Options, Table
 from benchmarks.environment import describe, load
 
@@ -26,7 +28,10 @@ BENCHMARKS: dict[str, Callable[[Options], list[Table]]] = {
     "scale": scale.run,
     "csp": csp.run,
     "scaleout": scaleout.run,
+    "peers": peers.run,
 }
+NUMBERS = {"compute": "1", "attattr": "2", "browser": "3", "build": "4", "scale": "5", "peers": "6"}
+"""Each benchmark's table number (its tables are titled "### N. ..." or "### Na. ...")."""
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 NOTES_HEADING = "## Profiles, fixes and before/after"
 
@@ -73,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             tables += found
     if not args.quick:
         out = args.out or RESULTS
-        out.write_text(_results(tables, command, started, load_at_start, allocator, out), "utf-8")
+        kept = set(BENCHMARKS) - set(names)
+        text = _results(tables, command, started, load_at_start, allocator, out, kept)
+        out.write_text(text, "utf-8")
         opts.log(f"wrote {out}")
     return 0
 
@@ -86,24 +93,54 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+def _old_tables(text: str, benchmarks: set[str]) -> list[tuple[str, str]]:
+    """(number, Markdown) of the tables of `benchmarks` in an existing RESULTS.md."""
+    wanted = {NUMBERS[name] for name in benchmarks}
+    body = text[: text.index(NOTES_HEADING)] if NOTES_HEADING in text else text
+    found = []
+    for chunk in re.split(r"(?m)^(?=### )", body)[1:]:
+        number = re.match(r"### (\d+)", chunk)
+        if number and number.group(1) in wanted:
+            found.append((number.group(1), chunk.rstrip("\n") + "\n"))
+    return found
+
+
 def _results(
-    tables: list[Table], command: str, started: str, load_at_start: str, allocator: str, out: Path
+    tables: list[Table],
+    command: str,
+    started: str,
+    load_at_start: str,
+    allocator: str,
+    out: Path,
+    not_run: set[str] | None = None,
 ) -> str:
-    """RESULTS.md: header, machine and versions, the tables, then the kept notes section."""
-    kept = ""
-    if out.is_file():
-        text = out.read_text("utf-8")
-        if NOTES_HEADING in text:
-            kept = text[text.index(NOTES_HEADING) :]
+    """RESULTS.md: header, machine and versions, the tables (with those of the benchmarks
+    `not_run` kept from the existing file), then the kept notes section."""
+    kept, text = "", out.read_text("utf-8") if out.is_file() else ""
+    if NOTES_HEADING in text:
+        kept = text[text.index(NOTES_HEADING) :]
+    new = [(re.match(r"(\d+)", t.title).group(1), t.markdown()) for t in tables]  # type: ignore[union-attr]
+    old = _old_tables(text, not_run or set())
+    ordered = [md for _, md in sorted(old + new, key=lambda pair: int(pair[0]))]
+    header = (
+        f"Produced by `{command}` (from the repository root), started {started}. Regenerate "
+        f"with the same command on a calm machine; the section `{NOTES_HEADING[3:]}` at the end "
+        "is written by hand and kept."
+    )
+    if old:
+        header += (
+            " Tables of the benchmarks this command did not run ("
+            + ", ".join(sorted(not_run or set(), key=lambda n: NUMBERS[n]))
+            + ") are kept from the previous file; their own runs' machine and versions are "
+            "not restated here."
+        )
     parts = [
         "# reportgen benchmarks",
         "",
-        f"Produced by `{command}` (from the repository root), started {started}. Regenerate "
-        f"with the same command on a calm machine; the section `{NOTES_HEADING[3:]}` at the end "
-        "is written by hand and kept.",
+        header,
         "",
         describe(load_at_start, allocator),
-        *[table.markdown() for table in tables],
+        *ordered,
         kept or f"{NOTES_HEADING}\n\n(none yet)\n",
     ]
     return "\n".join(parts)

@@ -20,6 +20,11 @@ PACKAGES = (
     "vl-convert-python",
     "jinja2",
     "playwright",
+    # the peers of benchmark 6 (`pip install ".[bench]"`)
+    "captum",
+    "inseq",
+    "bertviz",
+    "circuitsvis",
 )
 
 
