@@ -910,7 +910,7 @@ def inseq_table(opts: Options) -> Table:
             (
                 "saliency vs attn-grad",
                 "saliency",
-                "|∂L/∂embedding| per input token (T values); reportgen: every head's T × T",
+                "∂L/∂embedding of each input token, target step (T × d); reportgen: T × T per head",
                 "not comparable",
             ),
         ):
