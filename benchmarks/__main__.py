@@ -30,7 +30,16 @@ BENCHMARKS: dict[str, Callable[[Options], list[Table]]] = {
     "scaleout": scaleout.run,
     "peers": peers.run,
 }
-NUMBERS = {"compute": "1", "attattr": "2", "browser": "3", "build": "4", "scale": "5", "peers": "6"}
+NUMBERS = {
+    "compute": "1",
+    "attattr": "2",
+    "browser": "3",
+    "build": "4",
+    "scale": "5",
+    "csp": "6",
+    "scaleout": "7",
+    "peers": "8",
+}
 """Each benchmark's table number (its tables are titled "### N. ..." or "### Na. ...")."""
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 NOTES_HEADING = "## Profiles, fixes and before/after"

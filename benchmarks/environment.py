@@ -20,7 +20,7 @@ PACKAGES = (
     "vl-convert-python",
     "jinja2",
     "playwright",
-    # the peers of benchmark 6 (`pip install ".[bench]"`)
+    # the peers of benchmark 8 (`pip install ".[bench]"`)
     "captum",
     "inseq",
     "bertviz",

@@ -1,4 +1,4 @@
-"""Benchmark 6: reportgen against what users already have, at equal results.
+"""Benchmark 8: reportgen against what users already have, at equal results.
 
 Compute peers, each checked against reportgen's dense scores (`--store dense`) before it is
 timed, then timed side by side with reportgen (its default settings) and an SDPA forward of the
@@ -386,7 +386,7 @@ def compute_table(opts: Options, attattr: bool) -> Table:
         else "attn-grad (|A ⊙ ∂L/∂A|)"
     )
     table = Table(
-        f"6{'b' if attattr else 'a'}. Peers: {what}, every head's T × T, ÷ SDPA forward",
+        f"8{'b' if attattr else 'a'}. Peers: {what}, every head's T × T, ÷ SDPA forward",
         [
             "model",
             "batch",
@@ -526,7 +526,7 @@ def _measure(case: dict[str, Any]) -> dict[str, Any] | str:
 
 def memory_table(opts: Options) -> Table:
     table = Table(
-        "6c. Peers: peak memory over the loaded model, batch 1, fresh processes (MiB)",
+        "8c. Peers: peak memory over the loaded model, batch 1, fresh processes (MiB)",
         [
             "work",
             "model",
@@ -728,7 +728,7 @@ def pages_table(opts: Options) -> Table:
 
     lengths = (16,) if opts.quick else (128, 512)
     table = Table(
-        "6d. Peers: attention pages in headless Chromium, first render",
+        "8d. Peers: attention pages in headless Chromium, first render",
         ["page", "shows", "T", "bytes", "first render (ms)", "offline", "peer ÷ reportgen", "met"],
     )
     site = opts.work / "pages-site" / "examples"
@@ -831,7 +831,7 @@ def inseq_table(opts: Options) -> Table:
     """inseq's `attention` and `saliency` methods (what it attributes: the target token's step,
     token-level) against reportgen's `attention` and `attn-grad`."""
     table = Table(
-        "6e. Peers: inseq (token-level outputs), ÷ SDPA forward",
+        "8e. Peers: inseq (token-level outputs), ÷ SDPA forward",
         [
             "model",
             "batch",

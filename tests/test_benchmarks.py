@@ -15,9 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("### 1. Compute", "### 2. Integrated gradients", "### 3. Browser", "### 4. Build")
-TABLES += ("### 5a. Scale", "### 5b. Scale", "### 5c. Scale", "### 5d. Scale", "### 6. CSP")
+TABLES += ("### 5a. Scale", "### 5b. Scale", "### 5c. Scale", "### 5d. Scale", "### 8. CSP")
 TABLES += ("### 7. Scale-out",)
-TABLES += ("### 6a. Peers", "### 6b. Peers", "### 6c. Peers", "### 6d. Peers", "### 6e. Peers")
+TABLES += ("### 8a. Peers", "### 8b. Peers", "### 8c. Peers", "### 8d. Peers", "### 8e. Peers")
 
 
 @pytest.mark.browser  # the one tier: it also computes, but needs Chromium
@@ -38,10 +38,10 @@ def test_quick_mode_runs_every_benchmark_and_writes_nothing() -> None:
         assert title in done.stdout, f"no table '{title}' in:\n{done.stdout}"
     # The peers were compared with reportgen before they were timed (a mismatch fails the run):
     # the hand-written baseline and Captum (a test dependency) always, not skipped.
-    peers = done.stdout[done.stdout.index("### 6a.") :]
+    peers = done.stdout[done.stdout.index("### 8a.") :]
     for peer in ("hand-written", "Captum GxA", "Captum IG"):
         assert re.search(rf"{peer} \d\.\de[-+]\d\d", peers), f"{peer} was not compared"
-    assert "not installed" not in peers.split("### 6d.")[0], "captum is a test dependency"
+    assert "not installed" not in peers.split("### 8d.")[0], "captum is a test dependency"
     assert "MISSED" not in done.stdout, "quick mode judges no target"
     assert "| Ray: 2 actors × 1 thread |" in done.stdout
     assert "yes, byte for byte but the command" in done.stdout, "the Ray run equals the single"
@@ -58,16 +58,16 @@ def test_a_partial_run_keeps_the_other_benchmarks_tables_and_the_notes(tmp_path)
     old.write_text(
         "# reportgen benchmarks\n\nheader\n\n## Machine\n\nold machine\n\n"
         "### 1. Compute: old\n\n| a |\n|---|\n| 1 |\n\n"
-        "### 6a. Peers: old\n\n| b |\n|---|\n| 2 |\n\n"
+        "### 8a. Peers: old\n\n| b |\n|---|\n| 2 |\n\n"
         f"{NOTES_HEADING}\n\nby hand\n",
         "utf-8",
     )
-    table = Table("6a. Peers: new", ["b"])
+    table = Table("8a. Peers: new", ["b"])
     table.add(3)
     text = _results([table], "cmd", "now", "load", "malloc", old, {"compute"})
     assert "### 1. Compute: old" in text and "| 1 |" in text, "compute's table is kept"
-    assert "### 6a. Peers: new" in text and "### 6a. Peers: old" not in text
-    assert text.index("### 1. Compute") < text.index("### 6a. Peers")
+    assert "### 8a. Peers: new" in text and "### 8a. Peers: old" not in text
+    assert text.index("### 1. Compute") < text.index("### 8a. Peers")
     assert text.endswith(f"{NOTES_HEADING}\n\nby hand\n")
     assert "kept from the previous file" in text
     full = _results([table], "cmd", "now", "load", "malloc", old, set())
