@@ -111,10 +111,8 @@ class Zoo:
         def run() -> list[Any]:
             lm = self.reportgen(family)
             examples = examples_from_items(inputs_for(family))
-            if changes.get("batch_size") == 1:
-                return [
-                    r for ex in examples for r in compute([ex], lm, settings(family, **changes))
-                ]
+            # One run either way (batch_size=1: one input per pass): mean ablation replaces a
+            # head's output by its mean over the run's inputs, which a run of one input changes.
             return list(compute(examples, lm, settings(family, **changes)))
 
         return self._once(key, run)
