@@ -267,7 +267,7 @@ def attn_grad_cases(opts: Options) -> list[Case]:
 def attattr_cases(opts: Options) -> list[Case]:
     if opts.quick:
         return [Case(*_gpt2(opts), 2, 16, steps=3)]
-    # A smaller model than 6a's: each (layer, step) is a pass row, 12 × 20 = 240 rows per input
+    # A smaller model than 8a's: each (layer, step) is a pass row, 12 × 20 = 240 rows per input
     # on the demo shape, too long for a run of a few minutes on 2 cores.
     small = _gpt2(opts, 4, 4, 64)
     return [Case(*small, b, t, 20) for b, t in [(1, 128), (8, 128), (1, 512)]]
@@ -946,7 +946,7 @@ def inseq_table(opts: Options) -> Table:
         "embedding (saliency: a different quantity from attn-grad, so only timed). inseq runs "
         "decoder-only models one input at a time (it says so: batched constrained decoding is "
         "not supported).",
-        "Timing as in 6a (one warm-up each, interleaved, medians); reportgen with default "
+        "Timing as in 8a (one warm-up each, interleaved, medians); reportgen with default "
         "settings (`--method attention`, or attn-grad).",
     ]
     return table

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("### 1. Compute", "### 2. Integrated gradients", "### 3. Browser", "### 4. Build")
-TABLES += ("### 5a. Scale", "### 5b. Scale", "### 5c. Scale", "### 5d. Scale", "### 8. CSP")
+TABLES += ("### 5a. Scale", "### 5b. Scale", "### 5c. Scale", "### 5d. Scale", "### 6. CSP")
 TABLES += ("### 7. Scale-out",)
 TABLES += ("### 8a. Peers", "### 8b. Peers", "### 8c. Peers", "### 8d. Peers", "### 8e. Peers")
 
