@@ -299,7 +299,7 @@ def _datasets(vega: Any) -> dict[str, Any]:
     [
         ("grad-rollout", {}, "relevance_rows", "relevance-note"),
         ("attn-grad", {"aggregate": "wang"}, "pair_flow_rows", "pair-flow-note"),
-        ("attention", {"patching": True}, "patching_rows", "patching"),
+        ("attn-grad", {"patching": True}, "patching_rows", "patching"),
     ],
 )
 def test_the_run_folder_and_the_example_page_keep_them(
