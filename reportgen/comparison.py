@@ -16,7 +16,6 @@ Torch is imported only if a model must be computed.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -28,6 +27,7 @@ from reportgen.data.examples import Example
 from reportgen.data.metrics import check_metric
 from reportgen.errors import ModelError, ReportgenError, RunError, SettingsError
 from reportgen.fsutil import RUN_WRITES, SITE_WRITES, check_folder
+from reportgen.modelpath import weights_sha256
 from reportgen.records import Run, inputs_digest, is_run
 from reportgen.settings import Settings
 from reportgen.site.compare import MODELS_FOLDER, render_comparison
@@ -167,20 +167,6 @@ def model_specs(
             )
         seen[s.label] = s.given
     return specs
-
-
-def weights_sha256(path: Path) -> str:
-    """SHA-256 over a model folder's weight files, in name order: the digest the engine
-    records in a run (`engine.loading.weights_sha256`; a test keeps them equal), computed
-    here without torch to decide whether a run folder can be reused."""
-    digest = hashlib.sha256()
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
-    for file in files:
-        digest.update(file.name.encode())
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- tokenizers -------------------------------------------------------------------------------

@@ -6,12 +6,13 @@ Torch-free, so a command checks its --model before the engine (torch, transforme
 
 from __future__ import annotations
 
+import hashlib
 from importlib import resources
 from pathlib import Path
 
 from reportgen.errors import ModelError
 
-__all__ = ["demo_model_path", "resolve_model_path"]
+__all__ = ["demo_model_path", "resolve_model_path", "weights_sha256"]
 
 
 def demo_model_path() -> Path:
@@ -50,3 +51,17 @@ def resolve_model_path(spec: str | Path | None) -> Path:
             f"model '{spec}' is neither a local folder nor in the Hugging Face cache, and "
             f"reportgen does not download: run `hf download {spec}` first, or pass a local folder"
         ) from None
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 over a model folder's weight files, in name order: the digest a run records
+    (`RunInfo.weights_sha256`), computed without torch so that `compare` can decide whether a
+    run folder can be reused before any model loads."""
+    digest = hashlib.sha256()
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

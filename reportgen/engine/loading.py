@@ -8,7 +8,6 @@ attention may stand in for the model's own.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from reportgen.engine.attention import (
 )
 from reportgen.engine.memory import Footprint, saved_bytes
 from reportgen.errors import ModelError
-from reportgen.modelpath import resolve_model_path
+from reportgen.modelpath import resolve_model_path, weights_sha256
 
 DTYPES = {
     "float32": torch.float32,
@@ -514,18 +513,6 @@ def measure_footprint(lm: LoadedModel) -> Footprint:
     per_cell = max(0.0, (large / long - small / short) / (long - short))
     per_token = max(0.0, small / short - per_cell * short)
     return Footprint(per_token, per_cell)
-
-
-def weights_sha256(path: Path) -> str:
-    """SHA-256 over the model's weight files, in name order."""
-    digest = hashlib.sha256()
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
-    for file in files:
-        digest.update(file.name.encode())
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _max_positions(config: Any, tokenizer: Any, model: Any) -> int | None:
