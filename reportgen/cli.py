@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -301,7 +301,8 @@ RayOpt = Annotated[
     typer.Option(
         "--ray",
         help="Compute on a Ray cluster: its address, auto (the running one) or local (start "
-        "one here); --out must be on a file system every worker sees [default: no Ray].",
+        "one here); the run folder must be on a file system every worker sees [default: no "
+        "Ray].",
         rich_help_panel="Ray",
     ),
 ]
@@ -351,7 +352,7 @@ def _source(inputs: str, options: dict[str, Any], seed: int) -> Any:
     return inputs
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
@@ -407,6 +408,10 @@ def build(
     keys_as_rows: KeysOpt = False,
     provenance: ProvenanceOpt = None,
     resume: ResumeOpt = False,
+    ray: RayOpt = None,
+    workers: WorkersOpt = None,
+    gpus_per_worker: GpusOpt = None,
+    cpus_per_worker: CpusOpt = None,
     text_column: TextColOpt = None,
     segments_column: SegColOpt = None,
     segments: SegTemplateOpt = None,
@@ -425,16 +430,38 @@ def build(
     with _errors(debug):
         settings = _settings(options, "build", print_config)
         source = _source(inputs, options, settings.seed)
+        _check_ray_options(options)
+        if ray is not None and run is None:
+            _fail("--ray computes into --run RUN, which every worker must see; give --run RUN")
         progress = _Progress(settings.quiet)
         from reportgen.pipeline import build as run_build
         from reportgen.pipeline import shown_command
 
+        command = shown_command(_invocation(ctx) + _configured(options), settings.provenance)
+        if ray is not None and run is not None:
+            from reportgen.integrations.ray import build as ray_build
+
+            with progress:
+                report = ray_build(
+                    source,
+                    out,
+                    run,
+                    settings,
+                    render_progress=progress.render,
+                    on_computed=progress.start_render,
+                    resume=resume,
+                    command=command,
+                    **_ray_options(options),
+                )
+                progress.inputs = report.inputs
+                progress.summary(report.site, report.single_file, report.tokens)
+            return
         with progress:
             report = run_build(
                 source,
                 out,
                 settings,
-                command=shown_command(_invocation(ctx) + _configured(options), settings.provenance),
+                command=command,
                 run_dir=run,
                 progress=progress.compute,
                 render_progress=progress.render,
@@ -502,19 +529,8 @@ def compute(
     with _errors(debug):
         settings = _settings(options, "compute", print_config)
         source = _source(inputs, options, settings.seed)
-        if ray is None:
-            given = [
-                f"--{name.replace('_', '-')}"
-                for name, value in (
-                    ("workers", workers),
-                    ("gpus_per_worker", gpus_per_worker),
-                    ("cpus_per_worker", cpus_per_worker),
-                )
-                if value is not None
-            ]
-            if given:
-                _fail(f"{', '.join(given)}: options of --ray; give --ray ADDRESS (or auto, local)")
-        elif shard is not None:
+        _check_ray_options(options)
+        if ray is not None and shard is not None:
             _fail("--ray and --shard: Ray computes every shard; give one of them")
         progress = _Progress(settings.quiet)
         from reportgen.pipeline import compute as run_compute
@@ -527,15 +543,7 @@ def compute(
 
             with progress:
                 run = ray_compute(
-                    source,
-                    out,
-                    settings,
-                    address=ray,
-                    workers=workers,
-                    gpus_per_worker=gpus_per_worker,
-                    cpus_per_worker=cpus_per_worker,
-                    resume=resume,
-                    command=command,
+                    source, out, settings, resume=resume, command=command, **_ray_options(options)
                 )
                 progress.inputs = len(run)
                 tokens = sum(len(e.tokens) for e in run.entries)
@@ -585,6 +593,29 @@ def merge(
                 f"{merged.path}",
                 err=True,
             )
+
+
+def _check_ray_options(options: dict[str, Any]) -> None:
+    """The Ray options given without --ray are an error naming them."""
+    if options["ray"] is not None:
+        return
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in ("workers", "gpus_per_worker", "cpus_per_worker")
+        if options[name] is not None
+    ]
+    if given:
+        _fail(f"{', '.join(given)}: options of --ray; give --ray ADDRESS (or auto, local)")
+
+
+def _ray_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `reportgen.integrations.ray.compute` from the Ray options."""
+    return {
+        "address": options["ray"],
+        "workers": options["workers"],
+        "gpus_per_worker": options["gpus_per_worker"],
+        "cpus_per_worker": options["cpus_per_worker"],
+    }
 
 
 @contextmanager

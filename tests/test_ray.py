@@ -137,3 +137,86 @@ def test_a_ray_dataset_is_read_as_a_data_set(cluster):
     bad = cluster.data.from_items([{"sentence": "x"}, {"sentence": ""}])
     with pytest.raises(InputError, match=r"ray-dataset\[1\]: column 'sentence' must be"):
         _examples(bad, TableInputs("ignored", text_column="sentence"), cluster)
+
+
+def _killed_ray_compute(cluster, cwd, model) -> None:
+    """A `compute --ray` in its own process, connected to the test's cluster, SIGKILLed once a
+    shard has written its first window of records; returns when its actors are gone too (the
+    cluster's CPUs free again), so nothing writes behind the resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_resume import _env
+
+    address = cluster.get_runtime_context().gcs_address
+    command = [
+        *(sys.executable, "-m", "reportgen", "compute", "in.jsonl", "--out", "run"),
+        *("--model", str(model), "--metric", METRIC, "--batch-size", "2", "--device", "cpu"),
+        *("--ray", address, "--workers", "2", "--quiet"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=cwd, env=_env(), stderr=subprocess.DEVNULL)
+    shards = cwd / ".run.ray"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if max((len(list(p.glob("*.safetensors"))) for p in shards.glob("*/records")), default=0):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the Ray compute ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    while time.monotonic() < deadline and cluster.available_resources().get("CPU", 0) < 2:
+        time.sleep(0.1)
+    assert cluster.available_resources().get("CPU", 0) == 2, "the killed run's actors live on"
+    assert not (cwd / "run").exists(), "no run folder until every shard is merged"
+
+
+@pytest.mark.e2e
+def test_a_killed_ray_compute_resumes_and_a_complete_one_is_not_recomputed(
+    cluster, tiny_models, tmp_path
+):
+    """The driver SIGKILLed mid-run (its actors die with it), then `compute --ray --resume`:
+    the shards' records already written are kept, and the merged run equals a single-process
+    run's but for its command. Then `build --ray --run RUN --resume` on the complete run
+    computes nothing (not a file of the run touched) and renders the site from it."""
+    import torch
+
+    from reportgen.pipeline import compute
+    from reportgen.settings import Settings
+
+    model = tiny_models["gpt2"]
+    write_inputs(tmp_path / "in.jsonl", 64)  # 2 shards of 2 windows (16 inputs) and a part
+    _killed_ray_compute(cluster, tmp_path, model)
+    kept = sorted(p.parent.parent.name for p in (tmp_path / ".run.ray").glob("*/records/*"))
+    assert kept, "the killed run left records for --resume"
+    options = ["--model", model, "--metric", METRIC, "--batch-size", "2", "--device", "cpu"]
+    ray_options = ["--ray", "auto", "--workers", "2", "--resume", "--quiet"]
+    done = _invoke("compute", tmp_path / "in.jsonl", "--out", tmp_path / "run", *options,
+                   *ray_options)  # fmt: skip
+    assert done.exit_code == 0, done.output
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        settings = Settings(model=str(model), metric=METRIC, batch_size=2, device="cpu")
+        single = compute(tmp_path / "in.jsonl", tmp_path / "single", settings)
+    finally:
+        torch.set_num_threads(threads)
+    one, two = tree(single.path), tree(tmp_path / "run")
+    assert sorted(one) == sorted(two) and len(one) == 64 + 3
+    assert sorted(name for name in one if one[name] != two[name]) == [
+        ".reportgen-manifest.json", "manifest.json"
+    ]  # fmt: skip
+    assert not (tmp_path / ".run.ray").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    site = tmp_path / "site"
+    built = _invoke("build", tmp_path / "in.jsonl", "--run", tmp_path / "run", "--out", site,
+                    *options, *ray_options)  # fmt: skip
+    assert built.exit_code == 0, built.output
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == stamps
+    assert (site / "index.html").is_file() and len(list((site / "examples").glob("*.html"))) == 64
+    assert not (tmp_path / ".run.ray").exists(), "a complete run starts no shards"
+    other = _invoke("build", tmp_path / "in.jsonl", "--run", tmp_path / "run", "--out", site,
+                    "--force", *options[:-4], "--batch-size", "3", *ray_options)  # fmt: skip
+    assert other.exit_code == 2, other.output
+    assert "--batch-size: 2 then, 3 now" in other.stderr, other.stderr

@@ -8,7 +8,9 @@ shard run folder `.NAME.ray/I-of-N` beside `--out` (so `--out` must be on a file
 worker sees), and the driver joins them with `merge`. The unit of work is a shard, not a row:
 a shard is whole windows of the engine's batches, so the merged run equals the run computed in
 one process, byte for byte but for its start time. A shard is a resumable compute: after a
-failure, the same call with `resume=True` keeps every shard (and part of a shard) already done.
+failure, the same call with `resume=True` keeps every shard (and part of a shard) already done;
+on a run folder a Ray compute completed, it checks the inputs, model and settings and computes
+nothing, as a single-process `--resume` does. `build` computes on Ray and renders the site.
 
 Ray comes with the `ray` extra: `pip install "reportgen[ray]"`.
 """
@@ -17,15 +19,24 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reportgen.data.metrics import check_metric
 from reportgen.errors import OutputError, ReportgenError, RunError, SettingsError
 from reportgen.fsutil import check_outputs
-from reportgen.pipeline import Inputs, _input_path, equivalent_command, load_examples, merge
-from reportgen.records import Run
+from reportgen.pipeline import (
+    Inputs,
+    Report,
+    _input_path,
+    equivalent_command,
+    load_examples,
+    merge,
+    render,
+)
+from reportgen.pipeline import compute as compute_here
+from reportgen.records import Run, is_run
 from reportgen.settings import Settings
 from reportgen.tables import BATCH_ROWS, Source, TableInputs, read_source
 
@@ -77,6 +88,12 @@ def compute(
     path = None if _is_dataset(inputs, ray) else _input_path(inputs)
     check_outputs(None, None, path, Path(out), settings.force, run_option="--out")
     folder = shards_folder(out)
+    if command is None:
+        command = equivalent_command(
+            settings, inputs if isinstance(inputs, (str, Path, TableInputs)) else None, out
+        )
+    if resume and not folder.exists() and is_run(Path(out)):
+        return _checked_complete(examples, out, settings, cpus_per_worker, command)
     if folder.exists() and not resume:
         if not settings.force:
             raise OutputError(
@@ -84,10 +101,6 @@ def compute(
                 "to continue it, or --force to start over"
             )
         shutil.rmtree(folder)
-    if command is None:
-        command = equivalent_command(
-            settings, inputs if isinstance(inputs, (str, Path, TableInputs)) else None, out
-        )
     started = _connect(ray, address)
     try:
         resources = ray.cluster_resources()
@@ -115,6 +128,49 @@ def compute(
     if not keep_shards:
         shutil.rmtree(folder)  # merge hard-linked (or copied) every record
     return merged
+
+
+def build(
+    inputs: Inputs | Any,
+    out: str | Path,
+    run_dir: str | Path,
+    settings: Settings | None = None,
+    *,
+    render_progress: Callable[[int], None] | None = None,
+    on_computed: Callable[[int], None] | None = None,
+    **options: Any,
+) -> Report:
+    """Compute on a Ray cluster into the run folder `run_dir` (which every worker must see, so
+    it is required, unlike `pipeline.build`'s), then render the site `out` from it; `options`
+    are `compute`'s. The outputs are checked before any cluster starts; `on_computed` gets the
+    number of inputs computed (before rendering starts)."""
+    settings = (settings or Settings()).validate()
+    path = None if _is_dataset(inputs, _need_ray()) else _input_path(inputs)
+    check_outputs(Path(out), settings.single_file, path, Path(run_dir), settings.force)
+    run = compute(inputs, run_dir, settings, **options)
+    if on_computed is not None:
+        on_computed(len(run))
+    return render(run, out, settings, render_progress)
+
+
+def _checked_complete(
+    examples: Sequence[Example],
+    out: str | Path,
+    settings: Settings,
+    cpus_per_worker: int | None,
+    command: str,
+) -> Run:
+    """`resume` on a run folder a Ray compute completed: the single-process check (the same
+    inputs, weights and settings, the model loaded here with a worker's torch threads, which
+    the run records), and nothing computed."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if cpus_per_worker is None else cpus_per_worker)
+    try:
+        return compute_here(examples, out, settings, command=command, resume=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _need_ray() -> Any:
