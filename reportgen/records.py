@@ -7,7 +7,10 @@
                                     and `top_values` (float32) [L, H, k]; with --store dense
                                     also `dense` [L, H, T, T]; rollout methods add
                                     `relevance` [L, T], attn-grad --aggregate wang adds
-                                    `pair_sums` and `pair_counts` [L, n+2, n+2] (float64)
+                                    `pair_sums` and `pair_counts` [L, n+2, n+2] (float64);
+                                    inputs longer than `data.blocks.LONG_TOKENS` add
+                                    `block_edges` [b+1] (int64) and `blocks` [L, H, b, b]
+                                    (float64, exact block sums)
 
 Any metric's head scores come from `total`, `prediction` and `flow`, so a run renders under
 any metric without recomputing. Nothing but numpy arrays and plain values is stored; loading
@@ -264,6 +267,9 @@ class RunWriter:
             "top_cells": np.ascontiguousarray(stats.top_cells, dtype=np.int32),
             "top_values": np.ascontiguousarray(stats.top_values, dtype=np.float32),
         }
+        if stats.blocks is not None and stats.edges is not None:
+            arrays["block_edges"] = np.ascontiguousarray(stats.edges, dtype=np.int64)
+            arrays["blocks"] = np.ascontiguousarray(stats.blocks, dtype=np.float64)
         if result.dense is not None:
             arrays["dense"] = np.ascontiguousarray(result.dense)
         if result.relevance is not None:
@@ -873,6 +879,7 @@ class Run:
                     continue
                 raise RunError(f"{path}: no '{key}' array; the run folder is damaged")
             _check_shape(path, key, arrays[key], shape)
+        edges, blocks = _blocks(path, arrays, self.info, len(entry.tokens))
         stats = HeadStats(
             segments=tuple(s.name for s in entry.spans),
             total=arrays["total"],
@@ -880,6 +887,8 @@ class Run:
             flow=arrays["flow"],
             top_cells=arrays["top_cells"],
             top_values=arrays["top_values"],
+            edges=edges,
+            blocks=blocks,
         )
         return Result(
             example=entry.example,
@@ -961,6 +970,35 @@ _OPTIONAL = frozenset(
 )
 """Record arrays only some runs have (--store dense, rollout methods, --aggregate wang,
 --patching)."""
+
+
+def _blocks(
+    path: Path, arrays: Mapping[str, np.ndarray], info: RunInfo, tokens: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A long input's block edges and block sums (both or neither), checked: edges rising from
+    0 to T, sums [L, H, n, n]. (None, None) for a short input, or a run from before them."""
+    if "block_edges" not in arrays and "blocks" not in arrays:
+        return None, None
+    if "block_edges" not in arrays or "blocks" not in arrays:
+        raise RunError(
+            f"{path}: 'blocks' and 'block_edges' come together; the run folder is damaged"
+        )
+    edges, blocks = arrays["block_edges"], arrays["blocks"]
+    ok = (
+        edges.ndim == 1
+        and edges.size >= 2
+        and int(edges[0]) == 0
+        and int(edges[-1]) == tokens
+        and bool((np.diff(edges) > 0).all())
+    )
+    if not ok:
+        raise RunError(
+            f"{path}: 'block_edges' must rise from 0 to the input's {tokens} tokens; the run "
+            "folder is damaged"
+        )
+    n = edges.size - 1
+    _check_shape(path, "blocks", blocks, (info.num_layers, info.num_heads, n, n))
+    return edges, blocks
 
 
 def _check_shape(path: Path, key: str, array: np.ndarray, shape: tuple[int, ...]) -> None:

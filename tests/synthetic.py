@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from reportgen.data.blocks import block_edges, block_sums, is_long
 from reportgen.data.examples import Example, Segment
 from reportgen.data.metrics import parse_metric, shares
 from reportgen.data.results import Ablation, HeadStats, Knockout, Result, TokenSpan, default_top_k
@@ -52,6 +53,7 @@ def stats_from_dense(
         pad = ((0, 0), (0, 0), (0, top_k - t * t))
         cells = np.pad(cells, pad, constant_values=-1)
         values = np.pad(values, pad)
+    edges = block_edges(t, spans) if is_long(t) else None
     return HeadStats(
         segments=tuple(s.name for s in spans),
         total=mag.sum(axis=(2, 3)),
@@ -59,6 +61,8 @@ def stats_from_dense(
         flow=flow,
         top_cells=cells,
         top_values=values,
+        edges=edges,
+        blocks=None if edges is None else block_sums(mag, edges),
     )
 
 

@@ -1,6 +1,7 @@
 """Charts: records in, Vega specs out, in three steps.
 
-packing   records into the rows the charts draw (top-k cells per head, rounded scores)
+packing   records into the rows the charts draw (top-k cells per head, rounded scores,
+          a long input's block sums)
 geometry  pixel sizes, label thinning, segment brackets
 views     Vega-Lite views and specs, built with Altair (linked page, grid, figure)
 vega      the specs compiled to Vega, once per shape
@@ -21,11 +22,14 @@ from reportgen.charts.names import (
 )
 from reportgen.charts.packing import (
     FLATTEN_BUDGET,
+    Overview,
     Packed,
     flatten_budget,
     heads_rows,
     metric_name,
     pack_cells,
+    pack_overview,
+    representative_tokens,
     selection_share,
     sig,
     sig_array,
@@ -61,6 +65,7 @@ __all__ = [
     "QUERY_TITLE",
     "VIRIDIS_LOW",
     "LinkedChart",
+    "Overview",
     "Packed",
     "bracket_rows",
     "default_top_k",
@@ -74,7 +79,9 @@ __all__ = [
     "linked_spec",
     "metric_name",
     "pack_cells",
+    "pack_overview",
     "page_names",
+    "representative_tokens",
     "selection_share",
     "sig",
     "sig_array",

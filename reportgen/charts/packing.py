@@ -7,6 +7,7 @@ click touches k cells, not T².
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -191,3 +192,106 @@ def selection_share(
         np.add.at(out, cells[keep], values[keep])
         total += float(stats.total[layer, head])
     return (out / total if total > 0 else out).reshape(tokens, tokens)
+
+
+@dataclass(frozen=True)
+class Overview:
+    """A long input's page data for the zoomable heatmap (`pack_overview`), and the facts its
+    page states. `data` goes to the page's JavaScript as is."""
+
+    data: dict[str, Any]
+    blocks: int
+    """Blocks per axis."""
+    k: int
+    """Cells kept per head for the zoomed views."""
+    kept_share: float
+    """Share of all heads' saliency carried by the kept cells (what a zoom can draw at most)."""
+
+
+def _b64(array: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
+
+
+_MARKERS = ("Ġ", "▁", "##", "Ċ")
+
+
+def _clean(token: str) -> str:
+    text = token
+    for marker in _MARKERS:
+        text = text.replace(marker, " ")
+    return " ".join(text.split())
+
+
+def representative_tokens(
+    tokens: Sequence[str], edges: np.ndarray, per_block: int = 2
+) -> list[str]:
+    """Each block's label: its `per_block` rarest tokens in the input (words before marks,
+    then the earlier), in reading order, joined by a space."""
+    cleaned = [_clean(t) for t in tokens]
+    counts: dict[str, int] = {}
+    for text in cleaned:
+        counts[text] = counts.get(text, 0) + 1
+    labels = []
+    for a, b in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
+        seen: dict[str, int] = {}
+        for p in range(a, b):
+            if cleaned[p] and cleaned[p] not in seen:
+                seen[cleaned[p]] = p
+        ranked = sorted(
+            seen.items(),
+            key=lambda item: (not any(c.isalnum() for c in item[0]), counts[item[0]], item[1]),
+        )
+        chosen = sorted(ranked[:per_block], key=lambda item: item[1])
+        labels.append(" ".join(text for text, _ in chosen))
+    return labels
+
+
+def pack_overview(result: Result, top_k: int | None = None) -> Overview:
+    """The overview and zoom data of a long input (one with block sums): per head its exact
+    total and [n, n] block sums, and its top-k cells, compact in base64 (little-endian).
+
+    - `tot`: each head's total |S|, scaled so the largest head's is 1 (as `pack_cells`);
+    - `bmax` and `blocks`: per head its largest block sum (same scale) and its n × n block
+      sums divided by it, float16 (relative rounding ≤ 2⁻¹¹, as fine as the pages' 4 digits);
+    - `counts`, `cells` (int32 i·T + j) and `values` (float32 |S|, same scale): each head's
+      kept cells, strongest first, heads in order (layer-major);
+    - `edges`, `labels` (representative tokens per block), `spans` [name, start, end]."""
+    stats = result.stats
+    if stats.blocks is None or stats.edges is None:
+        raise ValueError(
+            f"input '{result.example.id}' has no block sums: compute it again with this reportgen"
+        )
+    tokens = len(result.tokens)
+    layers, heads = stats.total.shape
+    wanted = default_top_k(tokens) if top_k is None else top_k
+    k = max(1, min(tokens * tokens, wanted, stats.k))
+    totals = np.asarray(stats.total, np.float64).ravel()
+    scale = 1.0 / totals.max() if totals.size and totals.max() > 0 else 1.0
+    n = len(stats.edges) - 1
+    blocks = np.asarray(stats.blocks, np.float64).reshape(layers * heads, n * n) * scale
+    bmax = blocks.max(axis=1)
+    unit = np.divide(blocks, bmax[:, None], out=np.zeros_like(blocks), where=bmax[:, None] > 0)
+    cell = np.asarray(stats.top_cells[:, :, :k]).reshape(layers * heads, k)
+    value = np.abs(np.asarray(stats.top_values[:, :, :k], np.float64)).reshape(layers * heads, k)
+    value[cell < 0] = 0
+    keep = value > 0  # strongest first: the kept cells lead each row
+    counts = keep.sum(axis=1)
+    kept = value.sum(axis=1)
+    grand = float(totals.sum())
+    data = {
+        "tokens": tokens,
+        "layers": layers,
+        "heads": heads,
+        "edges": [int(e) for e in stats.edges],
+        "labels": representative_tokens(result.tokens, np.asarray(stats.edges)),
+        "spans": [[s.name, s.start, s.end] for s in result.spans if s.name and s.end > s.start],
+        "tot": sig_array(totals * scale),
+        "bmax": sig_array(bmax, digits=8),
+        "blocks": _b64(unit, "<f2"),
+        "counts": counts.tolist(),
+        "cells": _b64(cell[keep], "<i4"),
+        "values": _b64(value[keep] * scale, "<f4"),
+    }
+    return Overview(
+        data=data, blocks=n, k=k, kept_share=float(kept.sum()) / grand if grand > 0 else 1.0
+    )

@@ -532,8 +532,11 @@ def _linked_skeleton(
     relevance: bool = False,
     pair_flow: bool = False,
     patching: bool = False,
+    heat: bool = True,
 ) -> str:
-    """The linked spec for one shape, as JSON (built once per shape: Altair is the slow part)."""
+    """The linked spec for one shape, as JSON (built once per shape: Altair is the slow part).
+    Without `heat` (a long input), the grid has no heatmap beside it: the page draws its
+    zoomable overview itself (`reportgen.js`, from `packing.pack_overview`)."""
     pick = alt.selection_point(
         name=PICK,
         fields=["layer", "head"],
@@ -555,14 +558,17 @@ def _linked_skeleton(
     )
     selected = pick | brush
     grid = _view_dict(_grid_view(layers, heads, selected))
-    heat = _view_dict(_heat_view(tokens, keys_as_rows, selected, spans, budget))
-    body: dict[str, Any] = {
-        "hconcat": [grid, heat],
-        "spacing": 48,
-        "resolve": {"scale": {"color": "independent"}},
-    }
+    body: dict[str, Any] = grid
+    width = grid_step(layers, heads) * heads
+    if heat:
+        heat_view = _view_dict(_heat_view(tokens, keys_as_rows, selected, spans, budget))
+        body = {
+            "hconcat": [grid, heat_view],
+            "spacing": 48,
+            "resolve": {"scale": {"color": "independent"}},
+        }
+        width += 48 + heat_side(tokens)
     below = []
-    width = grid_step(layers, heads) * heads + 48 + heat_side(tokens)
     if patching:
         below.append(_view_dict(_patching_view(layers, heads, selected)))
     if relevance:
@@ -613,8 +619,10 @@ def linked_spec(
     metric: str | None = None,
     keys_as_rows: bool = False,
     top_k: int | None = None,
+    heat: bool = True,
 ) -> LinkedChart:
-    """The per-input figure: the head grid (click a head, drag a block) linked to the heatmap."""
+    """The per-input figure: the head grid (click a head, drag a block) linked to the heatmap
+    (or, without `heat`, to the page's own overview of a long input)."""
     metric = metric_name(result, metric)
     grid = np.asarray(result.head_scores(metric))
     layers, heads = grid.shape
@@ -634,13 +642,16 @@ def linked_spec(
             relevance is not None,
             pairs is not None,
             result.patching is not None,
+            heat,
         )
     )
     top = top_head(grid)
     _set_param(spec, PICK, [{"layer": top[0] + 1, "head": top[1] + 1}])
     _set_param(spec, TOKENS, list(result.tokens))
-    datasets: dict[str, Any] = {HEADS_DATA: heads_rows(grid), CELLS_DATA: packed.rows}
-    if has_spans:
+    datasets: dict[str, Any] = {HEADS_DATA: heads_rows(grid)}
+    if heat:
+        datasets[CELLS_DATA] = packed.rows
+    if has_spans and heat:
         points, labels = bracket_rows(result.spans, tokens, heat_side(tokens))
         datasets[BRACKETS_DATA], datasets[BRACKET_LABELS_DATA] = points, labels
     if relevance is not None:

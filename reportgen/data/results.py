@@ -127,6 +127,12 @@ class HeadStats:
     head's non-zero cells."""
     top_values: np.ndarray
     """float32 [L, H, k]: S at those cells (signed for a signed method; 0 where the cell is -1)."""
+    edges: np.ndarray | None = None
+    """Long inputs (`blocks.is_long`): int64 [n + 1] token block edges (`blocks.block_edges`);
+    None otherwise."""
+    blocks: np.ndarray | None = None
+    """Long inputs: float64 [L, H, n, n], |S| summed over each (query block, key block), so
+    `blocks.sum((2, 3)) == total`; None otherwise."""
 
     @property
     def k(self) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from reportgen.data.blocks import block_edges
 from reportgen.data.examples import Example
 from reportgen.data.methods import ROLLOUTS
 from reportgen.data.metrics import check_metric, shares
@@ -200,6 +201,8 @@ def _example_stats(
             length = end - start
             block = reductions.dense[k, :, :, :length, :length]
             scores[:, :, start:end, start:end] = block.cpu().numpy()
+    blocks = [reductions.blocks[k] for k, _, _ in placed]
+    edges = reductions.plans[placed[0][0]].edges
     stats = HeadStats(
         segments=tuple(s.name for s in row.spans),
         total=np.asarray(total.cpu(), np.float64),
@@ -207,6 +210,10 @@ def _example_stats(
         flow=np.asarray(flow.cpu(), np.float64),
         top_cells=np.asarray(cell.cpu(), np.int32),
         top_values=np.asarray(value.cpu(), np.float32),
+        edges=None if edges is None else block_edges(n, row.spans),
+        blocks=None
+        if edges is None
+        else np.asarray(sum(b for b in blocks if b is not None), np.float64),
     )
     return stats, scores
 

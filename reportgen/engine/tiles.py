@@ -10,11 +10,13 @@ layer's tensors are let go. Nothing of size T × T lives longer than a tile.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
+from reportgen.data.blocks import block_edges, is_long
 from reportgen.engine.attention import FUSED_FLAG, Capture, Captured, eager_of, fused_attention
 from reportgen.engine.encoding import Encoded
 from reportgen.engine.loading import LoadedModel
@@ -39,6 +41,10 @@ class SequencePlan:
     """int64 [length]: each token's segment index, `n_segments` for a token in none."""
     prediction: int | None
     """The prediction position within this sequence (its row sum is kept), if any."""
+    edges: tuple[int, ...] | None = None
+    """A long example's token block edges (`data.blocks.block_edges`), moved into this
+    sequence's own positions and clipped to it (a block outside it is empty); None: no block
+    sums."""
 
 
 class Reductions:
@@ -105,6 +111,14 @@ class Reductions:
         )
         self.relevance: torch.Tensor | None = None
         """float64 [rows, L, T] after `finish` with a rollout (zeros without a prediction)."""
+        self.blocks: list[torch.Tensor | None] = [
+            None
+            if p.edges is None
+            else torch.zeros(layers, heads, len(p.edges) - 1, len(p.edges) - 1, dtype=wide)
+            for p in self.plans
+        ]
+        """Per row, |S| summed over (query block, key block), float64 [L, H, n, n] on the CPU
+        (rows of long examples only, see `SequencePlan.edges`)."""
         self.pair_onehot: torch.Tensor | None = None
         self.pair_sums: torch.Tensor | None = None
         self.pair_counts: torch.Tensor | None = None
@@ -141,6 +155,7 @@ class Reductions:
         ).to(self.flow.dtype)
         row_sums = by_key.sum(-1).to(self.total.dtype)  # [B, H, r]
         self.total[:, layer] += row_sums.sum(-1)
+        self._add_blocks(layer, start, mag)
         for b, plan in enumerate(self.plans):
             p = plan.prediction
             if p is not None and start <= p < start + rows:
@@ -158,6 +173,24 @@ class Reductions:
         keep_k = torch.topk(all_values.abs(), self.k, dim=-1, sorted=False).indices
         self.top_values[:, layer] = torch.gather(all_values, -1, keep_k)
         self.top_cells[:, layer] = torch.gather(all_cells, -1, keep_k)
+
+    def _add_blocks(self, layer: int, start: int, mag: torch.Tensor) -> None:
+        """Block sums of |S| for query rows [start, start + r): each key block's columns summed
+        (a slice each, one pass over the tile), then the rows of each query block in the tile."""
+        rows = mag.shape[2]
+        for b, plan in enumerate(self.plans):
+            sums = self.blocks[b]
+            if sums is None or plan.edges is None:
+                continue
+            edges = plan.edges
+            by_key = torch.stack(
+                [mag[b, :, :, a:e].sum(-1) for a, e in itertools.pairwise(edges)],
+                -1,
+            ).to(sums.dtype)  # [H, r, n] (empty blocks sum to 0)
+            for q, (a, e) in enumerate(itertools.pairwise(edges)):
+                lo, hi = max(a, start), min(e, start + rows)
+                if lo < hi:
+                    sums[layer, :, q] += by_key[:, lo - start : hi - start].sum(1).cpu()
 
     def add_pairs(
         self, layer: int, start: int, tile: torch.Tensor, mask: torch.Tensor | None
@@ -300,6 +333,8 @@ def plans(examples: Sequence[Encoded], layout: Layout, n_segments: int) -> list[
     order; `n_segments` for none) and its prediction position."""
     rows: dict[int, SequencePlan] = {}
     for example, placed in zip(examples, layout, strict=True):
+        n = len(example.ids)
+        edges = block_edges(n, example.spans).tolist() if is_long(n) else None
         for k, start, end in placed:
             segments = torch.full((end - start,), n_segments, dtype=torch.long)
             for index, span in enumerate(example.spans):
@@ -308,7 +343,12 @@ def plans(examples: Sequence[Encoded], layout: Layout, n_segments: int) -> list[
                     segments[a - start : b - start] = index
             p = example.prediction_position
             rows[k] = SequencePlan(
-                end - start, segments, p - start if p is not None and start <= p < end else None
+                end - start,
+                segments,
+                p - start if p is not None and start <= p < end else None,
+                None
+                if edges is None
+                else tuple(min(max(e - start, 0), end - start) for e in edges),
             )
     return [rows[k] for k in sorted(rows)]
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from reportgen import charts
 from reportgen.charts import Packed
+from reportgen.data.blocks import is_long
 from reportgen.data.examples import Example
 from reportgen.data.methods import METHODS
 from reportgen.data.results import Ablation, Result
@@ -269,6 +270,11 @@ class ExampleContext(Context):
     packed: Packed
     ablation: Ablation | None
     tokens: int
+    overview: charts.Overview | None
+    """A long input's zoomable overview (its facts; its data is in the page's `data.long`),
+    or None: the heatmap of the linked chart, as for short inputs."""
+    blocks_missing: bool
+    """A long input from a run without block sums (older reportgen): the page says so."""
     prev: tuple[int, str] | None
     """(index, id) of the previous input, if any."""
     next: tuple[int, str] | None
@@ -429,8 +435,15 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
             f"--top-k {settings.top_k}: the run stores {result.stats.k} cells per head (input "
             f"'{result.example.id}'); compute it again with --top-k {settings.top_k}"
         )
+    tokens = len(result.tokens)
+    has_blocks = result.stats.blocks is not None
+    overview = charts.pack_overview(result, settings.top_k) if has_blocks else None
     linked = charts.linked_spec(
-        result, site.metric, keys_as_rows=settings.keys_as_rows, top_k=settings.top_k
+        result,
+        site.metric,
+        keys_as_rows=settings.keys_as_rows,
+        top_k=settings.top_k,
+        heat=overview is None,
     )
     grid = np.asarray(result.head_scores(linked.metric))
     count = len(site.names)
@@ -445,17 +458,26 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
         top=linked.top,
         packed=linked.packed,
         ablation=result.ablation,
-        tokens=len(result.tokens),
+        tokens=tokens,
+        overview=overview,
+        blocks_missing=is_long(tokens) and not has_blocks,
         prev=(index - 1, site.run.ids[index - 1]) if index > 0 else None,
         next=(index + 1, site.run.ids[index + 1]) if index + 1 < count else None,
     )
-    data = {
+    data: dict[str, Any] = {
         "kind": "example",
         "spec": charts.to_vega(linked.spec),
         "names": charts.page_names(),
         "name": name,
         "budget": linked.budget,
     }
+    if overview is not None:
+        data["long"] = {
+            **overview.data,
+            "keys_as_rows": settings.keys_as_rows,
+            "titles": {"query": charts.QUERY_TITLE, "key": charts.KEY_TITLE},
+            "outline": charts.OUTLINE,
+        }
     return Page(
         f"example-{index + 1}",
         f"examples/{name}.html",
