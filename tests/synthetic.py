@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from reportgen.data.blocks import block_edges, block_sums, is_long
+from reportgen.data.blocks import block_edges, block_of, block_sums, is_long
 from reportgen.data.examples import Example, Segment
 from reportgen.data.metrics import parse_metric, shares
 from reportgen.data.results import Ablation, HeadStats, Knockout, Result, TokenSpan, default_top_k
@@ -249,3 +249,66 @@ def write_run(
         for seed, example in enumerate(examples):
             writer.add(result_for(example, seed))
     return Run.open(out)
+
+
+def long_result(
+    layers: int, heads: int, tokens: int, seed: int = 0, top_k: int | None = None
+) -> Result:
+    """A long causal input's result without its dense S (which at T = 8192 would not fit):
+    two segments, each head's block sums random on and below the diagonal, its kept cells
+    random distinct cells below the diagonal whose values fit inside their blocks' sums
+    (strongest first), and totals and flow from the blocks. For page weight and speed, not
+    for values against an oracle (`stats_from_dense` is that)."""
+    rng = np.random.default_rng(seed)
+    half = tokens // 2
+    spans = (TokenSpan("ENV", 0, half), TokenSpan("LAN", half, tokens))
+    edges = block_edges(tokens, spans)
+    n = len(edges) - 1
+    k = top_k or default_top_k(tokens)
+    blocks = rng.gamma(0.5, size=(layers, heads, n, n)) * np.tril(np.ones((n, n)))
+    i = rng.integers(0, tokens, size=(layers, heads, 4 * k))
+    j = (rng.random(size=i.shape) * (i + 1)).astype(np.int64)
+    cells = np.full((layers, heads, k), -1, np.int32)
+    values = np.zeros((layers, heads, k), np.float32)
+    for layer in range(layers):
+        for head in range(heads):
+            flat = np.unique(i[layer, head] * tokens + j[layer, head])[:k]
+            qb, kb = block_of(edges, flat // tokens), block_of(edges, flat % tokens)
+            share = blocks[layer, head, qb, kb] * rng.random(flat.size) / (4 * k / n)
+            order = np.argsort(-share, kind="stable")
+            cells[layer, head, : flat.size] = flat[order]
+            values[layer, head, : flat.size] = share[order]
+    total = blocks.sum((2, 3))
+    groups = block_of(np.array([0, half, tokens]), edges[:-1])
+    flow = np.zeros((layers, heads, 3, 3))
+    for q in range(2):
+        for kk in range(2):
+            flow[:, :, q, kk] = blocks[:, :, groups == q][:, :, :, groups == kk].sum((2, 3))
+    words = tuple(f"w{m % 97}" for m in range(tokens))
+    stats = HeadStats(
+        segments=("ENV", "LAN"),
+        total=total,
+        prediction=blocks[:, :, -1].sum(-1),
+        flow=flow,
+        top_cells=cells,
+        top_values=values,
+        edges=edges,
+        blocks=blocks,
+    )
+    example = Example(
+        f"t{tokens}",
+        (Segment("ENV", " ".join(words[:half])), Segment("LAN", " ".join(words[half:]))),
+    )
+    return Result(
+        example=example,
+        tokens=words,
+        spans=spans,
+        target="w1",
+        target_given=True,
+        predicted="w1",
+        value=0.5,
+        loss=0.69,
+        prediction_position=tokens - 1,
+        stats=stats,
+        ablation=None,
+    )

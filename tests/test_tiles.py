@@ -103,3 +103,28 @@ def test_tiles_equal_the_dense_computation(loaded, name, method, budget):
         torch.testing.assert_close(
             red.dense[b, :, :, :n, :n], expected, rtol=rtol, atol=rtol * float(expected.abs().max())
         )
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_block_sums_equal_the_dense_computation(loaded, name, monkeypatch):
+    """Every input treated as long: each row's block sums, reduced one query row per tile,
+    equal numpy's sums of the dense S over the same blocks (edges moved into the row)."""
+    monkeypatch.setattr(tiles, "is_long", lambda tokens: True)
+    lm = loaded[name]
+    rows = _rows(lm, name)
+    settings = Settings(method="attn-grad", batch_size=2)
+    _, per_layer = methods.REGISTRY["attn-grad"](lm, rows, settings)
+    _, red = tiles.tiled_attn_grad(lm, rows, 7, dense=False, budget=BUDGET)
+    for b, plan in enumerate(red.plans):
+        assert plan.edges is not None and red.blocks[b] is not None
+        n = plan.length
+        dense = np.stack([np.asarray(part[b, :, :n, :n], dtype=np.float64) for part in per_layer])
+        edges = plan.edges  # a bi-encoder's second text: edges clipped, blocks empty
+        want = np.zeros((*dense.shape[:2], len(edges) - 1, len(edges) - 1))
+        for q in range(len(edges) - 1):
+            for k in range(len(edges) - 1):
+                cells = np.abs(dense[:, :, edges[q] : edges[q + 1], edges[k] : edges[k + 1]])
+                want[:, :, q, k] = cells.sum((-1, -2))
+        got = red.blocks[b].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want.max())
+        np.testing.assert_allclose(got.sum((2, 3)), red.total[b].numpy(), rtol=1e-9)
