@@ -16,7 +16,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import attattr, browser, build, compute, csp, peers, scale, scaleout
+from benchmarks import (
+    attattr,
+    browser,
+    build,
+    compute,
+    csp,
+    longinputs,
+    peers,
+    scale,
+    scaleout,
+)
 from benchmarks.common import Options, Table
 from benchmarks.environment import describe, load
 
@@ -29,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Table]]] = {
     "csp": csp.run,
     "scaleout": scaleout.run,
     "peers": peers.run,
+    "long": longinputs.run,
 }
 NUMBERS = {
     "compute": "1",
@@ -39,6 +50,7 @@ NUMBERS = {
     "csp": "6",
     "scaleout": "7",
     "peers": "8",
+    "long": "9",
 }
 """Each benchmark's table number (its tables are titled "### N. ..." or "### Na. ...")."""
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

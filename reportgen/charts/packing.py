@@ -255,7 +255,8 @@ def pack_overview(result: Result, top_k: int | None = None) -> Overview:
       sums divided by it, float16 (relative rounding ≤ 2⁻¹¹, as fine as the pages' 4 digits);
     - `counts`, `cells` (int32 i·T + j) and `values` (float32 |S|, same scale): each head's
       kept cells, strongest first, heads in order (layer-major);
-    - `edges`, `labels` (representative tokens per block), `spans` [name, start, end]."""
+    - `text` (the tokens), `edges`, `labels` (representative tokens per block), `spans`
+      [name, start, end]."""
     stats = result.stats
     if stats.blocks is None or stats.edges is None:
         raise ValueError(
@@ -280,6 +281,7 @@ def pack_overview(result: Result, top_k: int | None = None) -> Overview:
     grand = float(totals.sum())
     data = {
         "tokens": tokens,
+        "text": list(result.tokens),
         "layers": layers,
         "heads": heads,
         "edges": [int(e) for e in stats.edges],

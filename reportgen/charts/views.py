@@ -647,7 +647,10 @@ def linked_spec(
     )
     top = top_head(grid)
     _set_param(spec, PICK, [{"layer": top[0] + 1, "head": top[1] + 1}])
-    _set_param(spec, TOKENS, list(result.tokens))
+    # a long input's page has its tokens in its own data (`pack_overview`): only the layer
+    # chart below the grid reads them from the spec then
+    shown = heat or relevance is not None
+    _set_param(spec, TOKENS, list(result.tokens) if shown else [])
     datasets: dict[str, Any] = {HEADS_DATA: heads_rows(grid)}
     if heat:
         datasets[CELLS_DATA] = packed.rows

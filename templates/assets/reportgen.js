@@ -179,6 +179,7 @@
   }
 
   function base64Bytes(text) {
+    if (Uint8Array.fromBase64) return Uint8Array.fromBase64(text);
     var binary = atob(text);
     var bytes = new Uint8Array(binary.length);
     for (var k = 0; k < binary.length; k++) bytes[k] = binary.charCodeAt(k);
@@ -387,7 +388,7 @@
     var nb = d.nb;
     var edges = d.edges;
     var rowsAreKeys = !!long.keys_as_rows;
-    var tokens = view.signal(names.tokens);
+    var tokens = long.text;
     var colors = viridis();
     var L = LONG_LAYOUT;
     var side = L.side;
@@ -836,20 +837,24 @@
       if (event.key === "Escape" && rg.view === view && stack.length) zoomOut();
     });
 
-    // the token strip: every token once, the picked query and key and the search hits marked
+    // the token strip: every token once, the picked query and key and the search hits marked;
+    // made in a task after the map's first draw (thousands of elements)
     var spans = [];
-    var frag = document.createDocumentFragment();
-    tokens.forEach(function (text, p) {
-      var el = document.createElement("span");
-      el.className = "rg-tok";
-      el.textContent = text;
-      el.setAttribute("data-pos", String(p));
-      frag.appendChild(el);
-      frag.appendChild(document.createTextNode(" "));
-      spans.push(el);
-    });
-    strip.textContent = "";
-    strip.appendChild(frag);
+    function buildStrip() {
+      var frag = document.createDocumentFragment();
+      tokens.forEach(function (text, p) {
+        var el = document.createElement("span");
+        el.className = "rg-tok";
+        el.textContent = text;
+        el.setAttribute("data-pos", String(p));
+        frag.appendChild(el);
+        frag.appendChild(document.createTextNode(" "));
+        spans.push(el);
+      });
+      strip.textContent = "";
+      strip.appendChild(frag);
+    }
+    setTimeout(buildStrip, 0);
     strip.addEventListener("click", function (event) {
       var el = event.target.closest ? event.target.closest(".rg-tok") : null;
       if (!el) return;
@@ -857,6 +862,7 @@
       pick(p, p);
     });
     function pick(q, k) {
+      if (!spans.length) buildStrip();
       if (picked) {
         spans[picked.query].classList.remove("rg-tok-query");
         spans[picked.key].classList.remove("rg-tok-key");
@@ -868,6 +874,7 @@
       draw();
     }
     search.addEventListener("input", function () {
+      if (!spans.length) buildStrip();
       hits.forEach(function (p) {
         spans[p].classList.remove("rg-tok-hit");
       });
