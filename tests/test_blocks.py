@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import make_result, run_info, stats_from_dense
+from synthetic import HOSTILE, make_result, run_info, stats_from_dense
 
 from reportgen import charts, site
 from reportgen.data.blocks import BLOCKS, LONG_TOKENS, block_edges, block_of, block_sums, is_long
@@ -32,7 +32,7 @@ def long_result(tokens: int = T, seed: int = 0) -> Result:
     scores *= np.tril(np.ones((tokens, tokens), np.float32))
     a, b = tokens // 3 + 1, 2 * tokens // 3 - 2
     spans = (TokenSpan("ENV", 0, a), TokenSpan("CHI", a, b), TokenSpan("LAN", b, tokens))
-    words = tuple(f"w{k % 41}" for k in range(tokens))
+    words = tuple(HOSTILE if k == 7 else f"w{k % 41}" for k in range(tokens))
     example = Example(
         "long", tuple(Segment(s.name, " ".join(words[s.start : s.end])) for s in spans)
     )
@@ -183,6 +183,8 @@ def test_a_long_page_opens_on_the_overview_and_a_short_one_as_before(tmp_path: P
     assert charts.names.marks(charts.HEAT_CELLS) not in text, "no Vega heatmap beside the grid"
     assert charts.names.marks(charts.HEAT_CELLS) in json.dumps(short_data["spec"])
     html = long_page.read_text("utf-8")
+    assert HOSTILE not in html, "a token is text, in the page's data and its markup"
+    assert HOSTILE in long_data["long"]["text"]
     assert 'data-rg="heat-canvas"' in html and 'data-rg="token-strip"' in html
     blocks = len(long_data["long"]["edges"]) - 1
     assert re.search(rf"overview of\s+{blocks} × {blocks} token blocks", html)
