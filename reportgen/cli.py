@@ -706,6 +706,14 @@ def compare(
             help="Folder of the models' run folders, reused when unchanged [default: OUT.runs]."
         ),
     ] = None,
+    counterfactual: Annotated[
+        str | None,
+        typer.Option(
+            help="swap:SEGMENT: each input's SEGMENT swapped in from another input, for the "
+            'grounding information gain (inputs may instead give their own "counterfactual") '
+            "[default: none]."
+        ),
+    ] = None,
     method: MethodOpt = None,
     metric: MetricOpt = None,
     steps: StepsOpt = None,
@@ -741,8 +749,9 @@ def compare(
                 typer.echo(text, err=True)
 
         report = run_compare(
-            inputs, out, models or [], checkpoints, labels or [], settings, runs, say
-        )
+            inputs, out, models or [], checkpoints, labels or [], settings, runs, say,
+            counterfactual,
+        )  # fmt: skip
         index = report.site / "index.html"
         say(f"compared {report.inputs} inputs; site: {index}; run folders: {report.run}")
 

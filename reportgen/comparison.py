@@ -5,6 +5,12 @@ and its fine-tune, seeds), one ordinary run folder each, and a site comparing th
     SITE/models/<label>/            each model's own report (index, input pages, about)
     SITE/assets/                    the Vega bundle, reportgen.css, reportgen.js
     RUNS/<label>/                   each model's run folder (default: SITE.runs beside SITE)
+    RUNS/<label>.grounding.json     its information gains, with a counterfactual (see below)
+
+With a counterfactual per input (the inputs' `counterfactual` fields or `--counterfactual
+swap:ENV`, `reportgen.data.grounding`) each model's grounding information gain is computed
+too: two plain forward passes per input, kept beside the run folder and reused on the same
+terms.
 
 A run folder is reused when it holds the same inputs, computed from the same weights (their
 SHA-256) with the same settings, so adding a checkpoint computes only that checkpoint. All the
@@ -16,6 +22,9 @@ Torch is imported only if a model must be computed.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +33,7 @@ from typing import Any
 
 from reportgen import pipeline
 from reportgen.data.examples import Example
+from reportgen.data.grounding import Gain, counterfactuals, describe
 from reportgen.data.metrics import check_metric
 from reportgen.errors import ModelError, ReportgenError, RunError, SettingsError
 from reportgen.fsutil import RUN_WRITES, SITE_WRITES, check_folder
@@ -59,6 +69,8 @@ class Member:
     run: Run
     folder: str
     reused: bool
+    gains: tuple[Gain, ...] | None = None
+    """Its information gain per input, in input order; None without a counterfactual."""
 
 
 def step_number(name: str) -> int | None:
@@ -312,15 +324,19 @@ def compare(
     settings: Settings | None = None,
     runs: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    counterfactual: str | None = None,
 ) -> pipeline.Report:
     """Compute (or reuse) a run folder per model under `runs` and render the comparison site
     at `out` (see the module). `settings.model` is ignored: the models are `models` and the
-    sub-folders of `checkpoints`. Returns the site's `Report` (`run` is the runs folder)."""
+    sub-folders of `checkpoints`. `counterfactual` is `swap:SEGMENT` (or None: the inputs'
+    own `counterfactual` fields, if any). Returns the site's `Report` (`run` is the runs
+    folder)."""
     settings = (settings or Settings()).validate()
     if settings.single_file is not None:
         raise SettingsError("compare writes a site folder only; drop --single-file")
     examples = pipeline.load_examples(inputs)
     check_metric(settings.metric, examples)
+    others = counterfactuals(examples, counterfactual)
     specs = model_specs(models, checkpoints, labels)
     runs_dir = Path(runs) if runs is not None else default_runs(out)
     names = folder_names([s.source for s in specs])
@@ -348,9 +364,72 @@ def compare(
         )
         members.append(Member(spec, computed, page, False))
     _check_tokens(members)
-    site = render_comparison(members, Path(out), settings)
+    if others is not None:
+        members = [
+            replace(m, gains=grounding(m, runs_dir / f"{name}.grounding.json", examples, others,
+                                       settings, progress))
+            for m, name in zip(members, names, strict=True)
+        ]  # fmt: skip
+    note = None if others is None else describe(counterfactual)
+    site = render_comparison(members, Path(out), settings, note)
     tokens = sum(len(e.tokens) for e in members[-1].run.entries)
     return pipeline.Report(runs_dir, site, None, len(examples), tokens)
+
+
+def grounding(
+    member: Member,
+    cache: Path,
+    examples: Sequence[Example],
+    others: Sequence[Example],
+    settings: Settings,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Gain, ...]:
+    """The member's information gain per input: read from `cache` if it was computed from
+    the same weights, inputs, counterfactuals and settings, else computed and kept there."""
+    from reportgen import __version__
+
+    key = {
+        "weights_sha256": member.run.info.weights_sha256,
+        "inputs": _pairs_digest(examples, others),
+        "dtype": settings.dtype,
+        "max_tokens": settings.max_tokens,
+        "truncate": settings.truncate,
+        "reportgen": __version__,
+    }
+    if cache.is_file():
+        try:
+            kept = json.loads(cache.read_text("utf-8"))
+            if kept.get("key") == key:
+                return tuple(Gain(g["id"], g["own"], g["counterfactual"]) for g in kept["gains"])
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable or of another shape: computed again and replaced
+    import reportgen.engine
+    from reportgen.engine.grounding import surprisals
+
+    if progress is not None:
+        progress(f"information gain of {member.model.label}")
+    lm = reportgen.engine.load_model(
+        str(member.model.path), settings.device, settings.dtype, settings.device_map,
+        settings.max_memory,
+    )  # fmt: skip
+    gains = surprisals(lm, examples, others, settings.max_tokens, settings.truncate)
+    body = {
+        "key": key,
+        "gains": [{"id": g.id, "own": g.own, "counterfactual": g.counterfactual} for g in gains],
+    }
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    tmp.write_text(json.dumps(body, indent=1) + "\n", "utf-8")
+    os.replace(tmp, cache)
+    return tuple(gains)
+
+
+def _pairs_digest(examples: Sequence[Example], others: Sequence[Example]) -> str:
+    """A SHA-256 over each input's id, text and target and its counterfactual's text."""
+    digest = hashlib.sha256()
+    for ex, cf in zip(examples, others, strict=True):
+        item = [ex.id, ex.text, ex.target, cf.text]
+        digest.update((json.dumps(item, ensure_ascii=False) + "\n").encode("utf-8"))
+    return digest.hexdigest()
 
 
 def examples_inputs(examples: Sequence[Example]) -> list[dict[str, Any]]:
@@ -365,6 +444,10 @@ def examples_inputs(examples: Sequence[Example]) -> list[dict[str, Any]]:
             item["target"] = ex.target
         if ex.meta:
             item["meta"] = dict(ex.meta)
+        if ex.contrast is not None:
+            item["contrast"] = ex.contrast
+        if ex.counterfactual:
+            item["counterfactual"] = {s.name: s.text for s in ex.counterfactual}
         out.append(item)
     return out
 

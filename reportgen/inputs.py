@@ -14,6 +14,7 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -222,12 +223,15 @@ def _from_object(obj: object, where: str) -> Example | str:
     meta = obj.get("meta", {})
     if not isinstance(meta, Mapping):
         return f'{where}: "meta" must be a JSON object'
+    counterfactual = _counterfactual(obj.get("counterfactual"), segments, where)
+    if isinstance(counterfactual, str):
+        return counterfactual
     raw_id = obj.get("id")
     if raw_id is not None and (not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool)):
         return f'{where}: "id" must be a string or an integer'
     if raw_id is not None and not str(raw_id).strip():
         return f'{where}: "id" is empty'
-    return _example(
+    found = _example(
         None if raw_id is None else str(raw_id),
         segments,
         None if target is None else str(target),
@@ -235,6 +239,40 @@ def _from_object(obj: object, where: str) -> Example | str:
         where,
         None if contrast is None else str(contrast),
     )
+    return replace(found, counterfactual=counterfactual) if isinstance(found, Example) else found
+
+
+def _counterfactual(
+    value: object, segments: tuple[Segment, ...], where: str
+) -> tuple[Segment, ...] | str:
+    """An input's `counterfactual`, {"SEGMENT": "other text", ...}: replacements of its named
+    segments (none if absent), or the problem with it."""
+    if value is None:
+        return ()
+    names = [s.name for s in segments if s.name]
+    usage = '{"ENV": "another scene"}: segment names to the texts that replace them'
+    if not isinstance(value, Mapping) or not value:
+        return f'{where}: "counterfactual" must be a non-empty JSON object such as {usage}'
+    own = {s.name: s.text for s in segments}
+    out = []
+    for name, text in value.items():
+        if name not in names:
+            known = ", ".join(names) or "none"
+            return (
+                f'{where}: "counterfactual" names segment {name!r}, which the input lacks '
+                f"(its segments: {known})"
+            )
+        if not isinstance(text, str) or not text.strip():
+            return f'{where}: "counterfactual" segment {name!r} must be a non-empty string'
+        if text.strip() == own[name]:
+            return (
+                f'{where}: "counterfactual" segment {name!r} is the input\'s own text; give a '
+                "mismatched one"
+            )
+        if not _encodes(text):
+            return f'{where}: "counterfactual" segment {name!r} {_surrogate_problem(text)}'
+        out.append(Segment(name, text.strip()))
+    return tuple(out)
 
 
 def validate_item(obj: object, where: str) -> Example | str:
@@ -421,7 +459,7 @@ def _finish(parsed: Sequence[Example | str], name: str) -> list[Example]:
                 suffix += 1
                 generated = f"{n}-{suffix}"
             first_seen[generated] = ex.source
-            ex = Example(generated, ex.segments, ex.target, ex.meta, ex.source, ex.contrast)
+            ex = replace(ex, id=generated)
         numbered.append(ex)
     if problems:
         raise InputError(problems)

@@ -669,10 +669,14 @@ def compare(
     settings: Settings | None = None,
     runs: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    counterfactual: str | None = None,
 ) -> Report:
     """Compare models (or the checkpoints in `checkpoints`) on the same inputs: a run folder
     per model under `runs` (reused when its weights and settings match), and a comparison
-    site at `out`; see `reportgen.comparison`."""
+    site at `out`, with each model's grounding information gain if the inputs have a
+    `counterfactual` or `counterfactual` is `swap:SEGMENT`; see `reportgen.comparison`."""
     from reportgen.comparison import compare as run_compare
 
-    return run_compare(inputs, out, models, checkpoints, labels, settings, runs, progress)
+    return run_compare(
+        inputs, out, models, checkpoints, labels, settings, runs, progress, counterfactual
+    )

@@ -453,3 +453,133 @@ def test_builds_in_fresh_processes_are_byte_identical(
     )
     assert [o.strip() for o in outs] == ["False", "False"]
     assert _files(tmp_path / "a") == _files(tmp_path / "b") == _files(built["site"])
+
+
+# --- grounding information gain ---------------------------------------------------------------
+
+
+def _grounded(env: str, lan: str, target: str, **more: object) -> dict:
+    segments = [{"name": "ENV", "text": env}, {"name": "LAN", "text": lan}]
+    return {"id": target, "segments": segments, "target": target, **more}
+
+
+GROUNDED = [
+    _grounded("<CHI> painted a picture of a horse", "<CHI> my favorite animal is the", "horse"),
+    _grounded("<MOT> saw a big dog", "<CHI> my favorite animal is the", "dog"),
+    _grounded("<CHI> played with a red ball", "<CHI> my favorite toy is the", "ball"),
+    _grounded("<MOT> saw a dog and a cat", "<CHI> my favorite animal is the", "cat"),
+]
+
+
+@pytest.mark.unit
+def test_counterfactuals_swap_and_fields() -> None:
+    from reportgen.data.grounding import counterfactuals, describe
+    from reportgen.errors import InputError, SaliencyError
+    from reportgen.pipeline import load_examples
+
+    examples = load_examples(GROUNDED)
+    assert counterfactuals(examples, None) is None  # neither given: no information gain
+    swapped = counterfactuals(examples, "swap:ENV")
+    assert swapped is not None
+    envs = [ex.segments[0].text for ex in examples]
+    # the next input whose ENV differs, with another target not named in it: the dog's next
+    # is the ball's; the ball's next (the cat's) names no ball; the cat's wraps to the horse's
+    assert [cf.segments[0].text for cf in swapped] == [envs[1], envs[2], envs[3], envs[0]]
+    assert [cf.segments[1] for cf in swapped] == [ex.segments[1] for ex in examples]
+    assert [(cf.id, cf.target) for cf in swapped] == [(ex.id, ex.target) for ex in examples]
+    # the dog's ENV swapped into the input whose target is dog is skipped: it names the target
+    named = load_examples([GROUNDED[3], GROUNDED[1], GROUNDED[0]])  # cat, dog, horse
+    got = counterfactuals(named, "swap:ENV")
+    assert got is not None and got[0].segments[0].text == envs[1]  # the cat's: dog's ENV
+    assert got[1].segments[0].text == envs[0]  # the dog's: not the cat's ENV (names dog)
+    assert "ENV segment of another input" in describe("swap:ENV")
+    own = [dict(g, counterfactual={"ENV": "<MOT> ate an apple"}) for g in GROUNDED]
+    fields = counterfactuals(load_examples(own), None)
+    assert fields is not None
+    assert [cf.text for cf in fields] == [
+        "<MOT> ate an apple " + g["segments"][1]["text"] for g in GROUNDED
+    ]
+    with pytest.raises(SettingsError, match="give one of them"):
+        counterfactuals(load_examples(own), "swap:ENV")
+    with pytest.raises(SaliencyError, match="input 'dog' has no \"counterfactual\""):
+        counterfactuals(load_examples([own[0], GROUNDED[1]]), None)
+    with pytest.raises(SaliencyError, match="input 'x' has no \"target\""):
+        no_target = {k: v for k, v in GROUNDED[0].items() if k != "target"}
+        counterfactuals(load_examples([*GROUNDED, {**no_target, "id": "x"}]), "swap:ENV")
+    with pytest.raises(SaliencyError, match="has no segment 'SCENE' to swap"):
+        counterfactuals(examples, "swap:SCENE")
+    with pytest.raises(SaliencyError, match="no other input has a ENV segment that differs"):
+        counterfactuals(load_examples([GROUNDED[1], GROUNDED[3]]), "swap:ENV")
+    with pytest.raises(SettingsError, match="give swap:SEGMENT"):
+        counterfactuals(examples, "shuffle")
+    bad = [
+        ({"ENV": "<MOT> saw a big dog"}, "is the input's own text"),
+        ({"SCENE": "x"}, "names segment 'SCENE', which the input lacks"),
+        ({"ENV": ""}, "must be a non-empty string"),
+        (["ENV"], "must be a non-empty JSON object"),
+    ]
+    for value, message in bad:
+        with pytest.raises(InputError, match=re.escape(message)):
+            load_examples([dict(GROUNDED[1], counterfactual=value)])
+
+
+def _plain_gains(folder: Path, pairs: list[tuple[str, str, str]]) -> list[float]:
+    """Per (text, counterfactual text, target): −log p(target | counterfactual) + log p(target |
+    text), from one plain forward pass each (float64)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+
+    def surprisal(text: str, target: str) -> float:
+        [target_id] = tok(target, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([tok(text)["input_ids"]])).logits[0, -1]
+        return -float(torch.log_softmax(logits, -1)[target_id])
+
+    return [surprisal(cf, t) - surprisal(text, t) for text, cf, t in pairs]
+
+
+@pytest.mark.e2e
+def test_information_gain_equals_two_plain_forwards(
+    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reportgen.engine
+    from reportgen import compare
+    from reportgen.data.grounding import counterfactuals
+    from reportgen.pipeline import load_examples
+
+    folders = [built["ckpts"] / "checkpoint-0", built["ckpts"] / "checkpoint-200"]
+    settings = replace(SETTINGS, dtype="float64")
+    runs = tmp_path / "runs"
+    report = compare(
+        GROUNDED, tmp_path / "site", models=[str(f) for f in folders], settings=settings,
+        runs=runs, counterfactual="swap:ENV",
+    )  # fmt: skip
+    examples = load_examples(GROUNDED)
+    others = counterfactuals(examples, "swap:ENV")
+    assert others is not None
+    data = _page_data(report.site)
+    rows = _dataset(data, views.CHECKPOINTS_DATA)
+    html = (report.site / "index.html").read_text("utf-8")
+    assert 'data-rg="information-gain"' in html
+    for c, folder in enumerate(folders):
+        pairs = [(ex.text, cf.text, ex.target or "") for ex, cf in zip(examples, others)]
+        want = _plain_gains(folder, pairs)
+        kept = json.loads((runs / f"{folder.name}.grounding.json").read_text("utf-8"))
+        got = [g["counterfactual"] - g["own"] for g in kept["gains"]]
+        assert [g["id"] for g in kept["gains"]] == [ex.id for ex in examples]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+        assert rows[c]["gain"] == pytest.approx(np.mean(want), abs=1e-6)
+        assert rows[c]["gain_hi"] - rows[c]["gain_lo"] == pytest.approx(2 * np.std(want), abs=2e-6)
+    assert "trend_gain" in data["names"]["views"]
+    # again: the run folders and the gains are reused, nothing is loaded, the same bytes
+    loads: list[str] = []
+    monkeypatch.setattr(reportgen.engine, "load_model", lambda *a, **k: loads.append(a[0]))
+    again = compare(
+        GROUNDED, tmp_path / "again", models=[str(f) for f in folders], settings=settings,
+        runs=runs, counterfactual="swap:ENV",
+    )  # fmt: skip
+    assert loads == []
+    assert _files(again.site) == _files(report.site)

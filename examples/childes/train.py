@@ -2,11 +2,17 @@
 
     python examples/childes/train.py              # train, save to reportgen/demo_model, evaluate
     python examples/childes/train.py --evaluate   # only evaluate the saved model
+    python examples/childes/train.py --checkpoints /tmp/ckpts   # checkpoint-0 ... checkpoint-800
 
 Training is seeded and deterministic on a fixed thread count: a rerun writes identical weights
 (the SHA-256 of model.safetensors is printed to compare). It uses one thread by default: on the
 shared 2-core machine two threads were 2-6x slower per step whenever other jobs were running.
 The evaluation prints the acceptance numbers and exits non-zero if one fails.
+
+With `--checkpoints DIR` the same training saves the model every `--checkpoint-every` steps,
+from the initial weights (`DIR/checkpoint-0/`) to the final step (`DIR/checkpoint-800/`), each a
+model folder with the tokenizer, for `reportgen compare --checkpoints DIR`. It leaves `--out`
+alone and checks that the final checkpoint has the same weights (SHA-256) as `--out`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,12 +98,17 @@ def batches(
 
 
 def train(
-    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, args: argparse.Namespace
+    model: GPT2LMHeadModel,
+    tokenizer: PreTrainedTokenizerFast,
+    args: argparse.Namespace,
+    save: Callable[[int], None] | None = None,
 ) -> None:
     """AdamW, linear warm-up, cosine decay; loss on every next token, plus once more on the noun.
 
     The extra noun term makes the copy from ENV, a small part of the plain LM loss, converge
-    within the step budget.
+    within the step budget. `save(n)` is called with the model after n steps, for n = 0 and
+    every `args.checkpoint_every` steps up to the last (saving reads the weights only, so the
+    training is the same with or without it).
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
@@ -109,6 +120,8 @@ def train(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
+    if save is not None:
+        save(0)
     for step, (ids, mask) in enumerate(batches(tokenizer, args)):
         logits = model(ids, attention_mask=mask).logits[:, :-1]
         labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
@@ -123,6 +136,9 @@ def train(
         scheduler.step()
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step:4d}  loss {loss.item():.4f}", flush=True)
+        done = step + 1
+        if save is not None and (done % args.checkpoint_every == 0 or done == args.steps):
+            save(done)
     model.eval()
 
 
@@ -325,6 +341,44 @@ def check(metrics: dict) -> list[str]:
     return failures
 
 
+def sha256_of(folder: Path) -> str:
+    """The SHA-256 of `folder/model.safetensors`."""
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def save_checkpoints(args: argparse.Namespace) -> None:
+    """Train as for `--out`, saving `checkpoint-N/` folders under `args.checkpoints`; fail if
+    the final one's weights differ from those in `args.out`."""
+    root: Path = args.checkpoints
+    if root.resolve() == args.out.resolve() or args.out.resolve() in root.resolve().parents:
+        raise SystemExit(f"--checkpoints {root}: give a folder outside --out {args.out}")
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    tokenizer = build_tokenizer(args.positions)
+    saved = build_tokenizer(args.positions)  # as --out has it: training sets padding on the other
+    model = build_model(tokenizer, args)
+
+    def save(step: int) -> None:
+        folder = root / f"checkpoint-{step}"
+        model.save_pretrained(folder)
+        saved.save_pretrained(folder)
+        print(f"saved {folder}  sha256 {sha256_of(folder)}", flush=True)
+
+    started = time.perf_counter()
+    train(model, tokenizer, args, save)
+    print(f"trained in {time.perf_counter() - started:.0f} s")
+    final = root / f"checkpoint-{args.steps}"
+    if not (args.out / "model.safetensors").is_file():
+        print(f"{args.out} has no model.safetensors to check {final} against")
+        return
+    if sha256_of(final) != sha256_of(args.out):
+        raise SystemExit(
+            f"{final} differs from {args.out} (SHA-256); were they trained with other settings "
+            "or thread counts?"
+        )
+    print(f"{final} has the same weights as {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model folder")
@@ -339,9 +393,22 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (weights depend on it)"
     )
+    parser.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="train and save checkpoint-N folders here (leaves --out alone; checks against it)",
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between them")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
+    if args.checkpoints is not None:
+        if args.evaluate:
+            parser.error("--checkpoints trains; drop --evaluate")
+        if args.checkpoint_every < 1:
+            parser.error("--checkpoint-every must be at least 1")
+        save_checkpoints(args)
+        return
     seconds = 0.0
     if not args.evaluate:
         torch.manual_seed(args.seed)
@@ -353,7 +420,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         model.save_pretrained(args.out)
         print(f"trained in {seconds:.0f} s; saved to {args.out}")
-    sha256 = hashlib.sha256((args.out / "model.safetensors").read_bytes()).hexdigest()
+    sha256 = sha256_of(args.out)
     print("model.safetensors sha256", sha256)
     rows = [json.loads(line) for line in INPUTS.read_text().splitlines()]
     metrics = evaluate(args.out, rows)

@@ -17,6 +17,8 @@ Views (names in this module) and their links:
   `diff_from`, `diff_to`; last − first when the page opens), computed in the page from the
   rows (a unit missing in either checkpoint is not drawn).
 - `trend_value`: the mean target probability (or cosine) per checkpoint.
+- `trend_gain`: the mean grounding information gain per checkpoint (nats, with a band of one
+  standard deviation over the inputs), when it was computed (`reportgen.data.grounding`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ TREND_BAND = "trend_band"
 TREND_GRIDS = "trend_grids"
 TREND_DIFF = "trend_diff"
 TREND_VALUE = "trend_value"
+TREND_GAIN = "trend_gain"
+TREND_GAIN_BAND = "trend_gain_band"
 DIFF_FROM = "diff_from"
 DIFF_TO = "diff_to"
 PICKED = "#ff2d55"
@@ -61,6 +65,9 @@ class Trends:
     values: tuple[float | None, ...]
     """Mean target probability (or cosine) per checkpoint; None without inputs."""
     layer_level: bool
+    gains: tuple[tuple[float, float] | None, ...] = ()
+    """Per checkpoint, the information gain's mean and standard deviation over the inputs
+    (nats); empty when it was not computed."""
 
 
 def layer_scores(scores: np.ndarray) -> np.ndarray:
@@ -74,9 +81,11 @@ def trends(
     scores: Sequence[np.ndarray],
     values: Sequence[Sequence[float]],
     layer_level: bool = False,
+    gains: Sequence[Sequence[float]] = (),
 ) -> Trends:
     """Mean and spread per checkpoint of each model's scores [inputs, layers, heads]; with
-    `layer_level`, of their per-layer sums (models of different shapes)."""
+    `layer_level`, of their per-layer sums (models of different shapes). `gains` are each
+    model's information gains per input, if computed."""
     grids = [layer_scores(s) if layer_level else np.asarray(s, np.float64) for s in scores]
     layers = max(g.shape[1] for g in grids)
     heads = max(g.shape[2] for g in grids)
@@ -89,7 +98,11 @@ def trends(
         lo[c, :n_l, :n_h] = np.clip(m - sd, 0.0, 1.0)
         hi[c, :n_l, :n_h] = np.clip(m + sd, 0.0, 1.0)
     means = tuple(float(np.mean(v)) if len(v) else None for v in values)
-    return Trends(tuple(labels), mean, lo, hi, means, layer_level)
+    spread = tuple(
+        (float(np.mean(g)), float(np.std(g))) if len(g) else None
+        for g in (np.asarray(g, np.float64) for g in gains)
+    )
+    return Trends(tuple(labels), mean, lo, hi, means, layer_level, spread)
 
 
 def difference(trend: Trends, first: int, second: int) -> np.ndarray:
@@ -297,29 +310,74 @@ def compare_spec(
         )
         .properties(name=TREND_VALUE, width=320, height=160, title=f"mean {value_label}")
     )
+    right = [trend_chart, value]
+    if trend.gains:
+        right.append(_gain_chart(labels))
     chart = alt.vconcat(
-        alt.hconcat(heat, alt.vconcat(trend_chart, value)),
+        alt.hconcat(heat, alt.vconcat(*right)),
         grids,
         diff,
     ).resolve_scale(color="independent")
     spec = chart.to_dict()
-    spec["datasets"] = {
-        UNITS_DATA: unit_rows(trend),
-        CHECKPOINTS_DATA: [
-            {"c": c, "checkpoint": label, "value": v}
-            for c, (label, v) in enumerate(zip(labels, trend.values, strict=True))
-            if v is not None
-        ],
-    }
+    spec["datasets"] = {UNITS_DATA: unit_rows(trend), CHECKPOINTS_DATA: checkpoint_rows(trend)}
     return spec
 
 
-def compare_names() -> dict[str, Any]:
-    """The names the comparison page's JavaScript receives (`data.names`)."""
+def checkpoint_rows(trend: Trends) -> list[dict[str, Any]]:
+    """The page's per-checkpoint rows: the mean value and, if computed, the information gain
+    (mean, and the band of one standard deviation)."""
+    rows = []
+    for c, label in enumerate(trend.labels):
+        row: dict[str, Any] = {"c": c, "checkpoint": label}
+        if trend.values[c] is not None:
+            row["value"] = trend.values[c]
+        gain = trend.gains[c] if trend.gains else None
+        if gain is not None:
+            m, sd = gain
+            row["gain"] = round(m, SCORE_DIGITS)
+            row["gain_lo"] = round(m - sd, SCORE_DIGITS)
+            row["gain_hi"] = round(m + sd, SCORE_DIGITS)
+        if len(row) > 2:
+            rows.append(row)
+    return rows
+
+
+def _gain_chart(labels: Sequence[str]) -> alt.LayerChart | alt.FacetChart:
+    """The mean information gain per checkpoint, with its band."""
+    base = alt.Chart(alt.Data(name=CHECKPOINTS_DATA)).transform_filter("isValid(datum.gain)")
+    x = _checkpoint_axis(labels)
+    band = (
+        base.mark_area(opacity=0.18)
+        .encode(x=x, y=alt.Y("gain_lo:Q", title="information gain (nats)"), y2="gain_hi:Q")
+        .properties(name=TREND_GAIN_BAND)
+    )
+    line = (
+        base.mark_line(point=True)
+        .encode(
+            x=x,
+            y=alt.Y("gain:Q", title="information gain (nats)"),
+            tooltip=[
+                alt.Tooltip("checkpoint:N"),
+                alt.Tooltip("gain:Q", title="mean gain (nats)", format=".3f"),
+                alt.Tooltip("gain_lo:Q", title="mean − sd", format=".3f"),
+                alt.Tooltip("gain_hi:Q", title="mean + sd", format=".3f"),
+            ],
+        )
+        .properties(name=TREND_GAIN)
+    )
+    return alt.layer(band, line).properties(
+        width=320, height=160, title="grounding information gain: mean ± sd over inputs"
+    )
+
+
+def compare_names(gain: bool = False) -> dict[str, Any]:
+    """The names the comparison page's JavaScript receives (`data.names`); `gain`: the page
+    draws the information gain."""
     return {
         "heat_mark": "",
         "selections": [PICK],
         "stores": [store(PICK)],
         "units": UNITS_DATA,
-        "views": [TREND_HEAT, TREND_LINES, TREND_GRIDS, TREND_DIFF, TREND_VALUE],
+        "views": [TREND_HEAT, TREND_LINES, TREND_GRIDS, TREND_DIFF, TREND_VALUE]
+        + ([TREND_GAIN] if gain else []),
     }

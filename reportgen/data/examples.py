@@ -27,6 +27,9 @@ class Example:
     """Where it came from, e.g. `inputs.jsonl:12`, for error messages."""
     contrast: str | None = None
     """A contrast target (a foil): `--effect logit-diff` measures logit(target) − logit(it)."""
+    counterfactual: tuple[Segment, ...] = ()
+    """Replacements of named segments (the input's `counterfactual` field): the same input with
+    a mismatched segment, for the grounding information gain of `reportgen compare`."""
 
     @property
     def text(self) -> str:

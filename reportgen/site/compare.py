@@ -42,6 +42,8 @@ class ModelRow:
     top: list[tuple[str, float]]
     """Its strongest units (label, mean score), strongest first."""
     reused: bool
+    gain: float | None = None
+    """Its mean grounding information gain (nats), if computed."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,15 @@ class CompareContext(Context):
     first: str
     last: str
     final_top: list[tuple[str, float]]
+    counterfactual: str | None = None
+    """What the information gain compares each input with (None: not computed)."""
 
 
-def comparison_page(members: Sequence[Member], metric: str, value_label: str) -> Page:
-    """The page (context and data) comparing `members` under `metric`."""
+def comparison_page(
+    members: Sequence[Member], metric: str, value_label: str, counterfactual: str | None = None
+) -> Page:
+    """The page (context and data) comparing `members` under `metric`; `counterfactual`
+    describes what the members' information gains compare with."""
     shapes = [(m.model.label, m.run.info.num_layers, m.run.info.num_heads) for m in members]
     layer_level = len({s[1:] for s in shapes}) > 1
     trend = views.trends(
@@ -67,6 +74,7 @@ def comparison_page(members: Sequence[Member], metric: str, value_label: str) ->
         [m.run.head_scores(metric) for m in members],
         [[e.value for e in m.run.entries] for m in members],
         layer_level=layer_level,
+        gains=[[g.gain for g in m.gains or ()] for m in members] if counterfactual else (),
     )
     rows = []
     for c, m in enumerate(members):
@@ -88,6 +96,7 @@ def comparison_page(members: Sequence[Member], metric: str, value_label: str) ->
                 mean_value=trend.values[c],
                 top=units[:TOP_SHOWN],
                 reused=m.reused,
+                gain=_gain_mean(trend, c),
             )
         )
     context = CompareContext(
@@ -97,17 +106,26 @@ def comparison_page(members: Sequence[Member], metric: str, value_label: str) ->
         first=members[0].model.label,
         last=members[-1].model.label,
         final_top=rows[-1].top,
+        counterfactual=counterfactual,
     )
     data = {
         "kind": "compare",
         "spec": charts.to_vega(views.compare_spec(trend, value_label, [r.link for r in rows])),
-        "names": views.compare_names(),
+        "names": views.compare_names(gain=bool(trend.gains)),
     }
     return Page("index", "index.html", "compare.html", "Comparison", context, data)
 
 
-def render_comparison(members: Sequence[Member], out: Path, settings: Settings) -> Path:
-    """Write the comparison site into `out` (a staged update: all of it or nothing)."""
+def _gain_mean(trend: views.Trends, c: int) -> float | None:
+    gain = trend.gains[c] if trend.gains else None
+    return None if gain is None else gain[0]
+
+
+def render_comparison(
+    members: Sequence[Member], out: Path, settings: Settings, counterfactual: str | None = None
+) -> Path:
+    """Write the comparison site into `out` (a staged update: all of it or nothing);
+    `counterfactual` describes what the members' information gains compare with."""
     last = members[-1].run
     own_site = SiteContext.gather(last, settings)
     env, metric = own_site.env, own_site.metric
@@ -116,7 +134,7 @@ def render_comparison(members: Sequence[Member], out: Path, settings: Settings) 
     title = settings.title or (
         f"{len(members)} models compared · {count} input{'s' * (count != 1)}"
     )
-    page = comparison_page(members, metric, value_label)
+    page = comparison_page(members, metric, value_label, counterfactual)
     # the last model's page variables, but this page's title and no single run's evidence
     common = replace(own_site.common(Links((), 0)), report_title=title, evidence=None)
     with staged_update(out, "site", settings.force) as tmp:
