@@ -21,14 +21,17 @@ from conftest import ROOT, SOURCE_DATE_EPOCH, demo_command
 pytestmark = pytest.mark.e2e
 
 GOLDEN = ROOT / "site"
+COMPARISON = "compare"
+"""`site/compare/`: the demo comparison, built from checkpoints the repository does not hold
+(README, "Emergence"); not part of the demo build, and kept when site/ is regenerated."""
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` (dotfiles too), by relative path."""
+    """Every file under `folder` (dotfiles too), by relative path, but the comparison's."""
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.relative_to(folder).parts[0] != COMPARISON
     }
 
 
@@ -59,9 +62,12 @@ def differences(golden: dict[str, bytes], fresh: dict[str, bytes]) -> list[str]:
 
 
 def regenerate(fresh: Path, golden: Path) -> None:
-    """Replace site/ with the fresh build (the only way this suite writes into the project)."""
-    shutil.rmtree(golden, ignore_errors=True)
-    shutil.copytree(fresh, golden)
+    """Replace site/ with the fresh build (the only way this suite writes into the project),
+    keeping site/compare/."""
+    for item in golden.iterdir() if golden.is_dir() else ():
+        if item.name != COMPARISON:
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    shutil.copytree(fresh, golden, dirs_exist_ok=True)
 
 
 def test_committed_site_is_the_readme_demo_build(
