@@ -583,3 +583,24 @@ def test_information_gain_equals_two_plain_forwards(
     )  # fmt: skip
     assert loads == []
     assert _files(again.site) == _files(report.site)
+
+
+@pytest.mark.unit
+def test_gain_rows_and_chart_equal_numpy() -> None:
+    rng = np.random.default_rng(2)
+    scores = [rng.dirichlet(np.ones(6), size=4).reshape(4, 2, 3) for _ in range(2)]
+    gains = [rng.normal(size=4), rng.normal(1.0, size=4)]
+    trend = views.trends(["a", "b"], scores, [[0.5], [0.7]], gains=gains)
+    spec = views.compare_spec(trend)
+    rows = spec["datasets"][views.CHECKPOINTS_DATA]
+    for c, g in enumerate(gains):
+        assert rows[c]["gain"] == pytest.approx(g.mean(), abs=1e-6)
+        assert rows[c]["gain_lo"] == pytest.approx(g.mean() - g.std(), abs=1e-6)
+        assert rows[c]["gain_hi"] == pytest.approx(g.mean() + g.std(), abs=1e-6)
+    assert views.TREND_GAIN in json.dumps(spec)
+    assert views.compare_names(gain=True)["views"][-1] == views.TREND_GAIN
+    plain = views.compare_spec(views.trends(["a", "b"], scores, [[0.5], [0.7]]))
+    assert views.TREND_GAIN not in json.dumps(plain)
+    assert [set(r) for r in plain["datasets"][views.CHECKPOINTS_DATA]] == [
+        {"c", "checkpoint", "value"}
+    ] * 2
