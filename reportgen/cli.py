@@ -157,6 +157,23 @@ SingleOpt = Annotated[
     Path | None,
     typer.Option("--single-file", help="Also write one self-contained HTML file [default: none]."),
 ]
+PagesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--pages",
+        help="Per-input pages only for the N inputs with the largest ablation effect "
+        "|Δ top-k| (0: none), plus any --page-id; the index lists every input and says which "
+        "have pages [default: a page for every input].",
+    ),
+]
+PageIdOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--page-id",
+        help="Also write the page of the input with this id (repeat for more); alone, pages "
+        "for the named inputs only [default: none].",
+    ),
+]
 TitleOpt = Annotated[
     str | None,
     typer.Option(help="Report title [default: from the model and the inputs]."),
@@ -403,6 +420,8 @@ def build(
     top_k: TopKOpt = None,
     store: StoreOpt = None,
     single_file: SingleOpt = None,
+    pages: PagesOpt = None,
+    page_id: PageIdOpt = None,
     title: TitleOpt = None,
     templates: TemplatesOpt = None,
     keys_as_rows: KeysOpt = False,
@@ -470,7 +489,7 @@ def build(
                 on_loading=lambda: progress.loading(settings.model),
                 on_warning=progress.warn,
             )
-            progress.summary(report.site, report.single_file, report.tokens)
+            progress.summary(report.site, report.single_file, report.tokens, size=report.size)
 
 
 @app.command()
@@ -654,6 +673,8 @@ def render(
     ] = None,
     top_k: TopKOpt = None,
     single_file: SingleOpt = None,
+    pages: PagesOpt = None,
+    page_id: PageIdOpt = None,
     title: TitleOpt = None,
     templates: TemplatesOpt = None,
     keys_as_rows: KeysOpt = False,
@@ -672,8 +693,10 @@ def render(
         opened = Run.open(run)
         with _Progress(settings.quiet) as progress:
             progress.start_render(len(opened))
-            report = run_render(opened, out, settings, progress=progress.render)
-            progress.summary(report.site, report.single_file, report.tokens)
+            report = run_render(
+                opened, out, settings, progress=progress.render, on_warning=progress.warn
+            )
+            progress.summary(report.site, report.single_file, report.tokens, size=report.size)
 
 
 @app.command()
@@ -859,10 +882,12 @@ _SETTING_OPTIONS = {
     "model", "method", "aggregate", "metric", "steps", "batch_size", "device", "dtype",
     "max_tokens", "ablate_k", "ablate_draws", "ablation", "effect", "seed", "engine", "pairing",
     "max_memory", "device_map", "store", "provenance", "top_k", "single_file", "title",
-    "templates",
+    "templates", "pages",
 }  # fmt: skip
 _SETTING_FLAGS = {"truncate", "keys_as_rows", "quiet", "force", "patching"}
-_RENDER_SETTINGS = {"top_k", "single_file", "title", "templates", "keys_as_rows", "quiet", "force"}
+_RENDER_SETTINGS = {
+    "top_k", "single_file", "title", "templates", "keys_as_rows", "quiet", "force", "pages",
+}  # fmt: skip
 """What `render` takes from a config file (its --metric picks the metric a report shows, not
 the run's: a config's `metric` is for computing)."""
 
@@ -876,6 +901,8 @@ def _settings(options: dict[str, Any], command: str, print_config: bool = False)
     config = find_config(Path())  # the working directory's, named as typed: reportgen.toml
     given = {k: v for k, v in options.items() if k in _SETTING_OPTIONS and v is not None}
     given.update({k: True for k in _SETTING_FLAGS if options.get(k)})
+    if options.get("page_id"):
+        given["page_ids"] = tuple(options["page_id"])
     from_file = dict(config.values)
     if command == "render":
         from_file = {k: v for k, v in from_file.items() if k in _RENDER_SETTINGS}
@@ -1088,7 +1115,12 @@ class _Progress:
         return tick
 
     def summary(
-        self, site: Path | None, single: Path | None, tokens: int, run_path: Path | None = None
+        self,
+        site: Path | None,
+        single: Path | None,
+        tokens: int,
+        run_path: Path | None = None,
+        size: int | None = None,
     ) -> None:
         """The last line, printed when the bars have ended (see __exit__)."""
         if self.quiet:
@@ -1098,7 +1130,10 @@ class _Progress:
         if run_path is not None:
             parts.append(f"run folder: {run_path}")
         if site is not None:
-            parts.append(f"site: {site} (open {site / 'index.html'} in a browser)")
+            from reportgen.site.writer import size_text
+
+            weight = "" if size is None else f"{size_text(size)}; "
+            parts.append(f"site: {site} ({weight}open {site / 'index.html'} in a browser)")
         if single is not None:
             parts.append(f"single file: {single}")
         self._summary = "; ".join(parts)

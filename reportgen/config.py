@@ -19,7 +19,7 @@ else:  # pragma: no cover - Python 3.10
 CONFIG_FILE = "reportgen.toml"
 PYPROJECT = "pyproject.toml"
 
-_INTS = ("steps", "batch_size", "max_tokens", "ablate_k", "ablate_draws", "seed", "top_k")
+_INTS = ("steps", "batch_size", "max_tokens", "ablate_k", "ablate_draws", "seed", "top_k", "pages")
 _BOOLS = ("truncate", "keys_as_rows", "quiet", "patching")
 _PATHS = ("templates", "single_file")
 _STRS = (

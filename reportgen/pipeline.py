@@ -61,6 +61,8 @@ class Report:
     single_file: Path | None = None
     inputs: int = 0
     tokens: int = 0
+    size: int | None = None
+    """The site's size in bytes (its single file too, when inside it)."""
     _temporary: Any = field(default=None, repr=False, compare=False)
     """The temporary folder holding `run`, if the build made one (see _TemporaryFolder)."""
 
@@ -531,7 +533,7 @@ def equivalent_command(
         "ablate_draws", "ablation", "effect", "seed", "top_k",
     ]  # fmt: skip
     if command == "build":
-        names += ["single_file", "title", "templates"]
+        names += ["single_file", "pages", "title", "templates"]
     for name in names:
         value = getattr(settings, name)
         if value != getattr(defaults, name):
@@ -543,6 +545,9 @@ def equivalent_command(
         argv.append("--patching")
     if command == "build" and settings.keys_as_rows:
         argv.append("--keys-as-rows")
+    if command == "build":
+        for id_ in settings.page_ids:
+            argv += ["--page-id", id_]
     if settings.provenance != defaults.provenance:
         argv += ["--provenance", settings.provenance]
     return shown_command(argv, settings.provenance)
@@ -586,17 +591,29 @@ def render(
     out: str | Path,
     settings: Settings | None = None,
     progress: Progress | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Report:
-    """Render a run folder into a static site at `out` (and the single file, if asked)."""
+    """Render a run folder into a static site at `out` (and the single file, if asked); a site
+    over GitHub Pages' 1 GB calls `on_warning` (default: a Python warning) with its size."""
     from reportgen.site import render_site
+    from reportgen.site.writer import SiteSize
 
     settings = (settings or Settings()).validate()
     opened = run if isinstance(run, Run) else Run.open(run)
     shown = settings.report_metric or parse_metric(opened.info.metric)
     check_discriminates(opened.info.method, shown)
-    site = render_site(opened, Path(out), settings, progress)
+    size = SiteSize()
+    site = render_site(
+        opened, Path(out), settings, progress, on_warning=on_warning or _warn, size=size
+    )
     tokens = sum(len(e.tokens) for e in opened.entries)
-    return Report(opened.path, site, settings.single_file, len(opened), tokens)
+    return Report(opened.path, site, settings.single_file, len(opened), tokens, size.bytes)
+
+
+def _warn(text: str) -> None:
+    import warnings
+
+    warnings.warn(text, stacklevel=3)
 
 
 def build(
@@ -639,7 +656,7 @@ def build(
             on_loading=on_loading,
             on_warning=on_warning,
         )
-        return render(run, out, settings, render_progress)
+        return render(run, out, settings, render_progress, on_warning)
     temporary = _TemporaryFolder()
     try:
         folder = temporary.path / "run"
@@ -653,7 +670,7 @@ def build(
             on_loading=on_loading,
             on_warning=on_warning,
         )
-        report = render(run, out, settings, render_progress)
+        report = render(run, out, settings, render_progress, on_warning)
     except BaseException:
         temporary.cleanup()
         raise

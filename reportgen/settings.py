@@ -130,6 +130,11 @@ class Settings:
     """Folder of user templates that override the built-in ones (a string is taken as a path)."""
     single_file: Path | None = None
     """Also write the whole report as one self-contained HTML file here (a string is a path)."""
+    pages: int | None = None
+    """Per-input pages for the N inputs with the largest ablation effect |Δ top-k| (plus
+    `page_ids`); None: a page for every input (or, with `page_ids` alone, for those only)."""
+    page_ids: tuple[str, ...] = ()
+    """Ids of inputs that get a page whatever `pages` says (a list is taken as a tuple)."""
     provenance: str = "relative"
     """What a report publishes of where it came from: `relative` (paths relative to the
     working directory, a model folder by its last parts) or `full` (absolute paths and the
@@ -149,6 +154,8 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        if not isinstance(self.page_ids, tuple):
+            object.__setattr__(self, "page_ids", tuple(self.page_ids))
         if isinstance(self.model, os.PathLike):
             object.__setattr__(self, "model", os.fspath(self.model))
 
@@ -176,6 +183,8 @@ class Settings:
             at_least["--max-tokens"] = (self.max_tokens, 1)
         if self.top_k is not None:
             at_least["--top-k"] = (self.top_k, 1)
+        if self.pages is not None:
+            at_least["--pages"] = (self.pages, 0)
         for option, (value, low) in at_least.items():
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SettingsError(f"{option} must be an integer, got {value!r}")
@@ -215,6 +224,11 @@ class Settings:
             raise SettingsError(
                 f"unknown --device '{self.device}' (use auto, cpu, cuda, cuda:N or mps)"
             )
+        for id_ in self.page_ids:
+            if not isinstance(id_, str) or not id_:
+                raise SettingsError(
+                    f"--page-id must be an input's id (a non-empty string), got {id_!r}"
+                )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise SettingsError(f"--seed must be an integer, got {self.seed!r}")
         return self

@@ -89,6 +89,7 @@ def test_layout(built: Path) -> None:
         "assets/vega.js",
         "assets/reportgen.css",
         "assets/reportgen.js",
+        "assets/reportgen-index.js",
         *(f"examples/{name}" for name in EXAMPLES),
     } == files
     bundle = (built / "assets/vega.js").read_text("utf-8")
@@ -99,7 +100,8 @@ def test_layout(built: Path) -> None:
         assert len(html) < 100_000  # the bundle is written once, not per page
         depth = "../" if page.startswith("examples/") else ""
         scripts = [s.get("src") for s in Tags(html).named("script") if s.get("src")]
-        assert scripts == [f"{depth}assets/vega.js", f"{depth}assets/reportgen.js"]
+        index = [f"{depth}assets/reportgen-index.js"] if page == "index.html" else []
+        assert scripts == [f"{depth}assets/vega.js", *index, f"{depth}assets/reportgen.js"]
         assert site.is_site(built)
 
 
@@ -133,7 +135,8 @@ def test_hostile_text_is_text(built: Path) -> None:
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
         assert "<img" not in html
         tags = Tags(html)
-        assert [t for t, _ in tags.tags].count("script") == 3  # data + bundle + page code
+        scripts = 4 if page == "index.html" else 3  # data, bundle, (the index's table), page code
+        assert [t for t, _ in tags.tags].count("script") == scripts
         assert tags.named("img") == []
         data = next(s for s in tags.scripts if s.strip().startswith("{"))
         assert "</" not in data and "<!--" not in data

@@ -8,6 +8,7 @@ vega      the specs compiled to Vega, once per shape
 names     the names of views, selections and datasets that page code receives
 """
 
+from reportgen.charts.dataset import TOP_N, dataset_grid_spec, dataset_rows
 from reportgen.charts.geometry import bracket_rows, grid_step, heat_side, label_stride
 from reportgen.charts.names import (
     BRACKET_LABELS_DATA,
@@ -63,11 +64,14 @@ __all__ = [
     "OUTLINE",
     "PICK",
     "QUERY_TITLE",
+    "TOP_N",
     "VIRIDIS_LOW",
     "LinkedChart",
     "Overview",
     "Packed",
     "bracket_rows",
+    "dataset_grid_spec",
+    "dataset_rows",
     "default_top_k",
     "figure_spec",
     "flatten_budget",

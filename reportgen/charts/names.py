@@ -12,6 +12,9 @@ GRID_CELLS = "grid_cells"
 HEAT = "heat"
 HEAT_CELLS = "heat_cells"
 PICK = "pick"
+GRID_COLOUR = "colour"
+"""The index grid's colour view (`score`: mean share, `top`: share of inputs with it in their
+top 3), a Vega signal bound to radio buttons."""
 BRUSH = "brush"
 TOKENS = "tokens"
 HEADS_DATA = "heads"
@@ -51,4 +54,5 @@ def page_names() -> dict[str, Any]:
         "tokens": TOKENS,
         "cells": CELLS_DATA,
         "heads": HEADS_DATA,
+        "grid_colour": GRID_COLOUR,
     }

@@ -91,12 +91,19 @@ def _grid_view(
     title: str | None = None,
     legend: bool = False,
     extra: Sequence[Any] = (),
+    colour: str = "score",
+    tooltip: Sequence[Any] | None = None,
+    calculate: dict[str, str] | None = None,
 ) -> alt.LayerChart:
-    """The layer × head grid (layer 1 at the top): cells, then a yellow outline with a dark
-    halo (visible on any colour) around the heads where `selected` holds."""
+    """The layer × head grid (layer 1 at the top): cells coloured by the field `colour`, then a
+    yellow outline with a dark halo (visible on any colour) around the heads where `selected`
+    holds. `calculate` adds fields (name: Vega expression) before the encoding reads them."""
     step = grid_step(layers, heads)
     band: dict[str, Any] = {"paddingInner": _GRID_PAD_INNER, "paddingOuter": _GRID_PAD_OUTER}
-    base = alt.Chart(alt.Data(name=HEADS_DATA)).encode(
+    source = alt.Chart(alt.Data(name=HEADS_DATA))
+    if calculate:
+        source = source.transform_calculate(**calculate)
+    base = source.encode(
         x=alt.X(
             "head:O",
             title="head",
@@ -114,14 +121,16 @@ def _grid_view(
         base.mark_rect(cursor="pointer")
         .encode(
             color=alt.Color(
-                "score:Q",
+                f"{colour}:Q",
                 title="share",
                 scale=alt.Scale(scheme="viridis", domainMin=0),
                 legend=alt.Legend(format=".0%", gradientLength=max(80, step * layers))
                 if legend
                 else None,
             ),
-            tooltip=[
+            tooltip=list(tooltip)
+            if tooltip is not None
+            else [
                 alt.Tooltip("layer:O", title="layer"),
                 alt.Tooltip("head:O", title="head"),
                 alt.Tooltip("score:Q", title="score", format=".2%"),

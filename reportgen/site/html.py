@@ -36,6 +36,8 @@ CSP-safe vega-interpreter bundles offline, but pages running it miss the click a
 budgets at T = 512 (measured by `python -m benchmarks.csp`). Eval is reachable only from a
 script already running, and none but the site's own can run."""
 VEGA_ASSET = "vega.js"
+INDEX_ASSET = "reportgen-index.js"
+"""The index page's table and head list (a script of its own, loaded before reportgen.js)."""
 
 
 # --- helpers shared with templates ----------------------------------------------------------

@@ -12,7 +12,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,12 @@ RANK_SCALE = 100_000
 """Per-input head scores are embedded in the index as uint32 integers, score × RANK_SCALE."""
 RANK_BLOCK = 1024
 """Inputs whose scores are scaled at a time (so there is no float64 copy of them all)."""
+FALLBACK_ROWS = 100
+"""Rows of the index table written into the HTML (what a browser without JavaScript shows);
+the page's script draws the whole table, paged, from the page's data."""
+SINGLE_FILE_PAGES = 100
+"""Per-input pages the single file holds at most (the site's first ones in page order: named
+ids, then the largest ablation effect); its index lists every input."""
 
 TopHeads = list[tuple[int, int, float]]
 """(layer, head, score), 0-based, strongest first."""
@@ -137,6 +143,16 @@ class Links:
     depth: int = 0
     """Folders between the page and the site root (0 for index.html, 1 for examples/)."""
     single: bool = False
+    pages: frozenset[int] | None = None
+    """The inputs (0-based) that have a page here; None: every input."""
+
+    def has(self, i: int) -> bool:
+        """Whether input `i` has a page to link to."""
+        return self.pages is None or i in self.pages
+
+    def page_count(self) -> int:
+        """How many inputs have a page here."""
+        return len(self.names) if self.pages is None else len(self.pages)
 
     def _root(self) -> str:
         return "../" * self.depth
@@ -213,18 +229,23 @@ class Row:
 
 @dataclass(frozen=True)
 class Rows:
-    """The index table's rows, made afresh from the entries on each pass (as the page is
-    written), so 10,000 inputs do not mean 10,000 rows in memory."""
+    """The index table's first FALLBACK_ROWS rows (what the HTML holds for a browser without
+    JavaScript; the script draws every row from the page's data), made afresh from the entries
+    on each pass, as the page is written."""
 
     run: Run
     names: tuple[str, ...]
     tops: np.ndarray
     """Each input's top head as a flat index layer * heads + head."""
     top_scores: np.ndarray
+    limit: int = FALLBACK_ROWS
+
+    def __len__(self) -> int:
+        return min(self.limit, len(self.run))
 
     def __iter__(self) -> Iterator[Row]:
         heads = self.run.info.num_heads
-        for i, entry in enumerate(self.run.entries):
+        for i, entry in enumerate(self.run.entries[: self.limit]):
             top = (int(self.tops[i]) // heads, int(self.tops[i]) % heads)
             yield _row(i, entry, self.names[i], top, float(self.top_scores[i]))
 
@@ -243,6 +264,10 @@ class IndexContext(Context):
     mean_delta_top: float | None
     mean_delta_random: float | None
     mean_value: float | None
+    site_pages: int
+    """How many inputs have a page in the site (the single file may hold fewer)."""
+    page_choice: str
+    """How the inputs with pages were chosen, as a sentence (empty: every input has one)."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +316,96 @@ class Page:
     context: Context | None
     data: Mapping[str, Any]
 
+    def payload(self, links: Links) -> Mapping[str, Any]:
+        """The page's JSON data as rendered with `links`: the index adds each input's page
+        link (`hrefs`, null for an input without a page there), so the script links nothing
+        of its own making."""
+        if self.data.get("kind") != "index":
+            return self.data
+        hrefs = [links.example(i) if links.has(i) else None for i in range(len(links.names))]
+        return {**self.data, "hrefs": hrefs}
+
+
+# --- which inputs get pages -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PageChoice:
+    """The inputs that get a page: `order` lists them by priority (named ids in the order
+    given, then by largest |Δ top-k|, ties in input order), `chosen` as a set."""
+
+    order: tuple[int, ...]
+    named: int
+    """How many of `order` (its first) were named by id."""
+    by_effect: int | None
+    """--pages N, if given."""
+
+    @property
+    def chosen(self) -> frozenset[int]:
+        return frozenset(self.order)
+
+
+def effect_order(run: Run) -> list[int]:
+    """Every input by decreasing |Δ top-k| (its ablation's change with its top heads ablated),
+    ties in input order; inputs without an ablation last, in input order."""
+    keyed = []
+    for i, entry in enumerate(run.entries):
+        a = entry.ablation
+        magnitude = abs(a.delta_top) if a is not None and np.isfinite(a.delta_top) else -1.0
+        keyed.append((-magnitude, i))
+    return [i for _, i in sorted(keyed)]
+
+
+def choose_pages(run: Run, settings: Settings) -> PageChoice:
+    """Which inputs get a page under `settings.pages` and `settings.page_ids` (see Settings)."""
+    count = len(run)
+    where = {id_: i for i, id_ in enumerate(run.ids)}
+    named: list[int] = []
+    for id_ in settings.page_ids:
+        if id_ not in where:
+            shown = ", ".join(repr(x) for x in run.ids[:3]) + (", …" if count > 3 else "")
+            raise SettingsError(
+                f"--page-id {id_!r}: no input of the run has this id (ids are like {shown}); "
+                "give the id as the inputs name it"
+            )
+        if where[id_] not in named:
+            named.append(where[id_])
+    if settings.pages is None:
+        if not settings.page_ids:
+            return PageChoice(tuple(named + effect_order(run)), 0, None)
+        return PageChoice(tuple(named), len(named), None)
+    if settings.pages > 0 and count and all(e.ablation is None for e in run.entries):
+        raise SettingsError(
+            f"--pages {settings.pages} picks the inputs with the largest ablation effect, and "
+            "this run has no ablation (computed with --ablate-k 0): name inputs with --page-id, "
+            "or compute the run with --ablate-k 1 or more"
+        )
+    taken = set(named)
+    rest = [i for i in effect_order(run) if i not in taken][: settings.pages]
+    return PageChoice(tuple(named + rest), len(named), settings.pages)
+
+
+def choice_sentence(choice: PageChoice, count: int) -> str:
+    """How the inputs with pages were chosen, for the index (empty when all have one)."""
+    if len(choice.order) == count:
+        return ""
+    parts = []
+    if choice.by_effect is not None:
+        parts.append(f"the {choice.by_effect} with the largest |Δ top-k| (--pages)")
+    if choice.named:
+        parts.append(f"{choice.named} named with --page-id")
+    return " and ".join(parts)
+
+
+def neighbours(index: int, links: Links) -> tuple[int | None, int | None]:
+    """The previous and next inputs that have a page under `links` (None at either end)."""
+    if links.pages is None:
+        count = len(links.names)
+        return (index - 1 if index > 0 else None), (index + 1 if index + 1 < count else None)
+    before = [i for i in links.pages if i < index]
+    after = [i for i in links.pages if i > index]
+    return (max(before) if before else None), (min(after) if after else None)
+
 
 # --- gathering ------------------------------------------------------------------------------
 
@@ -310,6 +425,8 @@ class SiteContext:
     method: str
     metric: str
     evidence: Evidence | None
+    choice: PageChoice
+    """The inputs that get a page in the site."""
 
     @classmethod
     def gather(cls, run: Run, settings: Settings) -> SiteContext:
@@ -324,7 +441,20 @@ class SiteContext:
         method = f"{info.method}: {known.summary}" if known else info.method
         metric = str(settings.report_metric or info.metric)
         found = evidence(run)
-        return cls(run, settings, env, names, title, value_label, method, metric, found)
+        choice = choose_pages(run, settings)
+        return cls(run, settings, env, names, title, value_label, method, metric, found, choice)
+
+    def links(self, depth: int) -> Links:
+        """Links from a page of the site `depth` folders down."""
+        every = len(self.choice.order) == len(self.names)
+        return Links(self.names, depth, pages=None if every else self.choice.chosen)
+
+    def single_links(self) -> Links:
+        """Links in the single file: pages for at most SINGLE_FILE_PAGES inputs, the first in
+        page order."""
+        order = self.choice.order[:SINGLE_FILE_PAGES]
+        every = len(order) == len(self.names)
+        return Links(self.names, 0, single=True, pages=None if every else frozenset(order))
 
     def common(self, links: Links) -> Common:
         return Common(
@@ -364,18 +494,74 @@ def _row(index: int, entry: Entry, name: str, top: tuple[int, int], top_score: f
     )
 
 
+def top_share(flat: np.ndarray, n: int) -> np.ndarray:
+    """Per head (columns of `flat`, [inputs, heads]), the share of inputs (rows) that have it
+    among their `n` highest scores (ties: the lower head index first, as a stable sort gives),
+    made a block of inputs at a time."""
+    count, width = flat.shape
+    n = min(n, width)
+    hits = np.zeros(width, np.int64)
+    for start in range(0, count, RANK_BLOCK):
+        block = np.asarray(flat[start : start + RANK_BLOCK], np.float64)
+        best = np.argsort(-block, axis=1, kind="stable")[:, :n]
+        hits += np.bincount(best.ravel(), minlength=width)
+    return hits / count if count else hits.astype(np.float64)
+
+
+def index_table(
+    run: Run, tops: np.ndarray, top_scores: np.ndarray
+) -> tuple[dict[str, list[Any]], list[float], list[float], list[float]]:
+    """The index table's columns, one list per column over every input (what the page's
+    script sorts, filters and pages), and the values, Δ top-k and Δ random of the inputs."""
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "id", "text", "target", "given", "predicted", "value", "top", "top_score",
+            "delta_top", "delta_random",
+        )
+    }  # fmt: skip
+    deltas: list[float] = []
+    randoms: list[float] = []
+    values: list[float] = []
+    for i, entry in enumerate(run.entries):
+        a = entry.ablation
+        values.append(entry.value)
+        if a is not None:
+            deltas.append(a.delta_top)
+            randoms.append(a.delta_random)
+        columns["id"].append(entry.id)
+        columns["text"].append(_excerpt(entry.example.text))
+        columns["target"].append(entry.target)
+        columns["given"].append(1 if entry.target_given else 0)
+        columns["predicted"].append(entry.predicted)
+        columns["value"].append(_short(entry.value))
+        columns["top"].append(int(tops[i]))
+        columns["top_score"].append(_short(float(top_scores[i])))
+        columns["delta_top"].append(None if a is None else _short(a.delta_top))
+        columns["delta_random"].append(None if a is None else _short(a.delta_random))
+    return columns, values, deltas, randoms
+
+
+def _short(x: float) -> float | None:
+    """A number as the page's data holds it: 6 significant digits; None if not finite."""
+    return charts.sig(x, 6) if np.isfinite(x) else None
+
+
 def index_page(site: SiteContext) -> Page:
     info = site.run.info
     layers, heads = info.num_layers, info.num_heads
     grids = site.run.head_scores(site.metric)
     count = len(grids)
-    mean = grids.mean(axis=0) if count else np.zeros((layers, heads), np.float32)
+    empty = np.zeros((layers, heads), np.float64)
+    mean = grids.mean(axis=0) if count else empty
     seed = int(info.parameters.get("seed") or 0)
     interval = bootstrap_mean(grids, seed) if count else None
     tested = head_tests(grids) if count else None
     flat = grids.reshape(count, layers * heads)
     tops = flat.argmax(axis=1)  # as charts.top_head: the first one on ties
     top_scores = flat[np.arange(count), tops]
+    top = top_share(flat, charts.TOP_N).reshape(layers, heads)
+    sd = grids.std(axis=0, dtype=np.float64) if count else empty
     # Little-endian uint32 in base64: 10,000 inputs as Python ints would cost ~50 MB. Made a
     # block at a time, without a float64 copy of every score.
     ranking = np.empty((count, layers * heads), "<u4")
@@ -383,23 +569,21 @@ def index_page(site: SiteContext) -> Page:
         block = flat[start : start + RANK_BLOCK]
         ranking[start : start + RANK_BLOCK] = np.rint(block.astype(np.float64) * RANK_SCALE)
     del flat
-    deltas: list[float] = []
-    randoms: list[float] = []
-    values: list[float] = []
-    for entry in site.run.entries:
-        values.append(entry.value)
-        if entry.ablation is not None:
-            deltas.append(entry.ablation.delta_top)
-            randoms.append(entry.ablation.delta_random)
+    columns, values, deltas, randoms = index_table(site.run, tops, top_scores)
     del grids
+    low = empty if interval is None else interval.low
+    high = empty if interval is None else interval.high
     data = {
         "kind": "index",
-        "spec": charts.to_vega(charts.grid_spec(mean)),
+        "spec": charts.to_vega(charts.dataset_grid_spec(mean, low, high, sd, top)),
         "names": charts.page_names(),
+        "layers": layers,
         "heads": heads,
         "scale": RANK_SCALE,
         "per_input": layers * heads,
         "scores": base64.b64encode(ranking.data).decode("ascii"),
+        "rows": columns,
+        "top_n": charts.TOP_N,
     }
     top_heads = charts.top_heads(mean, TOP_HEADS_SHOWN) if count else []
     intervals = (
@@ -416,6 +600,8 @@ def index_page(site: SiteContext) -> Page:
         mean_delta_top=float(np.mean(deltas)) if deltas else None,
         mean_delta_random=float(np.mean(randoms)) if randoms else None,
         mean_value=float(np.mean(values)) if values else None,
+        site_pages=len(site.choice.order),
+        page_choice=choice_sentence(site.choice, count),
     )
     return Page("index", "index.html", "index.html", site.title, context, data)
 
@@ -446,8 +632,8 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
         heat=overview is None,
     )
     grid = np.asarray(result.head_scores(linked.metric))
-    count = len(site.names)
     name = site.names[index]
+    before, after = neighbours(index, site.links(1))
     context = ExampleContext(
         index=index,
         result=result,
@@ -461,8 +647,8 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
         tokens=tokens,
         overview=overview,
         blocks_missing=is_long(tokens) and not has_blocks,
-        prev=(index - 1, site.run.ids[index - 1]) if index > 0 else None,
-        next=(index + 1, site.run.ids[index + 1]) if index + 1 < count else None,
+        prev=_neighbour(site, before),
+        next=_neighbour(site, after),
     )
     data: dict[str, Any] = {
         "kind": "example",
@@ -488,11 +674,27 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
     )
 
 
+def _neighbour(site: SiteContext, index: int | None) -> tuple[int, str] | None:
+    return None if index is None else (index, site.run.ids[index])
+
+
+def with_neighbours(page: Page, site: SiteContext, links: Links) -> Page:
+    """An input's page with its previous and next links among the inputs `links` has pages
+    for (the single file holds fewer than the site)."""
+    context = page.context
+    if not isinstance(context, ExampleContext):
+        return page
+    before, after = neighbours(context.index, links)
+    moved = replace(context, prev=_neighbour(site, before), next=_neighbour(site, after))
+    return replace(page, context=moved)
+
+
 def pages(site: SiteContext) -> Iterator[tuple[Page, int]]:
-    """Index, about, then one page per input, streamed (yields (page, depth))."""
+    """Index, about, then the page of each input that has one (in input order), streamed
+    (yields (page, depth))."""
     yield index_page(site), 0
     yield about_page(site), 0
-    for i in range(len(site.names)):
+    for i in sorted(site.choice.chosen):
         yield example_page(site, i, site.run.result(i)), 1
 
 

@@ -34,6 +34,7 @@ from reportgen.fsutil import (
 from reportgen.records import Run
 from reportgen.settings import Settings
 from reportgen.site.html import (
+    INDEX_ASSET,
     VEGA_ASSET,
     asset_source,
     packed,
@@ -44,7 +45,14 @@ from reportgen.site.html import (
     vega_bundle,
     vega_bundle_packed,
 )
-from reportgen.site.pages import Links, Page, SiteContext, pages
+from reportgen.site.pages import (
+    ExampleContext,
+    Links,
+    Page,
+    SiteContext,
+    pages,
+    with_neighbours,
+)
 
 SINGLE_FILE_LIMIT = 64 * 2**20
 """Largest single-file report, in bytes; above it, use the site folder (or a smaller --top-k)."""
@@ -55,9 +63,14 @@ writes the file's SHA-256. So a file reportgen wrote, unchanged, can be told fro
 generator meta tag alone anyone can write) and is overwritten without --force."""
 
 
+GITHUB_PAGES_LIMIT = 10**9
+"""GitHub Pages publishes sites of at most 1 GB; a bigger site is built, with a warning."""
+
+
 def _variables(site: SiteContext, page: Page, links: Links) -> dict[str, Any]:
     context = {} if page.context is None else page.context.variables()
-    return {**site.common(links).variables(), **context, "page": page, "data": page.data}
+    data = page.payload(links)
+    return {**site.common(links).variables(), **context, "page": page, "data": data}
 
 
 def _render(site: SiteContext, page: Page, links: Links) -> Iterator[str]:
@@ -77,17 +90,48 @@ def _site_assets(env: jinja2.Environment) -> dict[str, str]:
     return {
         VEGA_ASSET: vega_bundle(),
         "reportgen.css": asset_source(env, "reportgen.css"),
+        INDEX_ASSET: asset_source(env, INDEX_ASSET),
         "reportgen.js": asset_source(env, "reportgen.js"),
     }
 
 
-def _write(path: Path, text: str | Iterable[str]) -> None:
+def inline_script(env: jinja2.Environment) -> str:
+    """The single file's one inline script: the index table's code, then the page code (the
+    order the site's pages load them in, so `reportgen.js` finds the table code defined)."""
+    return asset_source(env, INDEX_ASSET) + "\n" + asset_source(env, "reportgen.js")
+
+
+def _write(path: Path, text: str | Iterable[str]) -> int:
+    """Write a file; returns its size in bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         if isinstance(text, str):
             fh.write(text)
         else:
             fh.writelines(text)
+        return fh.tell()
+
+
+def size_text(size: int) -> str:
+    """Bytes as people read them: `812 kB`, `3.4 MB`, `1.27 GB` (powers of 1000, as GitHub
+    states its limits)."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
+def size_warning(size: int, pages: int, count: int) -> str | None:
+    """The warning for a site over GitHub Pages' limit (None under it), with the figure and
+    the fix."""
+    if size <= GITHUB_PAGES_LIMIT:
+        return None
+    per_page = f"; pages for {pages} of {count} inputs" if pages < count else ""
+    return (
+        f"the site is {size_text(size)}{per_page}, over GitHub Pages' 1 GB limit for a "
+        "published site: write pages for fewer inputs with --pages N (the index keeps every "
+        "input), or a smaller --top-k"
+    )
 
 
 def is_site(path: str | Path) -> bool:
@@ -101,15 +145,25 @@ def is_single_file(path: str | Path) -> bool:
     return is_sealed(path, SINGLE_FILE_MARKER)
 
 
+class SiteSize:
+    """What a rendering wrote: the site's bytes (its single file too, when inside it)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
 def render_site(
     run: Run,
     out: Path,
     settings: Settings,
     progress: Callable[[int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    size: SiteSize | None = None,
 ) -> Path:
     """Render the whole site into `out` (see the module), and the single file if settings ask.
     A single file inside `out` (`site/report.html`) is written with the site, as one of its
-    files; one elsewhere is moved into place after the site."""
+    files; one elsewhere is moved into place after the site. The site's size goes into `size`;
+    a site over GitHub Pages' limit calls `on_warning` before it replaces the old one."""
     out = Path(out)
     target = settings.single_file
     if target is not None:
@@ -119,11 +173,12 @@ def render_site(
     staged: Path | None = None
     try:
         with staged_update(out, "site", settings.force, recognise=is_single_file) as tmp:
+            written = 0
             for name, text in _site_assets(site.env).items():
-                _write(tmp / "assets" / name, text)
-            _write(tmp / ".nojekyll", "")
+                written += _write(tmp / "assets" / name, text)
+            written += _write(tmp / ".nojekyll", "")
             for page, depth in pages(site):
-                _write(tmp / page.file, _render(site, page, Links(site.names, depth)))
+                written += _write(tmp / page.file, _render(site, page, site.links(depth)))
                 if single is not None:
                     single.add(page)
                 if progress is not None and page.key.startswith("example-"):
@@ -132,8 +187,14 @@ def render_site(
                 inside = _inside(target, out)
                 if inside is not None:  # e.g. site/report.html: it goes in with the site
                     os.replace(single.stage(tmp / inside), tmp / inside)
+                    written += (tmp / inside).stat().st_size
                 else:
                     staged = single.stage(target)
+            if size is not None:
+                size.bytes = written
+            warning = size_warning(written, len(site.choice.order), len(run))
+            if warning is not None and on_warning is not None:
+                on_warning(warning)
         if staged is not None and target is not None:
             check_single_file(target, settings.force, out, SINGLE_FILE_MARKER)  # changed since?
             os.replace(staged, target)
@@ -175,13 +236,18 @@ class _SingleFile:
 
     def __init__(self, site: SiteContext) -> None:
         self.site = site
-        self.links = Links(site.names, 0, single=True)
+        self.links = site.single_links()
         self.sections: list[dict[str, Any]] = []
         self.size = len(vega_bundle_packed())
 
     def add(self, page: Page) -> None:
+        """Add a page (an input's page only if the file holds that input's page)."""
+        context = page.context
+        if isinstance(context, ExampleContext) and not self.links.has(context.index):
+            return
+        page = with_neighbours(page, self.site, self.links)
         body = _render_body(self.site, page, self.links)
-        data = packed(script_json(page.data))
+        data = packed(script_json(page.payload(self.links)))
         self.size += len(body) + len(data)
         if self.size > SINGLE_FILE_LIMIT:
             raise OutputError(
@@ -203,7 +269,7 @@ class _SingleFile:
         env = self.site.env
         template = env.get_template("single.html")
         page = Page("single", path.name, "single.html", self.site.title, None, {"kind": "single"})
-        js = script_text(asset_source(env, "reportgen.js"))
+        js = script_text(inline_script(env))
         html = template.generate(
             **self.site.common(self.links).variables(),
             sections=self.sections,

@@ -937,45 +937,13 @@
     });
   }
 
+  /* The index: its table and head list are reportgen-index.js's (rg.indexTable); a change of
+   * the grid's selection ranks the table by the selected heads and lists the inputs where
+   * they are strongest. */
   function mountIndex(root, data, view) {
-    var table = find(root, "table");
-    var body = table.tBodies[0];
-    var rows = Array.prototype.slice.call(body.rows);
-    var caption = find(root, "caption");
-    var heads = data.heads;
-    // uint32 little-endian, one row of layers × heads per input
-    var scoresOf = new DataView(base64Bytes(data.scores).buffer);
-    var perInput = data.per_input;
-    function rank() {
-      var chosen = rg.selection();
-      var scores = rows.map(function (row) {
-        var n = +row.getAttribute("data-row");
-        var s = 0;
-        chosen.forEach(function (h) {
-          s += scoresOf.getUint32(4 * (n * perInput + (h[0] - 1) * heads + (h[1] - 1)), true);
-        });
-        return s / data.scale;
-      });
-      var order = rows.map(function (row, k) {
-        return k;
-      });
-      if (chosen.length) {
-        order.sort(function (a, b) {
-          return scores[b] - scores[a] || a - b;
-        });
-      }
-      var frag = document.createDocumentFragment();
-      order.forEach(function (k) {
-        var cell = find(rows[k], "score");
-        cell.textContent = chosen.length ? percent(scores[k]) : "–";
-        frag.appendChild(rows[k]);
-      });
-      body.appendChild(frag);
-      caption.textContent = chosen.length
-        ? "Ranked by " + describe(chosen) + " (its share of each input's saliency)."
-        : "In input order.";
-    }
-    onSelection(view, rank);
+    if (!rg.indexTable) throw new Error("reportgen: assets/reportgen-index.js did not load");
+    var table = rg.indexTable(root, data, { selection: rg.selection, describe: describe });
+    onSelection(view, table.select);
   }
 
   function mount(root, data) {
