@@ -543,8 +543,9 @@ def index_table(
 
 
 def _short(x: float) -> float | None:
-    """A number as the page's data holds it: 6 significant digits; None if not finite."""
-    return charts.sig(x, 6) if np.isfinite(x) else None
+    """A number as the page's data holds it: exact (rounding would tie inputs the table must
+    sort apart), None if not finite."""
+    return float(x) if np.isfinite(x) else None
 
 
 def index_page(site: SiteContext) -> Page:

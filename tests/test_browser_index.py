@@ -1,0 +1,211 @@
+"""The index of a few hundred inputs in Chromium: sorting, filtering and paging the table, and
+clicking a head of the dataset grid, each checked against the run's numbers computed here; the
+single file with a bounded set of pages inside <iframe sandbox="allow-scripts">."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from browser import cell_center, launch
+from synthetic import write_run
+
+from reportgen import site
+from reportgen.records import Run, RunWriter
+from reportgen.settings import Settings
+
+pytestmark = pytest.mark.browser
+
+COUNT = 240
+WORDS = ["dog", "cat", "ball", "horse"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    root = tmp_path_factory.mktemp("index-run")
+    items = [
+        {
+            "id": f"n{i}",
+            "segments": [
+                {"name": "ENV", "text": f"<CHI> saw a {WORDS[i % 4]} and a {WORDS[i % 3]}"},
+                {"name": "LAN", "text": "<CHI> look at the"},
+            ],
+            "target": WORDS[i % 4],
+        }
+        for i in range(COUNT)
+    ]
+    first = write_run(root / "first", items)
+    # every fifth input predicted wrong, so the correct/incorrect filter has both kinds
+    with RunWriter(root / "run", first.info) as writer:
+        for i, result in enumerate(first.results()):
+            writer.add(replace(result, predicted="cat") if i % 5 == 0 else result)
+    return Run.open(root / "run")
+
+
+@pytest.fixture(scope="module")
+def www(run: Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("index-www")
+    settings = Settings(pages=30, page_ids=("n3",), single_file=root / "single.html")
+    site.render_site(run, root / "site", settings)
+    host = f"<!doctype html><title>host</title>{site.iframe_html(root / 'single.html')}"
+    (root / "host.html").write_text(host, "utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def page(www: Path) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        context = chromium.new_context(viewport={"width": 1280, "height": 1000})
+        tab = context.new_page()
+        problems: list[str] = []
+        tab.on("pageerror", lambda e: problems.append(str(e)))
+        tab.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        tab.problems = problems
+        yield tab
+        context.close()
+        chromium.close()
+        assert problems == []
+
+
+def _open(page: Any, www: Path) -> None:
+    page.goto((www / "site" / "index.html").as_uri())
+    assert page.evaluate("() => window.reportgen.ready.then(v => !!v)")
+
+
+def _order(page: Any) -> list[int]:
+    return list(page.evaluate("() => window.reportgen.index.order()"))
+
+
+def _rows_shown(page: Any) -> list[int]:
+    return list(
+        page.evaluate(
+            "() => [...document.querySelectorAll('[data-rg=table] tbody tr')]"
+            ".map(r => +r.dataset.row)"
+        )
+    )
+
+
+def test_sorting_by_columns_and_paging(page: Any, www: Path, run: Run) -> None:
+    _open(page, www)
+    assert _rows_shown(page) == list(range(50)) and _order(page) == list(range(COUNT))
+    entries = list(run.entries)
+    values = [e.value for e in entries]
+    page.click("th[data-sort=value] button")
+    want = sorted(range(COUNT), key=lambda i: (values[i], i))
+    assert _order(page) == want and _rows_shown(page) == want[:50]
+    assert page.get_attribute("th[data-sort=value]", "aria-sort") == "ascending"
+    page.click("th[data-sort=value] button")
+    want = sorted(range(COUNT), key=lambda i: (-values[i], i))
+    assert _order(page) == want
+    deltas = [e.ablation.delta_top for e in entries]  # type: ignore[union-attr]
+    page.click("th[data-sort=delta_top] button")
+    assert _order(page) == sorted(range(COUNT), key=lambda i: (deltas[i], i))
+    page.click("th[data-sort=target] button")
+    assert _order(page) == sorted(range(COUNT), key=lambda i: (entries[i].target, i))
+    page.click("[data-rg=page-next]")
+    assert _rows_shown(page) == _order(page)[50:100]
+    assert page.inner_text("[data-rg=page-status]") == f"rows 51–100 of {COUNT} · page 2 of 5"
+
+
+def test_filters_by_text_target_correctness_top_head_effect_and_pages(
+    page: Any, www: Path, run: Run
+) -> None:
+    _open(page, www)
+    entries = list(run.entries)
+    flat = run.head_scores(run.info.metric).reshape(COUNT, -1)
+    tops = flat.argmax(axis=1)
+    page.fill("[data-rg=filter-text]", "HORSE and")
+    assert _order(page) == [i for i, e in enumerate(entries) if "horse and" in e.example.text]
+    page.fill("[data-rg=filter-text]", "")
+    page.select_option("[data-rg=filter-target]", "cat")
+    assert _order(page) == [i for i, e in enumerate(entries) if e.target == "cat"]
+    page.select_option("[data-rg=filter-target]", "")
+    page.select_option("[data-rg=filter-correct]", "incorrect")
+    wrong = [i for i, e in enumerate(entries) if e.predicted != e.target]
+    assert wrong and _order(page) == wrong
+    page.select_option("[data-rg=filter-correct]", "correct")
+    assert _order(page) == [i for i in range(COUNT) if i not in wrong]
+    page.select_option("[data-rg=filter-correct]", "")
+    head = int(np.bincount(tops).argmax())
+    page.select_option("[data-rg=filter-top]", str(head))
+    assert _order(page) == [i for i in range(COUNT) if tops[i] == head]
+    page.select_option("[data-rg=filter-top]", "")
+    deltas = np.array([e.ablation.delta_top for e in entries])  # type: ignore[union-attr]
+    cut = float(np.median(deltas))
+    page.fill("[data-rg=filter-effect-min]", f"{cut:.4f}")
+    assert _order(page) == [i for i in range(COUNT) if deltas[i] >= float(f"{cut:.4f}")]
+    page.fill("[data-rg=filter-effect-min]", "")
+    page.check("[data-rg=filter-pages]")
+    paged = _order(page)
+    magnitude = np.abs(deltas)
+    biggest = sorted((i for i in range(COUNT) if i != 3), key=lambda i: (-magnitude[i], i))[:30]
+    assert paged == sorted([3, *biggest])
+    links = page.eval_on_selector_all("[data-rg=table] tbody tr a", "as => as.length")
+    assert links == len(paged)
+    assert "no input matches" not in page.inner_text("[data-rg=page-status]")
+
+
+def test_clicking_a_head_lists_the_inputs_where_it_is_strongest(
+    page: Any, www: Path, run: Run
+) -> None:
+    _open(page, www)
+    flat = run.head_scores(run.info.metric).reshape(COUNT, -1)
+    tops = flat.argmax(axis=1)
+    heads = run.info.num_heads
+    head = int(np.bincount(tops, minlength=flat.shape[1]).argmax())
+    layer, h = head // heads + 1, head % heads + 1
+    x, y = cell_center(page, "grid_cells_marks", layer=layer, head=h)
+    page.mouse.move(x, y, steps=3)
+    page.mouse.click(x, y)
+    page.evaluate("() => window.reportgen.settled().then(() => true)")
+    # the page ranks by the shares it carries (uint32, score × scale): the same rounding here
+    share = np.rint(flat[:, head].astype(np.float64) * site.pages.RANK_SCALE)
+    strongest = sorted((i for i in range(COUNT) if tops[i] == head), key=lambda i: (-share[i], i))
+    assert page.evaluate("() => window.reportgen.index.headInputs()") == strongest
+    listed = page.eval_on_selector_all(
+        "[data-rg=head-inputs-list] li", "ls => ls.map(l => +l.dataset.row)"
+    )
+    assert listed == strongest[:20]
+    caption = page.inner_text("[data-rg=head-inputs-caption]")
+    assert caption.startswith(f"{len(strongest)} of {COUNT} inputs")
+    hrefs = dict(
+        page.eval_on_selector_all(
+            "[data-rg=head-inputs-list] li",
+            "ls => ls.map(l => [+l.dataset.row, l.querySelector('a') && l.querySelector('a')"
+            ".getAttribute('href')])",
+        )
+    )
+    names = site.SiteContext.gather(run, Settings()).names
+    pages = set(Path(p).stem for p in (www / "site" / "examples").glob("*.html"))
+    for i, href in hrefs.items():
+        assert href == (f"examples/{names[i]}.html" if names[i] in pages else None)
+    # the table is ranked by the head; the button shows exactly those inputs
+    everyone = sorted(range(COUNT), key=lambda i: (-share[i], i))
+    assert _order(page) == everyone
+    page.click("[data-rg=head-inputs-filter]")
+    assert _order(page) == strongest
+    assert page.inner_text("[data-rg=caption]").startswith(f"Ranked by L{layer} H{h}")
+
+
+def test_the_single_file_holds_bounded_pages_in_a_sandboxed_iframe(
+    page: Any, www: Path, run: Run
+) -> None:
+    page.goto((www / "host.html").as_uri())
+    frame = page.frames[1]
+    frame.wait_for_url("about:srcdoc")
+    assert frame.evaluate("() => window.reportgen.ready.then(v => !!v)")
+    assert frame.evaluate("() => window.reportgen.index.order().length") == COUNT
+    note = " ".join(frame.inner_text("[data-rg=pages-note]").split())
+    assert note.startswith("This file holds the pages of 31 of 240 inputs")
+    frame.check("[data-rg=filter-pages]")
+    first = frame.evaluate("() => window.reportgen.index.order()[0]")
+    frame.click(f"[data-rg=table] tbody tr[data-row='{first}'] a")
+    assert frame.evaluate("() => window.reportgen.ready.then(v => !!v)")
+    assert frame.evaluate("() => document.title").startswith(f"{run.ids[first]} · ")
