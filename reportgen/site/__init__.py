@@ -1,9 +1,11 @@
 """Site: render a run as a self-contained static HTML site, or as one single HTML file.
 
-    SITE/index.html                  summary, dataset grid, table of inputs
-    SITE/examples/0001-<slug>.html   one page per input (linked grid + heatmap)
+    SITE/index.html                  summary, dataset grid, table of every input
+    SITE/examples/0001-<slug>.html   a page per input (linked grid + heatmap), or per chosen
+                                     input (--pages N, --page-id)
     SITE/about.html                  the run manifest
-    SITE/assets/                     vega bundle (once), reportgen.css, reportgen.js
+    SITE/assets/                     vega bundle (once), reportgen.css, reportgen.js,
+                                     reportgen-index.js (the index's table)
     SITE/.nojekyll
 
     html    the Jinja environment, filters, `script_json`, the assets

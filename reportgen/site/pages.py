@@ -8,11 +8,13 @@ JavaScript reads: the compiled Vega spec and the names it needs (`charts.page_na
 from __future__ import annotations
 
 import base64
+import bisect
+import functools
 import json
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -149,6 +151,14 @@ class Links:
     def has(self, i: int) -> bool:
         """Whether input `i` has a page to link to."""
         return self.pages is None or i in self.pages
+
+    @functools.cached_property
+    def _sorted(self) -> tuple[int, ...]:
+        return tuple(sorted(self.pages if self.pages is not None else range(len(self.names))))
+
+    def in_order(self) -> tuple[int, ...]:
+        """The inputs with a page here, in input order."""
+        return self._sorted
 
     def page_count(self) -> int:
         """How many inputs have a page here."""
@@ -301,7 +311,7 @@ class ExampleContext(Context):
     blocks_missing: bool
     """A long input from a run without block sums (older reportgen): the page says so."""
     prev: tuple[int, str] | None
-    """(index, id) of the previous input, if any."""
+    """(index, id) of the previous input that has a page, if any."""
     next: tuple[int, str] | None
 
 
@@ -402,9 +412,10 @@ def neighbours(index: int, links: Links) -> tuple[int | None, int | None]:
     if links.pages is None:
         count = len(links.names)
         return (index - 1 if index > 0 else None), (index + 1 if index + 1 < count else None)
-    before = [i for i in links.pages if i < index]
-    after = [i for i in links.pages if i > index]
-    return (max(before) if before else None), (min(after) if after else None)
+    order = links.in_order()
+    at = bisect.bisect_left(order, index)
+    after = at + 1 if at < len(order) and order[at] == index else at
+    return (order[at - 1] if at > 0 else None), (order[after] if after < len(order) else None)
 
 
 # --- gathering ------------------------------------------------------------------------------
@@ -427,6 +438,7 @@ class SiteContext:
     evidence: Evidence | None
     choice: PageChoice
     """The inputs that get a page in the site."""
+    _links: dict[int, Links] = field(default_factory=dict, repr=False)
 
     @classmethod
     def gather(cls, run: Run, settings: Settings) -> SiteContext:
@@ -445,9 +457,12 @@ class SiteContext:
         return cls(run, settings, env, names, title, value_label, method, metric, found, choice)
 
     def links(self, depth: int) -> Links:
-        """Links from a page of the site `depth` folders down."""
-        every = len(self.choice.order) == len(self.names)
-        return Links(self.names, depth, pages=None if every else self.choice.chosen)
+        """Links from a page of the site `depth` folders down (made once per depth)."""
+        if depth not in self._links:
+            every = len(self.choice.order) == len(self.names)
+            pages = None if every else self.choice.chosen
+            self._links[depth] = Links(self.names, depth, pages=pages)
+        return self._links[depth]
 
     def single_links(self) -> Links:
         """Links in the single file: pages for at most SINGLE_FILE_PAGES inputs, the first in
