@@ -22,6 +22,7 @@ from benchmarks import (
     build,
     compute,
     csp,
+    index,
     longinputs,
     peers,
     scale,
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[Options], list[Table]]] = {
     "scaleout": scaleout.run,
     "peers": peers.run,
     "long": longinputs.run,
+    "index": index.run,
 }
 NUMBERS = {
     "compute": "1",
@@ -51,6 +53,7 @@ NUMBERS = {
     "scaleout": "7",
     "peers": "8",
     "long": "9",
+    "index": "10",
 }
 """Each benchmark's table number (its tables are titled "### N. ..." or "### Na. ...")."""
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

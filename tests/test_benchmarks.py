@@ -19,6 +19,7 @@ TABLES += ("### 5a. Scale", "### 5b. Scale", "### 5c. Scale", "### 5d. Scale", "
 TABLES += ("### 7. Scale-out",)
 TABLES += ("### 8a. Peers", "### 8b. Peers", "### 8c. Peers", "### 8d. Peers", "### 8e. Peers")
 TABLES += ("### 9a. Long inputs in the browser", "### 9b. Long-input targets")
+TABLES += ("### 10. Index",)
 
 
 @pytest.mark.browser  # the one tier: it also computes, but needs Chromium
