@@ -473,7 +473,7 @@ def build(
                     **_ray_options(options),
                 )
                 progress.inputs = report.inputs
-                progress.summary(report.site, report.single_file, report.tokens)
+                progress.summary(report.site, report.single_file, report.tokens, size=report.size)
             return
         with progress:
             report = run_build(
