@@ -93,8 +93,21 @@ def sign_test(below: int, above: int) -> float:
     if m == 0:
         return 1.0
     k = min(below, above)
-    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2**m
+    tail = _upper_tail(m, m - k) / 2**m  # C(m, i) summed over i ≤ k equals over i ≥ m − k
     return min(1.0, 2 * tail)
+
+
+def _upper_tail(m: int, k: int) -> int:
+    """Σ C(m, i) over i = k..m, exactly, in O(m) integer steps (each binomial coefficient
+    from the one before: a sum of `math.comb` calls is quadratic, hours at m = 10,000)."""
+    if k > m:
+        return 0
+    term = math.comb(m, k)
+    total = term
+    for i in range(k, m):
+        term = term * (m - i) // (i + 1)
+        total += term
+    return total
 
 
 def permutation_test(
@@ -177,5 +190,5 @@ def head_tests(shares: np.ndarray, alpha: float = 0.05) -> HeadTests:
     for index in np.ndindex(above.shape):
         m, k = int(above[index] + below[index]), int(above[index])
         if m:
-            p[index] = sum(math.comb(m, i) for i in range(k, m + 1)) / 2**m
+            p[index] = _upper_tail(m, k) / 2**m
     return HeadTests(p, benjamini_hochberg(p), alpha)
