@@ -165,7 +165,7 @@ def test_clicking_a_head_lists_the_inputs_where_it_is_strongest(
     page.mouse.move(x, y, steps=3)
     page.mouse.click(x, y)
     page.evaluate("() => window.reportgen.settled().then(() => true)")
-    # the page ranks by the shares it carries (uint32, score × scale): the same rounding here
+    # the page ranks by the shares it carries (uint16, score × scale): the same rounding here
     share = np.rint(flat[:, head].astype(np.float64) * site.pages.RANK_SCALE)
     strongest = sorted((i for i in range(COUNT) if tops[i] == head), key=lambda i: (-share[i], i))
     assert page.evaluate("() => window.reportgen.index.headInputs()") == strongest

@@ -312,7 +312,7 @@ def test_render_shows_another_metric_without_recomputing(gpt2_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in gpt2_run.rglob("*")) == before, "the run is not changed"
     index = _page_data(site / "index.html")
-    ranking = np.frombuffer(base64.b64decode(index["scores"]), "<u4").reshape(len(run), -1)
+    ranking = np.frombuffer(base64.b64decode(index["scores"]), "<u2").reshape(len(run), -1)
     want = np.rint(total.reshape(len(run), -1).astype(np.float64) * index["scale"])
     np.testing.assert_array_equal(ranking, want)
     mean = {(r["layer"], r["head"]): r["score"] for r in _vega_values(index["spec"], "heads")}
@@ -332,7 +332,7 @@ def test_render_shows_another_metric_without_recomputing(gpt2_run, tmp_path):
     again = _invoke("render", gpt2_run, "-o", tmp_path / "flow", "-q")
     assert again.exit_code == 0, again.output
     ranking = _page_data(tmp_path / "flow" / "index.html")["scores"]
-    flat = np.frombuffer(base64.b64decode(ranking), "<u4").reshape(len(run), -1)
+    flat = np.frombuffer(base64.b64decode(ranking), "<u2").reshape(len(run), -1)
     want = np.rint(flow.reshape(len(run), -1).astype(np.float64) * index["scale"])
     np.testing.assert_array_equal(flat, want)
 

@@ -440,9 +440,9 @@ def test_index_rows_are_made_as_the_page_is_written(
     grids = many.head_scores(many.info.metric)
     assert [r.top for r in first] == [top_head(g) for g in grids]
     assert [r.top_score for r in first] == [float(g[top_head(g)]) for g in grids]
-    packed = np.frombuffer(base64.b64decode(page.data["scores"]), "<u4").reshape(50, -1)
+    packed = np.frombuffer(base64.b64decode(page.data["scores"]), "<u2").reshape(50, -1)
     expected = np.rint(grids.reshape(50, -1).astype(np.float64) * site.pages.RANK_SCALE)
-    np.testing.assert_array_equal(packed, expected.astype("<u4"))
+    np.testing.assert_array_equal(packed, expected.astype("<u2"))
     pieces = site.writer._render(gathered, page, site.Links(gathered.names))
     assert not isinstance(pieces, str)
     assert "".join(pieces).count("<tr data-row=") == 50

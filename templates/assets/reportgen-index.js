@@ -290,7 +290,7 @@
           var s = 0;
           for (var h = 0; h < chosen.length; h++) {
             var at = i * perInput + (chosen[h][0] - 1) * heads + (chosen[h][1] - 1);
-            s += scores.getUint32(4 * at, true);
+            s += scores.getUint16(2 * at, true); // uint16 little-endian, score × data.scale
           }
           selected[i] = s / data.scale;
         }
