@@ -128,3 +128,19 @@ def test_block_sums_equal_the_dense_computation(loaded, name, monkeypatch):
         got = red.blocks[b].numpy()
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want.max())
         np.testing.assert_allclose(got.sum((2, 3)), red.total[b].numpy(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("n, k", [(10, 3), (10, 10), (4000, 7), (4100, 64), (16384, 256)])
+@pytest.mark.parametrize("levels", [3, 50, None], ids=["ties", "some-ties", "distinct"])
+def test_top_positions_are_the_k_largest_ties_to_the_lower_position(n, k, levels):
+    """The exact top-k (with and without the block prefilter, and its fallback for ties
+    between blocks) against a lexicographic sort by (value descending, position)."""
+    generator = torch.Generator().manual_seed(n + k)
+    x = torch.rand(3, 2, n, generator=generator, dtype=torch.float64)
+    if levels is not None:
+        x = (x * levels).floor()
+    got = tiles.top_positions(x, k).numpy()
+    flat = x.reshape(-1, n).numpy()
+    position = np.arange(n)
+    expected = [np.sort(np.lexsort((position, -row))[:k]) for row in flat]
+    assert (got.reshape(-1, k) == np.stack(expected)).all()

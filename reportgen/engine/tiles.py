@@ -109,6 +109,8 @@ class Reductions:
         self.mixed = (
             torch.zeros(rows, layers, width, width, dtype=dtype, device=device) if mix else None
         )
+        self._started: set[int] = set()
+        """Layers that have had a tile (their top cells hold something to merge with)."""
         self.relevance: torch.Tensor | None = None
         """float64 [rows, L, T] after `finish` with a rollout (zeros without a prediction)."""
         self.blocks: list[torch.Tensor | None] = [
@@ -149,7 +151,10 @@ class Reductions:
         if self.mixed is not None:
             self.mixed[:, layer, start : start + rows, :width] += tile.sum(1) / self.heads
         mag = tile if nonnegative else tile.abs()
-        by_key = torch.matmul(mag, self.onehot[:, None])  # [B, H, r, groups]
+        batch, heads = mag.shape[:2]
+        by_key = torch.bmm(mag.reshape(batch, heads * rows, width), self.onehot).view(
+            batch, heads, rows, -1
+        )  # [B, H, r, groups]
         self.flow[:, layer] += torch.matmul(
             self.onehot[:, None, start : start + rows].transpose(-1, -2), by_key
         ).to(self.flow.dtype)
@@ -160,17 +165,24 @@ class Reductions:
             p = plan.prediction
             if p is not None and start <= p < start + rows:
                 self.prediction[b, layer] += row_sums[b, :, p - start]
-        # Top-k by magnitude: this tile's best, merged with the best so far.
+        # Top-k by magnitude: this tile's best, merged with the best so far (kept in cell
+        # order, so that ties go to the lower cell; see `top_positions`).
         flat = mag.reshape(*mag.shape[:2], -1)
         k = min(self.k, flat.shape[-1])
-        best, where = torch.topk(flat, k, dim=-1, sorted=False)
+        where = top_positions(flat, k)
+        best = torch.gather(flat, -1, where)
         cells = (where // width + start) * self.lengths[:, None, None] + where % width
-        values = torch.gather(tile.reshape(*tile.shape[:2], -1), -1, where)
+        values = best if nonnegative else torch.gather(tile.reshape(flat.shape), -1, where)
         values = torch.where(best > 0, values, torch.zeros_like(values))
         cells = torch.where(best > 0, cells, torch.full_like(cells, -1))
+        if layer not in self._started:  # the layer's first tile: nothing to merge with
+            self._started.add(layer)
+            if k == self.k:
+                self.top_values[:, layer], self.top_cells[:, layer] = values, cells
+                return
         all_values = torch.cat([self.top_values[:, layer], values], -1)
         all_cells = torch.cat([self.top_cells[:, layer], cells], -1)
-        keep_k = torch.topk(all_values.abs(), self.k, dim=-1, sorted=False).indices
+        keep_k = top_positions(all_values.abs(), self.k)
         self.top_values[:, layer] = torch.gather(all_values, -1, keep_k)
         self.top_cells[:, layer] = torch.gather(all_cells, -1, keep_k)
 
@@ -224,7 +236,9 @@ class Reductions:
         """Order each head's top cells strongest first, ties by cell (deterministic); empty
         slots (cell -1, value 0) last. With `kind` (a rollout), the kept head means become
         each row's relevance R_l[p, :] and are let go."""
-        order = _lexsort(-self.top_values.abs(), self.top_cells)
+        # Each head's cells are kept in cell order (empty slots anywhere), so a stable sort by
+        # magnitude alone orders ties by cell.
+        order = torch.argsort(-self.top_values.abs(), dim=-1, stable=True)
         self.top_values = torch.gather(self.top_values, -1, order)
         self.top_cells = torch.gather(self.top_cells, -1, order)
         if kind is not None and self.mixed is not None:
@@ -236,6 +250,62 @@ class Reductions:
                     relevance[b, :, :n] = rollout(self.mixed[b, :, :n, :n], plan.prediction, kind)
             self.relevance = relevance
             self.mixed = None
+
+
+PREFILTER = 8
+"""`top_positions` takes its candidates from blocks' maxima when it picks at most 1/PREFILTER of
+the cells (below that, one top-k over every cell is as fast)."""
+
+
+def top_positions(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the k largest entries of each row of `x` [..., n] (no NaN), ties to the
+    lower position, in ascending order of position: deterministic, whatever order torch.topk
+    returns ties in.
+
+    Many cells: the last axis is cut into `blocks` strided blocks (position p in block
+    p % blocks) and only the k blocks with the largest maxima are searched. That is exact
+    when every other block's maximum (at most the (k+1)-th largest) is below the k-th value
+    found (the k chosen blocks' maxima are k distinct cells at least as large); where it is
+    not (a tie between blocks), the row set is searched in full."""
+    n = x.shape[-1]
+    if k >= n:
+        return torch.arange(n, device=x.device).expand(*x.shape[:-1], n)
+    size = max(2, int((n / k) ** 0.5))
+    blocks = n // size
+    if k * PREFILTER > n or blocks < 2 * (k + 1):
+        return _exact_top(x, k)
+    main = x[..., : blocks * size].unflatten(-1, (size, blocks))  # [..., size, blocks]
+    maxima = main.amax(-2)
+    chosen = torch.topk(maxima, k + 1, dim=-1, sorted=True)
+    block = chosen.indices[..., :k].sort(-1).values  # ascending: candidates in position order
+    picked = torch.gather(main, -1, block.unsqueeze(-2).expand(*main.shape[:-1], k))
+    tail = x[..., blocks * size :]
+    candidates = torch.cat([picked.flatten(-2), tail], -1)
+    found = _exact_top(candidates, k)
+    row, column = found // k, found % k
+    positions = torch.where(
+        found < size * k,
+        row * blocks + torch.gather(block, -1, column.clamp(max=k - 1)),
+        found - size * k + blocks * size,
+    )
+    kth = torch.gather(candidates, -1, found).amin(-1)
+    unsure = chosen.values[..., k] >= kth  # another block may hold a tie with the k-th value
+    if bool(unsure.any()):
+        positions = torch.where(unsure[..., None], _exact_top(x, k), positions)
+    return positions
+
+
+def _exact_top(x: torch.Tensor, k: int) -> torch.Tensor:
+    """`top_positions` by one top-k over every entry, ties settled by position."""
+    kth = torch.topk(x, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    above = x > kth
+    tied = x == kth
+    need = k - above.sum(-1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(-1) <= need))
+    positions = chosen.nonzero()[:, -1]
+    if positions.numel() != chosen.shape[:-1].numel() * k:  # NaN: kept, for the caller's check
+        return torch.topk(x, k, dim=-1, sorted=False).indices.sort(-1).values
+    return positions.reshape(*x.shape[:-1], k)
 
 
 def _lexsort(primary: torch.Tensor, secondary: torch.Tensor) -> torch.Tensor:
