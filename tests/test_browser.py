@@ -245,7 +245,7 @@ def test_the_hostile_token_stays_text(watched: Watched, www: Path, run: Run) -> 
     assert HOSTILE in text
     assert tooltip.locator("img, script").count() == 0
     # the page writes the cell's tooltip from its datum: tokens, positions, share
-    for name in ("query", "key", "query position", "key position", "saliency"):
+    for name in ("query", "key", "query position", "key position", "share of selection"):
         assert name in text
     assert f"{cells[(i, j)]:.4f}" in text
     assert "ck" not in text.split()

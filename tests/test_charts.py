@@ -76,9 +76,10 @@ def test_views_and_selections_are_named(linked: charts.LinkedChart) -> None:
         "heat_cells",
         "heat_brackets",
         "heat_bracket_labels",
+        "heat_empty",  # "Nothing selected", drawn while the selection is empty
     ]
     got = params(spec)
-    assert list(got) == ["pick", "brush", "tokens"]
+    assert list(got) == ["pick", "brush", "tokens", "nothing_selected"]
     pick, brush = got["pick"], got["brush"]
     assert pick["select"]["type"] == "point"
     assert pick["select"]["fields"] == ["layer", "head"]
@@ -106,16 +107,23 @@ def test_heatmap_filters_by_selection_before_flatten(linked: charts.LinkedChart)
     kinds = [next(iter(t)) for t in transforms]
     first_filter = kinds.index("filter")
     assert transforms[first_filter]["filter"] == {
-        "or": [{"param": "pick", "empty": False}, {"param": "brush", "empty": False}]
+        "or": [
+            {"param": "pick", "empty": False},
+            {"param": "brush", "empty": False},
+            # nothing selected: a zero cell per head keeps the colour domain finite
+            "nothing_selected && datum.kept > 0",
+        ]
     }
     assert first_filter < kinds.index("joinaggregate") < kinds.index("flatten")
     assert kinds.index("flatten") < kinds.index("aggregate")
     calcs = {t["as"]: t["calculate"] for t in transforms if "calculate" in t}
     # rows are cut to the budget before flattening; shares divide by the selection's total
-    assert calcs["n"] == f"ceil({linked.budget} / datum.nsel)"
+    assert calcs["n"] == f"nothing_selected ? 1 : ceil({linked.budget} / datum.nsel)"
     assert calcs["ck"] == "slice(datum.c, 0, datum.n)"
     assert transforms[kinds.index("flatten")]["flatten"] == ["ck", "vk"]
-    assert "datum.vk / datum.seltot" in calcs["part"]
+    assert calcs["part"] == (
+        "datum.seltot > 0 ? (nothing_selected ? 0 : datum.vk) / datum.seltot : 0"
+    )
     assert kinds.index("flatten") < kinds.index("calculate", kinds.index("flatten"))
     aggregate = transforms[kinds.index("aggregate")]
     assert aggregate == {
@@ -131,8 +139,17 @@ def test_colour_scales_and_colour_bar(linked: charts.LinkedChart) -> None:
     color = heat_cells_view(spec)["encoding"]["color"]
     assert color["field"] == "share"
     assert color["scale"] == {"domainMin": 0, "scheme": "viridis"}
-    assert color["legend"]["title"] == "saliency"
-    assert spec["hconcat"][1]["view"]["fill"] == charts.VIRIDIS_LOW == "#440154"
+    assert color["legend"]["title"] == "share of selection"  # what the colours are
+    # nothing selected: a neutral background and no legend, instead of "0NaN" over zeros
+    assert spec["hconcat"][1]["view"]["fill"] == {
+        "expr": f"nothing_selected ? '#ececf1' : '{charts.VIRIDIS_LOW}'"
+    }
+    assert charts.VIRIDIS_LOW == "#440154"
+    assert color["legend"]["labelOpacity"] == {"expr": "nothing_selected ? 0 : 1"}
+    nothing = next(p for p in spec["params"] if p["name"] == "nothing_selected")
+    assert nothing["expr"] == (
+        "length(data('pick_store')) == 0 && length(data('brush_store')) == 0"
+    )
     assert spec["resolve"] == {"scale": {"color": "independent"}}
     grid = grid_layers(spec["hconcat"][0])
     assert grid["grid_cells"]["encoding"]["color"]["scale"]["scheme"] == "viridis"
@@ -411,7 +428,7 @@ def test_figure_spec_outlines_a_head_and_zooms_into_it(result: Result, scores: n
     cells = next(v for v in heat["layer"] if v["name"] == "heat_cells")
     assert cells["encoding"]["y"]["field"] == "j"  # keys as rows
     assert cells["encoding"]["y"]["axis"]["orient"] == "right"
-    assert cells["encoding"]["color"]["legend"]["title"] == "saliency"
+    assert cells["encoding"]["color"]["legend"]["title"] == "share of head"
     assert len(spec["datasets"]["zoom_grid"]) == len(spec["datasets"]["connector"]) == 2
     for a, b in zip(spec["datasets"]["zoom_grid"], spec["datasets"]["connector"], strict=True):
         assert a["y2"] == b["y"]  # the two parts of each line meet
@@ -506,3 +523,26 @@ def test_to_vega_compiles_whole_what_placeholders_cannot_stand_for(result: Resul
         vega = charts.to_vega(spec)
         assert vega == vl_convert.vegalite_to_vega(spec)
     assert "__reportgen_hole__" not in json.dumps(charts.to_vega(brushed))
+
+
+def test_a_signed_method_packs_signs_and_switches_scales(result: Result) -> None:
+    """attattr's page: each packed row carries the signed values beside the magnitudes, and
+    the `signed` param picks them (a diverging scale) or the magnitudes (viridis from 0)."""
+    import dataclasses
+
+    values = result.stats.top_values.copy()
+    values[..., ::2] *= -1  # every other stored cell negative
+    stats = dataclasses.replace(result.stats, top_values=values)
+    packed = charts.pack_cells(stats, len(result.tokens), signed=True)
+    for row in packed.rows:
+        assert row["v"] == [abs(x) for x in row["s"]]
+    assert any(x < 0 for row in packed.rows for x in row["s"])
+    assert "s" not in charts.pack_cells(stats, len(result.tokens)).rows[0]
+    spec = charts.linked_spec(dataclasses.replace(result, stats=stats), signed=True).spec
+    assert {"name": "signed", "value": True} in spec["params"]
+    color = heat_cells_view(spec)["encoding"]["color"]
+    assert color["scale"]["scheme"] == {"expr": "signed ? 'redblue' : 'viridis'"}
+    assert color["scale"]["domainMid"] == {"expr": "signed ? 0 : null"}
+    assert "s" in spec["datasets"]["cells"][0]
+    plain = charts.linked_spec(result).spec
+    assert all(p["name"] != "signed" for p in plain["params"])

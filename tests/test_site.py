@@ -378,7 +378,8 @@ def test_save_figure(run: Run, tmp_path: Path) -> None:
     spec = figure_spec(run.result(0), None, keys_as_rows=True, metric=run.info.metric)
     svg = site.save_figure(spec, tmp_path / "fig.svg").read_text("utf-8")
     root = ElementTree.fromstring(svg)  # well-formed, the ownership comment before the root
-    assert root.tag == "{http://www.w3.org/2000/svg}svg" and "saliency" in svg and "horse" in svg
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert "share of head" in svg and "horse" in svg
     png = site.save_figure(spec, tmp_path / "fig.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     at, kinds = 8, []

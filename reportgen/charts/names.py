@@ -11,12 +11,15 @@ GRID = "grid"
 GRID_CELLS = "grid_cells"
 HEAT = "heat"
 HEAT_CELLS = "heat_cells"
+HEAT_EMPTY = "heat_empty"
 PICK = "pick"
 GRID_COLOUR = "colour"
 """The index grid's colour view (`score`: mean share, `top`: share of inputs with it in their
 top 3), a Vega signal bound to radio buttons."""
 BRUSH = "brush"
 TOKENS = "tokens"
+SIGNED = "signed"
+"""The param of a signed method's page: true shows signed values, false magnitudes."""
 HEADS_DATA = "heads"
 CELLS_DATA = "cells"
 BRACKETS_DATA = "brackets"
@@ -31,6 +34,8 @@ PATCHING_DATA = "patching_rows"
 PAIR_FLOW = "pair_flow"
 PAIR_FLOW_LINES = "pair_flow_lines"
 PAIR_FLOW_DATA = "pair_flow_rows"
+NOTHING = "nothing_selected"
+"""The linked page's param: true while the grid's selections hold no head."""
 SELECTIONS = (PICK, BRUSH)
 """The grid's selections, in the order the page reads them."""
 
@@ -45,6 +50,11 @@ def store(selection: str) -> str:
     return f"{selection}_store"
 
 
+def group(view: str) -> str:
+    """The Vega group mark Vega-Lite makes of a named view inside a concat."""
+    return f"{view}_group"
+
+
 def page_names() -> dict[str, Any]:
     """The names, as the page's JavaScript receives them (`data.names`)."""
     return {
@@ -52,6 +62,12 @@ def page_names() -> dict[str, Any]:
         "selections": list(SELECTIONS),
         "stores": [store(s) for s in SELECTIONS],
         "tokens": TOKENS,
+        "signed": SIGNED,
+        "nothing": NOTHING,
+        "grid_mark": marks(GRID_CELLS),
+        "grid_unit": GRID_CELLS,
+        "grid_group": group(GRID),
+        "heat_group": group(HEAT),
         "cells": CELLS_DATA,
         "heads": HEADS_DATA,
         "grid_colour": GRID_COLOUR,

@@ -83,7 +83,8 @@ class Packed:
     rows: list[dict[str, Any]]
     """{layer, head, tot, kept, c: [...], v: [...]}: 1-based layer and head; cells c = i·T + j
     (query i, key j, 0-based), strongest first; |score| values v and the head's total `tot`,
-    scaled so the largest head total is 1; `kept` = sum(v)."""
+    scaled so the largest head total is 1; `kept` = sum(v). A signed method's rows add `s`,
+    the values with their sign (same order and scale as v)."""
     tokens: int
     k: int
     cells: int
@@ -94,11 +95,14 @@ class Packed:
     """The smallest such share of a single head (heads without saliency excluded)."""
 
 
-def pack_cells(stats: HeadStats, tokens: int, top_k: int | None = None) -> Packed:
+def pack_cells(
+    stats: HeadStats, tokens: int, top_k: int | None = None, signed: bool = False
+) -> Packed:
     """Each head's strongest cells (default k = `default_top_k(T)`, at most the k the run
     stored) as one row per head, with the head's exact total.
 
-    Values are magnitudes (attattr's are signed) and rounded; zero cells are never kept.
+    Values `v` are magnitudes and rounded; zero cells are never kept. `signed` (a signed
+    method, attattr): each row also carries the signed values `s`, in the same order.
     Cells are listed strongest first (ties by position), so the heatmap can cut a row short
     when many heads are selected, and the output is deterministic."""
     layers, heads = stats.total.shape
@@ -108,8 +112,9 @@ def pack_cells(stats: HeadStats, tokens: int, top_k: int | None = None) -> Packe
     totals = np.asarray(stats.total, np.float64).ravel()
     scale = 1.0 / totals.max() if totals.size and totals.max() > 0 else 1.0
     cell = np.asarray(stats.top_cells[:, :, :k]).reshape(layers * heads, k)
-    value = np.abs(np.asarray(stats.top_values[:, :, :k], np.float64)).reshape(layers * heads, k)
-    value[cell < 0] = 0
+    raw = np.asarray(stats.top_values[:, :, :k], np.float64).reshape(layers * heads, k)
+    raw = np.where(cell < 0, 0.0, raw)
+    value = np.abs(raw)
     counts = (value > 0).sum(axis=1)  # empty and zero cells sort last and are dropped
     kept = value.sum(axis=1)
     shown = sig_array(value * scale, flat=False)
@@ -126,6 +131,10 @@ def pack_cells(stats: HeadStats, tokens: int, top_k: int | None = None) -> Packe
         }
         for row in range(layers * heads)
     ]
+    if signed:
+        with_sign = sig_array(raw * scale, flat=False)
+        for row, packed_row in enumerate(rows):
+            packed_row["s"] = with_sign[row][: counts[row]]
     kept_total = float(kept.sum())
     positive = totals > 0
     head_shares = kept[positive] / totals[positive]

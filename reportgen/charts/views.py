@@ -19,7 +19,7 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import altair as alt
 import numpy as np
@@ -46,6 +46,8 @@ from reportgen.charts.names import (
     HEADS_DATA,
     HEAT,
     HEAT_CELLS,
+    HEAT_EMPTY,
+    NOTHING,
     PAIR_FLOW,
     PAIR_FLOW_DATA,
     PAIR_FLOW_LINES,
@@ -56,7 +58,10 @@ from reportgen.charts.names import (
     RELEVANCE,
     RELEVANCE_CELLS,
     RELEVANCE_DATA,
+    SELECTIONS,
+    SIGNED,
     TOKENS,
+    store,
 )
 from reportgen.charts.packing import (
     Packed,
@@ -79,7 +84,13 @@ OUTLINE = "#ffd60a"
 FONT = "Inter, 'Segoe UI', system-ui, -apple-system, Roboto, 'Helvetica Neue', Arial, sans-serif"
 QUERY_TITLE = "query token (attends from)"
 KEY_TITLE = "key token (attended to)"
-LEGEND_TITLE = "saliency"
+LEGEND_TITLE = "share of selection"
+"""What the linked heatmap's colours are: each cell's part of the selected heads' total."""
+FIGURE_LEGEND_TITLE = "share of head"
+"""What the static figure's colours are: each cell's part of its one head's total."""
+EMPTY_TEXT = "Nothing selected: click a head in the grid"
+DIVERGING = "redblue"
+"""Signed values: blue below zero, red above, white at zero (the midpoint)."""
 _AXIS_GAP = 22
 """Pixels between the heatmap and its token labels, where the segment brackets are drawn."""
 
@@ -166,6 +177,8 @@ def _heat_view(
     has_spans: bool,
     budget: int | None,
     row_axis: str = "left",
+    signed: bool = False,
+    legend_title: str = LEGEND_TITLE,
 ) -> alt.LayerChart:
     """The T × T heatmap of the selected heads, from the packed per-head rows.
 
@@ -177,7 +190,12 @@ def _heat_view(
     Per-cell work is what a click at T = 512 pays for (issue 6), so a cell carries only its
     position and share: no ARIA description (the canvas renderer never reads it), and the
     tooltip is the datum itself, which the page formats when a cell is hovered (`reportgen.js`
-    looks the tokens up then). Long token axes list every n-th label rather than all T."""
+    looks the tokens up then). Long token axes list every n-th label rather than all T.
+
+    With a selection, an empty one is stated in the view (a line of text, a neutral background,
+    no legend) instead of an all-zero map with a legend over an empty domain. `signed` (a signed
+    method's page): the packed rows carry signed values `s` too, and the `signed` param chooses
+    them (a diverging scale around zero) or the magnitudes (viridis from zero)."""
     side = heat_side(tokens)
     rows, cols = ("j", "i") if keys_as_rows else ("i", "j")
     titles = {"i": QUERY_TITLE, "j": KEY_TITLE}
@@ -199,22 +217,47 @@ def _heat_view(
     if stride > 1:
         axis_style["values"] = list(range(0, tokens, stride))
     band: dict[str, Any] = {"domain": domain, "paddingInner": 0, "paddingOuter": 0}
+    empty = NOTHING if selected is not None else "false"
     cells = alt.Chart(alt.Data(name=CELLS_DATA))
     if selected is not None:
-        cells = cells.transform_filter(selected)
+        # Nothing selected: every head's strongest cell passes with a share of 0, transparent,
+        # so the colour scale keeps a finite domain (an empty one makes Vega warn and the
+        # legend read "0NaN").
+        either = selected.to_dict() if hasattr(selected, "to_dict") else selected
+        keep = {"or": [*either["or"], f"{empty} && datum.kept > 0"]}
+        cells = cells.transform_filter(cast(Any, keep))  # a predicate composition, as a dict
     cells = cells.transform_joinaggregate(seltot="sum(tot)", nsel="count()")
+    arrays = {"ck": "c", "vk": "v", **({"sk": "s"} if signed else {})}
     if budget is not None:
-        cells = cells.transform_calculate(n=f"ceil({budget} / datum.nsel)").transform_calculate(
-            ck="slice(datum.c, 0, datum.n)", vk="slice(datum.v, 0, datum.n)"
+        cut = f"{empty} ? 1 : ceil({budget} / datum.nsel)"
+        cells = cells.transform_calculate(n=cut).transform_calculate(
+            **{key: f"slice(datum.{field}, 0, datum.n)" for key, field in arrays.items()}
         )
     else:
-        cells = cells.transform_calculate(ck="datum.c", vk="datum.v")
+        cells = cells.transform_calculate(**{k: f"datum.{f}" for k, f in arrays.items()})
+    value = f"({SIGNED} ? datum.sk : datum.vk)" if signed else "datum.vk"
+    if selected is not None:
+        value = f"({empty} ? 0 : {value})"
+    if signed:
+        scale = alt.Scale(
+            scheme=alt.ExprRef(expr=f"{SIGNED} ? '{DIVERGING}' : 'viridis'"),
+            domainMid=alt.ExprRef(expr=f"{SIGNED} ? 0 : null"),
+            domainMin=alt.ExprRef(expr=f"{SIGNED} ? null : 0"),
+            reverse=alt.ExprRef(expr=SIGNED),
+        )
+    else:
+        scale = alt.Scale(scheme="viridis", domainMin=0)
+    shown = alt.ExprRef(expr=f"{empty} ? 0 : 1")
     cells = (
-        cells.transform_flatten(["ck", "vk"])
-        .transform_calculate(part="datum.seltot > 0 ? datum.vk / datum.seltot : 0")
+        cells.transform_flatten(list(arrays))
+        .transform_calculate(part=f"datum.seltot > 0 ? {value} / datum.seltot : 0")
         .transform_aggregate(share="sum(part)", groupby=["ck"])
         .transform_calculate(i=f"floor(datum.ck / {tokens})", j=f"datum.ck % {tokens}")
-        .mark_rect(aria=False, tooltip=alt.ExprRef(expr="datum"))
+        .mark_rect(
+            aria=False,
+            tooltip=alt.ExprRef(expr="datum"),
+            opacity=alt.ExprRef(expr=f"{empty} ? 0 : 1"),
+        )
         .encode(
             x=alt.X(
                 f"{cols}:O",
@@ -235,14 +278,17 @@ def _heat_view(
             ),
             color=alt.Color(
                 "share:Q",
-                title=LEGEND_TITLE,
-                scale=alt.Scale(scheme="viridis", domainMin=0),
+                title=legend_title,
+                scale=scale,
                 legend=alt.Legend(
-                    title=LEGEND_TITLE,
+                    title=legend_title,
                     orient="right",
                     gradientLength=min(side, 240),
                     format=".2~g",
                     offset=12,
+                    gradientOpacity=shown,
+                    labelOpacity=shown,
+                    titleOpacity=shown,
                 ),
             ),
         )
@@ -272,13 +318,40 @@ def _heat_view(
             )
             .properties(name="heat_bracket_labels")
         )
+    if selected is not None:
+        layers.append(
+            alt.Chart(alt.Data(values=[{"text": EMPTY_TEXT}]))
+            .transform_filter(empty)
+            .mark_text(fontSize=13, fontWeight=600, color=EMPTY_INK)
+            .encode(
+                x=alt.value(side / 2),
+                y=alt.value(side / 2),
+                text="text:N",
+            )
+            .properties(name=HEAT_EMPTY)
+        )
+    zero = f"{SIGNED} ? 'white' : '{VIRIDIS_LOW}'" if signed else f"'{VIRIDIS_LOW}'"
+    fill: Any = VIRIDIS_LOW
+    if selected is not None:
+        fill = alt.ExprRef(expr=f"{empty} ? '{EMPTY_FILL}' : {zero}")
     return alt.LayerChart(
         layer=layers,
         name=HEAT,
         width=side,
         height=side,
-        view=alt.ViewBackground(fill=VIRIDIS_LOW, stroke=None),
+        view=alt.ViewBackground(fill=fill, stroke=None),
     )
+
+
+EMPTY_FILL = "#ececf1"
+"""The heatmap's background when nothing is selected (no colour reads as a value)."""
+EMPTY_INK = "#2b2b30"
+"""The "nothing selected" line's colour (the page's dark theme swaps both)."""
+
+
+def _empty_expr() -> str:
+    """True while the grid's selections hold no head (after a double-click cleared them)."""
+    return " && ".join(f"length(data('{store(name)}')) == 0" for name in SELECTIONS)
 
 
 RELEVANCE_TITLE = "key token"
@@ -542,6 +615,7 @@ def _linked_skeleton(
     pair_flow: bool = False,
     patching: bool = False,
     heat: bool = True,
+    signed: bool = False,
 ) -> str:
     """The linked spec for one shape, as JSON (built once per shape: Altair is the slow part).
     Without `heat` (a long input), the grid has no heatmap beside it: the page draws its
@@ -570,7 +644,9 @@ def _linked_skeleton(
     body: dict[str, Any] = grid
     width = grid_step(layers, heads) * heads
     if heat:
-        heat_view = _view_dict(_heat_view(tokens, keys_as_rows, selected, spans, budget))
+        heat_view = _view_dict(
+            _heat_view(tokens, keys_as_rows, selected, spans, budget, signed=signed)
+        )
         body = {
             "hconcat": [grid, heat_view],
             "spacing": 48,
@@ -594,6 +670,8 @@ def _linked_skeleton(
         {**_param_dict(pick), "views": [GRID_CELLS]},
         {**_param_dict(brush), "views": [GRID_CELLS]},
         {"name": TOKENS, "value": []},
+        {"name": NOTHING, "expr": _empty_expr()},
+        *([{"name": SIGNED, "value": True}] if signed and heat else []),
     ]
     return json.dumps(_top_level(body, params))
 
@@ -629,15 +707,19 @@ def linked_spec(
     keys_as_rows: bool = False,
     top_k: int | None = None,
     heat: bool = True,
+    signed: bool = False,
 ) -> LinkedChart:
     """The per-input figure: the head grid (click a head, drag a block) linked to the heatmap
-    (or, without `heat`, to the page's own overview of a long input)."""
+    (or, without `heat`, to the page's own overview of a long input).
+
+    `signed` (a signed method): the heatmap shows signed values on a diverging scale, with the
+    `signed` param to switch to magnitudes."""
     metric = metric_name(result, metric)
     grid = np.asarray(result.head_scores(metric))
     layers, heads = grid.shape
     tokens = len(result.tokens)
     has_spans = bool(_named_spans(result.spans))
-    packed = pack_cells(result.stats, tokens, top_k)
+    packed = pack_cells(result.stats, tokens, top_k, signed=signed)
     budget = flatten_budget(packed.k)
     relevance, pairs = result.relevance, result.pairs
     spec = json.loads(
@@ -652,6 +734,7 @@ def linked_spec(
             pairs is not None,
             result.patching is not None,
             heat,
+            signed and heat,
         )
     )
     top = top_head(grid)
@@ -715,7 +798,15 @@ def figure_spec(
     side, step = heat_side(tokens), grid_step(layers, heads)
     has_spans = bool(_named_spans(result.spans))
     selected = (alt.datum.layer == layer + 1) & (alt.datum.head == h + 1)
-    heat = _heat_view(tokens, keys_as_rows, None, has_spans, None, row_axis="right")
+    heat = _heat_view(
+        tokens,
+        keys_as_rows,
+        None,
+        has_spans,
+        None,
+        row_axis="right",
+        legend_title=FIGURE_LEGEND_TITLE,
+    )
     connector_width = 70
     grid_width = step * heads
     lines_grid, lines_connector = _zoom_lines(

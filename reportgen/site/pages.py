@@ -316,6 +316,8 @@ class ExampleContext(Context):
     prev: tuple[int, str] | None
     """(index, id) of the previous input that has a page, if any."""
     next: tuple[int, str] | None
+    signed_method: bool
+    """The method's scores carry a sign: the heatmap shows them (a toggle shows magnitudes)."""
 
 
 @dataclass(frozen=True)
@@ -643,12 +645,16 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
     tokens = len(result.tokens)
     has_blocks = result.stats.blocks is not None
     overview = charts.pack_overview(result, settings.top_k) if has_blocks else None
+    known = METHODS.get(site.run.info.method)
+    # a signed method's heatmap shows the signs (a long input's overview shows magnitudes)
+    signed = bool(known and known.signed) and overview is None
     linked = charts.linked_spec(
         result,
         site.metric,
         keys_as_rows=settings.keys_as_rows,
         top_k=settings.top_k,
         heat=overview is None,
+        signed=signed,
     )
     grid = np.asarray(result.head_scores(linked.metric))
     name = site.names[index]
@@ -668,6 +674,7 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
         blocks_missing=is_long(tokens) and not has_blocks,
         prev=_neighbour(site, before),
         next=_neighbour(site, after),
+        signed_method=signed,
     )
     data: dict[str, Any] = {
         "kind": "example",

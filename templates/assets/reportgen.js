@@ -55,6 +55,7 @@
     if (!rg.view) return [];
     var rows = rg.view.data(datasets[name] || name);
     if (name !== "heat") return rows;
+    if (nothingSelected(rg.view)) return []; // the zero cells that keep the colour scale finite
     var tokens = rg.view.signal(names.tokens);
     return rows.map(function (d) {
       return { i: d.i, j: d.j, share: d.share, query: tokens[d.i], key: tokens[d.j] };
@@ -70,14 +71,17 @@
 
   function tooltipValue(view, item, value) {
     if (!(names && item && item.mark && item.mark.name === names.heat_mark)) return value;
+    if (nothingSelected(view)) return null;
     var tokens = view.signal(names.tokens);
-    return {
+    var label = showsSigned(view) ? "signed share of selection" : "share of selection";
+    var text = {
       query: tokens[value.i],
       key: tokens[value.j],
       "query position": value.i,
       "key position": value.j,
-      saliency: value.share.toFixed(4),
     };
+    text[label] = value.share.toFixed(4);
+    return text;
   }
 
   function tooltip(handler, event, item, value) {
@@ -249,6 +253,7 @@
     var el = find(root, "chart");
     if (!window.vega) throw new Error("reportgen: the Vega bundle (assets/vega.js) did not load");
     var interpreter = window.vega.expressionInterpreter;
+    spec = arranged(themed(spec, isDark()), narrow(el));
     var runtime = interpreter
       ? window.vega.parse(spec, null, { ast: true })
       : window.vega.parse(spec);
@@ -262,47 +267,55 @@
     return view.runAsync();
   }
 
+  /* The caption of an example page: the selection and how much of its saliency is drawn. */
+  function exampleCaption(data, view) {
+    var heads = rg.selection();
+    var text = describe(heads);
+    if (heads.length) {
+      var chosen = {};
+      heads.forEach(function (h) {
+        chosen[h[0] + ":" + h[1]] = true;
+      });
+      var cut = Math.ceil(data.budget / heads.length);
+      var kept = 0;
+      var total = 0;
+      view.data(names.cells).forEach(function (row) {
+        if (!chosen[row.layer + ":" + row.head]) return;
+        total += row.tot;
+        if (row.v.length <= cut) {
+          kept += row.kept;
+        } else {
+          for (var k = 0; k < cut; k++) kept += row.v[k];
+        }
+      });
+      if (total > 0) text += " · the cells drawn carry " + percent(kept / total) + " of its saliency";
+    }
+    return text;
+  }
+
   function mountExample(root, data, view) {
     datasets = { heat: markData(data.spec, names.heat_mark) };
     var caption = find(root, "caption");
     var long = data.long ? mountLong(root, data, view, update) : null;
     function update() {
-      var heads = rg.selection();
-      var text = describe(heads);
       if (long) {
-        caption.textContent = long.caption(text);
+        caption.textContent = long.caption(describe(rg.selection()));
         return;
       }
-      if (heads.length) {
-        var chosen = {};
-        heads.forEach(function (h) {
-          chosen[h[0] + ":" + h[1]] = true;
-        });
-        var cut = Math.ceil(data.budget / heads.length);
-        var kept = 0;
-        var total = 0;
-        view.data(names.cells).forEach(function (row) {
-          if (!chosen[row.layer + ":" + row.head]) return;
-          total += row.tot;
-          if (row.v.length <= cut) {
-            kept += row.kept;
-          } else {
-            for (var k = 0; k < cut; k++) kept += row.v[k];
-          }
-        });
-        if (total > 0) text += " · the cells drawn carry " + percent(kept / total) + " of its saliency";
-      }
-      caption.textContent = text;
+      caption.textContent = exampleCaption(data, view);
+      altCells(root, view);
     }
     onSelection(view, function () {
       if (long) long.update();
       update();
     });
     update();
+    if (root.rgWired) return; // a single-file page shown again, or a view drawn anew
+    root.rgWired = true;
     find(root, "png").addEventListener("click", function () {
-      var made = long ? longImage(view, long.canvas) : view.toImageURL("png", 2);
+      var made = long ? longImage(rg.view, long.canvas) : rg.view.toImageURL("png", 2);
       made.then(function (url) {
-        download(url, data.name + ".png");
+        save(root, url, current.data.name + ".png", "PNG");
       });
     });
     var svgButton = find(root, "svg");
@@ -311,14 +324,19 @@
       svgButton.title = "a long input's token map is drawn on a canvas: save it as PNG";
     }
     svgButton.addEventListener("click", function () {
-      view.toSVG().then(function (svg) {
+      rg.view.toSVG().then(function (svg) {
+        if (downloadsBlocked()) {
+          save(root, "data:image/svg+xml;charset=utf-8," + encodeURIComponent(svg), "", "SVG");
+          return;
+        }
         var url = URL.createObjectURL(new Blob([svg], { type: "image/svg+xml" }));
-        download(url, data.name + ".svg");
+        download(url, current.data.name + ".svg");
         setTimeout(function () {
           URL.revokeObjectURL(url);
         }, 5000);
       });
     });
+    wireSigned(root);
   }
 
   /* ---- Long inputs: the zoomable overview ------------------------------------------------
@@ -946,19 +964,411 @@
     onSelection(view, table.select);
   }
 
-  function mount(root, data) {
+  /* ---- Theme: light or dark, from prefers-color-scheme or the header's button ------------
+   * The CSS follows the system through light-dark(); the charts are drawn on a canvas, so
+   * their colours are chosen when the view is made: `themed` swaps the specs' ink colours for
+   * their dark counterparts (data rows are passed through untouched). The choice lasts for
+   * the page (pages keep no storage). */
+  var darkQuery = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
+  var themeChoice = null; // null: follow the system; else "light" or "dark"
+  var DARK = {
+    background: "#1f1f27", // --paper
+    ink: {
+      white: "#1f1f27",
+      "#3d3d3d": "#c5c5cf",
+      "#1f1f1f": "#e8e8ee",
+      "#888": "#8a8a96",
+      "#555": "#b0b0bb",
+      "#444": "#c5c5cf",
+      "#ececf1": "#2a2a33",
+      "#2b2b30": "#e8e8ee",
+    },
+    text: "#e8e8ee",
+    label: "#c5c5cf",
+  };
+
+  function isDark() {
+    return themeChoice ? themeChoice === "dark" : !!(darkQuery && darkQuery.matches);
+  }
+
+  function recolor(node, key) {
+    if (typeof node === "string") return DARK.ink.hasOwnProperty(node) ? DARK.ink[node] : node;
+    // rows and the tokens param's list stay as they are (a token may read "white")
+    if (!node || typeof node !== "object" || key === "values") return node;
+    if (key === "value" && Array.isArray(node)) return node;
+    if (Array.isArray(node)) {
+      return node.map(function (item) {
+        return recolor(item, null);
+      });
+    }
+    var out = {};
+    Object.keys(node).forEach(function (k) {
+      out[k] = recolor(node[k], k);
+    });
+    return out;
+  }
+
+  function themed(spec, dark) {
+    if (!dark) return spec;
+    var out = recolor(spec, null);
+    out.background = DARK.background;
+    var config = (out.config = out.config || {});
+    ["axis", "legend", "title"].forEach(function (k) {
+      config[k] = config[k] || {};
+    });
+    config.axis.labelColor = DARK.label;
+    config.axis.titleColor = DARK.text;
+    config.legend.labelColor = DARK.label;
+    config.legend.titleColor = DARK.text;
+    config.title.color = DARK.text;
+    config.text = Object.assign({}, config.text, { fill: DARK.text });
+    return out;
+  }
+
+  function applyTheme() {
+    var button = document.querySelector('[data-rg="theme"]');
+    var dark = isDark();
+    if (themeChoice) document.documentElement.setAttribute("data-theme", themeChoice);
+    if (button) {
+      button.hidden = false;
+      button.textContent = dark ? "Light" : "Dark";
+      button.setAttribute("aria-pressed", String(dark));
+      button.setAttribute("aria-label", dark ? "switch to the light theme" : "switch to the dark theme");
+    }
+  }
+
+  function wireTheme() {
+    var button = document.querySelector('[data-rg="theme"]');
+    if (button) {
+      button.addEventListener("click", function () {
+        themeChoice = isDark() ? "light" : "dark";
+        applyTheme();
+        redraw();
+      });
+    }
+    if (darkQuery && darkQuery.addEventListener) {
+      darkQuery.addEventListener("change", function () {
+        if (themeChoice) return;
+        applyTheme();
+        redraw();
+      });
+    }
+    applyTheme();
+  }
+
+  /* ---- Layout: below ~800 px the grid goes above the heatmap ------------------------------ */
+  var NARROW = 800;
+
+  function narrow(el) {
+    var width = (el && el.clientWidth) || window.innerWidth;
+    return width < NARROW;
+  }
+
+  function arranged(spec, isNarrow) {
+    if (!isNarrow || !names) return spec;
+    function stack(node) {
+      var marks = node.marks || [];
+      var hasGrid = marks.some(function (m) {
+        return m.name === names.grid_group;
+      });
+      var hasHeat = marks.some(function (m) {
+        return m.name === names.heat_group;
+      });
+      if (hasGrid && hasHeat && node.layout) {
+        var copy = Object.assign({}, node);
+        copy.layout = Object.assign({}, node.layout, { columns: 1, padding: 24 });
+        return copy;
+      }
+      if (!marks.length) return node;
+      var changed = false;
+      var next = marks.map(function (m) {
+        var n = m.type === "group" ? stack(m) : m;
+        if (n !== m) changed = true;
+        return n;
+      });
+      return changed ? Object.assign({}, node, { marks: next }) : node;
+    }
+    return stack(spec);
+  }
+
+  /* ---- Drawing again (theme switch, crossing the narrow width), keeping the selection ---- */
+  var current = null; // {root, data} of the page on screen
+  var drawnNarrow = null;
+
+  function redraw() {
+    // a long input's overview keeps its own canvas and state: its view is not drawn again
+    if (!current || !rg.view || !current.data.spec || current.data.long) {
+      return Promise.resolve(null);
+    }
+    var old = rg.view;
+    var kept = {};
+    names.stores.forEach(function (store) {
+      try {
+        kept[store] = old.data(store).map(function (t) {
+          return { unit: t.unit, fields: t.fields, values: t.values };
+        });
+      } catch (err) {
+        /* the index grid has no brush */
+      }
+    });
+    var signed = hasSigned(old) ? old.signal(names.signed) : null;
+    var keys = keyState;
+    old.finalize();
+    rg.view = null;
+    newReady();
+    var root = current.root;
+    find(root, "chart").textContent = "";
+    return mount(root, current.data, function (view) {
+      Object.keys(kept).forEach(function (store) {
+        view.data(store, kept[store]);
+      });
+      if (signed !== null) view.signal(names.signed, signed);
+      keyState = keys;
+    });
+  }
+
+  function watchWidth() {
+    window.addEventListener("resize", function () {
+      if (!current || !rg.view) return;
+      var el = find(current.root, "chart");
+      if (narrow(el) !== drawnNarrow) redraw();
+    });
+  }
+
+  /* ---- Keyboard: the chart is focusable; arrows move the selected head ------------------- */
+  var keyState = null; // {cursor: [layer, head], anchor: [layer, head]}
+
+  function gridShape(view) {
+    var layers = 0;
+    var heads = 0;
+    view.data(names.heads).forEach(function (row) {
+      layers = Math.max(layers, row.layer);
+      heads = Math.max(heads, row.head);
+    });
+    return [layers, heads];
+  }
+
+  function pickTuples(heads) {
+    var fields = [
+      { type: "E", field: "layer" },
+      { type: "E", field: "head" },
+    ];
+    return heads.map(function (h) {
+      return { unit: names.grid_unit, fields: fields, values: [h[0], h[1]] };
+    });
+  }
+
+  function block(a, b) {
+    var heads = [];
+    for (var l = Math.min(a[0], b[0]); l <= Math.max(a[0], b[0]); l++) {
+      for (var h = Math.min(a[1], b[1]); h <= Math.max(a[1], b[1]); h++) heads.push([l, h]);
+    }
+    return heads;
+  }
+
+  function select(view, heads) {
+    view.data(names.stores[0], pickTuples(heads));
+    names.stores.slice(1).forEach(function (store) {
+      try {
+        view.data(store, []);
+      } catch (err) {
+        /* no brush */
+      }
+    });
+    return view.runAsync();
+  }
+
+  function announcer(el) {
+    var live = el.parentNode.querySelector('[data-rg="announce"]');
+    if (!live) {
+      live = document.createElement("p");
+      live.className = "rg-sr";
+      live.setAttribute("data-rg", "announce");
+      live.setAttribute("aria-live", "polite");
+      el.parentNode.insertBefore(live, el.nextSibling);
+    }
+    return live;
+  }
+
+  var MOVES = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+
+  function onKey(event) {
+    var view = rg.view;
+    if (!view || !names || event.altKey || event.ctrlKey || event.metaKey) return;
+    var move = MOVES[event.key];
+    var enter = event.key === "Enter" || event.key === " ";
+    var escape = event.key === "Escape";
+    if (!move && !enter && !escape) return;
+    event.preventDefault();
+    var shape = gridShape(view);
+    var chosen = rg.selection();
+    if (!keyState) {
+      var start = chosen.length ? chosen[0] : [1, 1];
+      keyState = { cursor: start.slice(), anchor: start.slice() };
+    }
+    var heads;
+    if (escape) {
+      heads = [];
+    } else if (enter) {
+      keyState.anchor = keyState.cursor.slice();
+      heads = [keyState.cursor];
+    } else {
+      var c = keyState.cursor;
+      c = [
+        Math.max(1, Math.min(shape[0], c[0] + move[0])),
+        Math.max(1, Math.min(shape[1], c[1] + move[1])),
+      ];
+      keyState.cursor = c;
+      if (!event.shiftKey) keyState.anchor = c.slice();
+      heads = event.shiftKey ? block(keyState.anchor, c) : [c];
+    }
+    var live = announcer(event.currentTarget);
+    select(view, heads).then(function () {
+      live.textContent = heads.length
+        ? describe(heads) + " selected"
+        : "Nothing selected";
+    });
+  }
+
+  function wireKeys(root) {
+    var el = find(root, "chart");
+    if (!el || el.rgKeys) return;
+    el.rgKeys = true;
+    el.addEventListener("keydown", onKey);
+  }
+
+  /* ---- Signed values (a signed method's page): the toggle to magnitudes ------------------ */
+  function hasSigned(view) {
+    if (!(names && names.signed && view)) return false;
+    try {
+      view.signal(names.signed);
+      return true;
+    } catch (err) {
+      return false; // an unsigned method's page has no such param
+    }
+  }
+
+  function showsSigned(view) {
+    return hasSigned(view) && !!view.signal(names.signed);
+  }
+
+  function nothingSelected(view) {
+    try {
+      return !!(names && names.nothing && view.signal(names.nothing));
+    } catch (err) {
+      return false; // a view without the param (the static figure)
+    }
+  }
+
+  function wireSigned(root) {
+    var button = find(root, "signed");
+    if (!button) return;
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      var view = rg.view;
+      if (!hasSigned(view)) return;
+      var signed = !view.signal(names.signed);
+      view
+        .signal(names.signed, signed)
+        .runAsync()
+        .then(function () {
+          button.setAttribute("aria-pressed", String(signed));
+          button.textContent = signed ? "Show magnitudes" : "Show signed values";
+          find(root, "values-signed").hidden = !signed;
+          find(root, "values-magnitude").hidden = signed;
+          altCells(root, view);
+        });
+    });
+  }
+
+  /* ---- The text alternative: the heatmap's strongest cells as a table -------------------- */
+  var ALT_CELLS = 10;
+
+  function altCells(root, view) {
+    var table = find(root, "alt-cells");
+    if (!table || view !== rg.view) return;
+    var body = table.tBodies[0];
+    var rows = rg.data("heat").sort(function (a, b) {
+      return Math.abs(b.share) - Math.abs(a.share) || a.i - b.i || a.j - b.j;
+    });
+    body.textContent = "";
+    rows.slice(0, ALT_CELLS).forEach(function (d) {
+      var tr = body.insertRow();
+      tr.insertCell().textContent = d.query + " (" + d.i + ")";
+      tr.insertCell().textContent = d.key + " (" + d.j + ")";
+      var share = tr.insertCell();
+      share.className = "rg-n";
+      share.textContent = (100 * d.share).toFixed(2) + "%";
+    });
+    if (!rows.length) {
+      var cell = body.insertRow().insertCell();
+      cell.colSpan = 3;
+      cell.textContent = "Nothing selected.";
+    }
+    var caption = find(root, "alt-cells-caption");
+    if (caption) {
+      caption.textContent =
+        "Strongest cells of the selection" + (showsSigned(view) ? " (signed)" : "");
+    }
+  }
+
+  /* ---- Export where downloads are blocked (a sandboxed iframe without allow-downloads) ---
+   * A sandboxed frame has an opaque origin ("null"); a page there cannot download, so the
+   * image is shown under the buttons, to save with the browser's own menu. */
+  function downloadsBlocked() {
+    try {
+      return window.self !== window.top && window.origin === "null";
+    } catch (err) {
+      return true;
+    }
+  }
+
+  function save(root, url, filename, kind) {
+    if (!downloadsBlocked()) {
+      download(url, filename);
+      return;
+    }
+    var box = find(root, "export");
+    if (!box) {
+      box = document.createElement("div");
+      box.className = "rg-export";
+      box.setAttribute("data-rg", "export");
+      var toolbar = root.querySelector(".rg-toolbar");
+      toolbar.parentNode.insertBefore(box, toolbar.nextSibling);
+    }
+    box.textContent = "";
+    var note = document.createElement("p");
+    note.className = "rg-note";
+    note.textContent =
+      "This frame cannot download files: right-click the " + kind + " image below and save it.";
+    var img = document.createElement("img");
+    img.alt = "the current view as " + kind;
+    img.src = url;
+    box.appendChild(note);
+    box.appendChild(img);
+  }
+
+  function mount(root, data, restore) {
     names = data.names || null;
+    current = { root: root, data: data };
     if (!data.spec) {
       rg.view = null;
       resolveReady(null);
       return Promise.resolve(null);
     }
+    if (!restore) keyState = null;
     return Promise.resolve()
       .then(function () {
+        drawnNarrow = narrow(find(root, "chart"));
         return embed(root, data.spec); // a spec Vega cannot parse rejects here, not throws
       })
       .then(function (view) {
+        if (restore) restore(view);
+        return view.runAsync();
+      })
+      .then(function (view) {
         rg.view = view;
+        wireKeys(root);
         if (data.kind === "example") mountExample(root, data, view);
         if (data.kind === "index") mountIndex(root, data, view);
         return view.runAsync();
@@ -1047,6 +1457,8 @@
     rg.show(fromHash());
   }
 
+  wireTheme();
+  watchWidth();
   var boot = JSON.parse(document.getElementById("rg-data").textContent);
   if (boot.kind === "single") {
     inflate(document.getElementById("rg-vega"))

@@ -1,0 +1,326 @@
+"""Every screen and every hand, in real Chromium: axe-core finds no violations (light and
+dark, 1400 and 390 px wide), no page scrolls sideways at 390 px, the grid stacks above the
+heatmap on narrow screens, the theme follows prefers-color-scheme and its button (charts
+included), the keyboard moves and extends the selection, a cleared selection says so, a signed
+method's heatmap shows signs with a toggle to magnitudes, and a sandboxed iframe shows the
+exported image instead of a download that cannot happen.
+
+axe-core comes from npm for the tests only (`tests/tools`, installed by `.ci/run` with
+`npm ci --prefix tests/tools`); it never ships in the wheel or the site."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from browser import assert_heat, cell_center, expected_heat, heat_cells, launch
+
+from reportgen import site
+from reportgen.records import Run
+from reportgen.settings import Settings
+
+pytestmark = pytest.mark.browser
+
+AXE = Path(__file__).parent / "tools" / "node_modules" / "axe-core" / "axe.min.js"
+PAGES = ["index.html", "about.html", "examples/0001-reference.html"]
+EXAMPLE = PAGES[2]
+AXE_RUN = """() => axe.run(document, {resultTypes: ["violations"], preload: false}).then(
+  (r) => r.violations.map((v) => v.id + " (" + v.impact + "): " +
+    v.nodes.slice(0, 3).map((n) => n.target.join(" ") + " " + n.failureSummary).join(" | ")))"""
+GROUPS_JS = """(names) => {
+  const found = {};
+  function walk(mark, ox, oy) {
+    if (!mark || mark.marktype !== "group") return;
+    for (const g of mark.items) {
+      const x = ox + (g.x || 0), y = oy + (g.y || 0);
+      if (names.includes(mark.name)) found[mark.name] = {x, y, w: g.width, h: g.height};
+      for (const child of g.items || []) walk(child, x, y);
+    }
+  }
+  walk(window.reportgen.view.scenegraph().root, 0, 0);
+  return found;
+}"""
+
+
+@pytest.fixture(scope="module")
+def axe_source() -> str:
+    if not AXE.is_file():
+        pytest.fail(f"{AXE} is missing: run `npm ci --prefix tests/tools` (as .ci/run does)")
+    return AXE.read_text("utf-8")
+
+
+@pytest.fixture(scope="module")
+def www(gpt2_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GPT-2's site, its single file, and a page showing that file in a sandbox."""
+    root = tmp_path_factory.mktemp("access")
+    site.render_site(Run.open(gpt2_run), root / "report", Settings(single_file=root / "one.html"))
+    host = f"<!doctype html><title>host</title>{site.iframe_html(root / 'one.html')}"
+    (root / "host.html").write_text(host, "utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()
+
+
+class Page:
+    """A page in a fresh context that records console errors and warnings."""
+
+    def __init__(self, chromium: Any, width: int, scheme: str = "light") -> None:
+        self.context = chromium.new_context(
+            viewport={"width": width, "height": 900}, color_scheme=scheme, accept_downloads=True
+        )
+        self.page = self.context.new_page()
+        self.problems: list[str] = []
+        self.page.on(
+            "console",
+            lambda m: (
+                self.problems.append(f"{m.type}: {m.text}")
+                if m.type in ("error", "warning")
+                else None
+            ),
+        )
+        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+
+    def open(self, url: str) -> Any:
+        self.page.goto(url)
+        self.page.evaluate("() => window.reportgen.ready.then(() => true)")
+        return self.page
+
+    def settle(self) -> None:
+        self.page.evaluate("() => window.reportgen.settled().then(() => true)")
+
+    def selection(self) -> list[list[int]]:
+        return list(self.page.evaluate("() => window.reportgen.selection()"))
+
+
+@pytest.fixture
+def pages(chromium: Any) -> Iterator[Any]:
+    opened: list[Page] = []
+
+    def make(width: int = 1400, scheme: str = "light") -> Page:
+        opened.append(Page(chromium, width, scheme))
+        return opened[-1]
+
+    yield make
+    for p in opened:
+        p.context.close()
+    assert [problem for p in opened for problem in p.problems] == []
+
+
+@pytest.mark.parametrize(("width", "scheme"), [(1400, "light"), (390, "light"), (1400, "dark")])
+def test_axe_finds_no_violations(
+    pages: Any, www: Path, axe_source: str, width: int, scheme: str
+) -> None:
+    p = pages(width, scheme)
+    for name in PAGES:
+        page = p.open((www / "report" / name).as_uri())
+        page.evaluate(axe_source)  # through the debugging protocol: the page's CSP allows it
+        assert page.evaluate(AXE_RUN) == [], name
+        if name == EXAMPLE:
+            page.click("[data-rg=alt] summary")
+            assert page.evaluate(AXE_RUN) == [], name + " (text alternative open)"
+
+
+def test_no_page_scrolls_sideways_at_390_px_and_the_grid_stacks(pages: Any, www: Path) -> None:
+    p = pages(390)
+    for name in PAGES:
+        page = p.open((www / "report" / name).as_uri())
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 390, f"{name} is {width} px wide"
+    page = p.open((www / "report" / EXAMPLE).as_uri())
+    groups = page.evaluate(GROUPS_JS, ["grid_group", "heat_group"])
+    grid, heat = groups["grid_group"], groups["heat_group"]
+    assert heat["y"] >= grid["y"] + grid["h"], "below 800 px the heatmap goes under the grid"
+    # the stacked chart still works: a click selects
+    x, y = cell_center(page, "grid_cells_marks", layer=2, head=3)
+    page.mouse.click(x, y)
+    p.settle()
+    assert p.selection() == [[2, 3]]
+
+
+def test_the_grid_and_heatmap_sit_side_by_side_at_1400_px(pages: Any, www: Path) -> None:
+    page = pages(1400).open((www / "report" / EXAMPLE).as_uri())
+    groups = page.evaluate(GROUPS_JS, ["grid_group", "heat_group"])
+    grid, heat = groups["grid_group"], groups["heat_group"]
+    assert heat["x"] >= grid["x"] + grid["w"] and heat["y"] < grid["y"] + grid["h"]
+
+
+DARK_STATE = """() => ({
+  theme: document.documentElement.getAttribute("data-theme"),
+  body: getComputedStyle(document.body).backgroundColor,
+  chart: window.reportgen.view.background(),
+  button: document.querySelector("[data-rg=theme]").textContent,
+})"""
+
+
+def test_dark_mode_follows_the_system_and_the_button(pages: Any, www: Path, run: Run) -> None:
+    p = pages(1400, "dark")
+    page = p.open((www / "report" / EXAMPLE).as_uri())
+    state = page.evaluate(DARK_STATE)
+    assert state["body"] == "rgb(22, 22, 28)" and state["chart"] == "#1f1f27"
+    assert state["button"] == "Light"
+    x, y = cell_center(page, "grid_cells_marks", layer=3, head=2)
+    page.mouse.click(x, y)
+    p.settle()
+    page.click("[data-rg=theme]")
+    page.evaluate("() => window.reportgen.ready.then(() => true)")
+    p.settle()
+    state = page.evaluate(DARK_STATE)
+    assert state["theme"] == "light" and state["body"] == "rgb(246, 246, 249)"
+    assert state["chart"] == "white" and state["button"] == "Dark"
+    assert p.selection() == [[3, 2]], "the selection survives the new theme"
+    assert_heat(heat_cells(page), expected_heat(run, 0, [(2, 1)]))
+
+
+@pytest.fixture(scope="module")
+def run(gpt2_run: Path) -> Run:
+    return Run.open(gpt2_run)
+
+
+def test_the_keyboard_moves_extends_and_clears_the_selection(
+    pages: Any, www: Path, run: Run
+) -> None:
+    p = pages()
+    page = p.open((www / "report" / EXAMPLE).as_uri())
+    start = p.selection()[0]
+    for _ in range(40):  # Tab through the page until the chart has the focus
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.dataset.rg === 'chart'"):
+            break
+    else:
+        pytest.fail("Tab never reaches the chart")
+    layers, heads = run.info.num_layers, run.info.num_heads
+    page.keyboard.press("ArrowRight" if start[1] < heads else "ArrowLeft")
+    p.settle()
+    moved = [start[0], start[1] + 1 if start[1] < heads else start[1] - 1]
+    assert p.selection() == [moved]
+    assert page.inner_text("[data-rg=caption]").startswith(f"L{moved[0]} H{moved[1]}")
+    assert_heat(heat_cells(page), expected_heat(run, 0, [(moved[0] - 1, moved[1] - 1)]))
+    down = "ArrowDown" if moved[0] < layers else "ArrowUp"
+    page.keyboard.press(f"Shift+{down}")
+    p.settle()
+    other = moved[0] + 1 if moved[0] < layers else moved[0] - 1
+    assert p.selection() == sorted([moved, [other, moved[1]]])
+    page.keyboard.press("Escape")
+    p.settle()
+    assert p.selection() == []
+    page.keyboard.press("Enter")
+    p.settle()
+    assert p.selection() == [[other, moved[1]]], "Enter selects the head under the cursor"
+
+
+def test_a_cleared_selection_says_nothing_is_selected(pages: Any, www: Path) -> None:
+    p = pages()
+    page = p.open((www / "report" / EXAMPLE).as_uri())
+    x, y = cell_center(page, "grid_cells_marks", layer=1, head=1)
+    page.mouse.dblclick(x, y)
+    p.settle()
+    assert p.selection() == []
+    assert heat_cells(page) == {}
+    items = page.evaluate(
+        """() => { const out = []; (function walk(m) {
+          if (!m) return;
+          if (m.name === "heat_empty_marks") for (const i of m.items) out.push(i.text);
+          if (m.marktype !== "group") return;
+          for (const g of m.items) for (const c of g.items || []) walk(c);
+        })(window.reportgen.view.scenegraph().root); return out; }"""
+    )
+    assert items == ["Nothing selected: click a head in the grid"]
+    svg = page.evaluate("() => window.reportgen.view.toSVG()")
+    assert "NaN" not in svg and "share of selection" in svg
+    assert page.locator("[data-rg=alt-cells] tbody").text_content() == "Nothing selected."
+    # p.problems is checked by the fixture: no "Infinite extent" warning
+
+
+def test_the_text_alternative_lists_the_strongest_cells(pages: Any, www: Path) -> None:
+    p = pages()
+    page = p.open((www / "report" / EXAMPLE).as_uri())
+    page.click("[data-rg=alt] summary")
+    rows = page.locator("[data-rg=alt-cells] tbody tr")
+    cells = heat_cells(page)
+    strongest = sorted(cells.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    assert rows.count() == len(strongest)
+    first = rows.nth(0).inner_text()
+    assert f"{100 * strongest[0][1]:.2f}%" in first
+    assert f"({strongest[0][0][0]})" in first and f"({strongest[0][0][1]})" in first
+
+
+def test_a_sandboxed_iframe_shows_the_image_to_save(pages: Any, www: Path) -> None:
+    p = pages()
+    page = p.page
+    page.goto((www / "host.html").as_uri())
+    frame = page.frames[1]
+    frame.wait_for_url("about:srcdoc")
+    frame.evaluate("() => window.reportgen.ready.then(() => true)")
+    frame.click("a[href='#example-1']")
+    frame.evaluate("() => window.reportgen.ready.then(() => true)")
+    for kind, prefix in (("png", "data:image/png"), ("svg", "data:image/svg+xml")):
+        frame.click(f"#rg-page-example-1 [data-rg={kind}]")
+        image = frame.locator("#rg-page-example-1 [data-rg=export] img")
+        image.wait_for(state="visible")
+        assert image.get_attribute("src").startswith(prefix)
+        box = image.bounding_box()
+        assert box is not None and box["width"] > 100
+        note = frame.locator("#rg-page-example-1 [data-rg=export] .rg-note").inner_text()
+        assert "right-click" in note
+
+
+# --- a signed method ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signed_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run]:
+    """A synthetic attattr run whose scores take both signs, rendered."""
+    from conftest import DEMO_INPUTS
+    from synthetic import examples_from_items, result_for, run_info, stats_from_dense
+
+    from reportgen.records import RunWriter
+
+    root = tmp_path_factory.mktemp("signed")
+    with RunWriter(root / "run", run_info(method="attattr")) as writer:
+        for seed, example in enumerate(examples_from_items(DEMO_INPUTS[:1])):
+            plain = result_for(example, seed)
+            t = len(plain.tokens)
+            rng = np.random.default_rng(seed)
+            layers, heads = plain.stats.total.shape
+            scores = (rng.random((layers, heads, t, t)) - 0.5).astype(np.float32)
+            scores *= np.tril(np.ones((t, t), np.float32))
+            stats = stats_from_dense(scores, list(plain.spans), t - 1, plain.stats.k)
+            writer.add(dataclasses.replace(plain, stats=stats))
+    run = Run.open(root / "run")
+    site.render_site(run, root / "site", Settings())
+    return root / "site", run
+
+
+def test_a_signed_method_shows_signs_with_a_toggle_to_magnitudes(
+    pages: Any, signed_site: tuple[Path, Run]
+) -> None:
+    folder, run = signed_site
+    p = pages()
+    [page_file] = sorted((folder / "examples").glob("*.html"))
+    page = p.open(page_file.as_uri())
+    selected = [(h[0] - 1, h[1] - 1) for h in p.selection()]
+    want = expected_heat(run, 0, selected)  # magnitudes
+    signed = heat_cells(page)
+    assert min(signed.values()) < 0 < max(signed.values())
+    assert {c: abs(v) for c, v in signed.items() if v != 0} == pytest.approx(
+        {c: v for c, v in want.items() if c in signed and signed[c] != 0}, rel=2e-3, abs=1e-6
+    )
+    assert page.locator("[data-rg=values-signed]").is_visible()
+    assert page.locator("[data-rg=values-magnitude]").is_hidden()
+    page.click("[data-rg=signed]")
+    p.settle()
+    assert_heat(heat_cells(page), want)
+    assert page.locator("[data-rg=values-magnitude]").is_visible()
+    assert page.inner_text("[data-rg=signed]") == "Show signed values"
