@@ -1028,7 +1028,11 @@
   function applyTheme() {
     var button = document.querySelector('[data-rg="theme"]');
     var dark = isDark();
-    if (themeChoice) document.documentElement.setAttribute("data-theme", themeChoice);
+    if (themeChoice) {
+      document.documentElement.setAttribute("data-theme", themeChoice);
+      var meta = document.querySelector('meta[name="color-scheme"]');
+      if (meta) meta.setAttribute("content", themeChoice); // light-dark() follows it
+    }
     if (button) {
       button.hidden = false;
       button.textContent = dark ? "Light" : "Dark";
