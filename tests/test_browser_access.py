@@ -317,10 +317,15 @@ def test_a_signed_method_shows_signs_with_a_toggle_to_magnitudes(
     assert {c: abs(v) for c, v in signed.items() if v != 0} == pytest.approx(
         {c: v for c, v in want.items() if c in signed and signed[c] != 0}, rel=2e-3, abs=1e-6
     )
+    domain = page.evaluate("() => window.reportgen.view.scale('heat_color').domain()")
+    strongest = max(abs(v) for v in signed.values())
+    assert domain == pytest.approx([-strongest, 0, strongest], rel=1e-6), "symmetric at 0"
     assert page.locator("[data-rg=values-signed]").is_visible()
     assert page.locator("[data-rg=values-magnitude]").is_hidden()
     page.click("[data-rg=signed]")
     p.settle()
     assert_heat(heat_cells(page), want)
+    domain = page.evaluate("() => window.reportgen.view.scale('heat_color').domain()")
+    assert domain == pytest.approx([0, max(want.values())], rel=2e-3)
     assert page.locator("[data-rg=values-magnitude]").is_visible()
     assert page.inner_text("[data-rg=signed]") == "Show signed values"

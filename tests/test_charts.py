@@ -546,3 +546,7 @@ def test_a_signed_method_packs_signs_and_switches_scales(result: Result) -> None
     assert "s" in spec["datasets"]["cells"][0]
     plain = charts.linked_spec(result).spec
     assert all(p["name"] != "signed" for p in plain["params"])
+    vega = charts.symmetric_signed_domain(charts.to_vega(spec))
+    (scale,) = [s for s in vega["scales"] if s["name"] == "heat_color"]
+    assert scale["domain"]["signal"].startswith("signed ? [-max(abs(heat_share_extent[0]")
+    assert any(s["name"] == "heat_share_extent" for s in vega["signals"])

@@ -47,6 +47,7 @@ from reportgen.charts.views import (
     figure_spec,
     grid_spec,
     linked_spec,
+    symmetric_signed_domain,
 )
 from reportgen.data.results import MAX_DEFAULT_CELLS, default_top_k
 
@@ -89,6 +90,7 @@ __all__ = [
     "selection_share",
     "sig",
     "sig_array",
+    "symmetric_signed_domain",
     "to_vega",
     "top_head",
     "top_heads",

@@ -343,6 +343,25 @@ def _heat_view(
     )
 
 
+def symmetric_signed_domain(vega: dict[str, Any]) -> dict[str, Any]:
+    """A signed page's compiled spec with the heatmap's colour domain symmetric around zero
+    while signed values show ([-m, m], m the largest |share| drawn), so a faint positive cell
+    is not painted as dark as the strongest negative one. Vega-Lite cannot say this (a domain
+    from data is the data's extent), so the compiled scale reads the drawn cells' extent from a
+    signal. Changes `vega` in place and returns it."""
+    scale = next(s for s in vega["scales"] if s["name"] == f"{HEAT}_color")
+    source = scale["domain"]
+    if not (isinstance(source, dict) and source.get("field") == "share"):
+        raise ValueError(f"unexpected heatmap colour domain {source!r}")
+    extent = f"{HEAT}_share_extent"
+    vega["signals"].append(
+        {"name": extent, "update": f"extent(pluck(data('{source['data']}'), 'share'))"}
+    )
+    m = f"max(abs({extent}[0] || 0), abs({extent}[1] || 0), 1e-12)"
+    scale["domain"] = {"signal": f"{SIGNED} ? [-{m}, {m}] : [0, {m}]"}
+    return vega
+
+
 EMPTY_FILL = "#ececf1"
 """The heatmap's background when nothing is selected (no colour reads as a value)."""
 EMPTY_INK = "#2b2b30"

@@ -676,9 +676,10 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
         next=_neighbour(site, after),
         signed_method=signed,
     )
+    vega = charts.to_vega(linked.spec)
     data: dict[str, Any] = {
         "kind": "example",
-        "spec": charts.to_vega(linked.spec),
+        "spec": charts.symmetric_signed_domain(vega) if signed else vega,
         "names": charts.page_names(),
         "name": name,
         "budget": linked.budget,
