@@ -1059,10 +1059,16 @@ def _ablation_json(a: Ablation) -> dict[str, Any]:
         "random_heads": [[list(h) for h in drawn] for drawn in a.random_heads],
         "random_values": list(a.random_values),
         "curve": list(a.curve),
+        "layers": list(a.layers),
         "donor": a.donor,
         "knockout": None
         if a.knockout is None
-        else {"src": a.knockout.src, "dst": a.knockout.dst, "value": a.knockout.value},
+        else {
+            "src": a.knockout.src,
+            "dst": a.knockout.dst,
+            "value": a.knockout.value,
+            "layers": list(a.knockout.layers),
+        },
     }
 
 
@@ -1081,10 +1087,17 @@ def _ablation_from(a: Mapping[str, Any]) -> Ablation:
         random_heads=tuple([_pairs(drawn) for drawn in a["random_heads"]]),
         random_values=tuple([float(v) for v in a["random_values"]]),
         curve=tuple([float(v) for v in a["curve"]]),
+        # Optional: runs written before the layer-level ablation and knockout have none.
+        layers=tuple([float(v) for v in a.get("layers", ())]),
         donor=a["donor"],
         knockout=None
         if knock is None
-        else Knockout(str(knock["src"]), str(knock["dst"]), float(knock["value"])),
+        else Knockout(
+            str(knock["src"]),
+            str(knock["dst"]),
+            float(knock["value"]),
+            tuple([float(v) for v in knock.get("layers", ())]),
+        ),
     )
 
 

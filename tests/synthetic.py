@@ -226,6 +226,8 @@ def synthetic_ablation(heads: tuple[tuple[int, int], ...], value: float, seed: i
         for _ in range(8)
     )
     randoms = tuple(value - 0.05 * float(rng.random()) for _ in draws)
+    layers = tuple(value - 0.2 * float(rng.random()) for _ in range(LAYERS))
+    knocked = tuple(value - 0.1 * float(rng.random()) for _ in range(LAYERS))
     return Ablation(
         intervention="mean",
         effect="logprob",
@@ -235,8 +237,9 @@ def synthetic_ablation(heads: tuple[tuple[int, int], ...], value: float, seed: i
         random_heads=draws,
         random_values=randoms,
         curve=curve,
+        layers=layers,
         donor=None,
-        knockout=Knockout("ENV", "LAN", value - 0.3),
+        knockout=Knockout("ENV", "LAN", value - 0.3, knocked),
     )
 
 

@@ -195,6 +195,12 @@ def test_ablation_equals_hand_replaced_head_outputs(gpt2, ablation, effect):
             expected_random = [value(drawn) for drawn in a.random_heads]
             np.testing.assert_allclose(a.random_values, expected_random, rtol=1e-9, atol=1e-12)
             assert a.draws == 3 and all(len(set(drawn)) == 3 for drawn in a.random_heads)
+            heads = model.config.n_head
+            whole_layers = [
+                value([(layer, h) for h in range(heads)]) for layer in range(model.config.n_layer)
+            ]
+            np.testing.assert_allclose(a.layers, whole_layers, rtol=1e-9, atol=1e-12)
+            assert a.delta_layers == pytest.approx([v - a.value for v in whole_layers], abs=1e-9)
 
 
 def test_knockout_equals_a_hand_built_attention_mask(gpt2):
@@ -208,19 +214,30 @@ def test_knockout_equals_a_hand_built_attention_mask(gpt2):
         ids, target, contrast = _ids(gpt2, item)
         spans = {s.name: (s.start, s.end) for s in result.spans}
         (s0, s1), (d0, d1) = spans["ENV"], spans["LAN"]
-        t = len(ids)
 
-        def mask(layer, a=a, s0=s0, s1=s1, d0=d0, d1=d1, t=t):
-            m = torch.zeros((heads, t, t), dtype=torch.float64)
-            for lay, head in a.heads:
-                if lay == layer:
-                    m[head, d0:d1, s0:s1] = -math.inf
-            return m
+        def knocked(chosen, ids=ids, target=target, contrast=contrast, s0=s0, s1=s1, d0=d0, d1=d1):
+            t = len(ids)
 
-        with torch.no_grad():
-            expected = _effect(plain_forward(model, ids, mask_fn=mask), target, contrast, "logprob")
+            def mask(layer):
+                m = torch.zeros((heads, t, t), dtype=torch.float64)
+                for lay, head in chosen:
+                    if lay == layer:
+                        m[head, d0:d1, s0:s1] = -math.inf
+                return m
+
+            with torch.no_grad():
+                logits = plain_forward(model, ids, mask_fn=mask)
+            return _effect(logits, target, contrast, "logprob")
+
+        expected = knocked(a.heads)
         assert a.knockout.value == pytest.approx(expected, rel=1e-9)
         assert a.delta_knockout == pytest.approx(expected - a.value, rel=1e-7, abs=1e-12)
+        per_layer = [
+            knocked([(layer, h) for h in range(heads)]) for layer in range(model.config.n_layer)
+        ]
+        np.testing.assert_allclose(a.knockout.layers, per_layer, rtol=1e-9)
+        assert len(a.delta_layer_knockouts) == model.config.n_layer
+        assert any(abs(v - a.value) > 1e-9 for v in per_layer)  # the knockout does something
 
 
 def test_no_knockout_without_a_flow_metric(gpt2):
@@ -261,6 +278,10 @@ def test_batching_does_not_change_the_interventions(gpt2):
         np.testing.assert_allclose(a.ablation.random_values, b.ablation.random_values, rtol=1e-9)
         assert a.ablation.knockout is not None and b.ablation.knockout is not None
         assert a.ablation.knockout.value == pytest.approx(b.ablation.knockout.value, rel=1e-9)
+        np.testing.assert_allclose(a.ablation.layers, b.ablation.layers, rtol=1e-9)
+        np.testing.assert_allclose(
+            a.ablation.knockout.layers, b.ablation.knockout.layers, rtol=1e-9
+        )
 
 
 def test_logit_diff_needs_a_contrast_on_every_input(gpt2):

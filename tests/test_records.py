@@ -302,6 +302,27 @@ def test_ablation_records_round_trip_with_curve_draws_donor_and_knockout(tmp_pat
     a = back.entries[0].ablation
     assert a.draws == 8 and a.value_random == pytest.approx(np.mean(a.random_values))
     assert a.delta_knockout == pytest.approx(-1.25) and a.delta_curve[-1] == a.delta_top
+    assert a.layers == resampled.layers and len(a.layers) > 0
+
+
+@pytest.mark.unit
+def test_ablation_entries_from_before_the_layer_level_ablation_read_as_none(tmp_path):
+    from synthetic import result_for, run_info, synthetic_ablation
+
+    [example] = examples_from_items(
+        [{"segments": [{"name": "ENV", "text": "a b c"}, {"name": "LAN", "text": "d e"}]}]
+    )
+    ablation = synthetic_ablation(((0, 1),), -1.0, 1)
+    with RunWriter(tmp_path / "run", run_info()) as writer:
+        writer.add(dataclasses.replace(result_for(example, 3), ablation=ablation))
+    entries = tmp_path / "run" / "entries.jsonl"
+    raw = json.loads(entries.read_text("utf-8"))
+    del raw["ablation"]["layers"], raw["ablation"]["knockout"]["layers"]
+    entries.write_text(json.dumps(raw) + "\n", "utf-8")
+    a = Run.open(tmp_path / "run").entries[0].ablation
+    assert a is not None and a.knockout is not None
+    assert a.layers == () and a.knockout.layers == () and a.delta_layer_knockouts == ()
+    assert a.curve == ablation.curve
 
 
 @pytest.mark.unit

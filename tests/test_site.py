@@ -230,6 +230,11 @@ def test_the_ablation_card_shows_the_curve_and_the_knockout(built: Path, run: Ru
     assert "attention ENV → LAN knocked out in the top heads" in text
     assert signed(a.delta_knockout).replace("−", "-") in text
     assert any(t.get("data-rg") == "ablation-curve" for t in curve.named("table"))
+    assert any(t.get("data-rg") == "ablation-layers" for t in curve.named("table"))
+    assert "all heads mean-ablated" in text and "ENV → LAN knocked out" in text
+    for delta in (*a.delta_layers, *a.delta_layer_knockouts):
+        assert signed(delta).replace("−", "-") in text
+    assert len(a.delta_layers) == len(a.delta_layer_knockouts) == run.info.num_layers
 
 
 RENDER = """

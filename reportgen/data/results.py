@@ -47,11 +47,14 @@ p(target). A bare encoder's objective (the cosine of its two segments) is measur
 @dataclass(frozen=True)
 class Knockout:
     """The effect measure with attention from queries in segment `dst` to keys in segment `src`
-    blocked (pre-softmax) in the ablated top heads."""
+    blocked (pre-softmax) in the ablated top heads, and in all heads of each layer in turn."""
 
     src: str
     dst: str
     value: float
+    layers: tuple[float, ...] = ()
+    """Per layer l: the effect measure with the edges blocked in every head of layer l (and no
+    other); empty in runs from before the layer-level knockout."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class Ablation:
     """The effect measure with each draw's heads ablated."""
     curve: tuple[float, ...]
     """The effect measure with the top 1, 2, ..., k heads ablated (the last is value_top)."""
+    layers: tuple[float, ...] = ()
+    """Per layer l: the effect measure with every head of layer l ablated (the same
+    intervention), and no other; empty in runs from before the layer-level ablation."""
     donor: str | None = None
     """Resample ablation: the id of the input whose head outputs replace this one's."""
     knockout: Knockout | None = None
@@ -103,6 +109,14 @@ class Ablation:
     @property
     def delta_curve(self) -> tuple[float, ...]:
         return tuple(v - self.value for v in self.curve)
+
+    @property
+    def delta_layers(self) -> tuple[float, ...]:
+        return tuple(v - self.value for v in self.layers)
+
+    @property
+    def delta_layer_knockouts(self) -> tuple[float, ...]:
+        return () if self.knockout is None else tuple(v - self.value for v in self.knockout.layers)
 
 
 @dataclass(frozen=True)

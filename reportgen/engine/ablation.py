@@ -1,5 +1,7 @@
 """The interventions: the top-k grid heads ablated (zero, mean or resample), against k random
-heads (several seeded draws), head by head, and the metric's flow knocked out in those heads.
+heads (several seeded draws), head by head, and the metric's flow knocked out in those heads;
+then layer by layer, every head of one layer ablated, and the flow knocked out in every head of
+one layer (the layer-level view Wang et al. 2023 take of label-word flow).
 
 A head's output here is its slice of the attention output before the output projection (A V for
 that head, [T, d]). Mean ablation replaces it by its mean over every token of every input of the
@@ -140,8 +142,9 @@ def ablate(
     reference: Reference | None = None,
 ) -> list[Ablation]:
     """For each example: its top-k grid heads ablated one more at a time (the curve, ending at
-    all k), `draws` seeded random sets of k heads, and (with a flow metric) the knockout of the
-    flow's edges in the top heads; all in batched forward passes without gradients."""
+    all k), `draws` seeded random sets of k heads, every head of each layer in turn, and (with a
+    flow metric) the knockout of the flow's edges in the top heads and in all heads of each
+    layer in turn; all in batched forward passes without gradients."""
     layers, heads, k = lm.num_layers, lm.num_heads, settings.ablate_k
     metric, effect = settings.metric, effect_name(lm, settings)
     kind = settings.ablation
@@ -163,6 +166,7 @@ def ablate(
         replacements = list(sums / counts[:, None, None, None])
     jobs: list[_Job] = []
     plans = []
+    by_layer = [np.arange(layer * heads, (layer + 1) * heads) for layer in range(layers)]
     for row, target, grid, rep in zip(rows, base.targets, grids, replacements, strict=True):
         fixed = replace(row, target_ids=target)
         top = np.argsort(-grid.reshape(-1), kind="stable")[:k]
@@ -172,6 +176,7 @@ def ablate(
         ]
         jobs += [_Job(fixed, top[: n + 1], rep) for n in range(k)]
         jobs += [_Job(fixed, chosen, rep) for chosen in randoms]
+        jobs += [_Job(fixed, whole, rep) for whole in by_layer]
         knock = None
         if metric.kind == "flow" and metric.src is not None and metric.dst is not None:
             spans = {s.name: s for s in row.spans}
@@ -182,6 +187,7 @@ def ablate(
                 [src.start <= p < src.end for p in positions],
             )
             jobs.append(_Job(fixed, top, None, edges))
+            jobs += [_Job(fixed, whole, None, edges) for whole in by_layer]
             knock = (metric.src, metric.dst)
         plans.append((top, randoms, knock))
     values = _run(lm, jobs, settings)
@@ -196,10 +202,14 @@ def ablate(
         at += k
         drawn = values[at : at + len(randoms)]
         at += len(randoms)
+        per_layer = values[at : at + layers]
+        at += layers
         knockout = None
         if knock is not None:
-            knockout = Knockout(knock[0], knock[1], values[at])
-            at += 1
+            knockout = Knockout(
+                knock[0], knock[1], values[at], tuple(values[at + 1 : at + 1 + layers])
+            )
+            at += 1 + layers
         donor = donors[b]
         out.append(
             Ablation(
@@ -211,6 +221,7 @@ def ablate(
                 random_heads=tuple(pairs(r) for r in randoms),
                 random_values=tuple(drawn),
                 curve=tuple(curve),
+                layers=tuple(per_layer),
                 donor=None if donor is None else donor.id,
                 knockout=knockout,
             )
@@ -219,7 +230,8 @@ def ablate(
 
 
 def _run(lm: LoadedModel, jobs: Sequence[_Job], settings: Settings) -> list[float]:
-    """The effect measure of every job, in batches."""
+    """The effect measure of every job, in batches (of the rows the top-k part of one batch of
+    inputs needs: the layer-by-layer jobs add forward passes, not memory)."""
     layers, heads = lm.num_layers, lm.num_heads
     per = settings.ablate_k + settings.ablate_draws + 1
     budget = settings.batch_size * per if lm.padding.batches else 1
