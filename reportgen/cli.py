@@ -200,9 +200,18 @@ PatchingOpt = Annotated[
     bool,
     typer.Option(
         "--patching",
-        help="Attribution patching: each head's first-order estimated effect of zeroing it on "
-        "log p(target), the top 3 checked by real patching (one extra forward and backward) "
-        "[default: off].",
+        help="Attribution patching: each head's first-order estimated effect of patching it "
+        "(see --patch-baseline) on log p(target), the top 3 checked by real patching (one "
+        "extra forward and backward) [default: off].",
+    ),
+]
+PatchBaselineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--patch-baseline",
+        help="What --patching patches into a head: zero, mean (its mean output over every "
+        'token of every input) or counterfactual (its output on each input\'s "counterfactual" '
+        f"text, position by position){_default('patch_baseline')}.",
     ),
 ]
 QuietOpt = Annotated[
@@ -412,6 +421,7 @@ def build(
     ablation: AblationOpt = None,
     effect: EffectOpt = None,
     patching: PatchingOpt = False,
+    patch_baseline: PatchBaselineOpt = None,
     seed: SeedOpt = None,
     engine: EngineOpt = None,
     pairing: PairingOpt = None,
@@ -512,6 +522,7 @@ def compute(
     ablation: AblationOpt = None,
     effect: EffectOpt = None,
     patching: PatchingOpt = False,
+    patch_baseline: PatchBaselineOpt = None,
     seed: SeedOpt = None,
     engine: EngineOpt = None,
     pairing: PairingOpt = None,
@@ -881,8 +892,8 @@ def _parse_head(text: str | None, layers: int, heads: int) -> tuple[int, int] | 
 _SETTING_OPTIONS = {
     "model", "method", "aggregate", "metric", "steps", "batch_size", "device", "dtype",
     "max_tokens", "ablate_k", "ablate_draws", "ablation", "effect", "seed", "engine", "pairing",
-    "max_memory", "device_map", "store", "provenance", "top_k", "single_file", "title",
-    "templates", "pages",
+    "patch_baseline", "max_memory", "device_map", "store", "provenance", "top_k", "single_file",
+    "title", "templates", "pages",
 }  # fmt: skip
 _SETTING_FLAGS = {"truncate", "keys_as_rows", "quiet", "force", "patching"}
 _RENDER_SETTINGS = {

@@ -270,6 +270,7 @@ def _job_settings(settings: Settings) -> dict[str, Any]:
         "--ablate-draws": settings.ablate_draws,
         "--ablation": settings.ablation,
         "--effect": settings.effect,
+        "--patch-baseline": settings.patch_baseline if settings.patching else None,
         "--seed": settings.seed,
         "--top-k": settings.top_k,
         "--title": settings.title,
@@ -452,7 +453,7 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
             "torch_threads": torch.get_num_threads(),
             # Only where it is not the default, so runs from before the option read the same.
             **({"aggregate": settings.aggregate} if settings.aggregate != "heads" else {}),
-            **({"patching": "zero"} if settings.patching else {}),
+            **({"patching": settings.patch_baseline} if settings.patching else {}),
         },
         versions={
             "reportgen": __version__,
@@ -530,7 +531,7 @@ def equivalent_command(
     names = [
         "model", "method", "aggregate", "metric", "steps", "batch_size", "device", "dtype",
         "engine", "pairing", "max_memory", "device_map", "store", "max_tokens", "ablate_k",
-        "ablate_draws", "ablation", "effect", "seed", "top_k",
+        "ablate_draws", "ablation", "effect", "patch_baseline", "seed", "top_k",
     ]  # fmt: skip
     if command == "build":
         names += ["single_file", "pages", "title", "templates"]

@@ -188,7 +188,13 @@ def _example_json(ex: Example) -> dict[str, Any]:
     }
     if ex.contrast is not None:  # only when given: digests of inputs without one stay as they were
         out["contrast"] = ex.contrast
+    if ex.counterfactual:  # likewise
+        out["counterfactual"] = _segments_json(ex.counterfactual)
     return out
+
+
+def _segments_json(segments: Sequence[Segment]) -> list[dict[str, str]]:
+    return [{"name": s.name, "text": s.text} for s in segments]
 
 
 def partial_folder(out: str | Path) -> Path:
@@ -909,7 +915,12 @@ class Run:
             else PairFlow(stats.segments, arrays["pair_sums"], arrays["pair_counts"]),
             patching=None
             if "patch_estimate" not in arrays
-            else Patching(arrays["patch_estimate"], arrays["patch_heads"], arrays["patch_real"]),
+            else Patching(
+                arrays["patch_estimate"],
+                arrays["patch_heads"],
+                arrays["patch_real"],
+                str(self.info.parameters.get("patching") or "zero"),
+            ),
         )
 
     def _record(self, entry: Entry) -> Path:
@@ -1041,6 +1052,7 @@ def _entry_json(result: Result, record: str) -> dict[str, Any]:
         "target": result.target,
         "target_given": result.target_given,
         "contrast": ex.contrast,
+        **({"counterfactual": _segments_json(ex.counterfactual)} if ex.counterfactual else {}),
         "predicted": result.predicted,
         "value": result.value,
         "loss": result.loss,
@@ -1122,6 +1134,8 @@ def _entry_from(e: Mapping[str, Any]) -> Entry:
             e["meta"],
             e["source"],
             e["contrast"],
+            # Only written where an input has one.
+            tuple(Segment(s["name"], s["text"]) for s in e.get("counterfactual", ())),
         ),
         tokens=tuple(e["tokens"]),
         spans=tuple(TokenSpan(s["name"], s["start"], s["end"]) for s in e["spans"]),

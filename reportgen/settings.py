@@ -14,7 +14,7 @@ from pathlib import Path
 
 from reportgen.data.methods import AGGREGATES, parse_method
 from reportgen.data.metrics import Metric, parse_metric
-from reportgen.data.results import EFFECTS, INTERVENTIONS
+from reportgen.data.results import EFFECTS, INTERVENTIONS, PATCH_BASELINES
 from reportgen.errors import SettingsError
 
 TOTAL = Metric("total")
@@ -108,7 +108,11 @@ class Settings:
     """Heads zeroed by the ablation check (top-k of the grid, and k random heads); 0 skips it."""
     patching: bool = False
     """Attribution patching: every head's first-order estimated change in log p(target) when
-    its output is zeroed (one extra forward and backward), the top 3 checked by real patching."""
+    its output is patched (one extra forward and backward), the top 3 checked by real patching."""
+    patch_baseline: str = "zero"
+    """What --patching patches into a head: `zero`, `mean` (its mean output over every token
+    of every input of the run) or `counterfactual` (its output, position by position, on the
+    input's `counterfactual` text, which every input then gives)."""
     ablate_draws: int = 8
     """Random head sets averaged for the ablation baseline."""
     ablation: str = "mean"
@@ -193,6 +197,16 @@ class Settings:
         if self.ablation not in INTERVENTIONS:
             raise SettingsError(
                 f"unknown --ablation '{self.ablation}' (use {', '.join(INTERVENTIONS)})"
+            )
+        if self.patch_baseline not in PATCH_BASELINES:
+            raise SettingsError(
+                f"unknown --patch-baseline '{self.patch_baseline}' "
+                f"(use {', '.join(PATCH_BASELINES)})"
+            )
+        if self.patch_baseline != "zero" and not self.patching:
+            raise SettingsError(
+                f"--patch-baseline {self.patch_baseline} is an option of --patching: add "
+                "--patching (or drop --patch-baseline)"
             )
         if self.effect not in EFFECTS:
             raise SettingsError(f"unknown --effect '{self.effect}' (use {', '.join(EFFECTS)})")

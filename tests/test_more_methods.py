@@ -453,6 +453,145 @@ def test_attribution_patching_is_the_first_order_patching_effect(zoo, name):
             assert abs(real - want) <= 1e-6 * max(abs(want), 1e-12)
 
 
+COUNTERFACTUALS = {
+    "ref": "<MOT> painted a picture of a dog",
+    "short": "<CHI> saw a cat",
+    "two": "my dog ate an apple",
+}
+"""The causal inputs' counterfactual ENV segments: another word or two, as many tokens."""
+
+
+def _with_counterfactual(item: dict[str, Any]) -> dict[str, Any]:
+    """The input with its text as an ENV segment (if it has none) and a counterfactual ENV."""
+    out = {k: v for k, v in item.items() if k != "text"}
+    if "text" in item:
+        out["segments"] = [{"name": "ENV", "text": item["text"]}]
+    return {**out, "counterfactual": {"ENV": COUNTERFACTUALS[item["id"]]}}
+
+
+def _counterfactual_text(item: dict[str, Any]) -> str:
+    new = item["counterfactual"]
+    return " ".join(new.get(s["name"], s["text"]) for s in item["segments"])
+
+
+def _proj(model: Any, layer: int) -> Any:
+    attn = _layers_of(model)[layer]
+    return attn.o_proj if hasattr(attn, "o_proj") else attn.c_proj
+
+
+def _head_inputs(model: Any, ids: Any, grad: bool = False) -> tuple[list[Any], float]:
+    """The output projections' inputs [T, H·d] of every layer (the heads' outputs side by
+    side), from forward pre-hooks, and log p(target) of `ids` scored as `ids.case`."""
+    case, kept = ids, []
+
+    def pre(module: Any, args: Any) -> None:
+        kept.append(args[0])
+
+    hooks = [_proj(model, layer).register_forward_pre_hook(pre) for layer in range(3)]
+    try:
+        with torch.set_grad_enabled(grad):
+            (seq,) = case.sequences
+            logp = -case.loss([model(input_ids=torch.tensor([list(seq)]))])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [x[0] for x in kept] if not grad else kept, logp
+
+
+def _patched_logp(model: Any, case: Any, layer: int, head: int, baseline: Any) -> float:
+    """log p(target) with head `head` of `layer` replaced where the heads meet the output
+    projection: by `baseline` [T, d] (per position) or [d] (every position)."""
+    d = _layers_of(model)[layer].head_dim
+
+    def pre(module: Any, args: Any) -> Any:
+        x = args[0].clone()
+        x[0, :, head * d : (head + 1) * d] = baseline
+        return (x, *args[1:])
+
+    hook = _proj(model, layer).register_forward_pre_hook(pre)
+    try:
+        with torch.no_grad():
+            (ids,) = case.sequences
+            return -float(case.loss([model(input_ids=torch.tensor([list(ids)]))]))
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("baseline", ["mean", "counterfactual"])
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_patching_from_the_mean_and_a_counterfactual_equals_replacing_heads_by_hand(
+    zoo, name, baseline
+):
+    """Against hooks on the plain model's output projection: the estimate is (o' − o) ·
+    ∂log p/∂o per head (autograd through the plain forward), and the checked heads' real
+    effect is the forward with that head's slice replaced by o' (the mean over every token of
+    every input, or the counterfactual's output at each position)."""
+    from transformers import AutoTokenizer
+
+    family = FAMILIES[name]
+    items = [_with_counterfactual(item) for item in inputs_for(family)]
+    settings = Settings(
+        dtype="float64",
+        device="cpu",
+        ablate_k=0,
+        method="attention",
+        patching=True,
+        patch_baseline=baseline,
+        batch_size=8,
+    )
+    results = list(compute(examples_from_items(items), zoo.lm(name), settings))
+    model, cases = zoo.plain(name)
+    tok = AutoTokenizer.from_pretrained(zoo.folder(name))
+    attn = _layers_of(model)[0]
+    heads, d = model.config.num_attention_heads, attn.head_dim
+    outs = [torch.stack(_head_inputs(model, case)[0]) for case in cases]  # [L, T, H·d] each
+    mean = torch.cat(outs, 1).mean(1)  # [L, H·d]
+    for item, case, result in zip(items, cases, results, strict=True):
+        patching = result.patching
+        assert patching is not None and patching.baseline == baseline
+        whole, logp = _head_inputs(model, case, grad=True)
+        grads = [g[0] for g in torch.autograd.grad(logp, whole)]
+        kept = [x[0] for x in whole]
+        if baseline == "mean":
+            patch = [mean[layer].expand_as(kept[layer]).detach() for layer in range(3)]
+        else:
+            twin = {"text": _counterfactual_text(item)}
+            if "target" in item:
+                twin["target"] = item["target"]
+            other = case_for(family, twin, tok, model)
+            assert len(other.sequences[0]) == len(case.sequences[0])
+            patch = _head_inputs(model, other)[0]
+        expected = np.zeros((3, heads))
+        for layer in range(3):
+            moved = ((patch[layer] - kept[layer].detach()) * grads[layer]).reshape(-1, heads, d)
+            expected[layer] = moved.sum((0, 2)).numpy()
+        scale = np.abs(expected).max()
+        assert scale > 0
+        assert np.abs(patching.estimate - expected).max() <= TOLERANCE * scale
+        for (layer, head), real in zip(patching.heads.tolist(), patching.real, strict=True):
+            cut = slice(head * d, (head + 1) * d)
+            intact = float(logp.detach())
+            want = _patched_logp(model, case, layer, head, patch[layer][:, cut]) - intact
+            # A float32 softmax (Llama's) rounds log p itself at ~1e-8 relative.
+            floor = abs(intact) if family.softmax32 else 1e-9
+            assert abs(real - want) <= 1e-6 * max(abs(want), floor)
+
+
+def test_patching_from_a_counterfactual_needs_one_of_the_same_length(zoo):
+    lm = zoo.lm("gpt2")
+    settings = Settings(dtype="float64", patching=True, patch_baseline="counterfactual")
+    items = inputs_for(FAMILIES["gpt2"])
+    with pytest.raises(SaliencyError, match="input 'ref' has no \"counterfactual\""):
+        list(compute(examples_from_items(items), lm, settings))
+    short = [{**_with_counterfactual(items[1]), "counterfactual": {"ENV": "<CHI> saw"}}]
+    with pytest.raises(SaliencyError, match="its counterfactual is 2 tokens and the input 4"):
+        list(compute(examples_from_items(short), lm, settings))
+    with pytest.raises(SettingsError, match="--patch-baseline mean is an option of --patching"):
+        Settings(patch_baseline="mean").validate()
+    with pytest.raises(SettingsError, match="unknown --patch-baseline 'half'"):
+        Settings(patching=True, patch_baseline="half").validate()
+
+
 def test_attribution_patching_needs_a_target(zoo):
     examples = examples_from_items(inputs_for(FAMILIES["bert"]))
     with pytest.raises(SaliencyError, match="--patching .* bare encoder"):
@@ -482,6 +621,17 @@ def test_the_command_line_computes_them(zoo, tmp_path):
     assert "--aggregate wang" in manifest["command"] and "--patching" in manifest["command"]
     run = Run.open(out)
     assert run.result(0).pairs is not None and run.result(0).patching is not None
+    mean = runner.invoke(
+        app, [*args, "--patching", "--patch-baseline", "mean", "--ablate-k", "0", "--force"]
+    )
+    assert mean.exit_code == 0, mean.output
+    manifest = json.loads((out / "manifest.json").read_text("utf-8"))["run"]
+    assert manifest["parameters"]["patching"] == "mean"
+    assert "--patch-baseline mean" in manifest["command"]
+    patched = Run.open(out).result(0).patching
+    assert patched is not None and patched.baseline == "mean"
+    alone = runner.invoke(app, [*args, "--patch-baseline", "counterfactual", "--force"])
+    assert alone.exit_code == 2 and "is an option of --patching" in alone.output
     wrong = runner.invoke(app, [*args, "--method", "rollout", "--aggregate", "wang", "--force"])
     assert wrong.exit_code == 2
     assert "--aggregate wang is an option of --method attn-grad" in wrong.output

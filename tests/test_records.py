@@ -610,3 +610,19 @@ def test_a_computed_run_is_readable_by_whoever_the_umask_allows(gpt2_run, synthe
     expected = {oct(0o666 & ~_umask()), oct(0o777 & ~_umask())}
     assert _modes(gpt2_run) <= expected  # written through a partial run (compute)
     assert _modes(_many(Run.open(synthetic_run), tmp_path / "run", 2).path) <= expected
+
+
+@pytest.mark.unit
+def test_a_counterfactual_round_trips_and_is_part_of_the_inputs_digest(tmp_path):
+    from synthetic import result_for, run_info
+
+    from reportgen.records import inputs_digest
+
+    item = {"segments": [{"name": "ENV", "text": "a b c"}, {"name": "LAN", "text": "d e"}]}
+    [plain] = examples_from_items([item])
+    [example] = examples_from_items([{**item, "counterfactual": {"ENV": "a x c"}}])
+    assert example.counterfactual and not plain.counterfactual
+    with RunWriter(tmp_path / "run", run_info()) as writer:
+        writer.add(result_for(example, 3))
+    assert Run.open(tmp_path / "run").entries[0].example == example
+    assert inputs_digest([example]) != inputs_digest([plain])

@@ -204,6 +204,11 @@ class PairFlow:
         return out
 
 
+PATCH_BASELINES = ("zero", "mean", "counterfactual")
+"""What attribution patching patches into a head: zeros; its mean output over every token of
+every input of the run (as `--ablation mean`); or its output, position by position, on the
+input's counterfactual (the input's `counterfactual` text, the same number of tokens)."""
+
 PATCH_CHECKED = 3
 """Heads per input whose attribution-patching estimate is checked by real patching (fewer if
 the model has fewer)."""
@@ -211,9 +216,9 @@ the model has fewer)."""
 
 @dataclass(frozen=True)
 class Patching:
-    """Attribution patching against the zero baseline (`reportgen.engine.patching`): each
-    head's first-order estimate of the change in log p(target) when its output is zeroed, and
-    the real change for the heads of largest |estimate|."""
+    """Attribution patching (`reportgen.engine.patching`): each head's first-order estimate of
+    the change in log p(target) when its output is replaced by the baseline's, and the real
+    change for the heads of largest |estimate|."""
 
     estimate: np.ndarray
     """float64 [L, H]: estimated Δ log p(target) (an estimate, from the head-gate gradient)."""
@@ -221,7 +226,9 @@ class Patching:
     """int32 [k, 2]: the heads patched for real, (layer, head), 0-based, largest |estimate|
     first."""
     real: np.ndarray
-    """float64 [k]: the measured Δ log p(target) with each of those heads zeroed alone."""
+    """float64 [k]: the measured Δ log p(target) with each of those heads patched alone."""
+    baseline: str = "zero"
+    """What is patched in (see PATCH_BASELINES)."""
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,8 @@ def attention_control(
     yielded list. With `capture`, layers run scaled_dot_product_attention where the load-time
     probe allowed it (no T × T weights at all) and leave their inputs in the capture instead.
     With `replace` [B, L, H, d], a gated head's output becomes g·out + (1 − g)·replace at every
-    position (mean and resample ablation); with `knock`, its edges are masked before the
+    position (mean and resample ablation; [B, L, T, H, d]: per position, patching from a
+    counterfactual input); with `knock`, its edges are masked before the
     softmax; `outputs` receives each layer's output [B, T, H, d] before any gate.
     One forward pass per block."""
     control = _Control(gates, record, capture, replace, knock, outputs)
@@ -282,8 +283,16 @@ def _gated(
         if control.replace is None:
             out = out * gate
         else:
-            out = out * gate + (1 - gate) * control.replace[:, layer].to(out.dtype)[:, None]
+            out = out * gate + (1 - gate) * _replacement(control.replace, layer, out)
     return out
+
+
+def _replacement(replace: torch.Tensor, layer: int, out: torch.Tensor) -> torch.Tensor:
+    """What a gated head's output [B, T, H, d] moves to: `replace` [B, L, H, d] is one vector
+    per head at every position, [B, L, T', H, d] (T' ≥ T) one per position."""
+    if replace.dim() == 4:
+        return replace[:, layer].to(out.dtype)[:, None]
+    return replace[:, layer, : out.shape[1]].to(out.dtype)
 
 
 def _captured_attention(

@@ -53,9 +53,10 @@ def forward(
     """Run the examples as one right-padded batch and evaluate each example's objective.
 
     `gates` has one [layers, heads] row per example (shared by its sequences), and so has
-    `replace` ([layers, heads, head_dim]: what a gated head's output becomes, see
-    `attention_control`). `knock` blocks edges of the heads it names, per example; `outputs`
-    receives each layer's head outputs [rows, T, H, d] (rows as in the returned layout).
+    `replace` ([layers, heads, head_dim], or [layers, T, heads, head_dim] per position: what a
+    gated head's output becomes, see `attention_control`). `knock` blocks edges of the heads it
+    names, per example; `outputs` receives each layer's head outputs [rows, T, H, d] (rows as
+    in the returned layout).
     Padding uses the model's own pad id, and explicit position ids only where the load-time
     probe needed them."""
     layout: Layout = []

@@ -14,6 +14,7 @@ import torch
 
 from reportgen.data.blocks import block_edges
 from reportgen.data.examples import Example
+from reportgen.data.grounding import replaced
 from reportgen.data.methods import ROLLOUTS
 from reportgen.data.metrics import check_metric, shares
 from reportgen.data.results import HeadStats, PairFlow, Result, default_top_k
@@ -80,13 +81,24 @@ def compute_batch(
                 pairs=_pairs(reductions, base.layout[b], row),
             )
         )
+    if reference is None and needs_reference(settings, ablate):
+        reference = make_reference(lm, [row.example for row in batch], settings, memory)
     if settings.patching and lm.task is not Task.ENCODER:
-        patched = attribution_patching(lm, batch, base, settings.batch_size)
+        baseline = settings.patch_baseline
+        patched = attribution_patching(
+            lm,
+            batch,
+            base,
+            settings.batch_size,
+            baseline,
+            mean=None if reference is None else reference.mean,
+            counterfactuals=[counterfactual(row, lm, settings) for row in batch]
+            if baseline == "counterfactual"
+            else None,
+        )
         results = [replace(r, patching=p) for r, p in zip(results, patched, strict=True)]
     if ablate and settings.ablate_k > 0:
         grids_for_ablation = [r.head_scores(metric) for r in results]
-        if reference is None and settings.ablation != "zero":
-            reference = make_reference(lm, [row.example for row in batch], settings, memory)
         ablations = ablate_heads(lm, batch, base, grids_for_ablation, settings, reference)
         results = [replace(r, ablation=a) for r, a in zip(results, ablations, strict=True)]
     return results
@@ -271,6 +283,34 @@ def check_settings(lm: LoadedModel, settings: Settings) -> None:
         )
 
 
+def needs_reference(settings: Settings, ablate: bool = True) -> bool:
+    """Whether the run's inputs are drawn on: mean or resample ablation, or patching from the
+    mean."""
+    ablating = ablate and settings.ablate_k > 0 and settings.ablation != "zero"
+    return ablating or (settings.patching and settings.patch_baseline == "mean")
+
+
+def counterfactual(row: Encoded, lm: LoadedModel, settings: Settings) -> Encoded:
+    """The input's counterfactual (its `counterfactual` segments in place of its own) encoded
+    as the input is (its target teacher-forced alike): the same number of tokens, or
+    SaliencyError naming the input."""
+    ex = row.example
+    if not ex.counterfactual:
+        raise SaliencyError(
+            f"{ex.source}: input '{ex.id}' has no \"counterfactual\"; --patch-baseline "
+            "counterfactual patches each head's output on it into the input: give every input "
+            'one, e.g. {"ENV": "<MOT> saw a cat"} (or use --patch-baseline mean)'
+        )
+    encoded = _encode(replace(replaced(ex, ex.counterfactual), contrast=None), lm, settings)
+    if len(encoded.ids) != len(row.ids):
+        raise SaliencyError(
+            f"{ex.source}: input '{ex.id}': its counterfactual is {len(encoded.ids)} tokens and "
+            f"the input {len(row.ids)}; patching replaces a head's output position by position: "
+            "give a counterfactual of the same number of tokens"
+        )
+    return encoded
+
+
 def make_reference(
     lm: LoadedModel,
     pool: Sequence[Example],
@@ -281,7 +321,9 @@ def make_reference(
     every head's mean output over them (one streaming forward pass, in the same windows and
     batches whatever part of the run is computed, so shards and resumed runs agree)."""
     mean = None
-    if settings.ablation == "mean":
+    if (settings.ablate_k > 0 and settings.ablation == "mean") or (
+        settings.patching and settings.patch_baseline == "mean"
+    ):
         memory = memory or MemoryPlan.of(lm, settings)
         lengths = [len(_encode(ex, lm, settings).ids) for ex in pool]
 
@@ -319,11 +361,13 @@ def compute(
         encoded = _encode(ex, lm, settings)
         _check_spans(encoded, settings)
         check_effect(encoded, lm, settings)
+        if settings.patching and settings.patch_baseline == "counterfactual":
+            counterfactual(encoded, lm, settings)
         memory.check(encoded)
         lengths.append(len(encoded.ids))
     _check_padding(lm, settings, examples, lengths)
     reference = None
-    if settings.ablate_k > 0 and settings.ablation != "zero" and examples:
+    if needs_reference(settings) and examples:
         reference = make_reference(lm, examples if pool is None else pool, settings, memory)
     for first, last in windows(lengths, lm, settings.batch_size, settings.store):
         window = [_encode(ex, lm, settings) for ex in examples[first:last]]
