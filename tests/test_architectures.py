@@ -7,7 +7,11 @@ three inputs of different lengths in one padded batch, checked against an indepe
     model's output_attentions with torch.autograd (attattr by scaling one layer's attention);
     reportgen computes with --store dense to give every cell, and its stored reductions and
     top cells (what a default run keeps) must be those of that dense S;
-(c) batch: a batch of 8 gives the scores, values, targets and ablation of one input at a time.
+(c) batch: a batch of 8 gives the scores, values, targets and ablation of one input at a time;
+(d) the later methods: rollout and grad-rollout equal their definitions, attn-norm equals
+    A · ‖v W_O^h‖ or is refused naming the attention class, and attribution patching equals
+    head gates in the family's own eager attention (a bare encoder refuses the rollouts and
+    patching by name).
 
 Bare encoders run both ways reportgen reads two segments: as one sequence (joint) and each on
 its own (separate, a bi-encoder; the oracle runs the two sequences and joins their blocks).
@@ -23,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from architectures import (
@@ -39,11 +44,14 @@ from architectures import (
     oracle_attn_grad,
     plain_loss,
     relative_difference,
+    scaled_attention,
 )
+from architectures import _attentions as plain_attentions
 from synthetic import assert_stats_match_dense
 
 from reportgen.engine import compute, load_model
-from reportgen.errors import ModelError, ReportgenError
+from reportgen.engine.norms import SUPPORTED_CLASSES
+from reportgen.errors import ModelError, ReportgenError, SaliencyError
 from reportgen.inputs import examples_from_items
 from reportgen.settings import Settings
 
@@ -273,3 +281,115 @@ def test_unsupported_tasks_are_refused_clearly(zoo, name):
         list(compute(examples_from_items(items), lm, settings(family)))
     message = str(caught.value).lower()
     assert "not supported" in message or "no objective" in message, message
+
+
+# --- the methods added since: rollout, grad-rollout, attn-norm ---------------------------------
+
+
+def oracle_rollouts(model: Any, case: Any, position: int) -> dict[str, tuple[Any, Any]]:
+    """Per method, (per-head scores [L, H, T, T], relevance [L, T]) from one eager forward and
+    backward: rollout (Abnar & Zuidema 2020) multiplies up ½·mean_h A + ½·I, rows renormalised;
+    grad-rollout (Chefer et al. 2021) adds up mean_h (A ⊙ ∂log p/∂A)⁺ R; the rows of
+    `position`."""
+    loss, (layers,) = plain_attentions(model, case)
+    grads = torch.autograd.grad(loss, list(layers))
+    a = [x[0].detach().numpy() for x in layers]
+    g = [x[0].numpy() for x in grads]
+    eye = np.eye(a[0].shape[-1])
+    rolled, rows = eye, []
+    for x in a:
+        step = 0.5 * x.mean(0) + 0.5 * eye
+        rolled = step / step.sum(-1, keepdims=True) @ rolled
+        rows.append(rolled[position])
+    per_head = [np.maximum(x * -y, 0) for x, y in zip(a, g, strict=True)]
+    summed, grad_rows = eye, []
+    for x in per_head:
+        summed = summed + x.mean(0) @ summed
+        grad_rows.append(summed[position])
+    return {
+        "rollout": (np.stack(a), np.stack(rows)),
+        "grad-rollout": (np.stack(per_head), np.stack(grad_rows)),
+    }
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_rollouts_and_attn_norm_match_their_oracles_or_are_refused(zoo, name):
+    """Every family: rollout and grad-rollout equal their definitions computed here (a bare
+    encoder, without a prediction position, is refused by name), and attn-norm either equals
+    A · ‖v W_O^h‖ (tests/test_more_methods.py's oracle) or is refused naming the attention
+    class, which is then not one attn-norm lists as supported. One reportgen run per method and
+    one plain forward and backward per input, the plain model shared with the matrix above."""
+    from test_more_methods import oracle_attn_norm
+
+    family = FAMILIES[name]
+    if reportgen_results(zoo, family) is None:
+        return  # refused as unsupported (test_loss_matches_a_plain_transformers_forward)
+    encoder = family.task == "encoder"
+    for method in ("rollout", "grad-rollout"):
+        if encoder:
+            with pytest.raises(SaliencyError, match="rollout .* bare encoder"):
+                zoo.results(family, method=method)
+            continue
+        model, cases = zoo.plain(family, "eager")
+        results = zoo.results(family, method=method)
+        for case, result in zip(cases, results, strict=True):
+            per_head, relevance = oracle_rollouts(model, case, result.prediction_position)[method]
+            assert relative_difference(result.dense, per_head) <= TOLERANCE, method
+            assert relative_difference(result.relevance, relevance) <= TOLERANCE, method
+    try:
+        results = zoo.results(family, method="attn-norm")
+    except ModelError as err:
+        found = str(err)
+        assert "attn-norm does not support" in found and "use attn-grad" in found, found
+        refused = found.split("does not support ", 1)[1].split(" ", 1)[0]
+        assert refused not in SUPPORTED_CLASSES, found
+        return
+    model, cases = zoo.plain(family, "eager")
+    for case, result in zip(cases, results, strict=True):
+        assert relative_difference(result.dense, oracle_attn_norm(model, case)) <= TOLERANCE
+
+
+def _gated_loss(model: Any, case: Any, gates: torch.Tensor) -> torch.Tensor:
+    """The objective with each layer l's attention weights of head h scaled by gates[l, h]
+    (its output g · A V), through the family's own eager attention, patched once per layer."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for layer in range(gates.shape[0]):
+            stack.enter_context(scaled_attention(model, layer, gates[layer][None, :, None, None]))
+        loss, _ = plain_attentions(model, case)
+    return loss
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_attribution_patching_matches_gated_eager_attention_or_is_refused(zoo, name):
+    """Every family (zero baseline; the mean and counterfactual baselines are checked on
+    GPT-2 and Llama in tests/test_more_methods.py): each head's estimate is ∂L/∂g_h at g = 1
+    with the head's output scaled by g_h in the plain eager model (autograd, one backward),
+    and the checked heads' real effect is that model with g_h = 0. A bare encoder, without
+    log p(target), is refused by name."""
+    family = FAMILIES[name]
+    if reportgen_results(zoo, family) is None:
+        return
+    if family.task == "encoder":
+        with pytest.raises(SaliencyError, match="--patching .* bare encoder"):
+            zoo.results(family, method="attention", patching=True)
+        return
+    results = zoo.results(family, method="attention", patching=True, store="top-k")
+    model, cases = zoo.plain(family, "eager")
+    for case, result in zip(cases, results, strict=True):
+        patching = result.patching
+        assert patching is not None and patching.baseline == "zero"
+        ones = torch.ones(patching.estimate.shape, dtype=torch.float64)
+        gates = ones.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(_gated_loss(model, case, gates), [gates])
+        want = grad.numpy()  # Δ log p ≈ (0 − 1) · ∂(−L)/∂g
+        assert relative_difference(patching.estimate, want) <= TOLERANCE, name
+        with torch.no_grad():
+            intact = -float(_gated_loss(model, case, ones))
+            for (layer, head), real in zip(patching.heads.tolist(), patching.real, strict=True):
+                gates = ones.clone()
+                gates[layer, head] = 0
+                expected = -float(_gated_loss(model, case, gates)) - intact
+                tol = LOSS_TOLERANCE_SOFTMAX32 if family.softmax32 else LOSS_TOLERANCE
+                assert abs(real - expected) <= tol * max(abs(expected), abs(intact)), name
