@@ -196,6 +196,15 @@ ProvenanceOpt = Annotated[
         "full (absolute paths, the verbatim command) [default: relative]."
     ),
 ]
+AblateLayersOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ablate-layers",
+        help="Also ablate every head of one layer, each layer in turn (and with a flow metric "
+        "knock the flow out in every head of one layer): layer-level evidence beside the "
+        "heads', for 2 × layers more forward rows per input [default: off].",
+    ),
+]
 PatchingOpt = Annotated[
     bool,
     typer.Option(
@@ -418,6 +427,7 @@ def build(
     truncate: TruncOpt = False,
     ablate_k: AblateOpt = None,
     ablate_draws: DrawsOpt = None,
+    ablate_layers: AblateLayersOpt = False,
     ablation: AblationOpt = None,
     effect: EffectOpt = None,
     patching: PatchingOpt = False,
@@ -519,6 +529,7 @@ def compute(
     truncate: TruncOpt = False,
     ablate_k: AblateOpt = None,
     ablate_draws: DrawsOpt = None,
+    ablate_layers: AblateLayersOpt = False,
     ablation: AblationOpt = None,
     effect: EffectOpt = None,
     patching: PatchingOpt = False,
@@ -758,6 +769,7 @@ def compare(
     truncate: TruncOpt = False,
     ablate_k: AblateOpt = None,
     ablate_draws: DrawsOpt = None,
+    ablate_layers: AblateLayersOpt = False,
     seed: SeedOpt = None,
     engine: EngineOpt = None,
     pairing: PairingOpt = None,
@@ -895,7 +907,7 @@ _SETTING_OPTIONS = {
     "patch_baseline", "max_memory", "device_map", "store", "provenance", "top_k", "single_file",
     "title", "templates", "pages",
 }  # fmt: skip
-_SETTING_FLAGS = {"truncate", "keys_as_rows", "quiet", "force", "patching"}
+_SETTING_FLAGS = {"truncate", "keys_as_rows", "quiet", "force", "patching", "ablate_layers"}
 _RENDER_SETTINGS = {
     "top_k", "single_file", "title", "templates", "keys_as_rows", "quiet", "force", "pages",
 }  # fmt: skip

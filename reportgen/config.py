@@ -20,7 +20,7 @@ CONFIG_FILE = "reportgen.toml"
 PYPROJECT = "pyproject.toml"
 
 _INTS = ("steps", "batch_size", "max_tokens", "ablate_k", "ablate_draws", "seed", "top_k", "pages")
-_BOOLS = ("truncate", "keys_as_rows", "quiet", "patching")
+_BOOLS = ("truncate", "keys_as_rows", "quiet", "patching", "ablate_layers")
 _PATHS = ("templates", "single_file")
 _STRS = (
     "model", "method", "metric", "engine", "device", "dtype", "pairing", "max_memory",

@@ -268,6 +268,7 @@ def _job_settings(settings: Settings) -> dict[str, Any]:
         "--truncate": settings.truncate,
         "--ablate-k": settings.ablate_k,
         "--ablate-draws": settings.ablate_draws,
+        "--ablate-layers": settings.ablate_layers or None,  # None: as runs from before it
         "--ablation": settings.ablation,
         "--effect": settings.effect,
         "--patch-baseline": settings.patch_baseline if settings.patching else None,
@@ -454,6 +455,7 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
             # Only where it is not the default, so runs from before the option read the same.
             **({"aggregate": settings.aggregate} if settings.aggregate != "heads" else {}),
             **({"patching": settings.patch_baseline} if settings.patching else {}),
+            **({"ablate_layers": True} if settings.ablate_layers and settings.ablate_k else {}),
         },
         versions={
             "reportgen": __version__,
@@ -544,6 +546,8 @@ def equivalent_command(
         argv.append("--truncate")
     if settings.patching:
         argv.append("--patching")
+    if settings.ablate_layers:
+        argv.append("--ablate-layers")
     if command == "build" and settings.keys_as_rows:
         argv.append("--keys-as-rows")
     if command == "build":

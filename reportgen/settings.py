@@ -115,6 +115,9 @@ class Settings:
     input's `counterfactual` text, which every input then gives)."""
     ablate_draws: int = 8
     """Random head sets averaged for the ablation baseline."""
+    ablate_layers: bool = False
+    """Also ablate every head of each layer in turn (and, with a flow metric, knock the flow
+    out in every head of each layer): 2 × layers more forward rows per input, off by default."""
     ablation: str = "mean"
     """What replaces an ablated head's output: `mean` (its mean over every token of every input
     of the run, the same vector at each position), `resample` (its mean over the tokens of

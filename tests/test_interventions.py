@@ -144,7 +144,9 @@ def _replaced(heads, replacement):
 
 
 def _results(gpt2, **changes):
-    settings = Settings(dtype="float64", metric=METRIC, ablate_k=3, ablate_draws=3, **changes)
+    settings = Settings(
+        dtype="float64", metric=METRIC, ablate_k=3, ablate_draws=3, ablate_layers=True, **changes
+    )
     return list(compute(examples_from_items(ITEMS), gpt2, settings))
 
 
@@ -244,6 +246,7 @@ def test_no_knockout_without_a_flow_metric(gpt2):
     settings = Settings(dtype="float64", metric="total", ablate_k=2, ablate_draws=2)
     [result] = compute(examples_from_items(ITEMS[:1]), gpt2, settings)
     assert result.ablation is not None and result.ablation.knockout is None
+    assert result.ablation.layers == (), "layers are ablated only with --ablate-layers"
 
 
 def test_mean_and_donors_come_from_the_whole_run_not_the_part_computed(gpt2):

@@ -142,9 +142,10 @@ def ablate(
     reference: Reference | None = None,
 ) -> list[Ablation]:
     """For each example: its top-k grid heads ablated one more at a time (the curve, ending at
-    all k), `draws` seeded random sets of k heads, every head of each layer in turn, and (with a
-    flow metric) the knockout of the flow's edges in the top heads and in all heads of each
-    layer in turn; all in batched forward passes without gradients."""
+    all k), `draws` seeded random sets of k heads, and (with a flow metric) the knockout of the
+    flow's edges in the top heads; with `ablate_layers`, also every head of each layer in turn,
+    and the flow knocked out in every head of each layer; all in batched forward passes without
+    gradients."""
     layers, heads, k = lm.num_layers, lm.num_heads, settings.ablate_k
     metric, effect = settings.metric, effect_name(lm, settings)
     kind = settings.ablation
@@ -166,7 +167,11 @@ def ablate(
         replacements = list(sums / counts[:, None, None, None])
     jobs: list[_Job] = []
     plans = []
-    by_layer = [np.arange(layer * heads, (layer + 1) * heads) for layer in range(layers)]
+    by_layer = (
+        [np.arange(layer * heads, (layer + 1) * heads) for layer in range(layers)]
+        if settings.ablate_layers
+        else []
+    )
     for row, target, grid, rep in zip(rows, base.targets, grids, replacements, strict=True):
         fixed = replace(row, target_ids=target)
         top = np.argsort(-grid.reshape(-1), kind="stable")[:k]
@@ -202,14 +207,14 @@ def ablate(
         at += k
         drawn = values[at : at + len(randoms)]
         at += len(randoms)
-        per_layer = values[at : at + layers]
-        at += layers
+        per_layer = values[at : at + len(by_layer)]
+        at += len(by_layer)
         knockout = None
         if knock is not None:
             knockout = Knockout(
-                knock[0], knock[1], values[at], tuple(values[at + 1 : at + 1 + layers])
+                knock[0], knock[1], values[at], tuple(values[at + 1 : at + 1 + len(by_layer)])
             )
-            at += 1 + layers
+            at += 1 + len(by_layer)
         donor = donors[b]
         out.append(
             Ablation(
