@@ -65,6 +65,8 @@ class Report:
     """The site's size in bytes (its single file too, when inside it)."""
     _temporary: Any = field(default=None, repr=False, compare=False)
     """The temporary folder holding `run`, if the build made one (see _TemporaryFolder)."""
+    settings: Settings | None = field(default=None, repr=False, compare=False)
+    """The settings the site was rendered with (a notebook renders the same report inline)."""
 
     def __post_init__(self) -> None:
         for name in ("run", "site", "single_file"):
@@ -73,15 +75,24 @@ class Report:
                 object.__setattr__(self, name, Path(value))
 
     def _repr_html_(self) -> str:
-        """Notebooks show the single-file report inline (an iframe with `srcdoc`)."""
+        """Notebooks show the report inline: its single file in an iframe with `srcdoc`, sized
+        to the report; without one, the same report rendered as one from the run folder (with
+        the site's settings)."""
+        import tempfile
+
         from markupsafe import escape
 
-        from reportgen.site import iframe_html
+        from reportgen.site import iframe_html, render_single_file
 
-        if self.single_file is None:
+        if self.single_file is not None:
+            return iframe_html(self.single_file)
+        if self.run is None:
             index = escape(str(self.site / "index.html"))
-            return f"<p>reportgen site: <code>{index}</code> (pass single_file to show it here)</p>"
-        return iframe_html(self.single_file)
+            return f"<p>reportgen site: <code>{index}</code> (no run folder to show it here)</p>"
+        settings = replace(self.settings or Settings(), single_file=None, force=True, quiet=True)
+        with tempfile.TemporaryDirectory(prefix="reportgen-show-") as tmp:
+            shown = render_single_file(Run.open(self.run), Path(tmp) / "report.html", settings)
+            return iframe_html(shown)
 
 
 class _TemporaryFolder:
@@ -612,7 +623,9 @@ def render(
         opened, Path(out), settings, progress, on_warning=on_warning or _warn, size=size
     )
     tokens = sum(len(e.tokens) for e in opened.entries)
-    return Report(opened.path, site, settings.single_file, len(opened), tokens, size.bytes)
+    return Report(
+        opened.path, site, settings.single_file, len(opened), tokens, size.bytes, settings=settings
+    )
 
 
 def _warn(text: str) -> None:

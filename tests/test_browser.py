@@ -213,6 +213,14 @@ def test_the_single_file_works_in_a_sandboxed_iframe(watched: Watched, www: Path
     frame = watched.page.frames[1]
     frame.wait_for_url("about:srcdoc")  # Playwright may not have seen the frame commit yet
     assert watched.wait(frame)  # the index grid
+    # The host sizes the frame to the report's own height (the report posts it; not 900 px).
+    watched.page.wait_for_function(
+        "() => { const f = document.querySelector('iframe');"
+        " return Math.abs(f.getBoundingClientRect().height - 900) > 2; }"
+    )
+    tall = frame.evaluate("() => document.documentElement.scrollHeight")
+    shown = watched.page.evaluate("() => document.querySelector('iframe').offsetHeight")
+    assert abs(shown - min(tall, 20000)) <= 2 and tall > 1000, (shown, tall)
     frame.click("a[href='#example-2']")
     assert watched.wait(frame)
     assert frame.evaluate("() => document.title").startswith("dog · ")

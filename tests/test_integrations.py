@@ -67,10 +67,28 @@ def test_wandb_logs_html_offline(single, tmp_path, monkeypatch):
     assert logged[0].read_text("utf-8") == single.read_text("utf-8"), "logged unchanged (no inject)"
 
 
-def test_report_displays_inline_in_notebooks(single, tmp_path):
-    html = Report(None, tmp_path, single)._repr_html_()
-    assert html.startswith('<iframe sandbox="allow-scripts"') and 'srcdoc="' in html
-    assert "<script" not in html.split('srcdoc="', 1)[1], "the document is attribute-escaped"
+def _srcdoc(html: str) -> str:
+    return html.split('srcdoc="', 1)[1].split('"></iframe>', 1)[0]
+
+
+def test_report_displays_inline_in_notebooks(single, gpt2_run, tmp_path):
+    """The single file in a sandboxed srcdoc frame (attribute-escaped), sized by the script
+    beside it; a report without a single file is rendered as one from its run folder, with the
+    site's settings; with neither, the site's path (escaped)."""
+    import html as html_module
+
+    from reportgen.pipeline import render
+    from reportgen.settings import Settings
+
+    shown = Report(None, tmp_path, single)._repr_html_()
+    assert shown.startswith('<iframe sandbox="allow-scripts"') and 'srcdoc="' in shown
+    assert "<script" not in _srcdoc(shown), "the document is attribute-escaped"
+    assert shown.endswith("</script>") and "reportgen" in shown.rsplit("<script>", 1)[1]
+    report = render(gpt2_run, tmp_path / "site", Settings(title="A <b>notebook</b> title"))
+    assert report.single_file is None
+    inline = html_module.unescape(_srcdoc(report._repr_html_()))
+    assert "<title>A &lt;b&gt;notebook&lt;/b&gt; title" in inline, "the site's own settings"
+    assert 'id="rg-data"' in inline and not list(tmp_path.glob("site/*.html.*"))
     plain = Report(None, tmp_path / "<b>site")._repr_html_()
     assert "&lt;b&gt;site" in plain
 

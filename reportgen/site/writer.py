@@ -299,14 +299,25 @@ class _SingleFile:
 
 def iframe_html(path: str | Path, height: int = 900) -> str:
     """An `<iframe sandbox="allow-scripts" srcdoc=...>` showing a single-file report (for
-    notebooks); the document is attribute-escaped by markupsafe."""
+    notebooks), `height` px tall until the report says its own height (it posts it to its
+    parent; the script beside the frame, where the host runs scripts, sizes the frame to it,
+    at most 20,000 px); the document is attribute-escaped by markupsafe."""
     html = Path(path).read_text("utf-8")
     return str(
         Markup(
             '<iframe sandbox="allow-scripts" style="width:100%;height:{}px;border:0" '
-            'srcdoc="{}"></iframe>'
-        ).format(int(height), html)
+            'srcdoc="{}"></iframe><script>{}</script>'
+        ).format(int(height), html, Markup(_FRAME_SIZER))
     )
+
+
+_FRAME_SIZER = (
+    "(function(){var f=document.currentScript.previousElementSibling;"
+    "window.addEventListener('message',function(e){var d=e.data;"
+    "if(e.source!==f.contentWindow||!d||d.reportgen!=='height'||typeof d.height!=='number')return;"
+    "f.style.height=Math.max(150,Math.min(20000,Math.round(d.height)))+'px';});})();"
+)
+"""The host's side of the report's height message: only from its own frame, a number, bounded."""
 
 
 def save_figure(spec: Mapping[str, Any], path: str | Path, force: bool = False) -> Path:

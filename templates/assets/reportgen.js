@@ -1041,6 +1041,23 @@
     }
   }
 
+  /* ---- Height for a host page (a notebook's output cell) ----------------------------------
+   * A report inside a frame tells its parent how tall it is, so the host can size the frame to
+   * the report (reportgen.site.iframe_html listens). Only the height leaves the frame, and only
+   * when it changes; a sandboxed frame may post messages. */
+  function postHeight() {
+    if (window.parent === window || typeof ResizeObserver === "undefined") return;
+    var last = -1;
+    function send() {
+      var height = Math.ceil(document.documentElement.scrollHeight);
+      if (Math.abs(height - last) < 2) return;
+      last = height;
+      window.parent.postMessage({ reportgen: "height", height: height }, "*");
+    }
+    new ResizeObserver(send).observe(document.documentElement);
+    send();
+  }
+
   function wireTheme() {
     var button = document.querySelector('[data-rg="theme"]');
     if (button) {
@@ -1463,6 +1480,7 @@
 
   wireTheme();
   watchWidth();
+  postHeight();
   var boot = JSON.parse(document.getElementById("rg-data").textContent);
   if (boot.kind === "single") {
     inflate(document.getElementById("rg-vega"))
