@@ -209,3 +209,53 @@ def test_the_single_file_holds_bounded_pages_in_a_sandboxed_iframe(
     frame.click(f"[data-rg=table] tbody tr[data-row='{first}'] a")
     assert frame.evaluate("() => window.reportgen.ready.then(v => !!v)")
     assert frame.evaluate("() => document.title").startswith(f"{run.ids[first]} · ")
+
+
+GRID_SHOWN_JS = """
+() => {
+  const out = [];
+  function walk(mark) {
+    if (!mark) return;
+    if (mark.name === "grid_cells_marks") {
+      for (const item of mark.items) {
+        out.push([item.datum.layer, item.datum.head, item.datum.shown]);
+      }
+    }
+    if (mark.marktype === "group") {
+      for (const group of mark.items) for (const child of group.items || []) walk(child);
+    }
+  }
+  walk(window.reportgen.view.scenegraph().root);
+  return out;
+}
+"""
+
+
+def test_the_grid_colours_by_the_mean_its_lower_bound_or_the_top_3_share(
+    page: Any, www: Path, run: Run
+) -> None:
+    """The grid's radio buttons switch what each cell's colour shows: the mean share, the
+    lower bound of its 95% bootstrap interval, or the share of inputs with it in their top 3,
+    each equal to the numbers computed here from the run."""
+    from reportgen.data.stats import bootstrap_mean
+
+    _open(page, www)
+    grids = run.head_scores(run.info.metric)
+    flat = grids.reshape(COUNT, -1)
+    ranks = np.argsort(-flat, axis=1, kind="stable")[:, :3]
+    top = np.bincount(ranks.reshape(-1), minlength=flat.shape[1]) / COUNT
+    wanted = {
+        "mean share": grids.mean(axis=0).reshape(-1),
+        "its 95% lower bound": bootstrap_mean(
+            grids, int(run.info.parameters["seed"] or 0)
+        ).low.reshape(-1),
+        "share of inputs with it in their top 3": top,
+    }
+    heads = run.info.num_heads
+    for label, values in wanted.items():
+        page.get_by_label(label, exact=True).check()
+        page.evaluate("() => window.reportgen.view.runAsync().then(() => true)")
+        shown = page.evaluate(GRID_SHOWN_JS)
+        assert len(shown) == flat.shape[1]
+        for layer, head, value in shown:
+            assert value == pytest.approx(values[(layer - 1) * heads + head - 1], rel=1e-3), label

@@ -1,8 +1,9 @@
 """The index page's dataset grid: each head's mean share over the inputs, with its spread.
 
-One layer × head grid whose colour a radio button switches between two views of the same
-heads: the mean share (with its bootstrap interval and standard deviation in the tooltip) and
-the share of inputs that have the head among their three strongest. A click picks a head (the
+One layer × head grid whose colour a radio button switches between three views of the same
+heads: the mean share (with its bootstrap interval and standard deviation in the tooltip), the
+lower bound of that interval (a head that is strong on a few inputs only drops there), and the
+share of inputs that have the head among their three strongest. A click picks a head (the
 page lists the inputs where it is strongest and ranks the table by it)."""
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from reportgen.charts.views import _grid_view, _param_dict, _top_level, _view_di
 
 TOP_N = 3
 """A head counts as one of an input's strongest when it is among its TOP_N highest shares."""
-COLOURS = {"score": "mean share", "top": f"share of inputs with it in their top {TOP_N}"}
+COLOURS = {
+    "score": "mean share",
+    "low": "its 95% lower bound",
+    "top": f"share of inputs with it in their top {TOP_N}",
+}
 """The grid's colour views: field → what the radio button says."""
 
 
@@ -32,7 +37,7 @@ def dataset_grid_spec(
     """The dataset grid (arrays [layers, heads]): `mean` share, its bootstrap interval
     `low`–`high`, its standard deviation `sd` over the inputs, and `top`, the share of inputs
     with the head among their TOP_N strongest. A `pick` point selection; the colour view is the
-    param GRID_COLOUR (`score` or `top`), bound to radio buttons."""
+    param GRID_COLOUR (`score`, `low` or `top`), bound to radio buttons."""
     layers, heads = np.asarray(mean).shape
     pick = alt.selection_point(
         name=PICK, fields=["layer", "head"], on="click", clear="dblclick", empty=False
@@ -60,7 +65,10 @@ def dataset_grid_spec(
         legend=True,
         colour="shown",
         tooltip=tooltip,
-        calculate={"shown": f"{GRID_COLOUR} === 'top' ? datum.top : datum.score"},
+        calculate={
+            "shown": f"{GRID_COLOUR} === 'top' ? datum.top : "
+            f"{GRID_COLOUR} === 'low' ? datum.low : datum.score"
+        },
     )
     params = [{**_param_dict(pick), "views": [GRID_CELLS]}, _param_dict(colour)]
     spec = _top_level(_view_dict(chart), params)
