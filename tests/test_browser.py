@@ -6,6 +6,7 @@ errors, dialogs (an XSS would open one) and requests leaving the site.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,7 @@ def test_brushing_a_block_shows_the_normalised_sum(watched: Watched, base: str, 
     assert_heat(heat_cells(page), expected_heat(run, 1, [(2, 3)]))
 
 
-def test_png_and_svg_buttons_download_the_view(watched: Watched, www: Path) -> None:
+def test_png_svg_and_json_buttons_download_the_view(watched: Watched, www: Path, run: Run) -> None:
     watched.open((www / "report" / PAGES[2]).as_uri())
     for kind, magic in (("png", b"\x89PNG"), ("svg", b"<svg")):
         with watched.page.expect_download() as info:
@@ -188,6 +189,17 @@ def test_png_and_svg_buttons_download_the_view(watched: Watched, www: Path) -> N
         download = info.value
         assert download.suggested_filename == f"0001-reference.{kind}"
         assert Path(download.path()).read_bytes().startswith(magic)
+    # JSON: the input's head scores as the run has them, and the selection's drawn cells
+    with watched.page.expect_download() as info:
+        watched.page.click("[data-rg=json]")
+    assert info.value.suggested_filename == "0001-reference.json"
+    data = json.loads(Path(info.value.path()).read_text("utf-8"))
+    assert data["input"] == "0001-reference" and len(data["selection"]) == 1
+    assert {(c["query"], c["key"]): c["share"] for c in data["cells"]} == heat_cells(watched.page)
+    grid = run.result(0).head_scores(run.info.metric)
+    assert len(data["heads"]) == grid.size
+    for row in data["heads"]:
+        assert row["score"] == pytest.approx(grid[row["layer"] - 1, row["head"] - 1], rel=1e-3)
 
 
 def test_the_index_ranks_inputs_by_the_selected_head(watched: Watched, www: Path, run: Run) -> None:

@@ -11,6 +11,7 @@ axe-core comes from npm for the tests only (`tests/tools`, installed by `.ci/run
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,15 @@ def test_a_sandboxed_iframe_shows_the_image_to_save(pages: Any, www: Path) -> No
         assert box is not None and box["width"] > 100
         note = frame.locator("#rg-page-example-1 [data-rg=export] .rg-note").inner_text()
         assert "right-click" in note
+    frame.click("#rg-page-example-1 [data-rg=json]")  # data: a text box to copy from
+    area = frame.locator("#rg-page-example-1 [data-rg=export] textarea")
+    area.wait_for(state="visible")
+    data = json.loads(area.input_value())
+    assert data["heads"] and data["selection"] and data["cells"]
+    assert (
+        "copy the data"
+        in frame.locator("#rg-page-example-1 [data-rg=export] .rg-note").inner_text()
+    )
 
 
 # --- a signed method ------------------------------------------------------------------------

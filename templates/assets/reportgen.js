@@ -336,7 +336,29 @@
         }, 5000);
       });
     });
+    find(root, "json").addEventListener("click", function () {
+      saveText(root, JSON.stringify(pageData(!!long), null, 1), current.data.name + ".json");
+    });
     wireSigned(root);
+  }
+
+  /* The current input's data as the page has it: every head's score (the grid's rows), the
+   * selected heads and the cells the heatmap draws for them (share of the selection; a long
+   * input's token map is a canvas, its cells are not exported). */
+  function pageData(isLong) {
+    var heads = rg.data("heads").map(function (row) {
+      var out = {};
+      Object.keys(row).forEach(function (k) {
+        out[k] = row[k];
+      });
+      return out;
+    });
+    var cells = isLong
+      ? []
+      : rg.data("heat").map(function (d) {
+          return { query: d.i, key: d.j, share: d.share, query_token: d.query, key_token: d.key };
+        });
+    return { input: current.data.name, selection: rg.selection(), heads: heads, cells: cells };
   }
 
   /* ---- Long inputs: the zoomable overview ------------------------------------------------
@@ -1367,6 +1389,36 @@
     img.src = url;
     box.appendChild(note);
     box.appendChild(img);
+  }
+
+  function saveText(root, text, filename) {
+    if (!downloadsBlocked()) {
+      var url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+      download(url, filename);
+      setTimeout(function () {
+        URL.revokeObjectURL(url);
+      }, 5000);
+      return;
+    }
+    var box = find(root, "export");
+    if (!box) {
+      box = document.createElement("div");
+      box.className = "rg-export";
+      box.setAttribute("data-rg", "export");
+      var toolbar = root.querySelector(".rg-toolbar");
+      toolbar.parentNode.insertBefore(box, toolbar.nextSibling);
+    }
+    box.textContent = "";
+    var note = document.createElement("p");
+    note.className = "rg-note";
+    note.textContent = "This frame cannot download files: copy the data below.";
+    var area = document.createElement("textarea");
+    area.readOnly = true;
+    area.rows = 8;
+    area.setAttribute("aria-label", "the input's data as JSON");
+    area.value = text;
+    box.appendChild(note);
+    box.appendChild(area);
   }
 
   function mount(root, data, restore) {
