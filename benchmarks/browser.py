@@ -154,7 +154,7 @@ class _Session:
     def load(self) -> float:
         """Navigate; ms from navigation start until reportgen.ready resolved."""
         self.page.goto(self.url)
-        self.page.wait_for_function("window.__rgProbe.readyAt !== null", timeout=TIMEOUT_MS)
+        self.page.wait_for_function("() => window.__rgProbe.readyAt !== null", timeout=TIMEOUT_MS)
         return float(self.page.evaluate("window.__rgProbe.readyAt"))
 
     def watch(self) -> None:
@@ -182,7 +182,7 @@ class _Session:
         self.page.evaluate("window.__rgProbe.done = null")
         action()
         try:
-            self.page.wait_for_function("window.__rgProbe.done !== null", timeout=TIMEOUT_MS)
+            self.page.wait_for_function("() => window.__rgProbe.done !== null", timeout=TIMEOUT_MS)
         except Exception as err:
             raise RuntimeError(f"{self.url}: the heatmap did not change after {what}") from err
         return float(self.page.evaluate("window.__rgProbe.done - window.__rgProbe.t0"))

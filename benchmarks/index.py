@@ -134,7 +134,9 @@ def run(opts: Options) -> list[Table]:
                 context.add_init_script(PROBE_JS)
                 page = context.new_page()
                 page.goto(index.as_uri())
-                page.wait_for_function("window.__rgProbe.readyAt !== null", timeout=TIMEOUT_MS)
+                page.wait_for_function(
+                    "() => window.__rgProbe.readyAt !== null", timeout=TIMEOUT_MS
+                )
                 opens.append(float(page.evaluate("window.__rgProbe.readyAt")))
                 actions = {
                     "sort by p(target)": ("sort", ["value", False]),
