@@ -230,8 +230,12 @@ def test_the_single_file_works_in_a_sandboxed_iframe(watched: Watched, www: Path
         "() => { const f = document.querySelector('iframe');"
         " return Math.abs(f.getBoundingClientRect().height - 900) > 2; }"
     )
-    tall = frame.evaluate("() => document.documentElement.scrollHeight")
-    shown = watched.page.evaluate("() => document.querySelector('iframe').offsetHeight")
+    for _ in range(300):  # the report may grow as it draws; the frame follows each change
+        tall = frame.evaluate("() => document.documentElement.scrollHeight")
+        shown = watched.page.evaluate("() => document.querySelector('iframe').offsetHeight")
+        if abs(shown - min(tall, 20000)) <= 2:
+            break
+        watched.page.wait_for_timeout(100)
     assert abs(shown - min(tall, 20000)) <= 2 and tall > 1000, (shown, tall)
     frame.click("a[href='#example-2']")
     assert watched.wait(frame)
