@@ -258,7 +258,11 @@ def _map_shards(
     computed = shards.map_batches(
         ShardWorker,
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=min(workers, count)),
+        # one shard in flight per actor: Ray Data's default queues several on the first actor
+        # that is ready, which ran both shards of a 2-actor pool on one actor, one by one
+        compute=ray.data.ActorPoolStrategy(
+            size=min(workers, count), max_tasks_in_flight_per_actor=1
+        ),
         num_cpus=cpus,
         num_gpus=gpus,
         fn_constructor_kwargs={
