@@ -91,11 +91,21 @@ def test_checkpoints_site_equals_numpy(built: dict[str, Path]) -> None:
             assert r["mean"] == pytest.approx(mean[ly, h], abs=1e-6)
             assert r["lo"] == pytest.approx(max(0.0, mean[ly, h] - sd[ly, h]), abs=1e-6)
             assert r["hi"] == pytest.approx(min(1.0, mean[ly, h] + sd[ly, h]), abs=1e-6)
-        values = [e.value for e in Run.open(runs / f"checkpoint-{STEPS[c]}").entries]
+        entries = Run.open(runs / f"checkpoint-{STEPS[c]}").entries
         got = next(v for v in _dataset(data, views.CHECKPOINTS_DATA) if v["c"] == c)
-        assert got["value"] == pytest.approx(np.mean(values))
+        assert got["value"] == pytest.approx(np.mean([e.value for e in entries]))
+        # each checkpoint's own top-k heads ablated against random heads, from its run
+        tops = [e.ablation.value_top - e.ablation.value for e in entries if e.ablation]
+        drawn = [np.mean(e.ablation.random_values) - e.ablation.value
+                 for e in entries if e.ablation]  # fmt: skip
+        assert len(tops) == len(entries) > 0
+        assert got["ablate_top"] == pytest.approx(np.mean(tops), abs=1e-6)
+        assert got["ablate_random"] == pytest.approx(np.mean(drawn), abs=1e-6)
         assert (site / "models" / folder / "index.html").is_file()
         assert f'href="models/{folder}/index.html"' in (site / "index.html").read_text("utf-8")
+    html = (site / "index.html").read_text("utf-8")
+    assert 'data-rg="ablation-note"' in html and views.TREND_ABLATION in json.dumps(data)
+    assert data["names"]["views"][-1] == views.TREND_ABLATION
     # heads ranked by the last checkpoint's mean, strongest first
     last = _scores(runs, "checkpoint-200").mean(axis=0)
     ranked = sorted((r["rank"], r["layer"] - 1, r["head"] - 1) for r in rows if r["c"] == 2)
@@ -309,7 +319,7 @@ def test_trends_and_difference_equal_numpy() -> None:
     assert trend.values == (pytest.approx(0.6), pytest.approx(0.1), None)
     np.testing.assert_allclose(views.difference(trend, 0, 2), scores[2].mean(0) - scores[0].mean(0))
     spec = views.compare_spec(trend)
-    assert [p["name"] for p in spec["params"]] == ["pick", views.DIFF_FROM, views.DIFF_TO]
+    assert [p["name"] for p in spec["params"]] == ["pick", "brush", views.DIFF_FROM, views.DIFF_TO]
     top = views.order(trend)[0]
     assert spec["params"][0]["value"] == [{"layer": top[0] + 1, "head": top[1] + 1}]
     assert spec["params"][2]["value"] == 2  # last − first when the page opens
@@ -336,6 +346,19 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 
 LINES_JS = """
 ([lines]) => window.reportgen.view.data(lines).map((d) => [d.unit, d.c, d.mean])
+"""
+STROKES_JS = """
+() => {
+  const found = [];
+  const walk = (node) => {
+    if (node.marktype === "line" && String(node.name || "").startsWith("trend_lines")) {
+      node.items.forEach((item) => found.push(item.stroke || null));
+    }
+    (node.items || []).forEach((item) => (item.items || []).forEach(walk));
+  };
+  walk(window.reportgen.view.scenegraph().root);
+  return found;
+}
 """
 
 
@@ -377,6 +400,8 @@ def test_click_on_a_head_draws_its_trajectory(built: dict[str, Path]) -> None:
         assert sorted(d[:2] for d in drawn) == [[label, c] for c in range(3)]
         for _, c, mean in drawn:
             assert mean == pytest.approx(means[c][top], abs=1e-6)
+        strokes = page.evaluate(STROKES_JS)  # drawn in a colour (the legend is its own)
+        assert strokes and all(isinstance(c, str) and c.startswith("#") for c in strokes)
         # the difference grid opens as last − first
         cells = page.evaluate(
             "([d]) => window.reportgen.view.data(d).map((r) => [r.layer, r.head, r.diff])", [diff]
@@ -396,6 +421,27 @@ def test_click_on_a_head_draws_its_trajectory(built: dict[str, Path]) -> None:
         for unit, c, mean in drawn:
             assert unit == f"L{other[0] + 1} H{other[1] + 1}"
             assert mean == pytest.approx(means[c][other], abs=1e-6)
+        # a vertical drag over the heatmap brushes a run of heads: all of their trajectories
+        ranked = views.order(views.trends(list("abc"), [m[None] for m in means], [[], [], []]))
+        run = ranked[1:5]  # the 2nd to the 5th strongest at the last checkpoint
+        x0, y0 = cell_center(page, "trend_heat_marks", layer=run[0][0] + 1, head=run[0][1] + 1, c=1)
+        x1, y1 = cell_center(page, "trend_heat_marks", layer=run[-1][0] + 1, head=run[-1][1] + 1,
+                             c=1)  # fmt: skip
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        page.mouse.move(x1, (y0 + y1) / 2, steps=4)
+        page.mouse.move(x1, y1, steps=4)
+        page.mouse.up()
+        page.evaluate("window.reportgen.view.runAsync().then(() => 1)")
+        want = sorted([ly + 1, h + 1] for ly, h in run)
+        assert page.evaluate("window.reportgen.selection()") == want
+        drawn = page.evaluate(LINES_JS, [lines])
+        assert sorted(d[:2] for d in drawn) == sorted(
+            [f"L{ly + 1} H{h + 1}", c] for ly, h in run for c in range(3)
+        )
+        for unit, c, mean in drawn:
+            ly, h = (int(n) - 1 for n in unit[1:].split(" H"))
+            assert mean == pytest.approx(means[c][ly, h], abs=1e-6)
         assert errors == []
         # a click on a checkpoint's grid opens that model's own report
         x, y = cell_center(page, "trend_grids_marks", layer=1, head=1, c=1)

@@ -9,8 +9,9 @@ its heads' shares).
 
 Views (names in this module) and their links:
 - `trend_heat`: unit × checkpoint heatmap of the mean score, units ordered by the last
-  checkpoint's score; a click picks a unit (`pick`, shift adds), outlined everywhere.
-- `trend_lines`: the picked units' mean over checkpoints, with the spread band.
+  checkpoint's score; a click picks a unit (`pick`, shift adds), a vertical drag brushes a
+  run of units (`brush`, on their `unit` labels); both outlined everywhere.
+- `trend_lines`: the picked and brushed units' mean over checkpoints, with the spread band.
 - `trend_grids`: each checkpoint's layer × head grid (small multiples); a click opens that
   model's own report.
 - `trend_diff`: the grid of `to − from` between two checkpoints chosen in two menus (params
@@ -19,6 +20,8 @@ Views (names in this module) and their links:
 - `trend_value`: the mean target probability (or cosine) per checkpoint.
 - `trend_gain`: the mean grounding information gain per checkpoint (nats, with a band of one
   standard deviation over the inputs), when it was computed (`reportgen.data.grounding`).
+- `trend_ablation`: per checkpoint, the mean change of the effect measure with that
+  checkpoint's own top-k heads ablated, against k random heads (when the runs ablated).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 import altair as alt
 import numpy as np
 
-from reportgen.charts.names import PICK, store
+from reportgen.charts.names import BRUSH, PICK, store
 
 TREND_HEAT = "trend_heat"
 TREND_LINES = "trend_lines"
@@ -41,6 +44,7 @@ TREND_DIFF = "trend_diff"
 TREND_VALUE = "trend_value"
 TREND_GAIN = "trend_gain"
 TREND_GAIN_BAND = "trend_gain_band"
+TREND_ABLATION = "trend_ablation"
 DIFF_FROM = "diff_from"
 DIFF_TO = "diff_to"
 PICKED = "#ff2d55"
@@ -68,6 +72,9 @@ class Trends:
     gains: tuple[tuple[float, float] | None, ...] = ()
     """Per checkpoint, the information gain's mean and standard deviation over the inputs
     (nats); empty when it was not computed."""
+    ablations: tuple[tuple[float, float] | None, ...] = ()
+    """Per checkpoint, the mean change of the effect measure with its top-k heads ablated and
+    with k random heads (mean over the draws), over the inputs; empty when no run ablated."""
 
 
 def layer_scores(scores: np.ndarray) -> np.ndarray:
@@ -82,10 +89,12 @@ def trends(
     values: Sequence[Sequence[float]],
     layer_level: bool = False,
     gains: Sequence[Sequence[float]] = (),
+    ablations: Sequence[Sequence[tuple[float, float]]] = (),
 ) -> Trends:
     """Mean and spread per checkpoint of each model's scores [inputs, layers, heads]; with
     `layer_level`, of their per-layer sums (models of different shapes). `gains` are each
-    model's information gains per input, if computed."""
+    model's information gains per input, if computed; `ablations` each model's (Δ top-k,
+    Δ random) per input, if it ablated."""
     grids = [layer_scores(s) if layer_level else np.asarray(s, np.float64) for s in scores]
     layers = max(g.shape[1] for g in grids)
     heads = max(g.shape[2] for g in grids)
@@ -102,7 +111,13 @@ def trends(
         (float(np.mean(g)), float(np.std(g))) if len(g) else None
         for g in (np.asarray(g, np.float64) for g in gains)
     )
-    return Trends(tuple(labels), mean, lo, hi, means, layer_level, spread)
+    effects = tuple(
+        (float(a[:, 0].mean()), float(a[:, 1].mean())) if len(a) else None
+        for a in (np.asarray(a, np.float64).reshape(-1, 2) for a in ablations)
+    )
+    if all(e is None for e in effects):
+        effects = ()
+    return Trends(tuple(labels), mean, lo, hi, means, layer_level, spread, effects)
 
 
 def difference(trend: Trends, first: int, second: int) -> np.ndarray:
@@ -154,11 +169,16 @@ def _checkpoint_axis(labels: Sequence[str], title: str = "checkpoint") -> alt.X:
 
 
 def compare_spec(
-    trend: Trends, value_label: str = "p(target)", links: Sequence[str] = ()
+    trend: Trends,
+    value_label: str = "p(target)",
+    links: Sequence[str] = (),
+    effect_label: str = "log p(target)",
+    k: int = 3,
 ) -> dict[str, Any]:
     """The comparison page's linked spec (see the module); the top unit of the last
     checkpoint is picked when the page opens. `links` (one per checkpoint, relative URLs)
-    make a click on a checkpoint's grid open that model's own report."""
+    make a click on a checkpoint's grid open that model's own report; `effect_label` and `k`
+    title the ablation chart."""
     labels = list(trend.labels)
     ranked = order(trend)
     names = [unit_label(ly, h, trend.layer_level) for ly, h in ranked]
@@ -174,7 +194,17 @@ def compare_spec(
         empty=False,
         value=[{"layer": top[0] + 1, "head": top[1] + 1}],
     )
-    picked_stroke = alt.condition(pick, alt.value(PICKED), alt.value(None))
+    brush = alt.selection_interval(
+        name=BRUSH,
+        encodings=["y"],
+        empty=False,
+        translate=False,
+        zoom=False,
+        clear="dblclick",
+        mark=alt.BrushConfig(fill=PICKED, fillOpacity=0.08, stroke=PICKED, strokeWidth=1),
+    )
+    chosen = pick | brush
+    picked_stroke = alt.condition(chosen, alt.value(PICKED), alt.value(None))
     data = alt.Data(name=UNITS_DATA)
     share = alt.Scale(scheme="viridis", domainMin=0)
     tips = [
@@ -196,15 +226,15 @@ def compare_spec(
             stroke=picked_stroke,
             tooltip=tips,
         )
-        .add_params(pick)
+        .add_params(pick, brush)
         .properties(
             name=TREND_HEAT,
             height=alt.Step(step),
             width=alt.Step(28),
-            title=f"{kind}s by checkpoint (click to pick)",
+            title=f"{kind}s by checkpoint (click to pick, drag to brush)",
         )
     )
-    picked = alt.Chart(data).transform_filter(pick)
+    picked = alt.Chart(data).transform_filter(chosen)
     x_trend = _checkpoint_axis(labels)
     band = (
         picked.mark_area(opacity=0.18)
@@ -313,8 +343,10 @@ def compare_spec(
     right = [trend_chart, value]
     if trend.gains:
         right.append(_gain_chart(labels))
+    if trend.ablations:
+        right.append(_ablation_chart(labels, effect_label, k))
     chart = alt.vconcat(
-        alt.hconcat(heat, alt.vconcat(*right)),
+        alt.hconcat(heat, alt.vconcat(*right).resolve_scale(color="independent")),
         grids,
         diff,
     ).resolve_scale(color="independent")
@@ -337,9 +369,43 @@ def checkpoint_rows(trend: Trends) -> list[dict[str, Any]]:
             row["gain"] = round(m, SCORE_DIGITS)
             row["gain_lo"] = round(m - sd, SCORE_DIGITS)
             row["gain_hi"] = round(m + sd, SCORE_DIGITS)
+        effect = trend.ablations[c] if trend.ablations else None
+        if effect is not None:
+            row["ablate_top"] = round(effect[0], SCORE_DIGITS)
+            row["ablate_random"] = round(effect[1], SCORE_DIGITS)
         if len(row) > 2:
             rows.append(row)
     return rows
+
+
+def _ablation_chart(labels: Sequence[str], effect_label: str, k: int) -> alt.Chart:
+    """Per checkpoint, the mean change of the effect with its own top-k heads ablated, and
+    with k random heads."""
+    top, rand = f"own top {k} heads", f"{k} random heads"
+    return (
+        alt.Chart(alt.Data(name=CHECKPOINTS_DATA))
+        .transform_filter("isValid(datum.ablate_top)")
+        .transform_fold(["ablate_top", "ablate_random"], as_=["which", "delta"])
+        .transform_calculate(heads=f"datum.which == 'ablate_top' ? '{top}' : '{rand}'")
+        .mark_line(point=True)
+        .encode(
+            x=_checkpoint_axis(labels),
+            y=alt.Y("delta:Q", title=f"mean Δ {effect_label}"),
+            color=alt.Color(
+                "heads:N", title="ablated", sort=[top, rand],
+                scale=alt.Scale(domain=[top, rand], range=[PICKED, "#8a8a95"]),
+            ),
+            tooltip=[
+                alt.Tooltip("checkpoint:N"),
+                alt.Tooltip("heads:N", title="ablated"),
+                alt.Tooltip("delta:Q", title=f"mean Δ {effect_label}", format="+.4f"),
+            ],
+        )
+        .properties(
+            name=TREND_ABLATION, width=320, height=160,
+            title=f"ablation: each checkpoint's own top {k} heads against {k} random",
+        )
+    )  # fmt: skip
 
 
 def _gain_chart(labels: Sequence[str]) -> alt.LayerChart | alt.FacetChart:
@@ -370,14 +436,15 @@ def _gain_chart(labels: Sequence[str]) -> alt.LayerChart | alt.FacetChart:
     )
 
 
-def compare_names(gain: bool = False) -> dict[str, Any]:
+def compare_names(gain: bool = False, ablation: bool = False) -> dict[str, Any]:
     """The names the comparison page's JavaScript receives (`data.names`); `gain`: the page
-    draws the information gain."""
+    draws the information gain; `ablation`: the ablation effects."""
     return {
         "heat_mark": "",
-        "selections": [PICK],
-        "stores": [store(PICK)],
+        "selections": [PICK, BRUSH],
+        "stores": [store(PICK), store(BRUSH)],
         "units": UNITS_DATA,
         "views": [TREND_HEAT, TREND_LINES, TREND_GRIDS, TREND_DIFF, TREND_VALUE]
-        + ([TREND_GAIN] if gain else []),
+        + ([TREND_GAIN] if gain else [])
+        + ([TREND_ABLATION] if ablation else []),
     }

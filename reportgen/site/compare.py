@@ -16,7 +16,7 @@ from reportgen import charts
 from reportgen.charts import compare as views
 from reportgen.fsutil import staged_update
 from reportgen.settings import Settings
-from reportgen.site.pages import Context, Links, Page, SiteContext
+from reportgen.site.pages import Context, Evidence, Links, Page, SiteContext, evidence
 from reportgen.site.writer import _site_assets, _write, render_site
 
 if TYPE_CHECKING:
@@ -44,6 +44,9 @@ class ModelRow:
     reused: bool
     gain: float | None = None
     """Its mean grounding information gain (nats), if computed."""
+    evidence: Evidence | None = None
+    """Its own top-k heads ablated against k random heads, over the inputs (None: no
+    ablation in its run)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class CompareContext(Context):
     final_top: list[tuple[str, float]]
     counterfactual: str | None = None
     """What the information gain compares each input with (None: not computed)."""
+    ablation: Evidence | None = None
+    """The last model's ablation evidence, for the intervention, effect and k the table
+    names (None: no model ablated)."""
 
 
 def comparison_page(
@@ -69,13 +75,20 @@ def comparison_page(
     describes what the members' information gains compare with."""
     shapes = [(m.model.label, m.run.info.num_layers, m.run.info.num_heads) for m in members]
     layer_level = len({s[1:] for s in shapes}) > 1
+    ablated = [
+        [(e.ablation.delta_top, e.ablation.delta_random) for e in m.run.entries if e.ablation]
+        for m in members
+    ]
     trend = views.trends(
         [m.model.label for m in members],
         [m.run.head_scores(metric) for m in members],
         [[e.value for e in m.run.entries] for m in members],
         layer_level=layer_level,
         gains=[[g.gain for g in m.gains or ()] for m in members] if counterfactual else (),
+        ablations=ablated,
     )
+    evidences = [evidence(m.run) for m in members]
+    shown = next((e for e in reversed(evidences) if e is not None), None)
     rows = []
     for c, m in enumerate(members):
         grid = trend.mean[c]
@@ -97,6 +110,7 @@ def comparison_page(
                 top=units[:TOP_SHOWN],
                 reused=m.reused,
                 gain=_gain_mean(trend, c),
+                evidence=evidences[c],
             )
         )
     context = CompareContext(
@@ -107,11 +121,14 @@ def comparison_page(
         last=members[-1].model.label,
         final_top=rows[-1].top,
         counterfactual=counterfactual,
+        ablation=shown,
     )
+    links = [r.link for r in rows]
+    effect, k = (shown.effect_label, shown.k) if shown is not None else ("", 0)
     data = {
         "kind": "compare",
-        "spec": charts.to_vega(views.compare_spec(trend, value_label, [r.link for r in rows])),
-        "names": views.compare_names(gain=bool(trend.gains)),
+        "spec": charts.to_vega(views.compare_spec(trend, value_label, links, effect, k)),
+        "names": views.compare_names(gain=bool(trend.gains), ablation=bool(trend.ablations)),
     }
     return Page("index", "index.html", "compare.html", "Comparison", context, data)
 

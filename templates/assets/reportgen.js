@@ -143,6 +143,11 @@
           heads.push([layer, head]);
         });
       });
+      // the comparison page brushes units by their labels: "L4 H7", or "L4" per layer
+      (got.unit || []).forEach(function (unit) {
+        var m = /^L(\d+)(?: H(\d+))?$/.exec(String(unit));
+        if (m) heads.push([Number(m[1]), m[2] ? Number(m[2]) : 1]);
+      });
     });
     return heads;
   }
