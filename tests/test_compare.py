@@ -322,7 +322,7 @@ def test_trends_and_difference_equal_numpy() -> None:
     assert [p["name"] for p in spec["params"]] == ["pick", "brush", views.DIFF_FROM, views.DIFF_TO]
     top = views.order(trend)[0]
     assert spec["params"][0]["value"] == [{"layer": top[0] + 1, "head": top[1] + 1}]
-    assert spec["params"][2]["value"] == 2  # last − first when the page opens
+    assert spec["params"][3]["value"] == 2  # last − first when the page opens
 
 
 @pytest.mark.cli
