@@ -174,6 +174,14 @@ PageIdOpt = Annotated[
         "for the named inputs only [default: none].",
     ),
 ]
+LinkOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--link",
+        help="TEXT=URL: a link in every page's navigation (a path in the site, such as "
+        "compare/index.html, or an http(s) address); repeat for more [default: none].",
+    ),
+]
 TitleOpt = Annotated[
     str | None,
     typer.Option(help="Report title [default: from the model and the inputs]."),
@@ -442,6 +450,7 @@ def build(
     single_file: SingleOpt = None,
     pages: PagesOpt = None,
     page_id: PageIdOpt = None,
+    link: LinkOpt = None,
     title: TitleOpt = None,
     templates: TemplatesOpt = None,
     keys_as_rows: KeysOpt = False,
@@ -697,6 +706,7 @@ def render(
     single_file: SingleOpt = None,
     pages: PagesOpt = None,
     page_id: PageIdOpt = None,
+    link: LinkOpt = None,
     title: TitleOpt = None,
     templates: TemplatesOpt = None,
     keys_as_rows: KeysOpt = False,
@@ -926,6 +936,8 @@ def _settings(options: dict[str, Any], command: str, print_config: bool = False)
     given.update({k: True for k in _SETTING_FLAGS if options.get(k)})
     if options.get("page_id"):
         given["page_ids"] = tuple(options["page_id"])
+    if options.get("link"):
+        given["links"] = tuple(options["link"])
     from_file = dict(config.values)
     if command == "render":
         from_file = {k: v for k, v in from_file.items() if k in _RENDER_SETTINGS}

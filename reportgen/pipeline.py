@@ -564,6 +564,8 @@ def equivalent_command(
     if command == "build":
         for id_ in settings.page_ids:
             argv += ["--page-id", id_]
+        for link in settings.links:
+            argv += ["--link", link]
     if settings.provenance != defaults.provenance:
         argv += ["--provenance", settings.provenance]
     return shown_command(argv, settings.provenance)

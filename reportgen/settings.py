@@ -142,6 +142,10 @@ class Settings:
     `page_ids`); None: a page for every input (or, with `page_ids` alone, for those only)."""
     page_ids: tuple[str, ...] = ()
     """Ids of inputs that get a page whatever `pages` says (a list is taken as a tuple)."""
+    links: tuple[str, ...] = ()
+    """Links added to every page's navigation, each `TEXT=URL`: a path relative to the site
+    folder (e.g. `compare/index.html`: each page links it from where it is; the single file
+    leaves these out) or an `https://` / `http://` address."""
     provenance: str = "relative"
     """What a report publishes of where it came from: `relative` (paths relative to the
     working directory, a model folder by its last parts) or `full` (absolute paths and the
@@ -163,6 +167,8 @@ class Settings:
                 object.__setattr__(self, name, Path(value))
         if not isinstance(self.page_ids, tuple):
             object.__setattr__(self, "page_ids", tuple(self.page_ids))
+        if not isinstance(self.links, tuple):
+            object.__setattr__(self, "links", tuple(self.links))
         if isinstance(self.model, os.PathLike):
             object.__setattr__(self, "model", os.fspath(self.model))
 
@@ -246,6 +252,32 @@ class Settings:
                 raise SettingsError(
                     f"--page-id must be an input's id (a non-empty string), got {id_!r}"
                 )
+        for link in self.links:
+            parse_link(link)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise SettingsError(f"--seed must be an integer, got {self.seed!r}")
         return self
+
+
+def parse_link(link: object) -> tuple[str, str]:
+    """`TEXT=URL` as (text, url): the URL a path relative to the site folder (no `..`, no
+    leading `/`) or an http(s) address; anything else (`javascript:`, `file:`, `//host`) is
+    refused, since a report is opened by others."""
+    text, eq, url = str(link).partition("=") if isinstance(link, str) else ("", "", "")
+    text, url = text.strip(), url.strip()
+    if not (eq and text and url):
+        raise SettingsError(
+            f"--link {link!r}: write it as TEXT=URL, e.g. 'Over training=compare/index.html'"
+        )
+    scheme = url.split(":", 1)[0].lower() if ":" in url.split("/", 1)[0] else None
+    if scheme is not None:
+        if scheme not in ("http", "https"):
+            raise SettingsError(f"--link {link!r}: use a path in the site or an http(s) address")
+        return text, url
+    parts = url.split("#", 1)[0].split("?", 1)[0].split("/")
+    if url.startswith("/") or "\\" in url or ".." in parts:
+        raise SettingsError(
+            f"--link {link!r}: a path must be relative to the site folder, inside it (no "
+            "leading /, no ..)"
+        )
+    return text, url

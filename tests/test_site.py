@@ -452,3 +452,32 @@ def test_index_rows_are_made_as_the_page_is_written(
     pieces = site.writer._render(gathered, page, site.Links(gathered.names))
     assert not isinstance(pieces, str)
     assert "".join(pieces).count("<tr data-row=") == 50
+
+
+def test_nav_links_point_from_every_page_and_are_checked(run: Run, tmp_path: Path) -> None:
+    from reportgen.errors import SettingsError
+    from reportgen.settings import parse_link
+
+    out, single = tmp_path / "site", tmp_path / "one.html"
+    links = ("Over training=compare/index.html", "Paper=https://arxiv.org/abs/2510.13796")
+    site.render_site(run, out, Settings(links=links, single_file=single))
+    (out / "compare").mkdir()
+    (out / "compare" / "index.html").write_text("<p>comparison</p>", "utf-8")
+    pages = sorted(out.rglob("*.html"))
+    assert len(pages) > 3 and any(p.parent.name == "examples" for p in pages)
+    for page in (p for p in pages if p.parent.name != "compare"):
+        nav = re.search(r'<nav class="rg-nav".*?</nav>', page.read_text("utf-8"), re.S)
+        assert nav, page
+        anchors = dict(
+            (text, href) for href, text in re.findall(r'<a href="([^"]+)">([^<]+)</a>', nav[0])
+        )
+        assert (page.parent / anchors["Over training"]).resolve() == out / "compare" / "index.html"
+        assert anchors["Paper"] == "https://arxiv.org/abs/2510.13796"
+    # the single file has no site around it: the site path is left out, the address kept
+    nav = re.search(r'<nav class="rg-nav".*?</nav>', single.read_text("utf-8"), re.S)
+    assert nav and "Over training" not in nav[0] and "https://arxiv.org/abs/2510.13796" in nav[0]
+    assert parse_link(" a = b/c.html ") == ("a", "b/c.html")
+    for bad in ("no-equals", "=x.html", "a=", "a=javascript:alert(1)", "a=../up.html",
+                "a=/abs.html", "a=//host/x", "a=file:///etc/passwd", "a=b\\c"):  # fmt: skip
+        with pytest.raises(SettingsError, match="--link"):
+            Settings(links=(bad,)).validate()

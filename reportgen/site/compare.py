@@ -163,6 +163,7 @@ def render_comparison(
                 settings,
                 single_file=None,
                 force=False,
+                links=(),  # relative to the comparison, not to each model's report
                 title=f"{m.model.label} · {count} input{'s' * (count != 1)}",
             )
             render_site(m.run, tmp / MODELS_FOLDER / m.folder, own)

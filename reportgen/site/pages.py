@@ -35,7 +35,7 @@ from reportgen.data.stats import (
 )
 from reportgen.errors import SettingsError
 from reportgen.records import Entry, Run, RunInfo
-from reportgen.settings import Settings
+from reportgen.settings import Settings, parse_link
 from reportgen.site.html import environment
 
 TOP_HEADS_SHOWN = 5
@@ -173,6 +173,13 @@ class Links:
     def index(self) -> str:
         return "#index" if self.single else f"{self._root()}index.html"
 
+    def site(self, url: str) -> str | None:
+        """A `--link` target from this page: an http(s) address as it is, a path in the site
+        relative to this page (None in the single file, which has no site around it)."""
+        if url.split("/", 1)[0].endswith(":"):  # https://… (parse_link allows no other scheme)
+            return url
+        return None if self.single else f"{self._root()}{url}"
+
     def about(self) -> str:
         return "#about" if self.single else f"{self._root()}about.html"
 
@@ -220,6 +227,8 @@ class Common(Context):
     """How each intervention reads in a sentence ("mean-ablated (...)")."""
     effect_labels: Mapping[str, str]
     """Each effect measure's name on the page ("log p(target)")."""
+    site_links: tuple[tuple[str, str], ...] = ()
+    """The navigation's extra links (`--link`), (text, url): `links.site(url)` places them."""
 
 
 @dataclass(frozen=True)
@@ -489,6 +498,7 @@ class SiteContext:
             evidence=self.evidence,
             intervention_labels=INTERVENTION_LABELS,
             effect_labels=EFFECT_LABELS,
+            site_links=tuple(parse_link(link) for link in self.settings.links),
         )
 
 
