@@ -786,6 +786,7 @@ def compare(
     max_memory: MemoryOpt = None,
     top_k: StoreTopKOpt = None,
     store: StoreOpt = None,
+    single_file: SingleOpt = None,
     title: TitleOpt = None,
     templates: TemplatesOpt = None,
     provenance: ProvenanceOpt = None,
@@ -809,7 +810,8 @@ def compare(
             counterfactual,
         )  # fmt: skip
         index = report.site / "index.html"
-        say(f"compared {report.inputs} inputs; site: {index}; run folders: {report.run}")
+        one = f"; single file: {settings.single_file}" if settings.single_file else ""
+        say(f"compared {report.inputs} inputs; site: {index}{one}; run folders: {report.run}")
 
 
 @app.command()

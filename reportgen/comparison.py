@@ -332,8 +332,6 @@ def compare(
     own `counterfactual` fields, if any). Returns the site's `Report` (`run` is the runs
     folder)."""
     settings = (settings or Settings()).validate()
-    if settings.single_file is not None:
-        raise SettingsError("compare writes a site folder only; drop --single-file")
     examples = pipeline.load_examples(inputs)
     check_metric(settings.metric, examples)
     others = counterfactuals(examples, counterfactual)
@@ -373,7 +371,7 @@ def compare(
     note = None if others is None else describe(counterfactual)
     site = render_comparison(members, Path(out), settings, note)
     tokens = sum(len(e.tokens) for e in members[-1].run.entries)
-    return pipeline.Report(runs_dir, site, None, len(examples), tokens)
+    return pipeline.Report(runs_dir, site, settings.single_file, len(examples), tokens)
 
 
 def grounding(

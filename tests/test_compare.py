@@ -7,6 +7,8 @@ Chromium, where a click on a head redraws its trajectory."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import re
 import shutil
@@ -650,3 +652,81 @@ def test_gain_rows_and_chart_equal_numpy() -> None:
     assert [set(r) for r in plain["datasets"][views.CHECKPOINTS_DATA]] == [
         {"c", "checkpoint", "value"}
     ] * 2
+
+
+@pytest.fixture(scope="module")
+def single(built: dict[str, Path]) -> Path:
+    """The same comparison as one file (the runs reused: nothing computed again)."""
+    from reportgen import compare
+
+    path = built["root"] / "comparison.html"
+    settings = replace(SETTINGS, single_file=path)
+    report = compare(built["inputs"], built["root"] / "site-single", checkpoints=built["ckpts"],
+                     settings=settings, runs=built["runs"])  # fmt: skip
+    assert report.single_file == path
+    return path
+
+
+@pytest.mark.e2e
+def test_the_single_file_holds_the_comparison_without_links_out(
+    built: dict[str, Path], single: Path
+) -> None:
+    from reportgen.site.writer import is_single_file
+
+    html = single.read_text("utf-8")
+    assert is_single_file(single)
+    assert 'data-rg="single-note"' in html and "models/" not in html.replace(
+        "<code>models/</code>", ""
+    )
+    sections = re.findall(r'<section class="rg-page" id="rg-page-([^"]+)"', html)
+    assert sections == ["index"]
+    packed = re.search(
+        r'<script type="application/gzip" class="rg-page-data">(.*?)</script>', html, re.S
+    )
+    assert packed
+    data = json.loads(gzip.decompress(base64.b64decode(packed.group(1))))
+    site = _page_data(built["site"])
+    # the same numbers as the site's page; only the grids' links to the models' reports differ
+    for name in (views.UNITS_DATA, views.CHECKPOINTS_DATA):
+        assert _dataset(data, name) == _dataset(site, name)
+    assert "href" in json.dumps(site["spec"]) and "href" not in json.dumps(data["spec"])
+
+
+@pytest.mark.browser
+def test_the_single_file_comparison_works_in_a_sandboxed_iframe(
+    built: dict[str, Path], single: Path, tmp_path: Path
+) -> None:
+    from browser import launch
+    from playwright.sync_api import sync_playwright
+
+    from reportgen.site.writer import iframe_html
+
+    host = tmp_path / "host.html"
+    host.write_text(f"<!doctype html><title>host</title>{iframe_html(single)}", "utf-8")
+    runs = built["runs"]
+    means = [_scores(runs, f"checkpoint-{s}").mean(axis=0) for s in STEPS]
+    data = _page_data(built["site"])
+    lines = _mark_source(data["spec"], "trend_lines_0_pathgroup")
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        page = browser.new_page(viewport={"width": 1300, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(host.as_uri())
+        frame = page.frames[1]
+        frame.wait_for_url("about:srcdoc")
+        frame.wait_for_function("() => window.reportgen && window.reportgen.view")
+        frame.evaluate("window.reportgen.ready.then(() => 1)")
+        top = views.order(views.trends(list("abc"), [m[None] for m in means], [[], [], []]))[0]
+        assert frame.evaluate("window.reportgen.selection()") == [[top[0] + 1, top[1] + 1]]
+        drawn = frame.evaluate(LINES_JS, [lines])
+        assert sorted(d[1] for d in drawn) == [0, 1, 2]
+        for _, c, mean in drawn:
+            assert mean == pytest.approx(means[c][top], abs=1e-6)
+        assert frame.locator("[data-rg=single-note]").is_visible()
+        assert errors == []
+        assert [u for u in requests if not u.startswith(("file:", "about:", "data:"))] == []
+        browser.close()

@@ -5,19 +5,30 @@ through `script_json`, classic scripts from the site's assets, the same CSP."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from markupsafe import Markup
 
 from reportgen import charts
 from reportgen.charts import compare as views
-from reportgen.fsutil import staged_update
+from reportgen.fsutil import check_single_file, staged_update
 from reportgen.settings import Settings
 from reportgen.site.pages import Context, Evidence, Links, Page, SiteContext, evidence
-from reportgen.site.writer import _site_assets, _write, render_site
+from reportgen.site.writer import (
+    SINGLE_FILE_MARKER,
+    _inside,
+    _site_assets,
+    _write,
+    is_single_file,
+    render_site,
+    single_section,
+    stage_single_file,
+)
 
 if TYPE_CHECKING:
     from reportgen.comparison import Member
@@ -32,8 +43,9 @@ class ModelRow:
     """A compared model as the page's table shows it."""
 
     label: str
-    link: str
-    """Its own report's index page, relative to the comparison page."""
+    link: str | None
+    """Its own report's index page, relative to the comparison page (None in the single
+    file, which holds the comparison page only)."""
     model: str
     weights_sha256: str
     shape: tuple[int, int]
@@ -66,13 +78,20 @@ class CompareContext(Context):
     ablation: Evidence | None = None
     """The last model's ablation evidence, for the intervention, effect and k the table
     names (None: no model ablated)."""
+    single: bool = False
+    """The single file: the comparison page alone, without the models' own reports."""
 
 
 def comparison_page(
-    members: Sequence[Member], metric: str, value_label: str, counterfactual: str | None = None
+    members: Sequence[Member],
+    metric: str,
+    value_label: str,
+    counterfactual: str | None = None,
+    single: bool = False,
 ) -> Page:
     """The page (context and data) comparing `members` under `metric`; `counterfactual`
-    describes what the members' information gains compare with."""
+    describes what the members' information gains compare with. `single`: as the single file
+    holds it (no links to the models' own reports, which only the site folder has)."""
     shapes = [(m.model.label, m.run.info.num_layers, m.run.info.num_heads) for m in members]
     layer_level = len({s[1:] for s in shapes}) > 1
     ablated = [
@@ -102,7 +121,7 @@ def comparison_page(
         rows.append(
             ModelRow(
                 label=m.model.label,
-                link=f"{MODELS_FOLDER}/{m.folder}/index.html",
+                link=None if single else f"{MODELS_FOLDER}/{m.folder}/index.html",
                 model=m.run.info.model,
                 weights_sha256=m.run.info.weights_sha256,
                 shape=(m.run.info.num_layers, m.run.info.num_heads),
@@ -122,8 +141,9 @@ def comparison_page(
         final_top=rows[-1].top,
         counterfactual=counterfactual,
         ablation=shown,
+        single=single,
     )
-    links = [r.link for r in rows]
+    links = [r.link for r in rows if r.link is not None]
     effect, k = (shown.effect_label, shown.k) if shown is not None else ("", 0)
     data = {
         "kind": "compare",
@@ -141,10 +161,15 @@ def _gain_mean(trend: views.Trends, c: int) -> float | None:
 def render_comparison(
     members: Sequence[Member], out: Path, settings: Settings, counterfactual: str | None = None
 ) -> Path:
-    """Write the comparison site into `out` (a staged update: all of it or nothing);
-    `counterfactual` describes what the members' information gains compare with."""
+    """Write the comparison site into `out` (a staged update: all of it or nothing), and with
+    `settings.single_file` the comparison page as one file too (inside `out`, written with
+    the site; elsewhere, moved into place after it); `counterfactual` describes what the
+    members' information gains compare with."""
+    target = settings.single_file
+    if target is not None:
+        check_single_file(target, settings.force, out, SINGLE_FILE_MARKER)
     last = members[-1].run
-    own_site = SiteContext.gather(last, settings)
+    own_site = SiteContext.gather(last, replace(settings, links=()))
     env, metric = own_site.env, own_site.metric
     value_label = own_site.value_label
     count = len(last)
@@ -154,25 +179,51 @@ def render_comparison(
     page = comparison_page(members, metric, value_label, counterfactual)
     # the last model's page variables, but this page's title and no single run's evidence
     common = replace(own_site.common(Links((), 0)), report_title=title, evidence=None)
-    with staged_update(out, "site", settings.force) as tmp:
-        for name, text in _site_assets(env).items():
-            _write(tmp / "assets" / name, text)
-        _write(tmp / ".nojekyll", "")
-        for m in members:
-            own = replace(
-                settings,
-                single_file=None,
-                force=False,
-                links=(),  # relative to the comparison, not to each model's report
-                title=f"{m.model.label} · {count} input{'s' * (count != 1)}",
+    staged: Path | None = None
+    try:
+        with staged_update(out, "site", settings.force, recognise=is_single_file) as tmp:
+            for name, text in _site_assets(env).items():
+                _write(tmp / "assets" / name, text)
+            _write(tmp / ".nojekyll", "")
+            for m in members:
+                own = replace(
+                    settings,
+                    single_file=None,
+                    force=False,
+                    links=(),  # relative to the comparison, not to each model's report
+                    title=f"{m.model.label} · {count} input{'s' * (count != 1)}",
+                )
+                render_site(m.run, tmp / MODELS_FOLDER / m.folder, own)
+            template = env.get_template(page.template)
+            _write(
+                tmp / page.file, template.generate(**_page_variables(common, page), inline=False)
             )
-            render_site(m.run, tmp / MODELS_FOLDER / m.folder, own)
-        variables: dict[str, Any] = {
-            **common.variables(),
-            **(page.context.variables() if page.context is not None else {}),
-            "page": page,
-            "data": page.data,
-        }
-        template = env.get_template(page.template)
-        _write(tmp / page.file, template.generate(**variables, inline=False))
+            if target is not None:
+                one = comparison_page(members, metric, value_label, counterfactual, single=True)
+                shared = replace(common, links=Links((), 0, single=True))
+                context = template.new_context(_page_variables(shared, one))
+                body = Markup("".join(template.blocks["content"](context)))
+                sections = [single_section("index", one, body, one.data)]
+                inside = _inside(target, out)
+                if inside is not None:  # e.g. site/compare.html: it goes in with the site
+                    made = stage_single_file(env, shared.variables(), sections, title, tmp / inside)
+                    os.replace(made, tmp / inside)
+                else:
+                    staged = stage_single_file(env, shared.variables(), sections, title, target)
+        if staged is not None and target is not None:
+            check_single_file(target, settings.force, out, SINGLE_FILE_MARKER)  # changed since?
+            os.replace(staged, target)
+            staged = None
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
     return out
+
+
+def _page_variables(common: Context, page: Page) -> dict[str, Any]:
+    return {
+        **common.variables(),
+        **(page.context.variables() if page.context is not None else {}),
+        "page": page,
+        "data": page.data,
+    }

@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,54 +247,69 @@ class _SingleFile:
             return
         page = with_neighbours(page, self.site, self.links)
         body = _render_body(self.site, page, self.links)
-        data = packed(script_json(page.payload(self.links)))
-        self.size += len(body) + len(data)
+        section = single_section(page.key, page, body, page.payload(self.links))
+        self.size += len(body) + len(section["data"])
         if self.size > SINGLE_FILE_LIMIT:
             raise OutputError(
                 f"the single-file report would exceed {SINGLE_FILE_LIMIT / 2**20:.3g} MiB (at page "
                 f"'{page.title}'); use the site folder, fewer inputs, or a smaller --top-k"
             )
-        self.sections.append(
-            {
-                "key": page.key,
-                "title": page.title,
-                "kind": page.data["kind"],
-                "body": body,
-                "data": data,
-            }
-        )
+        self.sections.append(section)
 
     def stage(self, path: Path) -> Path:
         """Write the file next to `path` under a temporary name; the caller renames it."""
-        env = self.site.env
-        template = env.get_template("single.html")
-        page = Page("single", path.name, "single.html", self.site.title, None, {"kind": "single"})
-        js = script_text(inline_script(env))
-        html = template.generate(
-            **self.site.common(self.links).variables(),
-            sections=self.sections,
-            data=page.data,
-            page=page,
-            inline=True,
-            inline_assets={
-                "vega": vega_bundle_packed(),
-                "js": js,
-                "css": style_text(asset_source(env, "reportgen.css")),
-            },
-            csp=single_file_csp(str(js)),  # the inline script's hash
-            seal=SEAL_PLACEHOLDER,
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-                fh.writelines(html)
-            seal(Path(tmp))
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return Path(tmp)
+        common = self.site.common(self.links).variables()
+        return stage_single_file(self.site.env, common, self.sections, self.site.title, path)
+
+
+def single_section(key: str, page: Page, body: Markup, data: Mapping[str, Any]) -> dict[str, Any]:
+    """One page of a single file: its rendered `content` block and its data, gzipped."""
+    return {
+        "key": key,
+        "title": page.title,
+        "kind": page.data["kind"],
+        "body": body,
+        "data": packed(script_json(data)),
+    }
+
+
+def stage_single_file(
+    env: jinja2.Environment,
+    common: Mapping[str, Any],
+    sections: Sequence[Mapping[str, Any]],
+    title: str,
+    path: Path,
+) -> Path:
+    """Write a single file of `sections` (bodies and packed data; the first one keyed `index`
+    opens) next to `path` under a temporary name, sealed; the caller renames it."""
+    template = env.get_template("single.html")
+    page = Page("single", path.name, "single.html", title, None, {"kind": "single"})
+    js = script_text(inline_script(env))
+    html = template.generate(
+        **common,
+        sections=sections,
+        data=page.data,
+        page=page,
+        inline=True,
+        inline_assets={
+            "vega": vega_bundle_packed(),
+            "js": js,
+            "css": style_text(asset_source(env, "reportgen.css")),
+        },
+        csp=single_file_csp(str(js)),  # the inline script's hash
+        seal=SEAL_PLACEHOLDER,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.writelines(html)
+        seal(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
 
 
 def iframe_html(path: str | Path, height: int = 900) -> str:
