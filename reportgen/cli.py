@@ -769,6 +769,13 @@ def compare(
             "[default: none]."
         ),
     ] = None,
+    heat_input: Annotated[
+        str | None,
+        typer.Option(
+            help="Id of the input drawn as token heatmaps per checkpoint (at most "
+            "64 tokens) [default: the first input]."
+        ),
+    ] = None,
     method: MethodOpt = None,
     metric: MetricOpt = None,
     steps: StepsOpt = None,
@@ -787,6 +794,7 @@ def compare(
     top_k: StoreTopKOpt = None,
     store: StoreOpt = None,
     single_file: SingleOpt = None,
+    keys_as_rows: KeysOpt = False,
     title: TitleOpt = None,
     templates: TemplatesOpt = None,
     provenance: ProvenanceOpt = None,
@@ -807,7 +815,7 @@ def compare(
 
         report = run_compare(
             inputs, out, models or [], checkpoints, labels or [], settings, runs, say,
-            counterfactual,
+            counterfactual, heat_input,
         )  # fmt: skip
         index = report.site / "index.html"
         one = f"; single file: {settings.single_file}" if settings.single_file else ""

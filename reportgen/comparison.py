@@ -325,15 +325,21 @@ def compare(
     runs: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     counterfactual: str | None = None,
+    heat_input: str | None = None,
 ) -> pipeline.Report:
     """Compute (or reuse) a run folder per model under `runs` and render the comparison site
     at `out` (see the module). `settings.model` is ignored: the models are `models` and the
     sub-folders of `checkpoints`. `counterfactual` is `swap:SEGMENT` (or None: the inputs'
-    own `counterfactual` fields, if any). Returns the site's `Report` (`run` is the runs
+    own `counterfactual` fields, if any). `heat_input`: the id of the input the page draws as
+    token heatmaps per checkpoint (None: the first). Returns the site's `Report` (`run` is the runs
     folder)."""
     settings = (settings or Settings()).validate()
     examples = pipeline.load_examples(inputs)
     check_metric(settings.metric, examples)
+    if heat_input is not None and heat_input not in {ex.id for ex in examples}:
+        raise SettingsError(
+            f"--heat-input '{heat_input}': no input has that id (give one of the inputs' ids)"
+        )
     others = counterfactuals(examples, counterfactual)
     specs = model_specs(models, checkpoints, labels)
     runs_dir = Path(runs) if runs is not None else default_runs(out)
@@ -369,7 +375,7 @@ def compare(
             for m, name in zip(members, names, strict=True)
         ]  # fmt: skip
     note = None if others is None else describe(counterfactual)
-    site = render_comparison(members, Path(out), settings, note)
+    site = render_comparison(members, Path(out), settings, note, heat_input)
     tokens = sum(len(e.tokens) for e in members[-1].run.entries)
     return pipeline.Report(runs_dir, site, settings.single_file, len(examples), tokens)
 

@@ -707,13 +707,16 @@ def compare(
     runs: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     counterfactual: str | None = None,
+    heat_input: str | None = None,
 ) -> Report:
     """Compare models (or the checkpoints in `checkpoints`) on the same inputs: a run folder
     per model under `runs` (reused when its weights and settings match), and a comparison
     site at `out`, with each model's grounding information gain if the inputs have a
-    `counterfactual` or `counterfactual` is `swap:SEGMENT`; see `reportgen.comparison`."""
+    `counterfactual` or `counterfactual` is `swap:SEGMENT`, and input `heat_input`'s (the
+    first's if None) token heatmaps per checkpoint; see `reportgen.comparison`."""
     from reportgen.comparison import compare as run_compare
 
     return run_compare(
-        inputs, out, models, checkpoints, labels, settings, runs, progress, counterfactual
-    )
+        inputs, out, models, checkpoints, labels, settings, runs, progress, counterfactual,
+        heat_input,
+    )  # fmt: skip

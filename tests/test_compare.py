@@ -198,6 +198,9 @@ def test_layer_level_when_shapes_differ(built: dict[str, Path], tmp_path: Path) 
         mine = {r["layer"]: r["mean"] for r in rows if r["c"] == c}
         assert {r["head"] for r in rows} == {1}
         assert mine == pytest.approx({i + 1: v for i, v in enumerate(layers)}, abs=1e-6)
+    # no token heatmaps per checkpoint at the layer level, and the page says why
+    assert "No token heatmaps per checkpoint: the models differ in layers × heads" in html
+    assert views.CELLS_DATA not in _page_data(report.site)["spec"].get("datasets", {})
 
 
 @pytest.mark.e2e
@@ -364,6 +367,45 @@ STROKES_JS = """
 """
 
 
+TOKENS_JS = """
+() => {
+  const found = [];
+  const walk = (node) => {
+    if (node.name === "trend_tokens_marks") {
+      node.items.forEach((item) => found.push([item.datum.c, item.datum.q, item.datum.k,
+                                              item.datum.share]));
+    }
+    (node.items || []).forEach((item) => (item.items || []).forEach(walk));
+  };
+  walk(window.reportgen.view.scenegraph().root);
+  return found;
+}
+"""
+
+
+def _token_heat(runs: Path, heads: list[tuple[int, int]], index: int = 0) -> dict:
+    """(checkpoint, query, key) -> the mean over `heads` of the cell's share |S| / total of the
+    head's saliency, from each head's strongest TOKEN_CELLS cells (numpy, from the runs)."""
+    want: dict = {}
+    for c, step in enumerate(STEPS):
+        result = Run.open(runs / f"checkpoint-{step}").result(index)
+        t, stats = len(result.tokens), result.stats
+        for ly, h in heads:
+            cells = stats.top_cells[ly, h, : views.TOKEN_CELLS]
+            values = np.abs(stats.top_values[ly, h, : views.TOKEN_CELLS].astype(np.float64))
+            for cell, value in zip(cells, values, strict=True):
+                if cell >= 0:
+                    key = (c, *divmod(int(cell), t))
+                    want[key] = want.get(key, 0.0) + value / stats.total[ly, h] / len(heads)
+    return want
+
+
+def _assert_token_heat(got: list, want: dict) -> None:
+    assert {(c, q, k) for c, q, k, _ in got} == set(want)
+    for c, q, k, share in got:
+        assert share == pytest.approx(want[c, q, k], abs=1e-5)
+
+
 def _mark_source(spec: dict, name: str) -> str:
     """The Vega dataset a named mark (or path group) draws from."""
     for mark in spec.get("marks", []):
@@ -402,6 +444,7 @@ def test_click_on_a_head_draws_its_trajectory(built: dict[str, Path]) -> None:
         assert sorted(d[:2] for d in drawn) == [[label, c] for c in range(3)]
         for _, c, mean in drawn:
             assert mean == pytest.approx(means[c][top], abs=1e-6)
+        _assert_token_heat(page.evaluate(TOKENS_JS), _token_heat(runs, [top]))
         strokes = page.evaluate(STROKES_JS)  # drawn in a colour (the legend is its own)
         assert strokes and all(isinstance(c, str) and c.startswith("#") for c in strokes)
         # the difference grid opens as last − first
@@ -444,6 +487,8 @@ def test_click_on_a_head_draws_its_trajectory(built: dict[str, Path]) -> None:
         for unit, c, mean in drawn:
             ly, h = (int(n) - 1 for n in unit[1:].split(" H"))
             assert mean == pytest.approx(means[c][ly, h], abs=1e-6)
+        # and the token heatmaps follow: the mean over the brushed heads, per checkpoint
+        _assert_token_heat(page.evaluate(TOKENS_JS), _token_heat(runs, list(run)))
         assert errors == []
         # a click on a checkpoint's grid opens that model's own report
         x, y = cell_center(page, "trend_grids_marks", layer=1, head=1, c=1)
@@ -730,3 +775,46 @@ def test_the_single_file_comparison_works_in_a_sandboxed_iframe(
         assert errors == []
         assert [u for u in requests if not u.startswith(("file:", "about:", "data:"))] == []
         browser.close()
+
+
+@pytest.mark.unit
+def test_token_rows_keep_each_heads_strongest_cells_as_shares() -> None:
+    rng = np.random.default_rng(4)
+    t, layers, heads, k = 5, 2, 3, 7
+    made = []
+    for _ in range(2):
+        values = -rng.random((layers, heads, k)).astype(np.float32)  # signed: magnitudes kept
+        cells = np.stack([rng.permutation(t * t)[:k] for _ in range(layers * heads)])
+        cells = cells.reshape(layers, heads, k).astype(np.int32)
+        cells[1, 2, 3:] = -1  # a head with only three non-zero cells
+        total = rng.random((layers, heads)) + 2.0
+        total[0, 1] = 0.0  # a head without saliency: no rows
+        made.append(views.TokenCells(cells, values, total))
+    rows = views.token_rows(made, t, keep=4)
+    for c, got in enumerate(made):
+        for ly in range(layers):
+            for h in range(heads):
+                mine = [r for r in rows if (r["c"], r["l"], r["h"]) == (c, ly + 1, h + 1)]
+                n = 0 if (ly, h) == (0, 1) else 3 if (ly, h) == (1, 2) else 4
+                assert len(mine) == n
+                for r, cell, value in zip(mine, got.top_cells[ly, h], got.top_values[ly, h]):
+                    assert (r["q"], r["k"]) == divmod(int(cell), t)
+                    assert r["v"] == pytest.approx(abs(value) / got.total[ly, h], abs=1e-6)
+
+
+@pytest.mark.cli
+def test_an_unknown_heat_input_is_refused_before_computing(tmp_path: Path) -> None:
+    from reportgen.cli import app
+
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps(item) + "\n" for item in DEMO_INPUTS), "utf-8")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "config.json").write_text("{}", "utf-8")
+        (folder / "model.safetensors").write_bytes(b"")
+    argv = ["compare", str(inputs), "--model", str(a), "--model", str(b)]
+    result = CliRunner().invoke(app, [*argv, "--heat-input", "nope", "--out", str(tmp_path / "s")])
+    assert result.exit_code != 0
+    assert "--heat-input 'nope': no input has that id" in result.output
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.runs").exists()

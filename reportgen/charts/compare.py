@@ -22,6 +22,11 @@ Views (names in this module) and their links:
   standard deviation over the inputs), when it was computed (`reportgen.data.grounding`).
 - `trend_ablation`: per checkpoint, the mean change of the effect measure with that
   checkpoint's own top-k heads ablated, against k random heads (when the runs ablated).
+- `trend_tokens`: for one input, a token × token heatmap per checkpoint of the picked and
+  brushed heads (each cell: the mean over those heads of the cell's share of the head's own
+  saliency on that input), from each head's `TOKEN_CELLS` strongest cells; each panel says
+  what share of the heads' saliency its cells carry. Head level only, inputs of at most
+  `TOKEN_MAX` tokens.
 """
 
 from __future__ import annotations
@@ -45,6 +50,15 @@ TREND_VALUE = "trend_value"
 TREND_GAIN = "trend_gain"
 TREND_GAIN_BAND = "trend_gain_band"
 TREND_ABLATION = "trend_ablation"
+TREND_TOKENS = "trend_tokens"
+TOKENS_PARAM = "compare_tokens"
+LABELS_PARAM = "compare_labels"
+CELLS_DATA = "cells"
+TOKEN_CELLS = 16
+"""Cells kept per head and checkpoint for the comparison's token heatmaps (its strongest)."""
+TOKEN_MAX = 64
+"""Longest input drawn as token heatmaps on the comparison page (each model's own pages draw
+any length)."""
 DIFF_FROM = "diff_from"
 DIFF_TO = "diff_to"
 PICKED = "#ff2d55"
@@ -168,17 +182,29 @@ def _checkpoint_axis(labels: Sequence[str], title: str = "checkpoint") -> alt.X:
     return alt.X("checkpoint:O", title=title, sort=list(labels), axis=alt.Axis(labelAngle=-30))
 
 
+@dataclass(frozen=True)
+class TokenView:
+    """One input's token heatmaps on the comparison page: its id, tokens, each checkpoint's
+    strongest cells (`token_rows`), and the orientation."""
+
+    id: str
+    tokens: tuple[str, ...]
+    rows: list[dict[str, Any]]
+    keys_as_rows: bool = False
+
+
 def compare_spec(
     trend: Trends,
     value_label: str = "p(target)",
     links: Sequence[str] = (),
     effect_label: str = "log p(target)",
     k: int = 3,
+    token_view: TokenView | None = None,
 ) -> dict[str, Any]:
     """The comparison page's linked spec (see the module); the top unit of the last
     checkpoint is picked when the page opens. `links` (one per checkpoint, relative URLs)
     make a click on a checkpoint's grid open that model's own report; `effect_label` and `k`
-    title the ablation chart."""
+    title the ablation chart; `token_view` adds the token heatmaps of one input."""
     labels = list(trend.labels)
     ranked = order(trend)
     names = [unit_label(ly, h, trend.layer_level) for ly, h in ranked]
@@ -345,13 +371,26 @@ def compare_spec(
         right.append(_gain_chart(labels))
     if trend.ablations:
         right.append(_ablation_chart(labels, effect_label, k))
+    below: list[Any] = [grids]
+    if token_view is not None:
+        title = f"input '{token_view.id}': the picked heads' saliency by token, per checkpoint"
+        below.append(
+            _token_chart(labels, token_view.tokens, token_view.keys_as_rows, chosen, title)
+        )
+    below.append(diff)
     chart = alt.vconcat(
         alt.hconcat(heat, alt.vconcat(*right).resolve_scale(color="independent")),
-        grids,
-        diff,
+        *below,
     ).resolve_scale(color="independent")
     spec = chart.to_dict()
     spec["datasets"] = {UNITS_DATA: unit_rows(trend), CHECKPOINTS_DATA: checkpoint_rows(trend)}
+    if token_view is not None:
+        spec["datasets"][CELLS_DATA] = token_view.rows
+        spec["params"] = [
+            *spec.get("params", []),
+            {"name": TOKENS_PARAM, "value": list(token_view.tokens)},
+            {"name": LABELS_PARAM, "value": labels},
+        ]
     return spec
 
 
@@ -376,6 +415,115 @@ def checkpoint_rows(trend: Trends) -> list[dict[str, Any]]:
         if len(row) > 2:
             rows.append(row)
     return rows
+
+
+@dataclass(frozen=True)
+class TokenCells:
+    """One input's strongest cells in one checkpoint: `top_cells` int [L, H, k] (cells
+    i * T + j, -1 past the non-zero ones), `top_values` [L, H, k] and each head's `total`
+    [L, H] of |S| over every cell (`reportgen.data.results.HeadStats`)."""
+
+    top_cells: np.ndarray
+    top_values: np.ndarray
+    total: np.ndarray
+
+
+def token_rows(
+    cells: Sequence[TokenCells], tokens: int, keep: int = TOKEN_CELLS
+) -> list[dict[str, Any]]:
+    """Rows `{c, l, h, q, k, v}` (layer and head 1-based, q the query and k the key
+    position): for each checkpoint c and head, its `keep` strongest cells, v the cell's share
+    |S| / total of the head's saliency on the input (heads without saliency have no rows)."""
+    rows: list[dict[str, Any]] = []
+    for c, got in enumerate(cells):
+        layers, heads, _ = got.top_cells.shape
+        for ly in range(layers):
+            for h in range(heads):
+                total = float(got.total[ly, h])
+                if total <= 0:
+                    continue
+                for cell, value in zip(
+                    got.top_cells[ly, h, :keep], got.top_values[ly, h, :keep], strict=True
+                ):
+                    if cell < 0:
+                        break
+                    q, k = divmod(int(cell), tokens)
+                    share = round(abs(float(value)) / total, SCORE_DIGITS)
+                    rows.append({"c": c, "l": ly + 1, "h": h + 1, "q": q, "k": k, "v": share})
+    return rows
+
+
+def _token_chart(
+    labels: Sequence[str], tokens: Sequence[str], keys_as_rows: bool, chosen: Any, title: str
+) -> alt.FacetChart:
+    """Per checkpoint, the chosen heads' token heatmap for one input (see the module)."""
+    n = len(tokens)
+    cell = max(6, min(14, 220 // max(n, 1)))
+    rows, cols = ("k", "q") if keys_as_rows else ("q", "k")
+    names = {"q": "query", "k": "key"}
+    axis: dict[str, Any] = {
+        "labelExpr": f"{TOKENS_PARAM}[datum.value]",
+        "labelFontSize": 9,
+        "labelLimit": 80,
+    }
+    base = (
+        alt.Chart(alt.Data(name=CELLS_DATA))
+        .transform_calculate(layer="datum.l", head="datum.h", unit="'L' + datum.l + ' H' + datum.h")
+        .transform_filter(chosen)
+        .transform_joinaggregate(units="distinct(unit)", groupby=["c"])
+    )
+    heat = (
+        base.transform_aggregate(v="sum(v)", units="max(units)", groupby=["c", "q", "k"])
+        .transform_calculate(share="datum.v / datum.units")
+        .mark_rect()
+        .encode(
+            x=alt.X(
+                f"{cols}:O",
+                title=names[cols],
+                scale=alt.Scale(domain=list(range(n))),
+                axis=alt.Axis(**axis, labelAngle=-60),
+            ),
+            y=alt.Y(
+                f"{rows}:O",
+                title=names[rows],
+                scale=alt.Scale(domain=list(range(n))),
+                axis=alt.Axis(**axis),
+            ),
+            color=alt.Color(
+                "share:Q",
+                title="mean share of each head",
+                legend=alt.Legend(format=".0%"),
+                scale=alt.Scale(scheme="viridis", domainMin=0),
+            ),
+            tooltip=[
+                alt.Tooltip("q:O", title="query"),
+                alt.Tooltip("k:O", title="key"),
+                alt.Tooltip("share:Q", title="mean share of each head", format=".2%"),
+            ],
+        )
+        .properties(name=TREND_TOKENS, width=cell * n, height=cell * n)
+    )
+    carried = (
+        base.transform_aggregate(v="sum(v)", units="max(units)", groupby=["c"])
+        .transform_calculate(
+            text="'cells drawn: ' + format(datum.v / datum.units, '.0%') + ' of it'"
+        )
+        .mark_text(align="left", baseline="bottom", fontSize=10, dy=-4)
+        .encode(x=alt.value(0), y=alt.value(0), text="text:N")
+    )
+    per_row = max(1, min(len(labels), 900 // (cell * n + 60)))
+    return (
+        alt.layer(heat, carried)
+        .facet(
+            facet=alt.Facet(
+                "c:O",
+                title=None,
+                header=alt.Header(labelExpr=f"{LABELS_PARAM}[datum.value]", labelPadding=14),
+            ),
+            columns=per_row,
+        )
+        .properties(title=title)
+    )
 
 
 def _ablation_chart(labels: Sequence[str], effect_label: str, k: int) -> alt.Chart:

@@ -16,6 +16,7 @@ from markupsafe import Markup
 
 from reportgen import charts
 from reportgen.charts import compare as views
+from reportgen.errors import SettingsError
 from reportgen.fsutil import check_single_file, staged_update
 from reportgen.settings import Settings
 from reportgen.site.pages import Context, Evidence, Links, Page, SiteContext, evidence
@@ -80,6 +81,12 @@ class CompareContext(Context):
     names (None: no model ablated)."""
     single: bool = False
     """The single file: the comparison page alone, without the models' own reports."""
+    token_input: str | None = None
+    """The input whose token heatmaps the page draws per checkpoint (None: none drawn)."""
+    token_reason: str | None = None
+    """Why no token heatmaps are drawn, when they are not."""
+    token_cells: int = views.TOKEN_CELLS
+    """Cells kept per head and checkpoint for them."""
 
 
 def comparison_page(
@@ -88,10 +95,13 @@ def comparison_page(
     value_label: str,
     counterfactual: str | None = None,
     single: bool = False,
+    token_input: int = 0,
+    keys_as_rows: bool = False,
 ) -> Page:
     """The page (context and data) comparing `members` under `metric`; `counterfactual`
     describes what the members' information gains compare with. `single`: as the single file
-    holds it (no links to the models' own reports, which only the site folder has)."""
+    holds it (no links to the models' own reports, which only the site folder has). The
+    token heatmaps are of input `token_input` (0-based), keys as rows if `keys_as_rows`."""
     shapes = [(m.model.label, m.run.info.num_layers, m.run.info.num_heads) for m in members]
     layer_level = len({s[1:] for s in shapes}) > 1
     ablated = [
@@ -107,6 +117,7 @@ def comparison_page(
         ablations=ablated,
     )
     evidences = [evidence(m.run) for m in members]
+    tokens, reason = token_view(members, token_input, keys_as_rows, layer_level)
     shown = next((e for e in reversed(evidences) if e is not None), None)
     rows = []
     for c, m in enumerate(members):
@@ -142,15 +153,42 @@ def comparison_page(
         counterfactual=counterfactual,
         ablation=shown,
         single=single,
+        token_input=None if tokens is None else tokens.id,
+        token_reason=reason,
     )
     links = [r.link for r in rows if r.link is not None]
     effect, k = (shown.effect_label, shown.k) if shown is not None else ("", 0)
     data = {
         "kind": "compare",
-        "spec": charts.to_vega(views.compare_spec(trend, value_label, links, effect, k)),
+        "spec": charts.to_vega(
+            views.compare_spec(trend, value_label, links, effect, k, token_view=tokens)
+        ),
         "names": views.compare_names(gain=bool(trend.gains), ablation=bool(trend.ablations)),
     }
     return Page("index", "index.html", "compare.html", "Comparison", context, data)
+
+
+def token_view(
+    members: Sequence[Member], index: int, keys_as_rows: bool, layer_level: bool
+) -> tuple[views.TokenView | None, str | None]:
+    """Input `index`'s strongest cells in every model, for the page's token heatmaps, or
+    None and the reason they are not drawn."""
+    if not members[0].run.entries:
+        return None, "there are no inputs"
+    if layer_level:
+        return None, "the models differ in layers × heads, so they are compared per layer"
+    entry = members[0].run.entries[index]
+    if len(entry.tokens) > views.TOKEN_MAX:
+        return None, (
+            f"input '{entry.id}' has {len(entry.tokens)} tokens, more than the "
+            f"{views.TOKEN_MAX} this page draws per checkpoint"
+        )
+    cells = []
+    for m in members:
+        stats = m.run.result(index).stats
+        cells.append(views.TokenCells(stats.top_cells, stats.top_values, stats.total))
+    rows = views.token_rows(cells, len(entry.tokens))
+    return views.TokenView(entry.id, tuple(entry.tokens), rows, keys_as_rows), None
 
 
 def _gain_mean(trend: views.Trends, c: int) -> float | None:
@@ -159,12 +197,17 @@ def _gain_mean(trend: views.Trends, c: int) -> float | None:
 
 
 def render_comparison(
-    members: Sequence[Member], out: Path, settings: Settings, counterfactual: str | None = None
+    members: Sequence[Member],
+    out: Path,
+    settings: Settings,
+    counterfactual: str | None = None,
+    heat_input: str | None = None,
 ) -> Path:
     """Write the comparison site into `out` (a staged update: all of it or nothing), and with
     `settings.single_file` the comparison page as one file too (inside `out`, written with
     the site; elsewhere, moved into place after it); `counterfactual` describes what the
-    members' information gains compare with."""
+    members' information gains compare with; `heat_input` is the id of the input drawn as
+    token heatmaps per checkpoint (None: the first)."""
     target = settings.single_file
     if target is not None:
         check_single_file(target, settings.force, out, SINGLE_FILE_MARKER)
@@ -176,7 +219,14 @@ def render_comparison(
     title = settings.title or (
         f"{len(members)} models compared · {count} input{'s' * (count != 1)}"
     )
-    page = comparison_page(members, metric, value_label, counterfactual)
+    ids = [e.id for e in last.entries]
+    if heat_input is not None and heat_input not in ids:
+        raise SettingsError(
+            f"--heat-input '{heat_input}': no input has that id (give one of the inputs' ids)"
+        )
+    chosen = 0 if heat_input is None else ids.index(heat_input)
+    shown: dict[str, Any] = {"token_input": chosen, "keys_as_rows": settings.keys_as_rows}
+    page = comparison_page(members, metric, value_label, counterfactual, **shown)
     # the last model's page variables, but this page's title and no single run's evidence
     common = replace(own_site.common(Links((), 0)), report_title=title, evidence=None)
     staged: Path | None = None
@@ -199,7 +249,9 @@ def render_comparison(
                 tmp / page.file, template.generate(**_page_variables(common, page), inline=False)
             )
             if target is not None:
-                one = comparison_page(members, metric, value_label, counterfactual, single=True)
+                one = comparison_page(
+                    members, metric, value_label, counterfactual, single=True, **shown
+                )
                 shared = replace(common, links=Links((), 0, single=True))
                 context = template.new_context(_page_variables(shared, one))
                 body = Markup("".join(template.blocks["content"](context)))
