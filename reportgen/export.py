@@ -1,6 +1,6 @@
 """A run's numbers as tables, for analysis elsewhere: CSV, JSON or Parquet files in a folder.
 
-Torch-free: it reads the run folder only. Four tables, layers and heads 1-based (as the report
+Torch-free: it reads the run folder only. Seven tables, layers and heads 1-based (as the report
 shows them), token positions 0-based (as in the run's `tokens`):
 
     head_scores          id, layer, head, score (the metric's share), total, prediction
@@ -8,9 +8,22 @@ shows them), token positions 0-based (as in the run's `tokens`):
     top_cells            id, layer, head, rank, query, key, query_token, key_token, value
     ablation             id, intervention, effect, top_heads, value, value_top,
                          value_random, delta_top, delta_random, draws
+    layer_relevance      id, layer, position, token, relevance
+    layer_flows          id, layer, flow, value, pairs
+    layer_ablation       id, layer, intervention, effect, value, delta
 
 `total` and `prediction` are the exact sums of |S| over the head's cells and over the
 prediction position's row; `value` in top_cells is S at the cell (signed for attattr).
+
+The layer tables hold what a run records by layer, and are empty (a header, or `[]`) in a run
+without it. layer_relevance: rollout and grad-rollout's relevance of each key position for the
+prediction after each layer. layer_flows: `--aggregate wang`'s per-layer curves as the page plots
+them (the metric's `SRC → DST` first, each segment → target, other pairs): `value` is the mean
+over the curve's `pairs` token pairs, a layer without such pairs left out. layer_ablation
+(`--ablate-layers`): the effect measure with every head of the layer ablated (`intervention` the
+run's: zero, mean or resample) and, with a flow metric, with the flow's edges knocked out in
+every head of the layer (`intervention` `knockout:SRC->DST`); `delta` is `value` minus the
+intact model's (the ablation table's `value`).
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from reportgen.data.metrics import Metric, parse_metric
+from reportgen.data.results import Result
 from reportgen.errors import SettingsError
 from reportgen.fsutil import staged_update
 from reportgen.records import Run
@@ -44,6 +58,14 @@ COLUMNS: dict[str, dict[str, str]] = {
         "value": "float", "value_top": "float", "value_random": "float", "delta_top": "float",
         "delta_random": "float", "draws": "int",
     },
+    "layer_relevance": {
+        "id": "str", "layer": "int", "position": "int", "token": "str", "relevance": "float",
+    },
+    "layer_flows": {"id": "str", "layer": "int", "flow": "str", "value": "float", "pairs": "int"},
+    "layer_ablation": {
+        "id": "str", "layer": "int", "intervention": "str", "effect": "str", "value": "float",
+        "delta": "float",
+    },
 }  # fmt: skip
 """Each table's columns and their types, in order (what every format writes)."""
 
@@ -51,7 +73,7 @@ Tables = dict[str, list[dict[str, Any]]]
 
 
 def tables(run: Run, metric: str | Metric | None = None) -> Tables:
-    """The four tables of `run` under `metric` (None: the run's own), as lists of rows."""
+    """The tables of `run` under `metric` (None: the run's own), as lists of rows."""
     parsed = parse_metric(metric if metric is not None else run.info.metric)
     out: Tables = {name: [] for name in COLUMNS}
     scores = np.zeros((run.info.num_layers, run.info.num_heads), np.float64)
@@ -107,12 +129,74 @@ def tables(run: Run, metric: str | Metric | None = None) -> Tables:
                     "draws": ab.draws,
                 }
             )
+        out["layer_relevance"] += _relevance_rows(result)
+        out["layer_flows"] += _flow_rows(result, parsed)
+        out["layer_ablation"] += _layer_ablation_rows(result)
     mean = scores / max(len(run), 1)
     out["dataset_head_scores"] = [
         {"layer": layer + 1, "head": head + 1, "score": float(value)}
         for (layer, head), value in np.ndenumerate(mean)
     ]
     return out
+
+
+def _relevance_rows(result: Result) -> list[dict[str, Any]]:
+    if result.relevance is None:
+        return []
+    return [
+        {
+            "id": result.example.id,
+            "layer": layer + 1,
+            "position": position,
+            "token": result.tokens[position],
+            "relevance": float(value),
+        }
+        for (layer, position), value in np.ndenumerate(result.relevance)
+    ]
+
+
+def _flow_rows(result: Result, metric: Metric) -> list[dict[str, Any]]:
+    flow = result.pairs
+    if flow is None:
+        return []
+    src, dst = (metric.src, metric.dst) if metric.kind == "flow" else (None, None)
+    rows = []
+    for label, cells in flow.curve_cells(src, dst):
+        curve = flow.mean(cells)
+        counts = sum((flow.pairs[:, q, k] for q, k in cells), np.zeros(len(curve)))
+        for layer, value in enumerate(curve):
+            if np.isfinite(value):
+                rows.append(
+                    {
+                        "id": result.example.id,
+                        "layer": layer + 1,
+                        "flow": label,
+                        "value": float(value),
+                        "pairs": int(counts[layer]),
+                    }
+                )
+    return rows
+
+
+def _layer_ablation_rows(result: Result) -> list[dict[str, Any]]:
+    ab = result.ablation
+    if ab is None:
+        return []
+    runs = [(ab.intervention, ab.layers)]
+    if ab.knockout is not None:
+        runs.append((f"knockout:{ab.knockout.src}->{ab.knockout.dst}", ab.knockout.layers))
+    return [
+        {
+            "id": result.example.id,
+            "layer": layer + 1,
+            "intervention": intervention,
+            "effect": ab.effect,
+            "value": value,
+            "delta": value - ab.value,
+        }
+        for intervention, values in runs
+        for layer, value in enumerate(values)
+    ]
 
 
 def export(

@@ -320,3 +320,59 @@ def test_unknown_ablation_and_effect_name_the_option():
         Settings(ablation="half").validate()
     with pytest.raises(SettingsError, match="unknown --effect 'kl'"):
         Settings(effect="kl").validate()
+
+
+def test_the_export_of_a_run_holds_its_layer_ablation_and_knockout(gpt2, tmp_path):
+    """Through the API: a run folder computed with --ablate-layers, its `layer_ablation` table
+    against the plain forward here (every head of a layer zeroed; the flow's edges masked in
+    every head of a layer)."""
+    import csv
+
+    from reportgen.export import export
+    from reportgen.pipeline import compute as compute_run
+
+    items = ITEMS[:2]
+    settings = Settings(
+        dtype="float64",
+        device="cpu",
+        metric=METRIC,
+        ablation="zero",
+        ablate_k=1,
+        ablate_draws=1,
+        ablate_layers=True,
+    )
+    run = compute_run(items, tmp_path / "run", settings, model=gpt2)
+    export(run, tmp_path / "tables", "csv")
+    with (tmp_path / "tables" / "layer_ablation.csv").open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    model = gpt2.model
+    layers, heads = model.config.n_layer, model.config.n_head
+    expected = []
+    with torch.no_grad():
+        for item, result in zip(items, run.results(), strict=True):
+            ids, target, _ = _ids(gpt2, item)
+            intact = _effect(plain_forward(model, ids), target, None, "logprob")
+            spans = {s.name: (s.start, s.end) for s in result.spans}
+            (s0, s1), (d0, d1) = spans["ENV"], spans["LAN"]
+            t = len(ids)
+            for layer in range(layers):
+                zeroed = _replaced([(layer, h) for h in range(heads)], lambda *_: 0)
+                value = _effect(plain_forward(model, ids, zeroed), target, None, "logprob")
+                expected.append((item["id"], layer + 1, "zero", value, value - intact))
+            for layer in range(layers):
+                mask = torch.zeros((heads, t, t), dtype=torch.float64)
+                mask[:, d0:d1, s0:s1] = -math.inf
+                logits = plain_forward(
+                    model, ids, mask_fn=lambda lay, m=mask, at=layer: m if lay == at else 0
+                )
+                value = _effect(logits, target, None, "logprob")
+                expected.append((item["id"], layer + 1, "knockout:ENV->LAN", value, value - intact))
+    assert [(r["id"], int(r["layer"]), r["intervention"]) for r in rows] == [
+        e[:3] for e in expected
+    ]
+    assert {r["effect"] for r in rows} == {"logprob"}
+    np.testing.assert_allclose([float(r["value"]) for r in rows], [e[3] for e in expected], 1e-9)
+    np.testing.assert_allclose(
+        [float(r["delta"]) for r in rows], [e[4] for e in expected], rtol=1e-7, atol=1e-12
+    )
+    assert any(abs(e[4]) > 1e-6 for e in expected)  # the ablations do something

@@ -336,6 +336,7 @@ def test_the_run_folder_and_the_example_page_keep_them(
                 )
         else:
             assert back.patching is None
+    _check_export(run, want, tmp_path / "tables")
     if "aggregate" in changes:
         assert run.info.parameters["aggregate"] == "wang"
     if "patching" in changes:
@@ -354,6 +355,43 @@ def test_the_run_folder_and_the_example_page_keep_them(
         assert len(rows) == layers * tokens
         shares = np.array([row["share"] for row in rows]).reshape(layers, tokens)
         np.testing.assert_allclose(shares.sum(-1), 1, atol=1e-3)
+
+
+def _check_export(run: Run, want: list[Any], out: Path) -> None:
+    """`reportgen export` of the computed run holds the engine's relevance and Wang curves."""
+    import csv
+
+    from reportgen.export import export
+
+    export(run, out, "csv")
+
+    def rows(name: str) -> list[dict[str, str]]:
+        with (out / f"{name}.csv").open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+
+    relevance = [
+        (r["id"], int(r["layer"]), int(r["position"]), r["token"], float(r["relevance"]))
+        for r in rows("layer_relevance")
+    ]
+    expected = [
+        (result.example.id, layer + 1, j, result.tokens[j], float(result.relevance[layer, j]))
+        for result in want
+        if result.relevance is not None
+        for layer in range(result.relevance.shape[0])
+        for j in range(result.relevance.shape[1])
+    ]
+    assert relevance == expected
+    flows = [(r["id"], int(r["layer"]), r["flow"], float(r["value"])) for r in rows("layer_flows")]
+    expected_flows = [
+        (result.example.id, layer + 1, label, float(value))
+        for result in want
+        if result.pairs is not None
+        for label, curve in result.pairs.curves()  # the run's metric is total: no SRC → DST
+        for layer, value in enumerate(curve)
+        if np.isfinite(value)
+    ]
+    assert flows == expected_flows
+    assert rows("layer_ablation") == []  # --ablate-k 0
 
 
 # --- Wang et al.'s aggregation ----------------------------------------------------------------

@@ -187,6 +187,12 @@ class PairFlow:
         """The per-layer flow curves Wang et al. plot, for this input's groups: SRC→DST (a flow
         metric's), each segment → target (the prediction position), and all other pairs;
         curves without pairs are left out."""
+        return [(label, self.mean(cells)) for label, cells in self.curve_cells(src, dst)]
+
+    def curve_cells(
+        self, src: str | None = None, dst: str | None = None
+    ) -> list[tuple[str, list[tuple[int, int]]]]:
+        """The (query group, key group) cells of each curve of `curves`, in its order."""
         index = {name: g for g, name in enumerate(self.segments)}
         chosen: list[tuple[str, list[tuple[int, int]]]] = []
         if src in index and dst in index:
@@ -197,11 +203,11 @@ class PairFlow:
         groups = self.sums.shape[-1]
         rest = [(q, k) for q in range(groups) for k in range(groups) if (q, k) not in used]
         chosen.append(("other pairs", rest))
-        out = []
-        for label, cells in chosen:
-            if sum(self.pairs[:, q, k].sum() for q, k in cells) > 0:
-                out.append((label, self.mean(cells)))
-        return out
+        return [
+            (label, cells)
+            for label, cells in chosen
+            if sum(self.pairs[:, q, k].sum() for q, k in cells) > 0
+        ]
 
 
 PATCH_BASELINES = ("zero", "mean", "counterfactual")
