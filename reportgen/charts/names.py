@@ -27,6 +27,7 @@ BRACKET_LABELS_DATA = "bracket_labels"
 CONNECTOR_DATA = "connector"
 RELEVANCE = "relevance"
 RELEVANCE_CELLS = "relevance_cells"
+RELEVANCE_OUTLINE = "relevance_outline"
 RELEVANCE_DATA = "relevance_rows"
 PATCHING = "patching"
 PATCHING_CELLS = "patching_cells"
@@ -56,7 +57,8 @@ def group(view: str) -> str:
 
 
 def page_names() -> dict[str, Any]:
-    """The names, as the page's JavaScript receives them (`data.names`)."""
+    """The names, as the page's JavaScript receives them (`data.names`). `layer_marks`: the
+    marks of the charts by layer where a click on a layer selects that layer's heads."""
     return {
         "heat_mark": marks(HEAT_CELLS),
         "selections": list(SELECTIONS),
@@ -71,4 +73,5 @@ def page_names() -> dict[str, Any]:
         "cells": CELLS_DATA,
         "heads": HEADS_DATA,
         "grid_colour": GRID_COLOUR,
+        "layer_marks": [marks(RELEVANCE_CELLS), marks(RELEVANCE_OUTLINE)],
     }

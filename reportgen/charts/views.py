@@ -58,6 +58,7 @@ from reportgen.charts.names import (
     RELEVANCE,
     RELEVANCE_CELLS,
     RELEVANCE_DATA,
+    RELEVANCE_OUTLINE,
     SELECTIONS,
     SIGNED,
     TOKENS,
@@ -389,7 +390,8 @@ def _selected_layers(selected: Any, name: str) -> alt.Chart:
 
 def _relevance_view(layers: int, tokens: int, selected: Any, width: int) -> alt.LayerChart:
     """Rollout relevance, layer × key token (layer 1 at the top): each cell the token's share
-    of its layer's relevance for the prediction; the layers of the grid's selection outlined."""
+    of its layer's relevance for the prediction; the layers of the grid's selection outlined.
+    A click on a layer selects its heads in the grid (`layer_marks` of `page_names`)."""
     step = max(8, min(18, grid_step(layers, 1)))
     label = f"{TOKENS}[datum.value]"
     axis: dict[str, Any] = {
@@ -415,7 +417,7 @@ def _relevance_view(layers: int, tokens: int, selected: Any, width: int) -> alt.
     cells = (
         alt.Chart(alt.Data(name=RELEVANCE_DATA))
         .transform_calculate(token=f"{TOKENS}[datum.j]")
-        .mark_rect()
+        .mark_rect(cursor="pointer")  # a click selects the layer's heads (reportgen.js)
         .encode(
             x=x,
             y=y,
@@ -435,7 +437,7 @@ def _relevance_view(layers: int, tokens: int, selected: Any, width: int) -> alt.
         .properties(name=RELEVANCE_CELLS)
     )
     outline = (
-        _selected_layers(selected, "relevance_outline")
+        _selected_layers(selected, RELEVANCE_OUTLINE)
         .mark_rect(fill=None, stroke=OUTLINE, strokeWidth=2.5)
         .encode(y=y, x=alt.value(0), x2=alt.value(width))
     )

@@ -1285,6 +1285,20 @@
     el.addEventListener("keydown", onKey);
   }
 
+  /* A click on a layer of a chart by layer (names.layer_marks: rollout's layer × token chart)
+   * selects that layer's heads in the grid, as Shift+arrows select a block: the heatmap and
+   * everything else that follows the grid's selection follow. */
+  function wireLayerClicks(view) {
+    var layerMarks = (names && names.layer_marks) || [];
+    view.addEventListener("click", function (event, item) {
+      if (!item || !item.datum || !item.mark || layerMarks.indexOf(item.mark.name) < 0) return;
+      var layer = item.datum.layer;
+      var heads = gridShape(view)[1];
+      keyState = { cursor: [layer, heads], anchor: [layer, 1] };
+      select(view, block(keyState.anchor, keyState.cursor));
+    });
+  }
+
   /* ---- Signed values (a signed method's page): the toggle to magnitudes ------------------ */
   function hasSigned(view) {
     if (!(names && names.signed && view)) return false;
@@ -1447,6 +1461,7 @@
       .then(function (view) {
         rg.view = view;
         wireKeys(root);
+        wireLayerClicks(view);
         if (data.kind === "example") mountExample(root, data, view);
         if (data.kind === "index") mountIndex(root, data, view);
         return view.runAsync();
