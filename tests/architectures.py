@@ -749,6 +749,39 @@ def inputs_for(family: Family) -> list[dict[str, Any]]:
     ]
 
 
+COUNTERFACTUAL_WORDS = {
+    CAUSAL: {"ref": ("horse", "dog"), "short": ("dog", "cat"), "two": ("cat", "dog")},
+    MASKED: {"long": ("horse", "dog"), "pred": ("animal", "toy"), "two": ("ate", "saw")},
+    CLASSIFIER: {"long": ("ball", "apple"), "pred": ("cat", "dog"), "short": ("toy", "ball")},
+}
+"""Per task and input: a word of its text (never the first, which a byte-level BPE splits
+differently) and the word its counterfactual has there, one token for one token."""
+
+
+def with_counterfactuals(family: Family) -> list[dict[str, Any]]:
+    """`inputs_for(family)` with a `counterfactual` each (`--patch-baseline counterfactual`):
+    the segment holding the word with that word swapped; a text becomes one segment ENV (the
+    same text, so the same tokens)."""
+    out = []
+    for item in inputs_for(family):
+        old, new = COUNTERFACTUAL_WORDS[family.task][item["id"]]
+        item = dict(item)
+        if "text" in item:
+            item["segments"] = [{"name": "ENV", "text": item.pop("text")}]
+        [segment] = [s for s in item["segments"] if old in s["text"].split()[1:]]
+        words = segment["text"].split()
+        words[words.index(old, 1)] = new
+        item["counterfactual"] = {segment["name"]: " ".join(words)}
+        out.append(item)
+    return out
+
+
+def counterfactual_text(item: Mapping[str, Any]) -> str:
+    """The text of an input of `with_counterfactuals` with its counterfactual segments."""
+    new = item["counterfactual"]
+    return " ".join(new.get(s["name"], s["text"]) for s in item["segments"])
+
+
 # --- the oracle -----------------------------------------------------------------------------
 
 
@@ -881,39 +914,73 @@ def oracle_attn_grad(model: Any, case: Case) -> np.ndarray:
 
 
 @contextmanager
+def patched_attention(model: Any, wrap: Callable[..., Any]) -> Iterator[dict[str, int]]:
+    """Within the block, the family's module-level `eager_attention_forward` is replaced by
+    `wrap(layer, real, attn, query, key, value, *args, **kw)`, `layer` counted per forward
+    (ALBERT's one module serves every layer); yields the calls' counter."""
+    module = importlib.import_module(type(model).__module__)
+    real = getattr(module, "eager_attention_forward", None)
+    if real is None:
+        raise AssertionError(f"{module.__name__} has no eager_attention_forward to patch")
+    calls = {"n": 0}
+
+    def patched(*args: Any, **kw: Any) -> Any:
+        here, calls["n"] = calls["n"], calls["n"] + 1
+        return wrap(here, real, *args, **kw)
+
+    def new_forward(*_: Any) -> None:
+        calls["n"] = 0
+
+    hook = model.register_forward_pre_hook(new_forward)
+    module.eager_attention_forward = patched
+    try:
+        yield calls
+    finally:
+        module.eager_attention_forward = real
+        hook.remove()
+
+
+@contextmanager
 def scaled_attention(model: Any, layer: int, alpha: float) -> Iterator[None]:
     """Within the block, layer `layer`'s attention matrix is X = alpha · A in every forward:
     its output is recomputed as X · V (X is what output_attentions returns for that layer), the
     other layers run unchanged. Patches the family's module-level `eager_attention_forward`."""
-    module = importlib.import_module(type(model).__module__)
-    real = getattr(module, "eager_attention_forward", None)
-    if real is None:
-        raise AssertionError(f"{module.__name__} has no eager_attention_forward to scale")
-    calls = {"n": 0, "scaled": 0}
+    scaled_calls = {"n": 0}
 
-    def scaled(attn: Any, query: Any, key: Any, value: torch.Tensor, *args: Any, **kw: Any) -> Any:
+    def scaled(
+        here: int, real: Any, attn: Any, query: Any, key: Any, value: torch.Tensor, *args: Any,
+        **kw: Any,
+    ) -> Any:  # fmt: skip
         out, weights = real(attn, query, key, value, *args, **kw)
-        here, calls["n"] = calls["n"], calls["n"] + 1
         if here != layer:
             return out, weights
-        calls["scaled"] += 1
+        scaled_calls["n"] += 1
         values = value.repeat_interleave(weights.shape[1] // value.shape[1], dim=1)
         # The family's attention output must be A · V, else this oracle does not apply.
         torch.testing.assert_close((weights @ values).transpose(1, 2), out, rtol=1e-12, atol=1e-12)
         x = alpha * weights
         return (x @ values).transpose(1, 2), x
 
-    def new_forward(*_: Any) -> None:
-        calls["n"] = 0  # layers are counted per forward (ALBERT's one module serves them all)
-
-    hook = model.register_forward_pre_hook(new_forward)
-    module.eager_attention_forward = scaled
-    try:
+    with patched_attention(model, scaled):
         yield
-    finally:
-        module.eager_attention_forward = real
-        hook.remove()
-    assert calls["scaled"], "the patched attention ran for the scaled layer"
+    assert scaled_calls["n"], "the patched attention ran for the scaled layer"
+
+
+@contextmanager
+def edited_head_outputs(
+    model: Any, edit: Callable[[int, torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Within the block, each layer's head outputs o [1, T, H, d] (the family's eager attention
+    output, A · V per head, before the output projection) are `edit(layer, o)` in every
+    forward; `edit` may keep them (for autograd) or return a replacement."""
+
+    def edited(here: int, real: Any, *args: Any, **kw: Any) -> Any:
+        out, weights = real(*args, **kw)
+        return edit(here, out), weights
+
+    with patched_attention(model, edited) as calls:
+        yield
+    assert calls["n"], "the patched attention ran"
 
 
 def oracle_attattr(model: Any, case: Case, steps: int) -> np.ndarray:

@@ -10,8 +10,9 @@ three inputs of different lengths in one padded batch, checked against an indepe
 (c) batch: a batch of 8 gives the scores, values, targets and ablation of one input at a time;
 (d) the later methods: rollout and grad-rollout equal their definitions, attn-norm equals
     A · ‖v W_O^h‖ or is refused naming the attention class, and attribution patching equals
-    head gates in the family's own eager attention (a bare encoder refuses the rollouts and
-    patching by name).
+    head gates in the family's own eager attention (zero baseline) and head outputs replaced
+    there (mean and counterfactual baselines; a bare encoder refuses the rollouts and patching
+    by name).
 
 Bare encoders run both ways reportgen reads two segments: as one sequence (joint) and each on
 its own (separate, a bi-encoder; the oracle runs the two sequences and joins their blocks).
@@ -37,6 +38,8 @@ from architectures import (
     Family,
     build,
     case_for,
+    counterfactual_text,
+    edited_head_outputs,
     inputs_for,
     load_plain,
     oracle_attattr,
@@ -45,6 +48,7 @@ from architectures import (
     plain_loss,
     relative_difference,
     scaled_attention,
+    with_counterfactuals,
 )
 from architectures import _attentions as plain_attentions
 from synthetic import assert_stats_match_dense
@@ -113,12 +117,14 @@ class Zoo:
             lambda: load_model(self.folder(family), device="cpu", dtype="float64"),
         )
 
-    def results(self, family: Family, **changes: Any) -> list[Any]:
-        key = ("results", family.name, *sorted(changes.items()))
+    def results(self, family: Family, counterfactuals: bool = False, **changes: Any) -> list[Any]:
+        """reportgen's results for the family's inputs (`with_counterfactuals`' if asked)."""
+        key = ("results", family.name, counterfactuals, *sorted(changes.items()))
 
         def run() -> list[Any]:
             lm = self.reportgen(family)
-            examples = examples_from_items(inputs_for(family))
+            items = with_counterfactuals(family) if counterfactuals else inputs_for(family)
+            examples = examples_from_items(items)
             # One run either way (batch_size=1: one input per pass): mean ablation replaces a
             # head's output by its mean over the run's inputs, which a run of one input changes.
             return list(compute(examples, lm, settings(family, **changes)))
@@ -137,6 +143,25 @@ class Zoo:
             return model, [case_for(family, item, tok, model) for item in inputs_for(family)]
 
         return self._once(("plain", family.name, attention), make)
+
+    def counterfactual_cases(self, family: Family) -> list[Any]:
+        """The oracle's cases of `with_counterfactuals`' counterfactual texts (eager model)."""
+
+        def make() -> list[Any]:
+            from transformers import AutoTokenizer
+
+            model, _ = self.plain(family, "eager")
+            tok = AutoTokenizer.from_pretrained(self.folder(family))
+            twins = [
+                {
+                    "text": counterfactual_text(item),
+                    **{k: item[k] for k in ("target", "label") if k in item},
+                }
+                for item in with_counterfactuals(family)
+            ]
+            return [case_for(family, twin, tok, model) for twin in twins]
+
+        return self._once(("counterfactual cases", family.name), make)
 
 
 @pytest.fixture(scope="module")
@@ -363,8 +388,8 @@ def _gated_loss(model: Any, case: Any, gates: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_attribution_patching_matches_gated_eager_attention_or_is_refused(zoo, name):
-    """Every family (zero baseline; the mean and counterfactual baselines are checked on
-    GPT-2 and Llama in tests/test_more_methods.py): each head's estimate is ∂L/∂g_h at g = 1
+    """Every family, zero baseline (the mean and counterfactual baselines: the next test): each
+    head's estimate is ∂L/∂g_h at g = 1
     with the head's output scaled by g_h in the plain eager model (autograd, one backward),
     and the checked heads' real effect is that model with g_h = 0. A bare encoder, without
     log p(target), is refused by name."""
@@ -393,3 +418,94 @@ def test_attribution_patching_matches_gated_eager_attention_or_is_refused(zoo, n
                 expected = -float(_gated_loss(model, case, gates)) - intact
                 tol = LOSS_TOLERANCE_SOFTMAX32 if family.softmax32 else LOSS_TOLERANCE
                 assert abs(real - expected) <= tol * max(abs(expected), abs(intact)), name
+
+
+def _head_outputs(model: Any, case: Any, grad: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each layer's head outputs [1, T, H, d] in the plain eager forward of `case` (one
+    sequence), kept by a hook on the family's attention function, and log p(target)."""
+    kept: list[torch.Tensor] = []
+
+    def keep(layer: int, out: torch.Tensor) -> torch.Tensor:
+        kept.append(out)
+        return out
+
+    (sequence,) = case.sequences
+    with torch.set_grad_enabled(grad), edited_head_outputs(model, keep):
+        logp = -case.loss([model(input_ids=torch.tensor([list(sequence)]))])
+    return kept, logp
+
+
+def _logp_with_head(model: Any, case: Any, layer: int, head: int, patch: torch.Tensor) -> float:
+    """log p(target) with head `head` of `layer` replaced by `patch` ([T, d] or [d]) where the
+    family's attention function returns it."""
+
+    def replace(here: int, out: torch.Tensor) -> torch.Tensor:
+        if here != layer:
+            return out
+        out = out.clone()
+        out[0, :, head] = patch
+        return out
+
+    (sequence,) = case.sequences
+    with torch.no_grad(), edited_head_outputs(model, replace):
+        return -float(case.loss([model(input_ids=torch.tensor([list(sequence)]))]))
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_patching_from_the_mean_and_a_counterfactual_matches_replaced_head_outputs(zoo, name):
+    """Every family where patching applies, baselines mean and counterfactual, against hooks on
+    the plain eager model's attention function: the baseline computed here (each head's
+    output averaged over every token of the three inputs, or its output at each position of
+    the input's counterfactual), each head's estimate (o' − o) · ∂log p/∂o (one autograd
+    backward per input, shared by both baselines), and the checked heads' real effect, the
+    forward with that head's output replaced by o'. The plain model and cases are the
+    matrix's; reportgen computes once per baseline."""
+    family = FAMILIES[name]
+    if reportgen_results(zoo, family) is None or family.task == "encoder":
+        return  # unsupported, or refused by name (the test above)
+    model, cases = zoo.plain(family, "eager")
+    outputs, grads, intact = [], [], []
+    for case in cases:
+        kept, logp = _head_outputs(model, case, grad=True)
+        grads.append([g[0] for g in torch.autograd.grad(logp, kept)])
+        outputs.append([o[0].detach() for o in kept])
+        intact.append(float(logp.detach()))
+    tokens = sum(o[0].shape[0] for o in outputs)
+    mean = [sum(o[layer].sum(0) for o in outputs) / tokens for layer in range(len(outputs[0]))]
+    twins = [
+        [o[0] for o in _head_outputs(model, twin, grad=False)[0]]
+        for twin in zoo.counterfactual_cases(family)
+    ]
+    tol = LOSS_TOLERANCE_SOFTMAX32 if family.softmax32 else LOSS_TOLERANCE
+    for baseline in ("mean", "counterfactual"):
+        results = zoo.results(
+            family,
+            counterfactuals=True,
+            method="attention",
+            patching=True,
+            patch_baseline=baseline,
+            store="top-k",
+        )
+        for b, result in enumerate(results):
+            patching = result.patching
+            assert patching is not None and patching.baseline == baseline
+            if baseline == "mean":
+                patch = [m.expand_as(o) for m, o in zip(mean, outputs[b], strict=True)]
+            else:
+                patch = twins[b]
+                assert [p.shape for p in patch] == [o.shape for o in outputs[b]], "same length"
+            want = np.stack(
+                [
+                    ((p - o) * g).sum((0, 2)).numpy()  # [T, H, d] -> [H]
+                    for p, o, g in zip(patch, outputs[b], grads[b], strict=True)
+                ]
+            )
+            assert np.abs(want).max() > 0
+            assert relative_difference(patching.estimate, want) <= TOLERANCE, (name, baseline)
+            for (layer, head), real in zip(patching.heads.tolist(), patching.real, strict=True):
+                moved = _logp_with_head(model, cases[b], layer, head, patch[layer][:, head])
+                expected = moved - intact[b]
+                assert abs(real - expected) <= tol * max(abs(expected), abs(intact[b])), (
+                    name,
+                    baseline,
+                )
