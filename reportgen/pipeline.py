@@ -371,7 +371,7 @@ def unknown_tokens(examples: Sequence[Example], lm: LoadedModel, settings: Setti
         if encoded.unknown:
             unknown += len(encoded.unknown)
             inputs += 1
-            example = example or f"'{encoded.unknown[0]}' in input '{ex.id}' ({ex.source})"
+            example = example or f"'{encoded.unknown[0].text}' in input '{ex.id}' ({ex.source})"
     if not unknown:
         return ""
     unk = lm.tokenizer.unk_token

@@ -69,6 +69,7 @@ from reportgen.data.results import (
     Patching,
     Result,
     TokenSpan,
+    UnknownToken,
 )
 from reportgen.errors import OutputError, RunError
 from reportgen.fsutil import RUN_WRITES, check_folder, staged_update
@@ -150,6 +151,8 @@ class Entry:
     loss: float
     prediction_position: int | None
     ablation: Ablation | None
+    unknown: tuple[UnknownToken, ...] = ()
+    """The tokens read as the unknown token, with the words they replaced (see Result)."""
 
     @property
     def id(self) -> str:
@@ -908,6 +911,7 @@ class Run:
             prediction_position=entry.prediction_position,
             stats=stats,
             ablation=entry.ablation,
+            unknown=entry.unknown,
             dense=arrays.get("dense"),
             relevance=arrays.get("relevance"),
             pairs=None
@@ -1058,6 +1062,8 @@ def _entry_json(result: Result, record: str) -> dict[str, Any]:
         "loss": result.loss,
         "prediction_position": result.prediction_position,
         "ablation": None if result.ablation is None else _ablation_json(result.ablation),
+        # Only written where the tokenizer did not know a token.
+        **({"unknown": [asdict(u) for u in result.unknown]} if result.unknown else {}),
     }
 
 
@@ -1125,19 +1131,23 @@ def _entry(line: bytes, index: int, path: Path) -> Entry:
 
 def _entry_from(e: Mapping[str, Any]) -> Entry:
     ablation = e["ablation"]
+    example = Example(
+        e["id"],
+        tuple(Segment(s["name"], s["text"]) for s in e["segments"]),
+        e["target"] if e["target_given"] else None,
+        e["meta"],
+        e["source"],
+        e["contrast"],
+        # Only written where an input has one.
+        tuple(Segment(s["name"], s["text"]) for s in e.get("counterfactual", ())),
+    )
+    tokens = tuple(e["tokens"])
     return Entry(
         record=e["record"],
-        example=Example(
-            e["id"],
-            tuple(Segment(s["name"], s["text"]) for s in e["segments"]),
-            e["target"] if e["target_given"] else None,
-            e["meta"],
-            e["source"],
-            e["contrast"],
-            # Only written where an input has one.
-            tuple(Segment(s["name"], s["text"]) for s in e.get("counterfactual", ())),
-        ),
-        tokens=tuple(e["tokens"]),
+        example=example,
+        tokens=tokens,
+        # Only written where a token is unknown (and not at all before they were recorded).
+        unknown=tuple(_unknown_from(u, example.text, len(tokens)) for u in e.get("unknown", ())),
         spans=tuple(TokenSpan(s["name"], s["start"], s["end"]) for s in e["spans"]),
         target=e["target"],
         target_given=e["target_given"],
@@ -1147,6 +1157,19 @@ def _entry_from(e: Mapping[str, Any]) -> Entry:
         prediction_position=e["prediction_position"],
         ablation=None if ablation is None else _ablation_from(ablation),
     )
+
+
+def _unknown_from(u: Mapping[str, Any], text: str, tokens: int) -> UnknownToken:
+    """An unknown token of an entry, checked against the entry: a position among its tokens,
+    and the text its characters hold in the input (a page shows that text as the word)."""
+    position, start, end = (u[key] for key in ("position", "start", "end"))
+    if not all(type(v) is int for v in (position, start, end)):
+        raise TypeError(f"unknown token {u!r}: position, start and end must be integers")
+    if not (0 <= position < tokens and 0 <= start <= end <= len(text)):
+        raise ValueError(f"unknown token {u!r} lies outside the input's tokens or text")
+    if text[start:end] != u["text"]:
+        raise ValueError(f"unknown token {u!r}: the input's text there is {text[start:end]!r}")
+    return UnknownToken(position, text[start:end], start, end)
 
 
 def _dumps(data: object) -> str:

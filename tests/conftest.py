@@ -298,6 +298,51 @@ def gpt2_run(tiny_models, tmp_path_factory) -> Path:
     return out
 
 
+UNKNOWN_HOSTILE = "</script><script>alert(1)</script>"
+"""A hostile word the tiny models' vocabulary does not hold (it knows HOSTILE itself)."""
+
+UNKNOWN_INPUTS = [
+    {
+        "id": "young",
+        "segments": [
+            {"name": "ENV", "text": "<CHI> saw a young zebra"},
+            {"name": "LAN", "text": "<CHI> my favorite animal is the"},
+        ],
+        "target": "horse",
+    },
+    {
+        "id": "hostile",
+        "segments": [
+            {"name": "ENV", "text": f"<CHI> played with a {UNKNOWN_HOSTILE} ball"},
+            {"name": "LAN", "text": "<CHI> my favorite toy is the"},
+        ],
+        "target": "dog",
+    },
+    {
+        "id": "known",
+        "segments": [
+            {"name": "ENV", "text": "<MOT> saw a big dog"},
+            {"name": "LAN", "text": "<CHI> my favorite animal is the"},
+        ],
+        "target": "dog",
+    },
+]
+"""Inputs with words the tiny models do not know (they read [UNK] there), and one without."""
+
+
+@pytest.fixture(scope="session")
+def unknown_run(tiny_models, tmp_path_factory) -> Path:
+    """UNKNOWN_INPUTS computed with the tiny GPT-2 (float32, no ablation): a run whose entries
+    record the words read as [UNK], shared by the record, site and browser tests."""
+    from reportgen.pipeline import compute
+    from reportgen.settings import Settings
+
+    out = tmp_path_factory.mktemp("runs") / "unknown"
+    settings = Settings(model=str(tiny_models["gpt2"]), device="cpu", ablate_k=0)
+    compute(UNKNOWN_INPUTS, out, settings, command="reportgen compute (test fixture)")
+    return out
+
+
 @pytest.fixture(scope="session")
 def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder shaped like `gpt2_run` (the same inputs, 3 layers × 4 heads), made with

@@ -339,3 +339,70 @@ def test_a_signed_method_shows_signs_with_a_toggle_to_magnitudes(
     assert domain == pytest.approx([0, max(want.values())], rel=2e-3)
     assert page.locator("[data-rg=values-magnitude]").is_visible()
     assert page.inner_text("[data-rg=signed]") == "Show signed values"
+
+
+# --- words the model read as its unknown token -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unknown_site(unknown_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("unknown") / "site"
+    site.render_site(Run.open(unknown_run), out, Settings())
+    return out
+
+
+TOOLTIP_ROWS = """() => Array.from(document.querySelectorAll("[data-rg=tooltip] tr")).map(
+  (tr) => [tr.cells[0].textContent, tr.cells[1].textContent])"""
+
+
+def test_words_read_as_unknown_are_shown_as_what_the_token_replaced(
+    pages: Any, unknown_site: Path, unknown_run: Path, axe_source: str
+) -> None:
+    """The text card shows [UNK] with the word struck through; a heatmap cell's tooltip and
+    the text alternative's rows name the word beside the model's token; a hostile word stays
+    text (no dialog, no element made of it); and axe finds nothing wrong with the marks."""
+    from conftest import UNKNOWN_HOSTILE
+
+    run = Run.open(unknown_run)
+    p = pages()
+    dialogs: list[str] = []
+    p.page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    for index, name, want in (
+        (0, "0001-young", ["young", "zebra"]),
+        (1, "0002-hostile", [UNKNOWN_HOSTILE]),
+    ):
+        entry = run.entries[index]
+        words = {u.position: u.text for u in entry.unknown}
+        assert list(words.values()) == want
+
+        def label(position: int) -> str:
+            token = entry.tokens[position]
+            if position not in words:
+                return token
+            return f"{token} for “{words[position]}” (not in the vocabulary)"
+
+        page = p.open((unknown_site / "examples" / f"{name}.html").as_uri())
+        card = page.locator(".rg-input")
+        assert card.locator(".rg-unk-word").all_text_contents() == want
+        assert card.locator(".rg-unk-token").all_text_contents() == ["[UNK]"] * len(want)
+        assert card.locator("script, img").count() == 0
+        cells = heat_cells(page)
+        touching = sorted(c for c in cells if c[0] in words or c[1] in words)
+        assert touching, "the heatmap draws a cell of an unknown token"
+        i, j = touching[0]
+        page.mouse.move(*cell_center(page, "heat_cells_marks", i=i, j=j))
+        page.locator("[data-rg=tooltip]").wait_for(state="visible")
+        rows = dict(page.evaluate(TOOLTIP_ROWS))
+        assert (rows["query"], rows["key"]) == (label(i), label(j))
+        assert rows["query position"] == str(i) and rows["key position"] == str(j)
+        page.click("[data-rg=alt] summary")
+        shown = page.evaluate(
+            """() => Array.from(document.querySelectorAll("[data-rg=alt-cells] tbody tr"))
+              .map((tr) => [tr.cells[0].textContent, tr.cells[1].textContent])"""
+        )
+        strongest = sorted(cells.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[: len(shown)]
+        assert shown == [[f"{label(a)} ({a})", f"{label(b)} ({b})"] for (a, b), _ in strongest]
+        if index == 0:
+            page.evaluate(axe_source)
+            assert page.evaluate(AXE_RUN) == [], name
+    assert dialogs == []

@@ -148,3 +148,79 @@ def test_segment_spans_follow_offsets_with_a_subword_tokenizer(tmp_path):
     pieces = lambda s: "".join(result.tokens[s.start : s.end]).replace(" ", "")  # noqa: E731
     assert pieces(spans["ENV"]) == env.replace(" ", "")
     assert pieces(spans["LAN"]) == lan.replace(" ", "")
+
+
+def _unknown_by_offsets(tok, text: str, first: int = 0, char_start: int = 0):
+    """(position, word, start, end) of each token `tok` reads as its unknown token in `text`,
+    from the tokenizer's own offset mapping."""
+    enc = tok(text, return_offsets_mapping=True)
+    return [
+        (first + p, text[a:b], char_start + a, char_start + b)
+        for p, (i, (a, b)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"]))
+        if i == tok.unk_token_id
+    ]
+
+
+def _recorded(run: Run):
+    return [[(u.position, u.text, u.start, u.end) for u in e.unknown] for e in run.entries]
+
+
+def test_the_run_records_the_words_read_as_unknown(unknown_run, loaded, tmp_path):
+    """Each token read as [UNK] is recorded with the word it replaced: its position among the
+    tokens and its characters in the input, as the tokenizer's offsets say, through the run
+    folder and back (a causal LM with a target, the start truncated, a bi-encoder's segments
+    encoded one by one); an input without unknown words writes no field at all."""
+    from conftest import UNKNOWN_HOSTILE, UNKNOWN_INPUTS
+
+    from reportgen.inputs import examples_from_items
+    from reportgen.pipeline import compute
+
+    run = Run.open(unknown_run)
+    tok = loaded["gpt2"].tokenizer
+    texts = [ex.text for ex in examples_from_items(UNKNOWN_INPUTS)]
+    assert _recorded(run) == [_unknown_by_offsets(tok, text) for text in texts]
+    assert [[u.text for u in e.unknown] for e in run.entries] == [
+        ["young", "zebra"],
+        [UNKNOWN_HOSTILE],
+        [],
+    ]
+    for entry in run.entries:
+        assert all(entry.tokens[u.position] == "[UNK]" for u in entry.unknown)
+        assert entry.tokens.count("[UNK]") == len(entry.unknown)
+    lines = [json.loads(line) for line in (unknown_run / "entries.jsonl").read_text().splitlines()]
+    assert ["unknown" in line for line in lines] == [True, True, False]
+    assert run.result(0).unknown == run.entries[0].unknown
+
+    # truncated: the first tokens are cut, the positions move with them
+    cut = compute(
+        UNKNOWN_INPUTS[:1],
+        tmp_path / "cut",
+        Settings(device="cpu", ablate_k=0, max_tokens=8, truncate=True),
+        model=loaded["gpt2"],
+    )
+    shift = len(tok(texts[0])["input_ids"]) - 8  # (a one-token target adds no input token)
+    assert len(cut.entries[0].tokens) == 8
+    assert _recorded(cut) == [
+        [(p - shift, w, a, b) for p, w, a, b in _unknown_by_offsets(tok, texts[0])]
+    ]
+
+    # a bi-encoder: each segment encoded on its own, with [CLS] and [SEP]
+    bert = loaded["bert"]
+    items = [
+        {
+            "id": "pair",
+            "segments": [
+                {"name": "A", "text": "the young cat"},
+                {"name": "B", "text": f"a dog {UNKNOWN_HOSTILE} ate an apple"},
+            ],
+        }
+    ]
+    pair = compute(items, tmp_path / "pair", Settings(device="cpu", ablate_k=0), model=bert)
+    first = len(bert.tokenizer("the young cat")["input_ids"])
+    want = _unknown_by_offsets(bert.tokenizer, "the young cat") + _unknown_by_offsets(
+        bert.tokenizer, items[0]["segments"][1]["text"], first, len("the young cat ")
+    )
+    assert [w for _, w, _, _ in want] == ["young", UNKNOWN_HOSTILE]
+    assert _recorded(pair) == [want]
+    text = pair.entries[0].example.text
+    assert [text[a:b] for _, _, a, b in want] == ["young", UNKNOWN_HOSTILE]

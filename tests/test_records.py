@@ -45,6 +45,7 @@ def _assert_same(a, b):
         "loss",
         "prediction_position",
         "ablation",
+        "unknown",
     ):
         assert getattr(a, name) == getattr(b, name), name
     assert a.stats.segments == b.stats.segments == tuple(s.name for s in a.spans)
@@ -323,6 +324,48 @@ def test_ablation_entries_from_before_the_layer_level_ablation_read_as_none(tmp_
     assert a is not None and a.knockout is not None
     assert a.layers == () and a.knockout.layers == () and a.delta_layer_knockouts == ()
     assert a.curve == ablation.curve
+
+
+@pytest.mark.unit
+def test_unknown_words_round_trip_and_older_runs_have_none(synthetic_run, tmp_path):
+    """The words read as the unknown token come back as written; an entry without the field
+    (runs from before it) has none; a forged one (another text, a position or characters
+    outside the input) is an error naming the entry, not a word shown on a page."""
+    from synthetic import result_for, run_info
+
+    from reportgen.data.results import UnknownToken
+
+    assert all(e.unknown == () for e in Run.open(synthetic_run).entries)
+    assert "unknown" not in (synthetic_run / "entries.jsonl").read_text("utf-8")
+    [example] = examples_from_items(
+        [{"segments": [{"name": "ENV", "text": "a zebra c"}, {"name": "LAN", "text": "d <b>e"}]}]
+    )
+    plain = result_for(example, 3)
+    text = example.text
+    unknown = (
+        UnknownToken(1, "zebra", text.index("zebra"), text.index("zebra") + 5),
+        UnknownToken(4, "<b>e", text.index("<b>e"), len(text)),
+    )
+    tokens = ("a", "[UNK]", "c", "d", "[UNK]")
+    result = dataclasses.replace(plain, tokens=tokens, unknown=unknown)
+    with RunWriter(tmp_path / "run", run_info()) as writer:
+        writer.add(result)
+    [entry] = Run.open(tmp_path / "run").entries
+    assert entry.unknown == unknown and Run.open(tmp_path / "run").result(0).unknown == unknown
+    path = tmp_path / "run" / "entries.jsonl"
+    good = json.loads(path.read_text("utf-8"))
+    assert good["unknown"][0] == {"position": 1, "text": "zebra", "start": 2, "end": 7}
+    forged = [
+        ({"text": "horse"}, "the input's text there is 'zebra'"),
+        ({"position": 5}, "outside the input's tokens or text"),
+        ({"end": len(text) + 1}, "outside the input's tokens or text"),
+        ({"start": True}, "must be integers"),
+    ]
+    for change, message in forged:
+        raw = {**good, "unknown": [{**good["unknown"][0], **change}]}
+        path.write_text(json.dumps(raw) + "\n", "utf-8")
+        with pytest.raises(RunError, match=r"entry 1 is incomplete or malformed .*" + message):
+            list(Run.open(tmp_path / "run").entries)
 
 
 @pytest.mark.unit

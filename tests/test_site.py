@@ -481,3 +481,55 @@ def test_nav_links_point_from_every_page_and_are_checked(run: Run, tmp_path: Pat
                 "a=/abs.html", "a=//host/x", "a=file:///etc/passwd", "a=b\\c"):  # fmt: skip
         with pytest.raises(SettingsError, match="--link"):
             Settings(links=(bad,)).validate()
+
+
+def test_words_read_as_unknown_are_shown_struck_through_beside_the_token(
+    tmp_path: Path,
+) -> None:
+    """A page shows the model's [UNK], and the word it replaced struck through next to it (as
+    text, whatever it holds), says how many there are, and gives the page's script the words
+    by position; the chart's labels (the tokens param) are the model's tokens only."""
+    import dataclasses
+
+    from synthetic import result_for, run_info
+
+    from reportgen.data.results import UnknownToken
+    from reportgen.inputs import examples_from_items
+    from reportgen.records import RunWriter
+
+    env, lan = "<CHI> saw a young dog", f"<CHI> {HOSTILE} is the"
+    segments = [{"name": "ENV", "text": env}, {"name": "LAN", "text": lan}]
+    example, same = examples_from_items(
+        [{"id": "unk", "segments": segments}, {"id": "known", "segments": segments}]
+    )
+    plain = result_for(example, 1)
+    words = example.text.split(" ")
+    assert len(plain.tokens) == len(words)
+    at = {p: example.text.index(w) for p, w in ((3, "young"), (6, HOSTILE))}
+    unknown = tuple(UnknownToken(p, words[p], a, a + len(words[p])) for p, a in at.items())
+    tokens = tuple("[UNK]" if p in at else w for p, w in enumerate(words))
+    with RunWriter(tmp_path / "run", run_info()) as writer:
+        writer.add(dataclasses.replace(plain, tokens=tokens, unknown=unknown))
+        writer.add(result_for(same, 2))  # the same words, all known
+    site.render_site(Run.open(tmp_path / "run"), tmp_path / "site", Settings())
+    html, known = (
+        (tmp_path / "site" / "examples" / f"{name}.html").read_text("utf-8")
+        for name in ("0001-unk", "0002-known")
+    )
+    card = re.search(r'<section class="rg-input".*?</section>', html, re.S)
+    assert card is not None
+    struck = re.findall(
+        r'<span class="rg-unk-token">([^<]*)</span> <del class="rg-unk-word">([^<]*)</del>',
+        card.group(0),
+    )
+    assert struck == [("[UNK]", "young"), ("[UNK]", "&lt;script&gt;alert(1)&lt;/script&gt;")]
+    text = re.sub(r"<[^>]+>", "", card.group(0).replace('<span class="rg-seg-name">ENV</span>', ""))
+    assert "saw a [UNK] young dog" in text.replace("&lt;", "<").replace("&gt;", ">")
+    assert HOSTILE not in html and "<del" not in known and "rg-unk" not in known
+    note = re.search(r'data-rg="unknown-note">(.*?)</p>', html, re.S)
+    assert note and note.group(1).startswith("2 words are not in the model's vocabulary")
+    data = json.loads(Tags(html).scripts[0])
+    assert data["unknown"] == [[3, "young"], [6, HOSTILE]]
+    labels = next(s for s in data["spec"]["signals"] if s["name"] == "tokens")["value"]
+    assert labels == list(tokens) and "young" not in labels and HOSTILE not in labels
+    assert "unknown" not in json.loads(Tags(known).scripts[0])

@@ -1,7 +1,7 @@
 """reportgen's data model: the typed records every stage passes on, with no torch in sight.
 
     examples  Example, Segment          an input as the readers give it
-    results   TokenSpan, Ablation, Result  what the engine computes for one input
+    results   TokenSpan, UnknownToken, Ablation, Result  what the engine computes for one input
     metrics   Metric, parse_metric, shares  how heads are scored for the grid
     methods   METHODS, Method           the saliency methods by name
     tasks     Task                      what a model computes (its objective)
@@ -13,7 +13,7 @@ that imports torch) produces them.
 from reportgen.data.examples import Example, Segment
 from reportgen.data.methods import METHODS, Method, parse_method
 from reportgen.data.metrics import Metric, check_metric, parse_metric, shares
-from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan
+from reportgen.data.results import Ablation, HeadStats, Result, TokenSpan, UnknownToken
 from reportgen.data.tasks import Task
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Segment",
     "Task",
     "TokenSpan",
+    "UnknownToken",
     "check_metric",
     "parse_method",
     "parse_metric",

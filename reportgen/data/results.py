@@ -34,6 +34,18 @@ class TokenSpan:
     end: int
 
 
+@dataclass(frozen=True)
+class UnknownToken:
+    """A token the tokenizer does not know: the model reads its unknown token (e.g. `[UNK]`) at
+    `position`, where the input's text has `text` (characters [start, end) of `Example.text`).
+    The report shows the unknown token, and the word only as what it replaced."""
+
+    position: int
+    text: str
+    start: int
+    end: int
+
+
 INTERVENTIONS = ("zero", "mean", "resample")
 """What replaces an ablated head's output (pre-output-projection): zeros; its mean over every
 token of every input of the run (one vector per head, the same at every position); or its mean
@@ -266,6 +278,9 @@ class Result:
     """attn-grad with `--aggregate wang`: Wang et al.'s per-layer aggregation; None otherwise."""
     patching: Patching | None = None
     """With `--patching`: attribution patching of every head, the top ones checked for real."""
+    unknown: tuple[UnknownToken, ...] = ()
+    """The tokens the model read as its unknown token, with the text each replaced, by
+    position; empty when it knew every token (and in runs from before they were recorded)."""
 
     def head_scores(self, metric: str | Metric) -> np.ndarray:
         """Each head's share of the metric's saliency, float32 [layers, heads], summing to 1."""

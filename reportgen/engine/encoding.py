@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reportgen.data.examples import Example
-from reportgen.data.results import TokenSpan
+from reportgen.data.results import TokenSpan, UnknownToken
 from reportgen.data.tasks import Task
 from reportgen.engine.loading import LoadedModel
 from reportgen.errors import SaliencyError
@@ -32,9 +32,9 @@ class Encoded:
     texts of a bi-encoder; empty means all of `ids` as one sequence."""
     contrast_ids: tuple[int, ...] | None = None
     """The contrast target's one token id (LMs) or label index (classifiers); None without one."""
-    unknown: tuple[str, ...] = ()
-    """The text of each token the tokenizer does not know (its id is the unknown token's), in
-    order: what the model reads as `[UNK]`, and `tokens` shows as such."""
+    unknown: tuple[UnknownToken, ...] = ()
+    """Each token the tokenizer does not know (its id is the unknown token's), in order, with
+    the text it covers: what the model reads as `[UNK]`, and `tokens` shows as such."""
 
     @property
     def sequences(self) -> tuple[tuple[int, int], ...]:
@@ -103,7 +103,7 @@ def encode(
         ids, offsets, loss_positions, prediction_position, lm, limit, truncate, where
     )
     tokens = _shown(tok, shown_text, ids, offsets)
-    unknown = _unknown(tok, shown_text, ids, offsets)
+    unknown = _unknown(tok, shown_text, ids, offsets, 0, 0)
     spans = _spans(example.char_spans(), offsets)
     if lm.task is Task.ENCODER and (len(spans) < 2 or any(s.end <= s.start for s in spans[:2])):
         raise SaliencyError(f"{where}: the first two segments must each keep at least one token")
@@ -158,8 +158,8 @@ def _encode_pair(
     tokens: list[str] = []
     spans: list[TokenSpan] = []
     pieces: list[tuple[int, int]] = []
-    unknown: list[str] = []
-    for segment in example.segments:
+    unknown: list[UnknownToken] = []
+    for segment, (_, char_start, _) in zip(example.segments, example.char_spans(), strict=True):
         seg_ids, offsets = _tokenize(lm.tokenizer, segment.text, strip_end=False)
         seg_ids, offsets, _, _ = _fit(
             seg_ids, offsets, (), None, lm, limit, truncate, f"{where}, segment '{segment.name}'"
@@ -172,7 +172,7 @@ def _encode_pair(
             spans.append(TokenSpan(segment.name, start + inside[0], start + inside[-1] + 1))
         ids += seg_ids
         tokens += _shown(lm.tokenizer, segment.text, seg_ids, offsets)
-        unknown += _unknown(lm.tokenizer, segment.text, seg_ids, offsets)
+        unknown += _unknown(lm.tokenizer, segment.text, seg_ids, offsets, start, char_start)
         pieces.append((start, len(ids)))
     return Encoded(
         example,
@@ -229,13 +229,23 @@ def _shown(
 
 
 def _unknown(
-    tok: Any, text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]
-) -> tuple[str, ...]:
-    """The text the tokenizer read as its unknown token, one entry per such token."""
+    tok: Any,
+    text: str,
+    ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    first: int,
+    char_start: int,
+) -> tuple[UnknownToken, ...]:
+    """Each token the tokenizer read as its unknown token, with the text it covers; positions
+    count from `first` and characters from `char_start` (a segment encoded on its own)."""
     unk = tok.unk_token_id
     if unk is None:
         return ()
-    return tuple(text[a:b] for i, (a, b) in zip(ids, offsets, strict=True) if i == unk)
+    return tuple(
+        UnknownToken(first + p, text[a:b], char_start + a, char_start + b)
+        for p, (i, (a, b)) in enumerate(zip(ids, offsets, strict=True))
+        if i == unk
+    )
 
 
 def _check_target(tok: Any, target_ids: Sequence[int], target: str, where: str) -> None:

@@ -79,6 +79,7 @@ def compute_batch(
                 dense=None if scores is None else _stored(scores, settings.store),
                 relevance=_relevance(reductions, base.layout[b], row),
                 pairs=_pairs(reductions, base.layout[b], row),
+                unknown=row.unknown,
             )
         )
     if reference is None and needs_reference(settings, ablate):

@@ -301,14 +301,46 @@ class AboutContext(Context):
 
 
 @dataclass(frozen=True)
+class TextPiece:
+    """A run of an input's text as the model read it: as is, or (`token` set) a word it did
+    not know and read as that unknown token instead (the page shows the token, the word
+    struck through)."""
+
+    text: str
+    token: str | None = None
+
+
+def text_pieces(result: Result) -> list[tuple[str, tuple[TextPiece, ...]]]:
+    """(name, pieces) of each segment of the input: its text cut around the words the model
+    read as its unknown token."""
+    text = result.example.text
+    unknown = sorted((u for u in result.unknown if u.end > u.start), key=lambda u: u.start)
+    out = []
+    for name, start, end in result.example.char_spans():
+        pieces, at = [], start
+        for u in unknown:
+            if u.start < at or u.end > end:  # another segment's, or overlapping the last
+                continue
+            if u.start > at:
+                pieces.append(TextPiece(text[at : u.start]))
+            pieces.append(TextPiece(u.text, result.tokens[u.position]))
+            at = u.end
+        if at < end or not pieces:
+            pieces.append(TextPiece(text[at:end]))
+        out.append((name, tuple(pieces)))
+    return out
+
+
+@dataclass(frozen=True)
 class ExampleContext(Context):
     """An input's page: its result, the linked chart's facts, and its neighbours."""
 
     index: int
     result: Result
     example: Example
-    segments: list[tuple[str, str]]
-    """(name, text) of each segment."""
+    segments: list[tuple[str, tuple[TextPiece, ...]]]
+    """(name, pieces of its text) of each segment: pieces the model read as its unknown
+    token are marked (`text_pieces`)."""
     meta: list[tuple[str, str]]
     """The input's metadata as (key, text), sorted by key."""
     top_heads: TopHeads
@@ -673,7 +705,7 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
         index=index,
         result=result,
         example=result.example,
-        segments=[(s.name, s.text) for s in result.example.segments],
+        segments=text_pieces(result),
         meta=sorted((str(k), _meta_text(v)) for k, v in result.example.meta.items()),
         top_heads=charts.top_heads(grid, TOP_HEADS_SHOWN),
         top=linked.top,
@@ -694,6 +726,8 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
         "name": name,
         "budget": linked.budget,
     }
+    if result.unknown:  # [position, word]: the tooltips, the strip and the table add the word
+        data["unknown"] = [[u.position, u.text] for u in result.unknown]
     if overview is not None:
         data["long"] = {
             **overview.data,

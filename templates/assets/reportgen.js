@@ -15,6 +15,9 @@
  *   show(key)     single-file report only: switch to a page ("index", "about", "example-3")
  *   long          a long input's page only: its zoomable token map (see mountLong): state(),
  *                 drawn() (what the canvas shows), zoom([r0, r1, c0, c1]) in blocks, back()
+ * Tokens are shown as the model read them; where it read its unknown token (e.g. [UNK]), the
+ * page's `data.unknown` ([position, word] pairs) gives the word it replaced, which tooltips,
+ * the text alternative and a long input's token strip add, marked as not read by the model.
  * Selections are the Vega-Lite params "pick" (click a head) and "brush" (drag a block).
  * The names of marks, selections, their stores and datasets come in each page's data
  * (`data.names`, made by reportgen.charts.names): none is spelled here.
@@ -35,6 +38,22 @@
   newReady();
   rg.view = null;
   var textDone = Promise.resolve(); // the page text's update for the last selection change
+  var unknown = Object.create(null); // position -> the word read as the unknown token
+
+  function unknownWords(pairs) {
+    var out = Object.create(null);
+    (pairs || []).forEach(function (pair) {
+      out[pair[0]] = String(pair[1]);
+    });
+    return out;
+  }
+
+  /* A token as the model read it, and for an unknown token the word it stands for. */
+  function tokenLabel(tokens, p) {
+    var word = unknown[p];
+    var token = String(tokens[p]);
+    return word === undefined ? token : token + " for “" + word + "” (not in the vocabulary)";
+  }
 
   function find(root, name) {
     return root.querySelector('[data-rg="' + name + '"]');
@@ -75,8 +94,8 @@
     var tokens = view.signal(names.tokens);
     var label = showsSigned(view) ? "signed share of selection" : "share of selection";
     var text = {
-      query: tokens[value.i],
-      key: tokens[value.j],
+      query: tokenLabel(tokens, value.i),
+      key: tokenLabel(tokens, value.j),
       "query position": value.i,
       "key position": value.j,
     };
@@ -363,7 +382,10 @@
       : rg.data("heat").map(function (d) {
           return { query: d.i, key: d.j, share: d.share, query_token: d.query, key_token: d.key };
         });
-    return { input: current.data.name, selection: rg.selection(), heads: heads, cells: cells };
+    var words = (current.data.unknown || []).map(function (pair) {
+      return { position: pair[0], word: pair[1] };
+    });
+    return { input: current.data.name, selection: rg.selection(), heads: heads, cells: cells, unknown: words };
   }
 
   /* ---- Long inputs: the zoomable overview ------------------------------------------------
@@ -816,7 +838,7 @@
         drawn.items.forEach(function (it) {
           if (it.row === p.row && it.col === p.col) share = it.share;
         });
-        value = { query: tokens[q], key: tokens[k], "query position": q, "key position": k, saliency: share.toFixed(4) };
+        value = { query: tokenLabel(tokens, q), key: tokenLabel(tokens, k), "query position": q, "key position": k, saliency: share.toFixed(4) };
       }
       tooltip.call(null, null, event, null, value);
     }
@@ -892,6 +914,14 @@
         el.className = "rg-tok";
         el.textContent = text;
         el.setAttribute("data-pos", String(p));
+        if (unknown[p] !== undefined) {
+          el.className += " rg-tok-unk";
+          el.title = tokenLabel(tokens, p);
+          var word = document.createElement("del");
+          word.className = "rg-unk-word";
+          word.textContent = unknown[p];
+          el.appendChild(word);
+        }
         frag.appendChild(el);
         frag.appendChild(document.createTextNode(" "));
         spans.push(el);
@@ -1350,14 +1380,15 @@
     var table = find(root, "alt-cells");
     if (!table || view !== rg.view) return;
     var body = table.tBodies[0];
+    var tokens = view.signal(names.tokens);
     var rows = rg.data("heat").sort(function (a, b) {
       return Math.abs(b.share) - Math.abs(a.share) || a.i - b.i || a.j - b.j;
     });
     body.textContent = "";
     rows.slice(0, ALT_CELLS).forEach(function (d) {
       var tr = body.insertRow();
-      tr.insertCell().textContent = d.query + " (" + d.i + ")";
-      tr.insertCell().textContent = d.key + " (" + d.j + ")";
+      tr.insertCell().textContent = tokenLabel(tokens, d.i) + " (" + d.i + ")";
+      tr.insertCell().textContent = tokenLabel(tokens, d.j) + " (" + d.j + ")";
       var share = tr.insertCell();
       share.className = "rg-n";
       share.textContent = (100 * d.share).toFixed(2) + "%";
@@ -1442,6 +1473,7 @@
 
   function mount(root, data, restore) {
     names = data.names || null;
+    unknown = unknownWords(data.unknown);
     current = { root: root, data: data };
     if (!data.spec) {
       rg.view = null;
