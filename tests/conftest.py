@@ -343,6 +343,43 @@ def unknown_run(tiny_models, tmp_path_factory) -> Path:
     return out
 
 
+LONG_T = 300
+"""The long input's tokens in `long_run` (over data.blocks.LONG_TOKENS: its page is the
+block overview)."""
+LONG_SHAPE = (2, 3)
+"""`long_run`'s model: layers × heads."""
+
+
+@pytest.fixture(scope="session")
+def long_run(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random GPT-2 (2 layers × 3 heads) on one LONG_T-token input and one short one,
+    stored with --store dense (so pages can be checked against S), shared by the long-input
+    browser tests."""
+    from benchmarks import fixtures
+    from reportgen.pipeline import compute
+    from reportgen.settings import Settings
+
+    root = tmp_path_factory.mktemp("long")
+    model = fixtures.gpt2(root / "model", *LONG_SHAPE, 24, LONG_T + 8, init=0.3)
+    items = [
+        fixtures.causal_input(LONG_T, seed=3, ident="long"),
+        fixtures.causal_input(12, 4, "short"),
+    ]
+    settings = Settings(model=str(model), device="cpu", ablate_k=0, store="dense", batch_size=1)
+    return compute(items, root / "run", settings, command="reportgen compute (test)")
+
+
+@pytest.fixture(scope="session")
+def long_site(long_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`long_run`'s site (its first page is the long input's)."""
+    from reportgen import site
+    from reportgen.settings import Settings
+
+    out = tmp_path_factory.mktemp("long-site") / "site"
+    site.render_site(long_run, out, Settings())
+    return out
+
+
 @pytest.fixture(scope="session")
 def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder shaped like `gpt2_run` (the same inputs, 3 layers × 4 heads), made with

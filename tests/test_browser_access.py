@@ -119,26 +119,75 @@ def pages(chromium: Any) -> Iterator[Any]:
     assert [problem for p in opened for problem in p.problems] == []
 
 
+@pytest.fixture(scope="module")
+def compare_site(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`reportgen compare` of two tiny models (GPT-2 and Llama, one tokenizer) on the demo
+    inputs, with the grounding information gain (ENV swapped between inputs)."""
+    from conftest import DEMO_INPUTS
+
+    from reportgen import compare
+
+    root = tmp_path_factory.mktemp("compare-access")
+    inputs = [{"target": "ball", **item} for item in DEMO_INPUTS]  # the gain needs targets
+    report = compare(
+        inputs,
+        root / "site",
+        models=[str(tiny_models["gpt2"]), str(tiny_models["llama"])],
+        labels=["gpt2", "llama"],
+        # no ablation: the comparison page does not show it
+        settings=Settings(metric="flow:ENV->LAN", device="cpu", ablate_k=0),
+        counterfactual="swap:ENV",
+    )
+    return report.site
+
+
+def _long_page(long_site: Path) -> Path:
+    [page] = (long_site / "examples").glob("0001-*.html")
+    return page
+
+
 @pytest.mark.parametrize(("width", "scheme"), [(1400, "light"), (390, "light"), (1400, "dark")])
 def test_axe_finds_no_violations(
-    pages: Any, www: Path, axe_source: str, width: int, scheme: str
+    pages: Any,
+    www: Path,
+    long_site: Path,
+    compare_site: Path,
+    axe_source: str,
+    width: int,
+    scheme: str,
 ) -> None:
+    """Index, about and an input's page (its text alternative open too); a long input's page
+    (the block overview, then with tokens found and one picked in its strip); the comparison
+    page."""
     p = pages(width, scheme)
-    for name in PAGES:
-        page = p.open((www / "report" / name).as_uri())
+    long_page = _long_page(long_site)
+    files = [www / "report" / name for name in PAGES] + [long_page, compare_site / "index.html"]
+    for file in files:
+        name = file.relative_to(file.parents[1]).as_posix()
+        page = p.open(file.as_uri())
+        if file == long_page:
+            page.locator("[data-rg=token-strip] .rg-tok").first.wait_for()
         page.evaluate(axe_source)  # through the debugging protocol: the page's CSP allows it
         assert page.evaluate(AXE_RUN) == [], name
+        if file == long_page:
+            page.fill("[data-rg=token-search]", page.locator(".rg-tok").nth(7).inner_text())
+            page.locator(".rg-tok").nth(9).click()
+            assert page.locator(".rg-tok-hit").count() and page.locator(".rg-tok-query").count()
+            assert page.evaluate(AXE_RUN) == [], name + " (tokens found and picked)"
         if name == EXAMPLE:
             page.click("[data-rg=alt] summary")
             assert page.evaluate(AXE_RUN) == [], name + " (text alternative open)"
 
 
-def test_no_page_scrolls_sideways_at_390_px_and_the_grid_stacks(pages: Any, www: Path) -> None:
+def test_no_page_scrolls_sideways_at_390_px_and_the_grid_stacks(
+    pages: Any, www: Path, long_site: Path, compare_site: Path
+) -> None:
     p = pages(390)
-    for name in PAGES:
-        page = p.open((www / "report" / name).as_uri())
+    files = [www / "report" / name for name in PAGES]
+    for file in [*files, _long_page(long_site), compare_site / "index.html"]:
+        page = p.open(file.as_uri())
         width = page.evaluate("() => document.documentElement.scrollWidth")
-        assert width <= 390, f"{name} is {width} px wide"
+        assert width <= 390, f"{file.name} is {width} px wide"
     page = p.open((www / "report" / EXAMPLE).as_uri())
     groups = page.evaluate(GROUPS_JS, ["grid_group", "heat_group"])
     grid, heat = groups["grid_group"], groups["heat_group"]

@@ -1,46 +1,30 @@
 """A long input's page in Chromium: the overview of block sums, zoom in and out (mouse, Back,
 Escape), linked to the grid, token search, each drawn value against numpy computed here from
 the record's dense S. The run: a tiny random GPT-2 (2 layers × 3 heads) on one 300-token input
-(and one short input, drawn as before), stored with --store dense."""
+(and one short input, drawn as before), stored with --store dense (conftest's `long_run`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from browser import cell_center, launch
+from conftest import LONG_T as T
 
-from reportgen import site
 from reportgen.charts import GRID_CELLS
 from reportgen.data.results import default_top_k
 from reportgen.records import Run
-from reportgen.settings import Settings
 
 pytestmark = pytest.mark.browser
 
-T = 300
-LAYERS, HEADS = 2, 3
-
 
 @pytest.fixture(scope="module")
-def long_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    from benchmarks import fixtures
-    from reportgen.pipeline import compute
-
-    root = tmp_path_factory.mktemp("long")
-    model = fixtures.gpt2(root / "model", LAYERS, HEADS, 24, T + 8, init=0.3)
-    items = [fixtures.causal_input(T, seed=3, ident="long"), fixtures.causal_input(12, 4, "short")]
-    settings = Settings(model=str(model), device="cpu", ablate_k=0, store="dense", batch_size=1)
-    return compute(items, root / "run", settings, command="reportgen compute (test)")
-
-
-@pytest.fixture(scope="module")
-def page_url(long_run: Run, tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = tmp_path_factory.mktemp("long-site") / "site"
-    site.render_site(long_run, out, Settings())
-    [page] = (out / "examples").glob("0001-*.html")
+def page_url(long_site: Path) -> str:
+    """The long input's page (the run is conftest's `long_run`, shared with test_browser_access)."""
+    [page] = (long_site / "examples").glob("0001-*.html")
     return page.as_uri()
 
 
@@ -219,3 +203,49 @@ def test_hover_shows_a_blocks_token_range_and_search_marks_tokens(page: Any, lon
     page.locator(".rg-tok").nth(7).click()
     assert page.evaluate("() => window.reportgen.long.state().picked") == {"query": 7, "key": 7}
     assert page.locator(".rg-tok-query").count() == 1
+
+
+def test_the_keyboard_moves_and_extends_the_selection_and_the_overview_follows(
+    page: Any, long_run: Run
+) -> None:
+    """Tab reaches the grid; arrow keys move the selected head, Shift extends a block, and the
+    overview redraws each selection's exact shares; zoomed in, Escape zooms out and keeps the
+    selection; in the overview it clears it."""
+    mark = f"{GRID_CELLS}_marks"
+    page.evaluate("() => window.scrollTo(0, 0)")  # the grid on screen, to click it
+    page.mouse.dblclick(*cell_center(page, mark, layer=2, head=3))  # clears (a brush too)
+    settle(page)
+    page.wait_for_timeout(600)  # so that the next click is a click of its own
+    page.mouse.click(*cell_center(page, mark, layer=1, head=1))
+    settle(page)
+    assert heads(page) == [(0, 0)]
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    for _ in range(40):  # Tab through the page until the grid has the focus
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.dataset.rg === 'chart'"):
+            break
+    else:
+        pytest.fail("Tab never reaches the grid")
+    page.keyboard.press("ArrowRight")
+    settle(page)
+    assert heads(page) == [(0, 1)]
+    assert caption(page).startswith("L1 H2")
+    assert_overview(page, long_run)
+    page.keyboard.press("Shift+ArrowDown")
+    settle(page)
+    assert heads(page) == [(0, 1), (1, 1)]
+    assert_overview(page, long_run)
+    page.evaluate("() => window.reportgen.long.zoom([0, 4, 0, 4])")
+    settle(page)
+    page.focus("[data-rg=chart]")
+    page.keyboard.press("Escape")
+    settle(page)
+    assert page.evaluate("() => window.reportgen.long.state().mode") == "overview"
+    assert heads(page) == [(0, 1), (1, 1)], "Escape zoomed out and kept the selection"
+    page.keyboard.press("Escape")
+    settle(page)
+    assert heads(page) == []
+    page.keyboard.press("Enter")
+    settle(page)
+    assert heads(page) == [(1, 1)], "Enter selects the head under the cursor"
+    assert_overview(page, long_run)

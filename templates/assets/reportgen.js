@@ -1277,6 +1277,8 @@
     var enter = event.key === "Enter" || event.key === " ";
     var escape = event.key === "Escape";
     if (!move && !enter && !escape) return;
+    // a long input's zoomed map: Escape zooms out (the page's own handler), the selection stays
+    if (escape && current && current.data.long && rg.long && rg.long.state().mode === "zoom") return;
     event.preventDefault();
     var shape = gridShape(view);
     var chosen = rg.selection();
