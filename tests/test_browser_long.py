@@ -5,6 +5,7 @@ the record's dense S. The run: a tiny random GPT-2 (2 layers × 3 heads) on one 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -249,3 +250,45 @@ def test_the_keyboard_moves_and_extends_the_selection_and_the_overview_follows(
     settle(page)
     assert heads(page) == [(1, 1)], "Enter selects the head under the cursor"
     assert_overview(page, long_run)
+
+
+ALT_ROWS_JS = """
+() => [...document.querySelectorAll('[data-rg=alt-cells] tbody tr')].map(
+  (tr) => [...tr.cells].map((td) => td.textContent))
+"""
+
+
+def test_the_text_alternative_lists_the_strongest_blocks_then_cells(
+    page: Any, long_run: Run
+) -> None:
+    """The chart as tables: the overview's ten strongest blocks of the selection (token ranges
+    and shares, against numpy from the dense S), and once zoomed, the region's strongest cells."""
+    mark = f"{GRID_CELLS}_marks"
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.mouse.dblclick(*cell_center(page, mark, layer=1, head=1))
+    settle(page)
+    page.wait_for_timeout(600)
+    page.mouse.click(*cell_center(page, mark, layer=2, head=2))
+    settle(page)
+    assert heads(page) == [(1, 1)]
+    want = expected_overview(long_run, [(1, 1)])
+    edges = np.asarray(long_run.result(0).stats.edges)
+    strongest = sorted(want.items(), key=lambda item: (-item[1], item[0]))[:10]
+    rows = page.evaluate(ALT_ROWS_JS)
+    assert len(rows) == len(strongest) == 10
+    end = {int(a): int(b) for a, b in itertools.pairwise(edges)}
+    for (query, key, share), ((q0, k0), value) in zip(rows, strongest, strict=True):
+        assert query.endswith(f"({q0}–{end[q0] - 1})"), query  # rows are queries on this page
+        assert key.endswith(f"({k0}–{end[k0] - 1})"), key
+        assert float(share.rstrip("%")) == pytest.approx(100 * value, rel=2e-3, abs=0.006)
+    caption = "() => document.querySelector('[data-rg=alt-cells-caption]').textContent"
+    assert page.evaluate(caption) == "Strongest blocks of the selection"
+    (q0, k0), _ = strongest[0]  # zoom into the strongest block (block indices)
+    rb, cb = list(edges).index(q0), list(edges).index(k0)
+    page.evaluate("([r]) => window.reportgen.long.zoom(r)", [[rb, rb + 1, cb, cb + 1]])
+    settle(page)
+    assert page.evaluate(caption) == "Strongest cells of the zoomed region"
+    cells = page.evaluate(ALT_ROWS_JS)
+    assert 0 < len(cells) <= 10 and all(q.endswith(")") and "–" not in q for q, _, _ in cells)
+    page.evaluate("() => window.reportgen.long.back()")
+    settle(page)

@@ -739,8 +739,53 @@
       where.textContent = drawn.mode === "overview"
         ? "overview: " + nb + " × " + nb + " blocks of ~" + Math.round(T / nb) + " tokens"
         : "zoomed: " + rangeText(rowsAreKeys ? "keys" : "queries", t[0], t[1]) + " × " + rangeText(rowsAreKeys ? "queries" : "keys", t[2], t[3]);
+      longAlt();
       state.draws += 1;
       if (typeof api.onDraw === "function") api.onDraw(state.draws);
+    }
+
+    // the text alternative: the view's strongest blocks (overview) or cells (zoomed) as a table
+    function longAlt() {
+      var table = find(root, "alt-cells");
+      if (!table) return;
+      var body = table.tBodies[0];
+      body.textContent = "";
+      // the strongest ALT_CELLS in one pass (no sort of every block on each click); ties keep
+      // the items' order, rows then columns
+      var items = [];
+      drawn.items.forEach(function (it) {
+        if (!(it.share > 0)) return;
+        var at = items.length;
+        while (at > 0 && items[at - 1].share < it.share) at--;
+        if (at < ALT_CELLS) {
+          items.splice(at, 0, it);
+          if (items.length > ALT_CELLS) items.pop();
+        }
+      });
+      function where(a, b) {
+        return b - a > 1 ? tokenLabel(tokens, a) + " … " + tokenLabel(tokens, b - 1) + " (" + a + "–" + (b - 1) + ")" : tokenLabel(tokens, a) + " (" + a + ")";
+      }
+      items.slice(0, ALT_CELLS).forEach(function (it) {
+        var rows = it.row0 === undefined ? [it.row, it.row + 1] : [it.row0, it.row1];
+        var cols = it.col0 === undefined ? [it.col, it.col + 1] : [it.col0, it.col1];
+        var q = rowsAreKeys ? cols : rows;
+        var k = rowsAreKeys ? rows : cols;
+        var tr = body.insertRow();
+        tr.insertCell().textContent = where(q[0], q[1]);
+        tr.insertCell().textContent = where(k[0], k[1]);
+        var share = tr.insertCell();
+        share.className = "rg-n";
+        share.textContent = (100 * it.share).toFixed(2) + "%";
+      });
+      if (!items.length) {
+        var cell = body.insertRow().insertCell();
+        cell.colSpan = 3;
+        cell.textContent = !chosenHeads.length ? "Nothing selected." : "No stored cell of the selection lies in this region.";
+      }
+      var caption = find(root, "alt-cells-caption");
+      if (caption) {
+        caption.textContent = drawn.mode === "overview" ? "Strongest blocks of the selection" : "Strongest cells of the zoomed region";
+      }
     }
 
     function rangeText(what, a, b) {
