@@ -900,6 +900,9 @@ def _invocation(ctx: typer.Context) -> list[str]:
             continue
         elif getattr(param, "is_flag", False):
             parts.append(max(param.opts, key=len))
+        elif isinstance(value, (list, tuple)):  # a repeatable option: once per value, or not at all
+            for item in value:
+                parts += [max(param.opts, key=len), str(item)]
         else:
             parts += [max(param.opts, key=len), str(value)]
     return parts

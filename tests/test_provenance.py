@@ -98,3 +98,23 @@ def test_an_api_build_records_the_equivalent_build_command(tiny_models, tmp_path
     about = (tmp_path / "site" / "about.html").read_text("utf-8")
     assert f'<code class="rg-cmd">{escape(command)}</code>' in about
     assert "INPUTS stands for" not in about
+
+
+def test_repeatable_options_are_recorded_once_per_value(tiny_models, tmp_path, monkeypatch):
+    """--page-id and --link as given (each value after its option), and nothing for one not
+    given: the recorded command runs as it reads."""
+    import html
+    import re
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    plain = _build(tmp_path, tiny_models["gpt2"])
+    about = html.unescape((plain / "about.html").read_text("utf-8"))
+    assert "--page-id" not in about and "--link" not in about
+    links = ("--link", "Over training=compare/index.html", "--link", "Paper=https://a.b/c")
+    site = _build(tmp_path, tiny_models["gpt2"], "--page-id", "1", *links, "--force")
+    about = html.unescape((site / "about.html").read_text("utf-8"))
+    [command] = re.findall(r"reportgen build [^<\n]*", about)
+    argv = shlex.split(command)
+    assert argv[argv.index("--page-id") + 1] == "1"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--link"] == [links[1], links[3]]
