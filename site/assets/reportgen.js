@@ -15,6 +15,9 @@
  *   show(key)     single-file report only: switch to a page ("index", "about", "example-3")
  *   long          a long input's page only: its zoomable token map (see mountLong): state(),
  *                 drawn() (what the canvas shows), zoom([r0, r1, c0, c1]) in blocks, back()
+ * Tokens are shown as the model read them; where it read its unknown token (e.g. [UNK]), the
+ * page's `data.unknown` ([position, word] pairs) gives the word it replaced, which tooltips,
+ * the text alternative and a long input's token strip add, marked as not read by the model.
  * Selections are the Vega-Lite params "pick" (click a head) and "brush" (drag a block).
  * The names of marks, selections, their stores and datasets come in each page's data
  * (`data.names`, made by reportgen.charts.names): none is spelled here.
@@ -35,6 +38,22 @@
   newReady();
   rg.view = null;
   var textDone = Promise.resolve(); // the page text's update for the last selection change
+  var unknown = Object.create(null); // position -> the word read as the unknown token
+
+  function unknownWords(pairs) {
+    var out = Object.create(null);
+    (pairs || []).forEach(function (pair) {
+      out[pair[0]] = String(pair[1]);
+    });
+    return out;
+  }
+
+  /* A token as the model read it, and for an unknown token the word it stands for. */
+  function tokenLabel(tokens, p) {
+    var word = unknown[p];
+    var token = String(tokens[p]);
+    return word === undefined ? token : token + " for “" + word + "” (not in the vocabulary)";
+  }
 
   function find(root, name) {
     return root.querySelector('[data-rg="' + name + '"]');
@@ -75,8 +94,8 @@
     var tokens = view.signal(names.tokens);
     var label = showsSigned(view) ? "signed share of selection" : "share of selection";
     var text = {
-      query: tokens[value.i],
-      key: tokens[value.j],
+      query: tokenLabel(tokens, value.i),
+      key: tokenLabel(tokens, value.j),
       "query position": value.i,
       "key position": value.j,
     };
@@ -142,6 +161,11 @@
         (got.head || []).forEach(function (head) {
           heads.push([layer, head]);
         });
+      });
+      // the comparison page brushes units by their labels: "L4 H7", or "L4" per layer
+      (got.unit || []).forEach(function (unit) {
+        var m = /^L(\d+)(?: H(\d+))?$/.exec(String(unit));
+        if (m) heads.push([Number(m[1]), m[2] ? Number(m[2]) : 1]);
       });
     });
     return heads;
@@ -358,7 +382,10 @@
       : rg.data("heat").map(function (d) {
           return { query: d.i, key: d.j, share: d.share, query_token: d.query, key_token: d.key };
         });
-    return { input: current.data.name, selection: rg.selection(), heads: heads, cells: cells };
+    var words = (current.data.unknown || []).map(function (pair) {
+      return { position: pair[0], word: pair[1] };
+    });
+    return { input: current.data.name, selection: rg.selection(), heads: heads, cells: cells, unknown: words };
   }
 
   /* ---- Long inputs: the zoomable overview ------------------------------------------------
@@ -712,8 +739,53 @@
       where.textContent = drawn.mode === "overview"
         ? "overview: " + nb + " × " + nb + " blocks of ~" + Math.round(T / nb) + " tokens"
         : "zoomed: " + rangeText(rowsAreKeys ? "keys" : "queries", t[0], t[1]) + " × " + rangeText(rowsAreKeys ? "queries" : "keys", t[2], t[3]);
+      longAlt();
       state.draws += 1;
       if (typeof api.onDraw === "function") api.onDraw(state.draws);
+    }
+
+    // the text alternative: the view's strongest blocks (overview) or cells (zoomed) as a table
+    function longAlt() {
+      var table = find(root, "alt-cells");
+      if (!table) return;
+      var body = table.tBodies[0];
+      body.textContent = "";
+      // the strongest ALT_CELLS in one pass (no sort of every block on each click); ties keep
+      // the items' order, rows then columns
+      var items = [];
+      drawn.items.forEach(function (it) {
+        if (!(it.share > 0)) return;
+        var at = items.length;
+        while (at > 0 && items[at - 1].share < it.share) at--;
+        if (at < ALT_CELLS) {
+          items.splice(at, 0, it);
+          if (items.length > ALT_CELLS) items.pop();
+        }
+      });
+      function where(a, b) {
+        return b - a > 1 ? tokenLabel(tokens, a) + " … " + tokenLabel(tokens, b - 1) + " (" + a + "–" + (b - 1) + ")" : tokenLabel(tokens, a) + " (" + a + ")";
+      }
+      items.slice(0, ALT_CELLS).forEach(function (it) {
+        var rows = it.row0 === undefined ? [it.row, it.row + 1] : [it.row0, it.row1];
+        var cols = it.col0 === undefined ? [it.col, it.col + 1] : [it.col0, it.col1];
+        var q = rowsAreKeys ? cols : rows;
+        var k = rowsAreKeys ? rows : cols;
+        var tr = body.insertRow();
+        tr.insertCell().textContent = where(q[0], q[1]);
+        tr.insertCell().textContent = where(k[0], k[1]);
+        var share = tr.insertCell();
+        share.className = "rg-n";
+        share.textContent = (100 * it.share).toFixed(2) + "%";
+      });
+      if (!items.length) {
+        var cell = body.insertRow().insertCell();
+        cell.colSpan = 3;
+        cell.textContent = !chosenHeads.length ? "Nothing selected." : "No stored cell of the selection lies in this region.";
+      }
+      var caption = find(root, "alt-cells-caption");
+      if (caption) {
+        caption.textContent = drawn.mode === "overview" ? "Strongest blocks of the selection" : "Strongest cells of the zoomed region";
+      }
     }
 
     function rangeText(what, a, b) {
@@ -811,7 +883,7 @@
         drawn.items.forEach(function (it) {
           if (it.row === p.row && it.col === p.col) share = it.share;
         });
-        value = { query: tokens[q], key: tokens[k], "query position": q, "key position": k, saliency: share.toFixed(4) };
+        value = { query: tokenLabel(tokens, q), key: tokenLabel(tokens, k), "query position": q, "key position": k, saliency: share.toFixed(4) };
       }
       tooltip.call(null, null, event, null, value);
     }
@@ -887,6 +959,14 @@
         el.className = "rg-tok";
         el.textContent = text;
         el.setAttribute("data-pos", String(p));
+        if (unknown[p] !== undefined) {
+          el.className += " rg-tok-unk";
+          el.title = tokenLabel(tokens, p);
+          var word = document.createElement("del");
+          word.className = "rg-unk-word";
+          word.textContent = unknown[p];
+          el.appendChild(word);
+        }
         frag.appendChild(el);
         frag.appendChild(document.createTextNode(" "));
         spans.push(el);
@@ -1242,6 +1322,8 @@
     var enter = event.key === "Enter" || event.key === " ";
     var escape = event.key === "Escape";
     if (!move && !enter && !escape) return;
+    // a long input's zoomed map: Escape zooms out (the page's own handler), the selection stays
+    if (escape && current && current.data.long && rg.long && rg.long.state().mode === "zoom") return;
     event.preventDefault();
     var shape = gridShape(view);
     var chosen = rg.selection();
@@ -1278,6 +1360,20 @@
     if (!el || el.rgKeys) return;
     el.rgKeys = true;
     el.addEventListener("keydown", onKey);
+  }
+
+  /* A click on a layer of a chart by layer (names.layer_marks: rollout's layer × token chart)
+   * selects that layer's heads in the grid, as Shift+arrows select a block: the heatmap and
+   * everything else that follows the grid's selection follow. */
+  function wireLayerClicks(view) {
+    var layerMarks = (names && names.layer_marks) || [];
+    view.addEventListener("click", function (event, item) {
+      if (!item || !item.datum || !item.mark || layerMarks.indexOf(item.mark.name) < 0) return;
+      var layer = item.datum.layer;
+      var heads = gridShape(view)[1];
+      keyState = { cursor: [layer, heads], anchor: [layer, 1] };
+      select(view, block(keyState.anchor, keyState.cursor));
+    });
   }
 
   /* ---- Signed values (a signed method's page): the toggle to magnitudes ------------------ */
@@ -1331,14 +1427,15 @@
     var table = find(root, "alt-cells");
     if (!table || view !== rg.view) return;
     var body = table.tBodies[0];
+    var tokens = view.signal(names.tokens);
     var rows = rg.data("heat").sort(function (a, b) {
       return Math.abs(b.share) - Math.abs(a.share) || a.i - b.i || a.j - b.j;
     });
     body.textContent = "";
     rows.slice(0, ALT_CELLS).forEach(function (d) {
       var tr = body.insertRow();
-      tr.insertCell().textContent = d.query + " (" + d.i + ")";
-      tr.insertCell().textContent = d.key + " (" + d.j + ")";
+      tr.insertCell().textContent = tokenLabel(tokens, d.i) + " (" + d.i + ")";
+      tr.insertCell().textContent = tokenLabel(tokens, d.j) + " (" + d.j + ")";
       var share = tr.insertCell();
       share.className = "rg-n";
       share.textContent = (100 * d.share).toFixed(2) + "%";
@@ -1423,6 +1520,7 @@
 
   function mount(root, data, restore) {
     names = data.names || null;
+    unknown = unknownWords(data.unknown);
     current = { root: root, data: data };
     if (!data.spec) {
       rg.view = null;
@@ -1442,6 +1540,7 @@
       .then(function (view) {
         rg.view = view;
         wireKeys(root);
+        wireLayerClicks(view);
         if (data.kind === "example") mountExample(root, data, view);
         if (data.kind === "index") mountIndex(root, data, view);
         return view.runAsync();

@@ -13,6 +13,11 @@
  *                 caption, the index's order) shows the current selection: that text follows
  *                 a selection in a task of its own, after the chart has been drawn
  *   show(key)     single-file report only: switch to a page ("index", "about", "example-3")
+ *   long          a long input's page only: its zoomable token map (see mountLong): state(),
+ *                 drawn() (what the canvas shows), zoom([r0, r1, c0, c1]) in blocks, back()
+ * Tokens are shown as the model read them; where it read its unknown token (e.g. [UNK]), the
+ * page's `data.unknown` ([position, word] pairs) gives the word it replaced, which tooltips,
+ * the text alternative and a long input's token strip add, marked as not read by the model.
  * Selections are the Vega-Lite params "pick" (click a head) and "brush" (drag a block).
  * The names of marks, selections, their stores and datasets come in each page's data
  * (`data.names`, made by reportgen.charts.names): none is spelled here.
@@ -33,6 +38,22 @@
   newReady();
   rg.view = null;
   var textDone = Promise.resolve(); // the page text's update for the last selection change
+  var unknown = Object.create(null); // position -> the word read as the unknown token
+
+  function unknownWords(pairs) {
+    var out = Object.create(null);
+    (pairs || []).forEach(function (pair) {
+      out[pair[0]] = String(pair[1]);
+    });
+    return out;
+  }
+
+  /* A token as the model read it, and for an unknown token the word it stands for. */
+  function tokenLabel(tokens, p) {
+    var word = unknown[p];
+    var token = String(tokens[p]);
+    return word === undefined ? token : token + " for “" + word + "” (not in the vocabulary)";
+  }
 
   function find(root, name) {
     return root.querySelector('[data-rg="' + name + '"]');
@@ -53,6 +74,7 @@
     if (!rg.view) return [];
     var rows = rg.view.data(datasets[name] || name);
     if (name !== "heat") return rows;
+    if (nothingSelected(rg.view)) return []; // the zero cells that keep the colour scale finite
     var tokens = rg.view.signal(names.tokens);
     return rows.map(function (d) {
       return { i: d.i, j: d.j, share: d.share, query: tokens[d.i], key: tokens[d.j] };
@@ -68,14 +90,17 @@
 
   function tooltipValue(view, item, value) {
     if (!(names && item && item.mark && item.mark.name === names.heat_mark)) return value;
+    if (nothingSelected(view)) return null;
     var tokens = view.signal(names.tokens);
-    return {
-      query: tokens[value.i],
-      key: tokens[value.j],
+    var label = showsSigned(view) ? "signed share of selection" : "share of selection";
+    var text = {
+      query: tokenLabel(tokens, value.i),
+      key: tokenLabel(tokens, value.j),
       "query position": value.i,
       "key position": value.j,
-      saliency: value.share.toFixed(4),
     };
+    text[label] = value.share.toFixed(4);
+    return text;
   }
 
   function tooltip(handler, event, item, value) {
@@ -137,6 +162,11 @@
           heads.push([layer, head]);
         });
       });
+      // the comparison page brushes units by their labels: "L4 H7", or "L4" per layer
+      (got.unit || []).forEach(function (unit) {
+        var m = /^L(\d+)(?: H(\d+))?$/.exec(String(unit));
+        if (m) heads.push([Number(m[1]), m[2] ? Number(m[2]) : 1]);
+      });
     });
     return heads;
   }
@@ -177,6 +207,7 @@
   }
 
   function base64Bytes(text) {
+    if (Uint8Array.fromBase64) return Uint8Array.fromBase64(text);
     var binary = atob(text);
     var bytes = new Uint8Array(binary.length);
     for (var k = 0; k < binary.length; k++) bytes[k] = binary.charCodeAt(k);
@@ -246,6 +277,7 @@
     var el = find(root, "chart");
     if (!window.vega) throw new Error("reportgen: the Vega bundle (assets/vega.js) did not load");
     var interpreter = window.vega.expressionInterpreter;
+    spec = arranged(themed(spec, isDark()), narrow(el));
     var runtime = interpreter
       ? window.vega.parse(spec, null, { ast: true })
       : window.vega.parse(spec);
@@ -259,105 +291,1256 @@
     return view.runAsync();
   }
 
+  /* The caption of an example page: the selection and how much of its saliency is drawn. */
+  function exampleCaption(data, view) {
+    var heads = rg.selection();
+    var text = describe(heads);
+    if (heads.length) {
+      var chosen = {};
+      heads.forEach(function (h) {
+        chosen[h[0] + ":" + h[1]] = true;
+      });
+      var cut = Math.ceil(data.budget / heads.length);
+      var kept = 0;
+      var total = 0;
+      view.data(names.cells).forEach(function (row) {
+        if (!chosen[row.layer + ":" + row.head]) return;
+        total += row.tot;
+        if (row.v.length <= cut) {
+          kept += row.kept;
+        } else {
+          for (var k = 0; k < cut; k++) kept += row.v[k];
+        }
+      });
+      if (total > 0) text += " · the cells drawn carry " + percent(kept / total) + " of its saliency";
+    }
+    return text;
+  }
+
   function mountExample(root, data, view) {
     datasets = { heat: markData(data.spec, names.heat_mark) };
     var caption = find(root, "caption");
+    var long = data.long ? mountLong(root, data, view, update) : null;
     function update() {
-      var heads = rg.selection();
-      var text = describe(heads);
-      if (heads.length) {
-        var chosen = {};
-        heads.forEach(function (h) {
-          chosen[h[0] + ":" + h[1]] = true;
-        });
-        var cut = Math.ceil(data.budget / heads.length);
-        var kept = 0;
-        var total = 0;
-        view.data(names.cells).forEach(function (row) {
-          if (!chosen[row.layer + ":" + row.head]) return;
-          total += row.tot;
-          if (row.v.length <= cut) {
-            kept += row.kept;
-          } else {
-            for (var k = 0; k < cut; k++) kept += row.v[k];
-          }
-        });
-        if (total > 0) text += " · the cells drawn carry " + percent(kept / total) + " of its saliency";
+      if (long) {
+        caption.textContent = long.caption(describe(rg.selection()));
+        return;
       }
-      caption.textContent = text;
+      caption.textContent = exampleCaption(data, view);
+      altCells(root, view);
     }
-    onSelection(view, update);
+    onSelection(view, function () {
+      if (long) long.update();
+      update();
+    });
     update();
+    if (root.rgWired) return; // a single-file page shown again, or a view drawn anew
+    root.rgWired = true;
     find(root, "png").addEventListener("click", function () {
-      view.toImageURL("png", 2).then(function (url) {
-        download(url, data.name + ".png");
+      var made = long ? longImage(rg.view, long.canvas) : rg.view.toImageURL("png", 2);
+      made.then(function (url) {
+        save(root, url, current.data.name + ".png", "PNG");
       });
     });
-    find(root, "svg").addEventListener("click", function () {
-      view.toSVG().then(function (svg) {
+    var svgButton = find(root, "svg");
+    if (long) {
+      svgButton.disabled = true;
+      svgButton.title = "a long input's token map is drawn on a canvas: save it as PNG";
+    }
+    svgButton.addEventListener("click", function () {
+      rg.view.toSVG().then(function (svg) {
+        if (downloadsBlocked()) {
+          save(root, "data:image/svg+xml;charset=utf-8," + encodeURIComponent(svg), "", "SVG");
+          return;
+        }
         var url = URL.createObjectURL(new Blob([svg], { type: "image/svg+xml" }));
-        download(url, data.name + ".svg");
+        download(url, current.data.name + ".svg");
         setTimeout(function () {
           URL.revokeObjectURL(url);
         }, 5000);
       });
     });
+    find(root, "json").addEventListener("click", function () {
+      saveText(root, JSON.stringify(pageData(!!long), null, 1), current.data.name + ".json");
+    });
+    wireSigned(root);
   }
 
-  function mountIndex(root, data, view) {
-    var table = find(root, "table");
-    var body = table.tBodies[0];
-    var rows = Array.prototype.slice.call(body.rows);
-    var caption = find(root, "caption");
-    var heads = data.heads;
-    // uint32 little-endian, one row of layers × heads per input
-    var scoresOf = new DataView(base64Bytes(data.scores).buffer);
-    var perInput = data.per_input;
-    function rank() {
-      var chosen = rg.selection();
-      var scores = rows.map(function (row) {
-        var n = +row.getAttribute("data-row");
-        var s = 0;
-        chosen.forEach(function (h) {
-          s += scoresOf.getUint32(4 * (n * perInput + (h[0] - 1) * heads + (h[1] - 1)), true);
+  /* The current input's data as the page has it: every head's score (the grid's rows), the
+   * selected heads and the cells the heatmap draws for them (share of the selection; a long
+   * input's token map is a canvas, its cells are not exported). */
+  function pageData(isLong) {
+    var heads = rg.data("heads").map(function (row) {
+      var out = {};
+      Object.keys(row).forEach(function (k) {
+        out[k] = row[k];
+      });
+      return out;
+    });
+    var cells = isLong
+      ? []
+      : rg.data("heat").map(function (d) {
+          return { query: d.i, key: d.j, share: d.share, query_token: d.query, key_token: d.key };
         });
-        return s / data.scale;
+    var words = (current.data.unknown || []).map(function (pair) {
+      return { position: pair[0], word: pair[1] };
+    });
+    return { input: current.data.name, selection: rg.selection(), heads: heads, cells: cells, unknown: words };
+  }
+
+  /* ---- Long inputs: the zoomable overview ------------------------------------------------
+   * A page whose input is longer than the block threshold carries `data.long` (made by
+   * reportgen.charts.packing.pack_overview): per head its exact total and n × n block sums
+   * (float16 in base64, scaled by `bmax`), and its top-k cells. The grid's Vega view has no
+   * heatmap then; this code draws it on a canvas of its own: the overview of the selected
+   * heads' summed block sums (all the saliency), or, after a click or a drag, a region of
+   * whole blocks at token resolution from the kept cells, with the share they carry of the
+   * region's exact sum. Public: window.reportgen.long (state, drawn, zoom, back). */
+
+  var HALF = null;
+
+  function halfTable() {
+    if (HALF) return HALF;
+    HALF = new Float32Array(65536);
+    for (var h = 0; h < 65536; h++) {
+      var exp = (h >> 10) & 31;
+      var frac = h & 1023;
+      var v = exp === 0 ? frac * Math.pow(2, -24) : exp === 31 ? NaN : (1 + frac / 1024) * Math.pow(2, exp - 15);
+      HALF[h] = h & 32768 ? -v : v;
+    }
+    return HALF;
+  }
+
+  function decodeLong(long) {
+    var heads = long.layers * long.heads;
+    var nb = long.edges.length - 1;
+    var half = new Uint16Array(base64Bytes(long.blocks).buffer);
+    var table = halfTable();
+    var blocks = new Float32Array(heads * nb * nb);
+    for (var h = 0; h < heads; h++) {
+      var scale = long.bmax[h];
+      for (var k = 0; k < nb * nb; k++) {
+        var at = h * nb * nb + k;
+        blocks[at] = table[half[at]] * scale;
+      }
+    }
+    var starts = new Int32Array(heads + 1);
+    for (var s = 0; s < heads; s++) starts[s + 1] = starts[s] + long.counts[s];
+    return {
+      T: long.tokens,
+      nb: nb,
+      edges: long.edges,
+      blocks: blocks,
+      tot: long.tot,
+      starts: starts,
+      cells: new Int32Array(base64Bytes(long.cells).buffer),
+      values: new Float32Array(base64Bytes(long.values).buffer),
+      heads: long.heads,
+    };
+  }
+
+  function viridis() {
+    var interp = window.vega.scheme("viridis");
+    var out = [];
+    for (var k = 0; k < 256; k++) out.push(String(interp(k / 255)));
+    return out;
+  }
+
+  var LONG_LAYOUT = { left: 150, top: 6, right: 76, bottom: 130, gap: 22, side: 640 };
+
+  function mountLong(root, data, view, setCaption) {
+    var long = data.long;
+    var d = decodeLong(long);
+    var T = d.T;
+    var nb = d.nb;
+    var edges = d.edges;
+    var rowsAreKeys = !!long.keys_as_rows;
+    var tokens = long.text;
+    var colors = viridis();
+    var L = LONG_LAYOUT;
+    var side = L.side;
+    var host = find(root, "heat-canvas");
+    var back = find(root, "zoom-out");
+    var where = find(root, "zoom-where");
+    var strip = find(root, "token-strip");
+    var search = find(root, "token-search");
+    var hitsText = find(root, "token-hits");
+    var width = L.left + side + L.right;
+    var height = L.top + side + L.bottom;
+    var ratio = window.devicePixelRatio || 1;
+    function layer() {
+      var c = document.createElement("canvas");
+      c.width = Math.round(width * ratio);
+      c.height = Math.round(height * ratio);
+      c.style.width = width + "px";
+      c.style.height = height + "px";
+      host.appendChild(c);
+      var g = c.getContext("2d");
+      g.scale(ratio, ratio);
+      return { canvas: c, g: g };
+    }
+    host.textContent = "";
+    host.style.width = width + "px";
+    host.style.height = height + "px";
+    var base = layer();
+    var over = layer();
+    over.canvas.className = "rg-long-overlay";
+
+    // state: the zoom stack of regions [rowBlock0, rowBlock1, colBlock0, colBlock1) (empty:
+    // the overview), the selected heads (0-based flat indices), the chosen query and key
+    var stack = [];
+    var chosenHeads = [];
+    var picked = null; // {query, key} token positions
+    var hits = [];
+    var drawn = null; // what is on the canvas: {mode, items, share of region, ...}
+    var state = { draws: 0 };
+
+    function region() {
+      return stack.length ? stack[stack.length - 1] : [0, nb, 0, nb];
+    }
+    function tokenRange(r) {
+      return [edges[r[0]], edges[r[1]], edges[r[2]], edges[r[3]]];
+    }
+    function blockSum(h, rb, cb) {
+      // display (row block, column block) -> stored (query block, key block)
+      var q = rowsAreKeys ? cb : rb;
+      var k = rowsAreKeys ? rb : cb;
+      return d.blocks[h * nb * nb + q * nb + k];
+    }
+
+    function compute() {
+      var r = region();
+      var total = 0;
+      chosenHeads.forEach(function (h) {
+        total += d.tot[h];
       });
-      var order = rows.map(function (row, k) {
-        return k;
+      var regionSum = 0;
+      var rb, cb;
+      var blocksHere = [];
+      for (rb = r[0]; rb < r[1]; rb++) {
+        for (cb = r[2]; cb < r[3]; cb++) {
+          var s = 0;
+          for (var n = 0; n < chosenHeads.length; n++) s += blockSum(chosenHeads[n], rb, cb);
+          regionSum += s;
+          if (s > 0) blocksHere.push({ rb: rb, cb: cb, sum: s });
+        }
+      }
+      var out = { mode: stack.length ? "zoom" : "overview", total: total, regionSum: regionSum };
+      var t = tokenRange(r);
+      out.rows = [t[0], t[1]];
+      out.cols = [t[2], t[3]];
+      if (!stack.length) {
+        out.items = blocksHere.map(function (b) {
+          return {
+            row0: edges[b.rb],
+            row1: edges[b.rb + 1],
+            col0: edges[b.cb],
+            col1: edges[b.cb + 1],
+            share: total > 0 ? b.sum / total : 0,
+          };
+        });
+        out.drawnSum = regionSum;
+        return out;
+      }
+      var acc = new Map();
+      var drawnSum = 0;
+      chosenHeads.forEach(function (h) {
+        for (var m = d.starts[h]; m < d.starts[h + 1]; m++) {
+          var c = d.cells[m];
+          var i = Math.floor(c / T);
+          var j = c - i * T;
+          var row = rowsAreKeys ? j : i;
+          var col = rowsAreKeys ? i : j;
+          if (row < t[0] || row >= t[1] || col < t[2] || col >= t[3]) continue;
+          var key = row * T + col;
+          acc.set(key, (acc.get(key) || 0) + d.values[m]);
+          drawnSum += d.values[m];
+        }
       });
-      if (chosen.length) {
-        order.sort(function (a, b) {
-          return scores[b] - scores[a] || a - b;
+      var items = [];
+      acc.forEach(function (v, key) {
+        var row = Math.floor(key / T);
+        items.push({ row: row, col: key - row * T, share: total > 0 ? v / total : 0 });
+      });
+      out.items = items;
+      out.drawnSum = drawnSum;
+      return out;
+    }
+
+    function px(pos, lo, hi) {
+      return ((pos - lo) / (hi - lo)) * side;
+    }
+
+    function drawLabels(g, t) {
+      // rows on the left, columns below; a label per block (overview) or token (zoom), thinned
+      g.fillStyle = "#3d3d3d";
+      g.font = "9px " + "system-ui, sans-serif";
+      var zoom = stack.length > 0;
+      function labels(lo, hi, place) {
+        var list = [];
+        if (zoom) {
+          for (var p = lo; p < hi; p++) list.push([p, p + 1, tokens[p]]);
+        } else {
+          for (var b = 0; b < nb; b++) list.push([edges[b], edges[b + 1], long.labels[b]]);
+        }
+        var last = -1e9;
+        list.forEach(function (item) {
+          var mid = (px(item[0], lo, hi) + px(item[1], lo, hi)) / 2;
+          if (mid - last < 10) return;
+          last = mid;
+          place(mid, String(item[2]).slice(0, 24));
         });
       }
-      var frag = document.createDocumentFragment();
-      order.forEach(function (k) {
-        var cell = find(rows[k], "score");
-        cell.textContent = chosen.length ? percent(scores[k]) : "–";
-        frag.appendChild(rows[k]);
+      g.textAlign = "right";
+      g.textBaseline = "middle";
+      labels(t[0], t[1], function (mid, text) {
+        g.fillText(text, L.left - L.gap - 3, L.top + mid, L.left - L.gap - 6);
       });
-      body.appendChild(frag);
-      caption.textContent = chosen.length
-        ? "Ranked by " + describe(chosen) + " (its share of each input's saliency)."
-        : "In input order.";
+      labels(t[2], t[3], function (mid, text) {
+        g.save();
+        g.translate(L.left + mid, L.top + side + L.gap + 3);
+        g.rotate(-Math.PI / 2);
+        g.fillText(text, 0, 0, L.bottom - L.gap - 24);
+        g.restore();
+      });
+      // axis titles
+      g.fillStyle = "#1f1f1f";
+      g.font = "600 12px system-ui, sans-serif";
+      g.textAlign = "center";
+      var rowTitle = rowsAreKeys ? long.titles.key : long.titles.query;
+      var colTitle = rowsAreKeys ? long.titles.query : long.titles.key;
+      g.fillText(colTitle, L.left + side / 2, height - 8);
+      g.save();
+      g.translate(10, L.top + side / 2);
+      g.rotate(-Math.PI / 2);
+      g.fillText(rowTitle, 0, 0);
+      g.restore();
     }
-    onSelection(view, rank);
+
+    function drawBrackets(g, t) {
+      g.strokeStyle = "#555";
+      g.fillStyle = "#555";
+      g.lineWidth = 1;
+      g.font = "9px system-ui, sans-serif";
+      long.spans.forEach(function (span) {
+        var name = span[0].charAt(0) === "<" ? span[0] : "<" + span[0] + ">";
+        // columns: under the plot
+        var a = Math.max(span[1], t[2]);
+        var b = Math.min(span[2], t[3]);
+        if (a < b) {
+          var x0 = L.left + px(a, t[2], t[3]) + 1;
+          var x1 = L.left + px(b, t[2], t[3]) - 1;
+          var y = L.top + side;
+          g.beginPath();
+          g.moveTo(x0, y + 2);
+          g.lineTo(x0, y + 6);
+          g.lineTo(x1, y + 6);
+          g.lineTo(x1, y + 2);
+          g.stroke();
+          g.textAlign = "center";
+          g.textBaseline = "top";
+          if (x1 - x0 > 20) g.fillText(name, (x0 + x1) / 2, y + 8, x1 - x0);
+        }
+        a = Math.max(span[1], t[0]);
+        b = Math.min(span[2], t[1]);
+        if (a < b) {
+          var y0 = L.top + px(a, t[0], t[1]) + 1;
+          var y1 = L.top + px(b, t[0], t[1]) - 1;
+          var x = L.left;
+          g.beginPath();
+          g.moveTo(x - 2, y0);
+          g.lineTo(x - 6, y0);
+          g.lineTo(x - 6, y1);
+          g.lineTo(x - 2, y1);
+          g.stroke();
+          if (y1 - y0 > 20) {
+            g.save();
+            g.translate(x - 9, (y0 + y1) / 2);
+            g.rotate(-Math.PI / 2);
+            g.textAlign = "center";
+            g.textBaseline = "bottom";
+            g.fillText(name, 0, 0, y1 - y0);
+            g.restore();
+          }
+        }
+      });
+    }
+
+    function drawMarks(g, t) {
+      // search hits as ticks outside both axes, the picked query and key as lines
+      g.fillStyle = "#ff7a00";
+      hits.forEach(function (p) {
+        if (p >= t[0] && p < t[1]) g.fillRect(L.left + side + 2, L.top + px(p, t[0], t[1]), 6, Math.max(1.5, px(p + 1, t[0], t[1]) - px(p, t[0], t[1])));
+        if (p >= t[2] && p < t[3]) g.fillRect(L.left + px(p, t[2], t[3]), L.top - 5, Math.max(1.5, px(p + 1, t[2], t[3]) - px(p, t[2], t[3])), 4);
+      });
+      if (!picked) return;
+      var row = rowsAreKeys ? picked.key : picked.query;
+      var col = rowsAreKeys ? picked.query : picked.key;
+      g.strokeStyle = long.outline;
+      g.lineWidth = 1.5;
+      if (row >= t[0] && row < t[1]) {
+        g.strokeRect(L.left, L.top + px(row, t[0], t[1]), side, Math.max(1, px(row + 1, t[0], t[1]) - px(row, t[0], t[1])));
+      }
+      if (col >= t[2] && col < t[3]) {
+        g.strokeRect(L.left + px(col, t[2], t[3]), L.top, Math.max(1, px(col + 1, t[2], t[3]) - px(col, t[2], t[3])), side);
+      }
+    }
+
+    function drawLegend(g, max) {
+      var x = L.left + side + 14;
+      var top = L.top + 10;
+      var h = Math.min(200, side - 20);
+      for (var k = 0; k < h; k++) {
+        g.fillStyle = colors[Math.round(255 * (1 - k / (h - 1)))];
+        g.fillRect(x, top + k, 12, 1);
+      }
+      g.fillStyle = "#3d3d3d";
+      g.font = "9px system-ui, sans-serif";
+      g.textAlign = "left";
+      g.textBaseline = "middle";
+      g.fillText((100 * max).toPrecision(2) + "%", x + 15, top);
+      g.fillText("0", x + 15, top + h);
+      g.font = "600 10px system-ui, sans-serif";
+      g.fillText("share", x, top - 8 < 0 ? 0 : top + h + 14);
+    }
+
+    function draw() {
+      drawn = compute();
+      var g = base.g;
+      var t = [drawn.rows[0], drawn.rows[1], drawn.cols[0], drawn.cols[1]];
+      g.clearRect(0, 0, width, height);
+      g.fillStyle = colors[0];
+      g.fillRect(L.left, L.top, side, side);
+      var max = 0;
+      drawn.items.forEach(function (it) {
+        if (it.share > max) max = it.share;
+      });
+      var scale = max > 0 ? 255 / max : 0;
+      if (drawn.mode === "overview") {
+        drawn.items.forEach(function (it) {
+          var x0 = px(it.col0, t[2], t[3]);
+          var y0 = px(it.row0, t[0], t[1]);
+          g.fillStyle = colors[Math.round(it.share * scale)];
+          g.fillRect(L.left + x0, L.top + y0, px(it.col1, t[2], t[3]) - x0, px(it.row1, t[0], t[1]) - y0);
+        });
+      } else {
+        var w = Math.max(1, side / (t[3] - t[2]));
+        var h = Math.max(1, side / (t[1] - t[0]));
+        drawn.items.forEach(function (it) {
+          g.fillStyle = colors[Math.round(it.share * scale)];
+          g.fillRect(L.left + px(it.col, t[2], t[3]), L.top + px(it.row, t[0], t[1]), w, h);
+        });
+      }
+      drawLabels(g, t);
+      drawBrackets(g, t);
+      drawMarks(g, t);
+      drawLegend(g, max);
+      back.disabled = !stack.length;
+      where.textContent = drawn.mode === "overview"
+        ? "overview: " + nb + " × " + nb + " blocks of ~" + Math.round(T / nb) + " tokens"
+        : "zoomed: " + rangeText(rowsAreKeys ? "keys" : "queries", t[0], t[1]) + " × " + rangeText(rowsAreKeys ? "queries" : "keys", t[2], t[3]);
+      longAlt();
+      state.draws += 1;
+      if (typeof api.onDraw === "function") api.onDraw(state.draws);
+    }
+
+    // the text alternative: the view's strongest blocks (overview) or cells (zoomed) as a table
+    function longAlt() {
+      var table = find(root, "alt-cells");
+      if (!table) return;
+      var body = table.tBodies[0];
+      body.textContent = "";
+      // the strongest ALT_CELLS in one pass (no sort of every block on each click); ties keep
+      // the items' order, rows then columns
+      var items = [];
+      drawn.items.forEach(function (it) {
+        if (!(it.share > 0)) return;
+        var at = items.length;
+        while (at > 0 && items[at - 1].share < it.share) at--;
+        if (at < ALT_CELLS) {
+          items.splice(at, 0, it);
+          if (items.length > ALT_CELLS) items.pop();
+        }
+      });
+      function where(a, b) {
+        return b - a > 1 ? tokenLabel(tokens, a) + " … " + tokenLabel(tokens, b - 1) + " (" + a + "–" + (b - 1) + ")" : tokenLabel(tokens, a) + " (" + a + ")";
+      }
+      items.slice(0, ALT_CELLS).forEach(function (it) {
+        var rows = it.row0 === undefined ? [it.row, it.row + 1] : [it.row0, it.row1];
+        var cols = it.col0 === undefined ? [it.col, it.col + 1] : [it.col0, it.col1];
+        var q = rowsAreKeys ? cols : rows;
+        var k = rowsAreKeys ? rows : cols;
+        var tr = body.insertRow();
+        tr.insertCell().textContent = where(q[0], q[1]);
+        tr.insertCell().textContent = where(k[0], k[1]);
+        var share = tr.insertCell();
+        share.className = "rg-n";
+        share.textContent = (100 * it.share).toFixed(2) + "%";
+      });
+      if (!items.length) {
+        var cell = body.insertRow().insertCell();
+        cell.colSpan = 3;
+        cell.textContent = !chosenHeads.length ? "Nothing selected." : "No stored cell of the selection lies in this region.";
+      }
+      var caption = find(root, "alt-cells-caption");
+      if (caption) {
+        caption.textContent = drawn.mode === "overview" ? "Strongest blocks of the selection" : "Strongest cells of the zoomed region";
+      }
+    }
+
+    function rangeText(what, a, b) {
+      return what + " " + a + "–" + (b - 1);
+    }
+
+    function caption(text) {
+      if (!drawn || !chosenHeads.length || !(drawn.total > 0)) return text;
+      if (drawn.mode === "overview") {
+        return text + " · the overview's blocks carry " + percent(drawn.regionSum / drawn.total) + " of its saliency";
+      }
+      var inRegion = drawn.regionSum / drawn.total;
+      var carried = drawn.regionSum > 0 ? drawn.drawnSum / drawn.regionSum : 1;
+      return (
+        text + " · this region holds " + percent(inRegion) + " of its saliency; the " + drawn.items.length +
+        " cells drawn carry " + percent(carried) + " of the region's"
+      );
+    }
+
+    function selectHeads() {
+      chosenHeads = rg.selection().map(function (h) {
+        return (h[0] - 1) * d.heads + (h[1] - 1);
+      });
+    }
+
+    function zoom(r) {
+      var cur = region();
+      var next = [
+        Math.max(cur[0], Math.min(r[0], r[1])),
+        Math.min(cur[1], Math.max(r[0], r[1])),
+        Math.max(cur[2], Math.min(r[2], r[3])),
+        Math.min(cur[3], Math.max(r[2], r[3])),
+      ];
+      if (next[0] >= next[1] || next[2] >= next[3]) return;
+      if (next.join() === cur.join()) return;
+      stack.push(next);
+      draw();
+      setCaption();
+    }
+
+    function zoomOut() {
+      if (!stack.length) return;
+      stack.pop();
+      draw();
+      setCaption();
+    }
+
+    // pointer position -> (token row, token column) in the current range, or null
+    function at(event) {
+      var box = over.canvas.getBoundingClientRect();
+      var x = event.clientX - box.left - L.left;
+      var y = event.clientY - box.top - L.top;
+      if (x < 0 || y < 0 || x >= side || y >= side) return null;
+      var t = [drawn.rows[0], drawn.rows[1], drawn.cols[0], drawn.cols[1]];
+      return {
+        x: x,
+        y: y,
+        row: Math.min(t[1] - 1, t[0] + Math.floor((y / side) * (t[1] - t[0]))),
+        col: Math.min(t[3] - 1, t[2] + Math.floor((x / side) * (t[3] - t[2]))),
+      };
+    }
+    function blockOf(pos) {
+      var b = 0;
+      while (b + 1 < nb && edges[b + 1] <= pos) b++;
+      return b;
+    }
+    function tokenText(a, b) {
+      var shown = tokens.slice(a, Math.min(b, a + 6)).join(" ");
+      return b - a > 6 ? shown + " …" : shown;
+    }
+
+    function hover(event, p) {
+      if (!p) {
+        tooltip.call(null, null, event, null, null);
+        return;
+      }
+      var value;
+      var rowName = rowsAreKeys ? "keys" : "queries";
+      var colName = rowsAreKeys ? "queries" : "keys";
+      if (drawn.mode === "overview") {
+        var rb = blockOf(p.row);
+        var cb = blockOf(p.col);
+        var s = 0;
+        chosenHeads.forEach(function (h) {
+          s += blockSum(h, rb, cb);
+        });
+        value = {};
+        value[rowName] = edges[rb] + "–" + (edges[rb + 1] - 1) + ": " + tokenText(edges[rb], edges[rb + 1]);
+        value[colName] = edges[cb] + "–" + (edges[cb + 1] - 1) + ": " + tokenText(edges[cb], edges[cb + 1]);
+        value.saliency = drawn.total > 0 ? (s / drawn.total).toFixed(4) : "0";
+      } else {
+        var q = rowsAreKeys ? p.col : p.row;
+        var k = rowsAreKeys ? p.row : p.col;
+        var share = 0;
+        drawn.items.forEach(function (it) {
+          if (it.row === p.row && it.col === p.col) share = it.share;
+        });
+        value = { query: tokenLabel(tokens, q), key: tokenLabel(tokens, k), "query position": q, "key position": k, saliency: share.toFixed(4) };
+      }
+      tooltip.call(null, null, event, null, value);
+    }
+
+    var dragging = null;
+    function drawBrush(a, b) {
+      var g = over.g;
+      g.clearRect(0, 0, width, height);
+      if (!a || !b) return;
+      g.fillStyle = "rgba(255, 214, 10, 0.15)";
+      g.strokeStyle = long.outline;
+      g.lineWidth = 1.5;
+      var x = L.left + Math.min(a.x, b.x);
+      var y = L.top + Math.min(a.y, b.y);
+      g.fillRect(x, y, Math.abs(a.x - b.x), Math.abs(a.y - b.y));
+      g.strokeRect(x, y, Math.abs(a.x - b.x), Math.abs(a.y - b.y));
+    }
+    over.canvas.addEventListener("pointerdown", function (event) {
+      var p = at(event);
+      if (!p) return;
+      dragging = { from: p, to: p };
+      try {
+        over.canvas.setPointerCapture(event.pointerId);
+      } catch (err) {
+        /* synthetic pointers have no capture */
+      }
+      event.preventDefault();
+    });
+    over.canvas.addEventListener("pointermove", function (event) {
+      var p = at(event);
+      if (dragging) {
+        if (p) dragging.to = p;
+        drawBrush(dragging.from, dragging.to);
+        return;
+      }
+      hover(event, p);
+    });
+    over.canvas.addEventListener("pointerleave", function (event) {
+      if (!dragging) hover(event, null);
+    });
+    over.canvas.addEventListener("pointerup", function (event) {
+      if (!dragging) return;
+      var a = dragging.from;
+      var b = at(event) || dragging.to;
+      dragging = null;
+      drawBrush(null, null);
+      tooltip.call(null, null, event, null, null);
+      var moved = Math.abs(a.x - b.x) + Math.abs(a.y - b.y) > 4;
+      if (!moved && stack.length) {
+        var q = rowsAreKeys ? a.col : a.row;
+        var k = rowsAreKeys ? a.row : a.col;
+        pick(q, k);
+        return;
+      }
+      var r0 = blockOf(Math.min(a.row, b.row));
+      var r1 = blockOf(Math.max(a.row, b.row)) + 1;
+      var c0 = blockOf(Math.min(a.col, b.col));
+      var c1 = blockOf(Math.max(a.col, b.col)) + 1;
+      zoom([r0, r1, c0, c1]);
+    });
+    back.addEventListener("click", zoomOut);
+    document.addEventListener("keydown", function (event) {
+      if (event.key === "Escape" && rg.view === view && stack.length) zoomOut();
+    });
+
+    // the token strip: every token once, the picked query and key and the search hits marked;
+    // made in a task after the map's first draw (thousands of elements)
+    var spans = [];
+    function buildStrip() {
+      var frag = document.createDocumentFragment();
+      tokens.forEach(function (text, p) {
+        var el = document.createElement("span");
+        el.className = "rg-tok";
+        el.textContent = text;
+        el.setAttribute("data-pos", String(p));
+        if (unknown[p] !== undefined) {
+          el.className += " rg-tok-unk";
+          el.title = tokenLabel(tokens, p);
+          var word = document.createElement("del");
+          word.className = "rg-unk-word";
+          word.textContent = unknown[p];
+          el.appendChild(word);
+        }
+        frag.appendChild(el);
+        frag.appendChild(document.createTextNode(" "));
+        spans.push(el);
+      });
+      strip.textContent = "";
+      strip.appendChild(frag);
+    }
+    setTimeout(buildStrip, 0);
+    strip.addEventListener("click", function (event) {
+      var el = event.target.closest ? event.target.closest(".rg-tok") : null;
+      if (!el) return;
+      var p = +el.getAttribute("data-pos");
+      pick(p, p);
+    });
+    function pick(q, k) {
+      if (!spans.length) buildStrip();
+      if (picked) {
+        spans[picked.query].classList.remove("rg-tok-query");
+        spans[picked.key].classList.remove("rg-tok-key");
+      }
+      picked = { query: q, key: k };
+      spans[q].classList.add("rg-tok-query");
+      spans[k].classList.add("rg-tok-key");
+      spans[q].scrollIntoView({ block: "nearest" });
+      draw();
+    }
+    search.addEventListener("input", function () {
+      if (!spans.length) buildStrip();
+      hits.forEach(function (p) {
+        spans[p].classList.remove("rg-tok-hit");
+      });
+      var needle = search.value.trim().toLowerCase();
+      hits = [];
+      if (needle) {
+        tokens.forEach(function (text, p) {
+          if (String(text).toLowerCase().indexOf(needle) >= 0) hits.push(p);
+        });
+      }
+      hits.forEach(function (p) {
+        spans[p].classList.add("rg-tok-hit");
+      });
+      hitsText.textContent = needle ? hits.length + " found" : "";
+      if (hits.length) spans[hits[0]].scrollIntoView({ block: "nearest" });
+      draw();
+    });
+
+    var api = {
+      state: function () {
+        return { mode: stack.length ? "zoom" : "overview", region: region().slice(), heads: chosenHeads.slice(), picked: picked, hits: hits.slice(), draws: state.draws };
+      },
+      drawn: function () {
+        return drawn;
+      },
+      zoom: zoom,
+      back: zoomOut,
+      layout: function () {
+        var box = over.canvas.getBoundingClientRect();
+        return { left: box.left + L.left, top: box.top + L.top, side: side };
+      },
+      onDraw: null,
+    };
+    rg.long = api;
+    selectHeads();
+    draw();
+    return {
+      update: function () {
+        selectHeads();
+        draw();
+      },
+      caption: caption,
+      canvas: base.canvas,
+    };
   }
 
-  function mount(root, data) {
+  /* The grid (Vega, at twice its size) and a long input's token map side by side, as PNG. */
+  function longImage(view, heat) {
+    return view.toCanvas(2).then(function (grid) {
+      var out = document.createElement("canvas");
+      var scale = 2 / (window.devicePixelRatio || 1);
+      out.width = grid.width + heat.width * scale;
+      out.height = Math.max(grid.height, heat.height * scale);
+      var g = out.getContext("2d");
+      g.fillStyle = "white";
+      g.fillRect(0, 0, out.width, out.height);
+      g.drawImage(grid, 0, 0);
+      g.drawImage(heat, grid.width, 0, heat.width * scale, heat.height * scale);
+      return out.toDataURL("image/png");
+    });
+  }
+
+  /* The index: its table and head list are reportgen-index.js's (rg.indexTable); a change of
+   * the grid's selection ranks the table by the selected heads and lists the inputs where
+   * they are strongest. */
+  function mountIndex(root, data, view) {
+    if (!rg.indexTable) throw new Error("reportgen: assets/reportgen-index.js did not load");
+    var table = rg.indexTable(root, data, { selection: rg.selection, describe: describe });
+    onSelection(view, table.select);
+  }
+
+  /* ---- Theme: light or dark, from prefers-color-scheme or the header's button ------------
+   * The CSS follows the system through light-dark(); the charts are drawn on a canvas, so
+   * their colours are chosen when the view is made: `themed` swaps the specs' ink colours for
+   * their dark counterparts (data rows are passed through untouched). The choice lasts for
+   * the page (pages keep no storage). */
+  var darkQuery = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
+  var themeChoice = null; // null: follow the system; else "light" or "dark"
+  var DARK = {
+    background: "#1f1f27", // --paper
+    ink: {
+      white: "#1f1f27",
+      "#3d3d3d": "#c5c5cf",
+      "#1f1f1f": "#e8e8ee",
+      "#888": "#8a8a96",
+      "#555": "#b0b0bb",
+      "#444": "#c5c5cf",
+      "#ececf1": "#2a2a33",
+      "#2b2b30": "#e8e8ee",
+    },
+    text: "#e8e8ee",
+    label: "#c5c5cf",
+  };
+
+  function isDark() {
+    return themeChoice ? themeChoice === "dark" : !!(darkQuery && darkQuery.matches);
+  }
+
+  function recolor(node, key) {
+    if (typeof node === "string") return DARK.ink.hasOwnProperty(node) ? DARK.ink[node] : node;
+    // rows and the tokens param's list stay as they are (a token may read "white")
+    if (!node || typeof node !== "object" || key === "values") return node;
+    if (key === "value" && Array.isArray(node)) return node;
+    if (Array.isArray(node)) {
+      return node.map(function (item) {
+        return recolor(item, null);
+      });
+    }
+    var out = {};
+    Object.keys(node).forEach(function (k) {
+      out[k] = recolor(node[k], k);
+    });
+    return out;
+  }
+
+  function themed(spec, dark) {
+    if (!dark) return spec;
+    var out = recolor(spec, null);
+    out.background = DARK.background;
+    var config = (out.config = out.config || {});
+    ["axis", "legend", "title"].forEach(function (k) {
+      config[k] = config[k] || {};
+    });
+    config.axis.labelColor = DARK.label;
+    config.axis.titleColor = DARK.text;
+    config.legend.labelColor = DARK.label;
+    config.legend.titleColor = DARK.text;
+    config.title.color = DARK.text;
+    config.text = Object.assign({}, config.text, { fill: DARK.text });
+    return out;
+  }
+
+  function applyTheme() {
+    var button = document.querySelector('[data-rg="theme"]');
+    var dark = isDark();
+    if (themeChoice) {
+      document.documentElement.setAttribute("data-theme", themeChoice);
+      var meta = document.querySelector('meta[name="color-scheme"]');
+      if (meta) meta.setAttribute("content", themeChoice); // light-dark() follows it
+    }
+    if (button) {
+      button.hidden = false;
+      button.textContent = dark ? "Light" : "Dark";
+      button.setAttribute("aria-pressed", String(dark));
+      button.setAttribute("aria-label", dark ? "switch to the light theme" : "switch to the dark theme");
+    }
+  }
+
+  /* ---- Height for a host page (a notebook's output cell) ----------------------------------
+   * A report inside a frame tells its parent how tall it is, so the host can size the frame to
+   * the report (reportgen.site.iframe_html listens). Only the height leaves the frame, and only
+   * when it changes; a sandboxed frame may post messages. */
+  function postHeight() {
+    if (window.parent === window || typeof ResizeObserver === "undefined") return;
+    var last = -1;
+    function send() {
+      var height = Math.ceil(document.documentElement.scrollHeight);
+      if (Math.abs(height - last) < 2) return;
+      last = height;
+      window.parent.postMessage({ reportgen: "height", height: height }, "*");
+    }
+    new ResizeObserver(send).observe(document.documentElement);
+    send();
+  }
+
+  function wireTheme() {
+    var button = document.querySelector('[data-rg="theme"]');
+    if (button) {
+      button.addEventListener("click", function () {
+        themeChoice = isDark() ? "light" : "dark";
+        applyTheme();
+        redraw();
+      });
+    }
+    if (darkQuery && darkQuery.addEventListener) {
+      darkQuery.addEventListener("change", function () {
+        if (themeChoice) return;
+        applyTheme();
+        redraw();
+      });
+    }
+    applyTheme();
+  }
+
+  /* ---- Layout: below ~800 px the grid goes above the heatmap ------------------------------ */
+  var NARROW = 800;
+
+  function narrow(el) {
+    var width = (el && el.clientWidth) || window.innerWidth;
+    return width < NARROW;
+  }
+
+  function arranged(spec, isNarrow) {
+    if (!isNarrow || !names) return spec;
+    function stack(node) {
+      var marks = node.marks || [];
+      var hasGrid = marks.some(function (m) {
+        return m.name === names.grid_group;
+      });
+      var hasHeat = marks.some(function (m) {
+        return m.name === names.heat_group;
+      });
+      if (hasGrid && hasHeat && node.layout) {
+        var copy = Object.assign({}, node);
+        copy.layout = Object.assign({}, node.layout, { columns: 1, padding: 24 });
+        return copy;
+      }
+      if (!marks.length) return node;
+      var changed = false;
+      var next = marks.map(function (m) {
+        var n = m.type === "group" ? stack(m) : m;
+        if (n !== m) changed = true;
+        return n;
+      });
+      return changed ? Object.assign({}, node, { marks: next }) : node;
+    }
+    return stack(spec);
+  }
+
+  /* ---- Drawing again (theme switch, crossing the narrow width), keeping the selection ---- */
+  var current = null; // {root, data} of the page on screen
+  var drawnNarrow = null;
+
+  function redraw() {
+    // a long input's overview keeps its own canvas and state: its view is not drawn again
+    if (!current || !rg.view || !current.data.spec || current.data.long) {
+      return Promise.resolve(null);
+    }
+    var old = rg.view;
+    var kept = {};
+    names.stores.forEach(function (store) {
+      try {
+        kept[store] = old.data(store).map(function (t) {
+          return { unit: t.unit, fields: t.fields, values: t.values };
+        });
+      } catch (err) {
+        /* the index grid has no brush */
+      }
+    });
+    var signed = hasSigned(old) ? old.signal(names.signed) : null;
+    var keys = keyState;
+    old.finalize();
+    rg.view = null;
+    newReady();
+    var root = current.root;
+    find(root, "chart").textContent = "";
+    return mount(root, current.data, function (view) {
+      Object.keys(kept).forEach(function (store) {
+        view.data(store, kept[store]);
+      });
+      if (signed !== null) view.signal(names.signed, signed);
+      keyState = keys;
+    });
+  }
+
+  function watchWidth() {
+    window.addEventListener("resize", function () {
+      if (!current || !rg.view) return;
+      var el = find(current.root, "chart");
+      if (narrow(el) !== drawnNarrow) redraw();
+    });
+  }
+
+  /* ---- Keyboard: the chart is focusable; arrows move the selected head ------------------- */
+  var keyState = null; // {cursor: [layer, head], anchor: [layer, head]}
+
+  function gridShape(view) {
+    var layers = 0;
+    var heads = 0;
+    view.data(names.heads).forEach(function (row) {
+      layers = Math.max(layers, row.layer);
+      heads = Math.max(heads, row.head);
+    });
+    return [layers, heads];
+  }
+
+  function pickTuples(heads) {
+    var fields = [
+      { type: "E", field: "layer" },
+      { type: "E", field: "head" },
+    ];
+    return heads.map(function (h) {
+      return { unit: names.grid_unit, fields: fields, values: [h[0], h[1]] };
+    });
+  }
+
+  function block(a, b) {
+    var heads = [];
+    for (var l = Math.min(a[0], b[0]); l <= Math.max(a[0], b[0]); l++) {
+      for (var h = Math.min(a[1], b[1]); h <= Math.max(a[1], b[1]); h++) heads.push([l, h]);
+    }
+    return heads;
+  }
+
+  function select(view, heads) {
+    view.data(names.stores[0], pickTuples(heads));
+    names.stores.slice(1).forEach(function (store) {
+      try {
+        view.data(store, []);
+      } catch (err) {
+        /* no brush */
+      }
+    });
+    return view.runAsync();
+  }
+
+  function announcer(el) {
+    var live = el.parentNode.querySelector('[data-rg="announce"]');
+    if (!live) {
+      live = document.createElement("p");
+      live.className = "rg-sr";
+      live.setAttribute("data-rg", "announce");
+      live.setAttribute("aria-live", "polite");
+      el.parentNode.insertBefore(live, el.nextSibling);
+    }
+    return live;
+  }
+
+  var MOVES = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+
+  function onKey(event) {
+    var view = rg.view;
+    if (!view || !names || event.altKey || event.ctrlKey || event.metaKey) return;
+    var move = MOVES[event.key];
+    var enter = event.key === "Enter" || event.key === " ";
+    var escape = event.key === "Escape";
+    if (!move && !enter && !escape) return;
+    // a long input's zoomed map: Escape zooms out (the page's own handler), the selection stays
+    if (escape && current && current.data.long && rg.long && rg.long.state().mode === "zoom") return;
+    event.preventDefault();
+    var shape = gridShape(view);
+    var chosen = rg.selection();
+    if (!keyState) {
+      var start = chosen.length ? chosen[0] : [1, 1];
+      keyState = { cursor: start.slice(), anchor: start.slice() };
+    }
+    var heads;
+    if (escape) {
+      heads = [];
+    } else if (enter) {
+      keyState.anchor = keyState.cursor.slice();
+      heads = [keyState.cursor];
+    } else {
+      var c = keyState.cursor;
+      c = [
+        Math.max(1, Math.min(shape[0], c[0] + move[0])),
+        Math.max(1, Math.min(shape[1], c[1] + move[1])),
+      ];
+      keyState.cursor = c;
+      if (!event.shiftKey) keyState.anchor = c.slice();
+      heads = event.shiftKey ? block(keyState.anchor, c) : [c];
+    }
+    var live = announcer(event.currentTarget);
+    select(view, heads).then(function () {
+      live.textContent = heads.length
+        ? describe(heads) + " selected"
+        : "Nothing selected";
+    });
+  }
+
+  function wireKeys(root) {
+    var el = find(root, "chart");
+    if (!el || el.rgKeys) return;
+    el.rgKeys = true;
+    el.addEventListener("keydown", onKey);
+  }
+
+  /* A click on a layer of a chart by layer (names.layer_marks: rollout's layer × token chart)
+   * selects that layer's heads in the grid, as Shift+arrows select a block: the heatmap and
+   * everything else that follows the grid's selection follow. */
+  function wireLayerClicks(view) {
+    var layerMarks = (names && names.layer_marks) || [];
+    view.addEventListener("click", function (event, item) {
+      if (!item || !item.datum || !item.mark || layerMarks.indexOf(item.mark.name) < 0) return;
+      var layer = item.datum.layer;
+      var heads = gridShape(view)[1];
+      keyState = { cursor: [layer, heads], anchor: [layer, 1] };
+      select(view, block(keyState.anchor, keyState.cursor));
+    });
+  }
+
+  /* ---- Signed values (a signed method's page): the toggle to magnitudes ------------------ */
+  function hasSigned(view) {
+    if (!(names && names.signed && view)) return false;
+    try {
+      view.signal(names.signed);
+      return true;
+    } catch (err) {
+      return false; // an unsigned method's page has no such param
+    }
+  }
+
+  function showsSigned(view) {
+    return hasSigned(view) && !!view.signal(names.signed);
+  }
+
+  function nothingSelected(view) {
+    try {
+      return !!(names && names.nothing && view.signal(names.nothing));
+    } catch (err) {
+      return false; // a view without the param (the static figure)
+    }
+  }
+
+  function wireSigned(root) {
+    var button = find(root, "signed");
+    if (!button) return;
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      var view = rg.view;
+      if (!hasSigned(view)) return;
+      var signed = !view.signal(names.signed);
+      view
+        .signal(names.signed, signed)
+        .runAsync()
+        .then(function () {
+          button.setAttribute("aria-pressed", String(signed));
+          button.textContent = signed ? "Show magnitudes" : "Show signed values";
+          find(root, "values-signed").hidden = !signed;
+          find(root, "values-magnitude").hidden = signed;
+          altCells(root, view);
+        });
+    });
+  }
+
+  /* ---- The text alternative: the heatmap's strongest cells as a table -------------------- */
+  var ALT_CELLS = 10;
+
+  function altCells(root, view) {
+    var table = find(root, "alt-cells");
+    if (!table || view !== rg.view) return;
+    var body = table.tBodies[0];
+    var tokens = view.signal(names.tokens);
+    var rows = rg.data("heat").sort(function (a, b) {
+      return Math.abs(b.share) - Math.abs(a.share) || a.i - b.i || a.j - b.j;
+    });
+    body.textContent = "";
+    rows.slice(0, ALT_CELLS).forEach(function (d) {
+      var tr = body.insertRow();
+      tr.insertCell().textContent = tokenLabel(tokens, d.i) + " (" + d.i + ")";
+      tr.insertCell().textContent = tokenLabel(tokens, d.j) + " (" + d.j + ")";
+      var share = tr.insertCell();
+      share.className = "rg-n";
+      share.textContent = (100 * d.share).toFixed(2) + "%";
+    });
+    if (!rows.length) {
+      var cell = body.insertRow().insertCell();
+      cell.colSpan = 3;
+      cell.textContent = "Nothing selected.";
+    }
+    var caption = find(root, "alt-cells-caption");
+    if (caption) {
+      caption.textContent =
+        "Strongest cells of the selection" + (showsSigned(view) ? " (signed)" : "");
+    }
+  }
+
+  /* ---- Export where downloads are blocked (a sandboxed iframe without allow-downloads) ---
+   * A sandboxed frame has an opaque origin ("null"); a page there cannot download, so the
+   * image is shown under the buttons, to save with the browser's own menu. */
+  function downloadsBlocked() {
+    try {
+      return window.self !== window.top && window.origin === "null";
+    } catch (err) {
+      return true;
+    }
+  }
+
+  function save(root, url, filename, kind) {
+    if (!downloadsBlocked()) {
+      download(url, filename);
+      return;
+    }
+    var box = find(root, "export");
+    if (!box) {
+      box = document.createElement("div");
+      box.className = "rg-export";
+      box.setAttribute("data-rg", "export");
+      var toolbar = root.querySelector(".rg-toolbar");
+      toolbar.parentNode.insertBefore(box, toolbar.nextSibling);
+    }
+    box.textContent = "";
+    var note = document.createElement("p");
+    note.className = "rg-note";
+    note.textContent =
+      "This frame cannot download files: right-click the " + kind + " image below and save it.";
+    var img = document.createElement("img");
+    img.alt = "the current view as " + kind;
+    img.src = url;
+    box.appendChild(note);
+    box.appendChild(img);
+  }
+
+  function saveText(root, text, filename) {
+    if (!downloadsBlocked()) {
+      var url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+      download(url, filename);
+      setTimeout(function () {
+        URL.revokeObjectURL(url);
+      }, 5000);
+      return;
+    }
+    var box = find(root, "export");
+    if (!box) {
+      box = document.createElement("div");
+      box.className = "rg-export";
+      box.setAttribute("data-rg", "export");
+      var toolbar = root.querySelector(".rg-toolbar");
+      toolbar.parentNode.insertBefore(box, toolbar.nextSibling);
+    }
+    box.textContent = "";
+    var note = document.createElement("p");
+    note.className = "rg-note";
+    note.textContent = "This frame cannot download files: copy the data below.";
+    var area = document.createElement("textarea");
+    area.readOnly = true;
+    area.rows = 8;
+    area.setAttribute("aria-label", "the input's data as JSON");
+    area.value = text;
+    box.appendChild(note);
+    box.appendChild(area);
+  }
+
+  function mount(root, data, restore) {
     names = data.names || null;
+    unknown = unknownWords(data.unknown);
+    current = { root: root, data: data };
     if (!data.spec) {
       rg.view = null;
       resolveReady(null);
       return Promise.resolve(null);
     }
+    if (!restore) keyState = null;
     return Promise.resolve()
       .then(function () {
+        drawnNarrow = narrow(find(root, "chart"));
         return embed(root, data.spec); // a spec Vega cannot parse rejects here, not throws
       })
       .then(function (view) {
+        if (restore) restore(view);
+        return view.runAsync();
+      })
+      .then(function (view) {
         rg.view = view;
+        wireKeys(root);
+        wireLayerClicks(view);
         if (data.kind === "example") mountExample(root, data, view);
         if (data.kind === "index") mountIndex(root, data, view);
         return view.runAsync();
@@ -446,6 +1629,9 @@
     rg.show(fromHash());
   }
 
+  wireTheme();
+  watchWidth();
+  postHeight();
   var boot = JSON.parse(document.getElementById("rg-data").textContent);
   if (boot.kind === "single") {
     inflate(document.getElementById("rg-vega"))
