@@ -818,3 +818,72 @@ def test_an_unknown_heat_input_is_refused_before_computing(tmp_path: Path) -> No
     assert result.exit_code != 0
     assert "--heat-input 'nope': no input has that id" in result.output
     assert not (tmp_path / "s").exists() and not (tmp_path / "s.runs").exists()
+
+
+ALT_PICKED_JS = """
+() => [...document.querySelectorAll('[data-rg=alt-picked] tbody tr')].map(
+  (tr) => [...tr.cells].map((td) => td.textContent))
+"""
+
+
+@pytest.mark.browser
+def test_the_keyboard_moves_along_the_heatmap_and_the_tables_follow(
+    built: dict[str, Path],
+) -> None:
+    from browser import launch, serve
+    from playwright.sync_api import sync_playwright
+
+    site, runs = built["site"], built["runs"]
+    means = [_scores(runs, f"checkpoint-{s}").mean(axis=0) for s in STEPS]
+    ranked = views.order(views.trends(list("abc"), [m[None] for m in means], [[], [], []]))
+    labels = [f"step {s}" for s in STEPS]
+    lines = _mark_source(_page_data(site)["spec"], "trend_lines_0_pathgroup")
+
+    def picked_rows(units: list[tuple[int, int]]) -> list[list[str]]:
+        return [
+            [f"L{ly + 1} H{h + 1}", labels[c], f"{100 * means[c][ly, h]:.2f}%"]
+            for ly, h in units
+            for c in range(3)
+        ]
+
+    with sync_playwright() as pw, serve(site) as url:
+        browser = launch(pw)
+        page = browser.new_page(viewport={"width": 1300, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(f"{url}/index.html")
+        page.evaluate("window.reportgen.ready.then(() => 1)")
+        # the static table: the strongest heads at the last checkpoint, at every checkpoint
+        top = page.evaluate(
+            "() => [...document.querySelectorAll('[data-rg=alt-top] tbody tr')].map("
+            "(tr) => [...tr.cells].map((td) => td.textContent))"
+        )
+        assert [row[0] for row in top] == [f"L{ly + 1} H{h + 1}" for ly, h in ranked[:10]]
+        for row, (ly, h) in zip(top, ranked, strict=False):
+            assert row[1:] == [f"{100 * means[c][ly, h]:.1f}%" for c in range(3)]
+        assert page.evaluate(ALT_PICKED_JS) == picked_rows(ranked[:1])
+
+        def press(key: str) -> list[list[int]]:
+            page.keyboard.press(key)
+            page.evaluate("window.reportgen.settled().then(() => 1)")
+            return page.evaluate("window.reportgen.selection()")
+
+        for _ in range(40):  # Tab through the page until the chart has the focus
+            page.keyboard.press("Tab")
+            if page.evaluate("() => document.activeElement.dataset.rg === 'chart'"):
+                break
+        else:
+            pytest.fail("Tab never reaches the chart")
+        assert press("ArrowDown") == [[ranked[1][0] + 1, ranked[1][1] + 1]]
+        assert page.evaluate(ALT_PICKED_JS) == picked_rows(ranked[1:2])
+        press("Shift+ArrowDown")
+        run = ranked[1:4]
+        assert press("Shift+ArrowDown") == sorted([ly + 1, h + 1] for ly, h in run)
+        assert sorted(page.evaluate(ALT_PICKED_JS)) == sorted(picked_rows(run))
+        drawn = page.evaluate(LINES_JS, [lines])  # the trajectories follow the keyboard
+        assert sorted(d[0] for d in drawn) == sorted(f"L{ly + 1} H{h + 1}" for ly, h in run * 3)
+        assert press("Escape") == []
+        assert page.evaluate(ALT_PICKED_JS) == [["Nothing selected."]]
+        assert press("Enter") == [[ranked[3][0] + 1, ranked[3][1] + 1]]
+        assert errors == []
+        browser.close()

@@ -592,6 +592,10 @@ def compare_names(gain: bool = False, ablation: bool = False) -> dict[str, Any]:
         "selections": [PICK, BRUSH],
         "stores": [store(PICK), store(BRUSH)],
         "units": UNITS_DATA,
+        # the keyboard moves along the heatmap's rows (units by the last checkpoint's score)
+        "heads": UNITS_DATA,
+        "grid_unit": TREND_HEAT,
+        "ranked": True,
         "views": [TREND_HEAT, TREND_LINES, TREND_GRIDS, TREND_DIFF, TREND_VALUE]
         + ([TREND_GAIN] if gain else [])
         + ([TREND_ABLATION] if ablation else []),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from reportgen.comparison import Member
 
 TOP_SHOWN = 3
+ALT_TOP = 10
+"""Units in the text alternative's table of the strongest."""
 MODELS_FOLDER = "models"
 """Where each model's own report goes inside the comparison site."""
 
@@ -87,6 +89,9 @@ class CompareContext(Context):
     """Why no token heatmaps are drawn, when they are not."""
     token_cells: int = views.TOKEN_CELLS
     """Cells kept per head and checkpoint for them."""
+    alt_top: list[tuple[str, list[float | None]]] = field(default_factory=list)
+    """The text alternative: the last model's strongest units (label, mean share in each
+    model, None where a model lacks the unit), strongest first."""
 
 
 def comparison_page(
@@ -155,6 +160,13 @@ def comparison_page(
         single=single,
         token_input=None if tokens is None else tokens.id,
         token_reason=reason,
+        alt_top=[
+            (
+                views.unit_label(ly, h, layer_level),
+                [None if np.isnan(v) else float(v) for v in trend.mean[:, ly, h]],
+            )
+            for ly, h in views.order(trend)[:ALT_TOP]
+        ],
     )
     links = [r.link for r in rows if r.link is not None]
     effect, k = (shown.effect_label, shown.k) if shown is not None else ("", 0)
