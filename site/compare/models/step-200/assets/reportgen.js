@@ -1315,6 +1315,55 @@
 
   var MOVES = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
 
+  /* The comparison page's units in the heatmap's row order (by the last checkpoint's score). */
+  function rankedUnits(view) {
+    var rows = view.data(names.heads);
+    var last = 0;
+    rows.forEach(function (r) {
+      if (r.c > last) last = r.c;
+    });
+    return rows
+      .filter(function (r) {
+        return r.c === last;
+      })
+      .sort(function (a, b) {
+        return a.rank - b.rank;
+      })
+      .map(function (r) {
+        return [r.layer, r.head];
+      });
+  }
+
+  // Ranked pages (the comparison): up and down move along the rows, Shift extends a run.
+  function rankedKey(event, view, move, enter, escape) {
+    var order = rankedUnits(view);
+    var at = function (h) {
+      for (var n = 0; n < order.length; n++) if (order[n][0] === h[0] && order[n][1] === h[1]) return n;
+      return 0;
+    };
+    if (!keyState) {
+      var chosen = rg.selection();
+      var start = chosen.length ? at(chosen[0]) : 0;
+      keyState = { cursor: start, anchor: start };
+    }
+    var heads;
+    if (escape) {
+      heads = [];
+    } else if (enter) {
+      keyState.anchor = keyState.cursor;
+      heads = [order[keyState.cursor]];
+    } else {
+      var step = move[0] || move[1];
+      var c = Math.max(0, Math.min(order.length - 1, keyState.cursor + step));
+      keyState.cursor = c;
+      if (!event.shiftKey) keyState.anchor = c;
+      var lo = Math.min(keyState.anchor, c);
+      var hi = Math.max(keyState.anchor, c);
+      heads = event.shiftKey ? order.slice(lo, hi + 1) : [order[c]];
+    }
+    return heads;
+  }
+
   function onKey(event) {
     var view = rg.view;
     if (!view || !names || event.altKey || event.ctrlKey || event.metaKey) return;
@@ -1322,6 +1371,15 @@
     var enter = event.key === "Enter" || event.key === " ";
     var escape = event.key === "Escape";
     if (!move && !enter && !escape) return;
+    if (names.ranked) {
+      event.preventDefault();
+      var chosen = rankedKey(event, view, move, enter, escape);
+      var said = announcer(event.currentTarget);
+      select(view, chosen).then(function () {
+        said.textContent = chosen.length ? describe(chosen) + " selected" : "Nothing selected";
+      });
+      return;
+    }
     // a long input's zoomed map: Escape zooms out (the page's own handler), the selection stays
     if (escape && current && current.data.long && rg.long && rg.long.state().mode === "zoom") return;
     event.preventDefault();
@@ -1418,6 +1476,42 @@
           altCells(root, view);
         });
     });
+  }
+
+  /* The comparison page's text alternative: the picked units' mean share at each checkpoint. */
+  function mountCompare(root, view) {
+    function fill() {
+      var table = find(root, "alt-picked");
+      if (!table || view !== rg.view) return;
+      var chosen = {};
+      rg.selection().forEach(function (h) {
+        chosen[h[0] + ":" + h[1]] = true;
+      });
+      var rows = view.data(names.heads).filter(function (r) {
+        return chosen[r.layer + ":" + r.head];
+      });
+      var body = table.tBodies[0];
+      body.textContent = "";
+      rows
+        .sort(function (a, b) {
+          return a.rank - b.rank || a.c - b.c;
+        })
+        .forEach(function (r) {
+          var tr = body.insertRow();
+          tr.insertCell().textContent = r.unit;
+          tr.insertCell().textContent = r.checkpoint;
+          var mean = tr.insertCell();
+          mean.className = "rg-n";
+          mean.textContent = (100 * r.mean).toFixed(2) + "%";
+        });
+      if (!rows.length) {
+        var cell = body.insertRow().insertCell();
+        cell.colSpan = 3;
+        cell.textContent = "Nothing selected.";
+      }
+    }
+    onSelection(view, fill);
+    fill();
   }
 
   /* ---- The text alternative: the heatmap's strongest cells as a table -------------------- */
@@ -1543,6 +1637,7 @@
         wireLayerClicks(view);
         if (data.kind === "example") mountExample(root, data, view);
         if (data.kind === "index") mountIndex(root, data, view);
+        if (data.kind === "compare") mountCompare(root, view);
         return view.runAsync();
       })
       .then(function (view) {
