@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, help="torch threads [quick: 1; full: torch's default]"
     )
     parser.add_argument("--out", type=Path, help=f"results file of the full mode [{RESULTS}]")
+    parser.add_argument(
+        "--index-run",
+        type=Path,
+        help="benchmark 10 on this run folder (e.g. a 10,000-input demo-model run) instead of "
+        "a synthetic run",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.out is not None:
         parser.error("--quick writes nothing; drop --out")
@@ -88,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="reportgen-bench-") as tmp:
         reps = args.reps or (1 if args.quick else 10)
         threads = args.threads or (1 if args.quick else None)
-        opts = Options(quick=args.quick, work=Path(tmp), reps=reps, threads=threads)
+        opts = Options(
+            quick=args.quick, work=Path(tmp), reps=reps, threads=threads, index_run=args.index_run
+        )
         if threads is not None:
             import torch
 

@@ -32,6 +32,8 @@ class Options:
     """torch intra-op threads (here and in `reportgen build` subprocesses); None: torch's
     default, one per core. Quick mode uses 1: on a shared 2-core machine, two threads wait on
     each other at every small op while other jobs hold a core."""
+    index_run: Path | None = None
+    """Benchmark 10's run folder (a real run); None: a synthetic one of its size."""
 
     def log(self, message: str) -> None:
         """Progress on stderr (the tables go to stdout)."""

@@ -2,7 +2,9 @@
 
 The run is synthetic (no model): 12 layers × 12 heads, inputs of 10 tokens with two segments,
 random exact reductions and top cells shaped as the engine writes them, and an ablation record
-each; `reportgen.site.render_site` renders it with `--pages 20`. Measured on the index page: its
+each; or, with `--index-run RUN`, a real run folder (e.g. the demo model on 10,000 generated
+inputs: `python examples/childes/corpus.py --n 10000`, then `reportgen compute`).
+`reportgen.site.render_site` renders it with `--pages 20`. Measured on the index page: its
 bytes, open time (navigation start to `window.reportgen.ready`, which resolves once the grid is
 drawn and the table's first rows are in), sorting by a number and a text column, filtering by
 text and by top head, a real click on a head of the grid (until the table is ranked and the
@@ -106,15 +108,23 @@ def run(opts: Options) -> list[Table]:
     from playwright.sync_api import sync_playwright
 
     from benchmarks.browser import PROBE_JS
+    from reportgen.records import Run
     from reportgen.settings import Settings
     from reportgen.site import render_site
     from reportgen.site.writer import SiteSize, size_text
     from tests.browser import cell_center, launch
 
-    count = QUICK_COUNT if opts.quick else COUNT
-    opts.log(f"index: writing a synthetic run of {count} inputs")
     began = time.perf_counter()
-    run_folder = _run(opts.work / f"index-run-{count}", count)
+    if opts.index_run is not None:
+        run_folder = Run.open(opts.index_run)
+        count = len(run_folder)
+        kind = f"run of {run_folder.info.model}"
+        opts.log(f"index: the {kind}, {count} inputs")
+    else:
+        count = QUICK_COUNT if opts.quick else COUNT
+        kind = "synthetic run"
+        opts.log(f"index: writing a synthetic run of {count} inputs")
+        run_folder = _run(opts.work / f"index-run-{count}", count)
     made = time.perf_counter() - began
     size = SiteSize()
     began = time.perf_counter()
@@ -170,7 +180,8 @@ def run(opts: Options) -> list[Table]:
         finally:
             browser.close()
     table = Table(
-        f"10. Index of {count:,} inputs in Chromium (file://, 12 × 12 heads, --pages 20)",
+        f"10. Index of {count:,} inputs in Chromium (file://, {kind}, "
+        f"{run_folder.info.num_layers} × {run_folder.info.num_heads} heads, --pages 20)",
         ["measure", "median", "target", "verdict"],
     )
     table.add(
@@ -195,7 +206,8 @@ def run(opts: Options) -> list[Table]:
         )
     table.add("tab JS heap after load and the actions (CDP)", size_text(int(heap)), "-", "-")
     table.notes.append(
-        f"{reps} page load(s), each action once per load; synthetic run written in {made:.1f} s, "
+        f"{reps} page load(s), each action once per load; {kind} "
+        f"{'opened' if opts.index_run is not None else 'written'} in {made:.1f} s, "
         f"rendered in {rendered:.1f} s"
     )
     table.notes.append(
