@@ -376,3 +376,34 @@ def test_the_export_of_a_run_holds_its_layer_ablation_and_knockout(gpt2, tmp_pat
         [float(r["delta"]) for r in rows], [e[4] for e in expected], rtol=1e-7, atol=1e-12
     )
     assert any(abs(e[4]) > 1e-6 for e in expected)  # the ablations do something
+
+
+def test_interventions_run_in_passes_the_memory_budget_holds(gpt2, monkeypatch):
+    """A long input's interventions are not one pass of batch × (k + draws + 1) rows (at
+    T = 4096 that needed over 24 GB): the rows per pass follow the memory budget, down to one,
+    and the results are the same."""
+    from reportgen.engine import ablation
+
+    settings = Settings(dtype="float64", metric=METRIC, ablate_k=3, ablate_draws=3, batch_size=4)
+    row = 2 * gpt2.num_heads * 4096 * 4096 * (8 + 1)  # float64 scores and a mask, twice
+    monkeypatch.setattr(ablation, "budget_bytes", lambda device, limit: 5 * row + 7)
+    assert ablation.rows_per_pass(gpt2, 4096, settings) == 5
+    assert ablation.rows_per_pass(gpt2, 16, settings) == 4 * (3 + 3 + 1)  # short: as before
+    roomy = _results(gpt2, ablation="mean", batch_size=4)
+    passes: list[int] = []
+    real = ablation.forward
+
+    def counted(lm, rows, **kw):
+        if kw.get("gates") is not None:  # the intervention passes (not the inputs' own)
+            passes.append(len(rows))
+        return real(lm, rows, **kw)
+
+    monkeypatch.setattr(ablation, "forward", counted)
+    monkeypatch.setattr(ablation, "budget_bytes", lambda device, limit: 1)
+    tight = _results(gpt2, ablation="mean", batch_size=4)
+    assert passes and set(passes) == {1}, "one row per pass when nothing more fits"
+    for a, b in zip(roomy, tight, strict=True):
+        assert a.ablation is not None and b.ablation is not None
+        np.testing.assert_allclose(a.ablation.curve, b.ablation.curve, rtol=1e-9)
+        np.testing.assert_allclose(a.ablation.random_values, b.ablation.random_values, rtol=1e-9)
+        np.testing.assert_allclose(a.ablation.layers, b.ablation.layers, rtol=1e-9)

@@ -25,6 +25,7 @@ from reportgen.data.results import Ablation, Knockout
 from reportgen.data.tasks import Task
 from reportgen.engine.encoding import Encoded
 from reportgen.engine.loading import LoadedModel
+from reportgen.engine.memory import budget_bytes
 from reportgen.engine.objectives import Edges, Pass, forward
 from reportgen.errors import SaliencyError
 from reportgen.settings import Settings
@@ -234,12 +235,27 @@ def ablate(
     return out
 
 
-def _run(lm: LoadedModel, jobs: Sequence[_Job], settings: Settings) -> list[float]:
-    """The effect measure of every job, in batches (of the rows the top-k part of one batch of
-    inputs needs: the layer-by-layer jobs add forward passes, not memory)."""
-    layers, heads = lm.num_layers, lm.num_heads
+def rows_per_pass(lm: LoadedModel, longest: int, settings: Settings) -> int:
+    """Rows in one forward pass of the interventions: those the top-k part of one batch of
+    inputs needs (the layer-by-layer jobs add passes, not memory), but no more than the
+    memory budget (`--max-memory`, or half the free memory) holds at `longest` tokens: a
+    no-grad pass keeps one layer's T × T scores per head (and an edge mask) at a time,
+    counted twice for the softmax's copy. At thousands of tokens that is a few rows, not
+    batch × (k + draws + 1): 112 rows at T = 4096 needed over 24 GB."""
     per = settings.ablate_k + settings.ablate_draws + 1
-    budget = settings.batch_size * per if lm.padding.batches else 1
+    rows = settings.batch_size * per if lm.padding.batches else 1
+    itemsize = torch.finfo(lm.dtype).bits // 8
+    row_bytes = 2 * lm.num_heads * longest * longest * (itemsize + 1)
+    fits = budget_bytes(lm.device, settings.max_memory) // max(row_bytes, 1)
+    return max(1, min(rows, fits))
+
+
+def _run(lm: LoadedModel, jobs: Sequence[_Job], settings: Settings) -> list[float]:
+    """The effect measure of every job, in passes of `rows_per_pass` rows."""
+    layers, heads = lm.num_layers, lm.num_heads
+    if not jobs:
+        return []
+    budget = rows_per_pass(lm, max(len(job.row.ids) for job in jobs), settings)
     values: list[float] = []
     with torch.no_grad():
         for start in range(0, len(jobs), budget):
