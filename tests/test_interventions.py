@@ -6,6 +6,7 @@ knockout as a hand-built pre-softmax attention mask."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -386,9 +387,11 @@ def test_interventions_run_in_passes_the_memory_budget_holds(gpt2, monkeypatch):
 
     settings = Settings(dtype="float64", metric=METRIC, ablate_k=3, ablate_draws=3, batch_size=4)
     row = 2 * gpt2.num_heads * 4096 * 4096 * (8 + 1)  # float64 scores and a mask, twice
-    monkeypatch.setattr(ablation, "budget_bytes", lambda device, limit: 5 * row + 7)
+    monkeypatch.setattr(ablation, "PASS_BUDGET", 5 * row + 7)
     assert ablation.rows_per_pass(gpt2, 4096, settings) == 5
     assert ablation.rows_per_pass(gpt2, 16, settings) == 4 * (3 + 3 + 1)  # short: as before
+    limited = replace(settings, max_memory="2GiB")  # --max-memory, when given, decides
+    assert ablation.rows_per_pass(gpt2, 4096, limited) == 2 * 2**30 // row
     roomy = _results(gpt2, ablation="mean", batch_size=4)
     passes: list[int] = []
     real = ablation.forward
@@ -399,7 +402,7 @@ def test_interventions_run_in_passes_the_memory_budget_holds(gpt2, monkeypatch):
         return real(lm, rows, **kw)
 
     monkeypatch.setattr(ablation, "forward", counted)
-    monkeypatch.setattr(ablation, "budget_bytes", lambda device, limit: 1)
+    monkeypatch.setattr(ablation, "PASS_BUDGET", 1)
     tight = _results(gpt2, ablation="mean", batch_size=4)
     assert passes and set(passes) == {1}, "one row per pass when nothing more fits"
     for a, b in zip(roomy, tight, strict=True):

@@ -235,18 +235,27 @@ def ablate(
     return out
 
 
+PASS_BUDGET = 4 * 2**30
+"""Bytes an intervention pass may hold without --max-memory (see rows_per_pass)."""
+
+
 def rows_per_pass(lm: LoadedModel, longest: int, settings: Settings) -> int:
     """Rows in one forward pass of the interventions: those the top-k part of one batch of
     inputs needs (the layer-by-layer jobs add passes, not memory), but no more than the
-    memory budget (`--max-memory`, or half the free memory) holds at `longest` tokens: a
-    no-grad pass keeps one layer's T × T scores per head (and an edge mask) at a time,
-    counted twice for the softmax's copy. At thousands of tokens that is a few rows, not
-    batch × (k + draws + 1): 112 rows at T = 4096 needed over 24 GB."""
+    memory budget holds at `longest` tokens: a no-grad pass keeps one layer's T × T scores
+    per head (and an edge mask) at a time, counted twice for the softmax's copy. At thousands
+    of tokens that is a few rows, not batch × (k + draws + 1): 112 rows at T = 4096 needed
+    over 24 GB. The budget is `--max-memory`'s, else a fixed PASS_BUDGET (not a share of the
+    free memory: the passes, and so the last bits of the effects, are then the same on every
+    machine)."""
     per = settings.ablate_k + settings.ablate_draws + 1
     rows = settings.batch_size * per if lm.padding.batches else 1
     itemsize = torch.finfo(lm.dtype).bits // 8
     row_bytes = 2 * lm.num_heads * longest * longest * (itemsize + 1)
-    fits = budget_bytes(lm.device, settings.max_memory) // max(row_bytes, 1)
+    budget = (
+        PASS_BUDGET if settings.max_memory is None else budget_bytes(lm.device, settings.max_memory)
+    )
+    fits = budget // max(row_bytes, 1)
     return max(1, min(rows, fits))
 
 
