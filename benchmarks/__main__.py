@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         help="benchmark 10 on this run folder (e.g. a 10,000-input demo-model run) instead of "
         "a synthetic run",
     )
+    parser.add_argument(
+        "--long-run",
+        type=Path,
+        help="benchmark 9 also measures the long inputs' pages of this run folder (e.g. a "
+        "4,096-token input computed with a locally built model)",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.out is not None:
         parser.error("--quick writes nothing; drop --out")
@@ -95,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         reps = args.reps or (1 if args.quick else 10)
         threads = args.threads or (1 if args.quick else None)
         opts = Options(
-            quick=args.quick, work=Path(tmp), reps=reps, threads=threads, index_run=args.index_run
+            quick=args.quick,
+            work=Path(tmp),
+            reps=reps,
+            threads=threads,
+            index_run=args.index_run,
+            long_run=args.long_run,
         )
         if threads is not None:
             import torch

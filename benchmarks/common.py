@@ -34,6 +34,8 @@ class Options:
     each other at every small op while other jobs hold a core."""
     index_run: Path | None = None
     """Benchmark 10's run folder (a real run); None: a synthetic one of its size."""
+    long_run: Path | None = None
+    """A computed run whose long inputs' pages benchmark 9 measures too (None: synthetic only)."""
 
     def log(self, message: str) -> None:
         """Progress on stderr (the tables go to stdout)."""

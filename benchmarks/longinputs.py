@@ -55,9 +55,11 @@ REFERENCE_T = 128
 machine's load: the same clicks and brushes on benchmark 3's kind of page."""
 
 
-def _pages(opts: Options, lengths: tuple[int, ...]) -> dict[int, Path]:
+def _pages(opts: Options, lengths: tuple[int, ...]) -> dict[int | str, Path]:
     """One site with a page per length, from synthetic long records, and the short reference
-    page (key REFERENCE_T); {T: page file}."""
+    page (key REFERENCE_T); {T: page file}; with `opts.long_run`, that run's long inputs' pages
+    too (key "T (computed)")."""
+    from reportgen.data.blocks import is_long
     from reportgen.data.results import default_top_k
     from reportgen.records import Run, RunWriter
     from reportgen.settings import Settings
@@ -75,7 +77,18 @@ def _pages(opts: Options, lengths: tuple[int, ...]) -> dict[int, Path]:
     render_site(Run.open(out), site, Settings())
     files = sorted((site / "examples").glob("*.html"))
     wanted = (REFERENCE_T, *lengths)
-    return {t: next(f for f in files if f.stem.endswith(f"-t{t}")) for t in wanted}
+    pages: dict[int | str, Path] = {
+        t: next(f for f in files if f.stem.endswith(f"-t{t}")) for t in wanted
+    }
+    if opts.long_run is not None:  # a computed run's long inputs, beside the synthetic ones
+        computed = Run.open(opts.long_run)
+        real = opts.work / "long-site-computed"
+        render_site(computed, real, Settings())
+        for i, entry in enumerate(computed.entries):
+            if is_long(len(entry.tokens)):
+                [page] = (real / "examples").glob(f"{i + 1:04d}-*.html")
+                pages[f"{len(entry.tokens)} (computed)"] = page
+    return pages
 
 
 class _LongSession(_Session):
@@ -142,7 +155,7 @@ def run(opts: Options) -> list[Table]:
         ],
     )
     rng = random.Random(0)
-    found: dict[int, dict[str, float]] = {}
+    found: dict[int | str, dict[str, float]] = {}
     with _chromium() as chromium:
         page: Any = chromium.new_page(viewport=VIEWPORT)
         page.set_default_timeout(TIMEOUT_MS)
@@ -169,6 +182,11 @@ def run(opts: Options) -> list[Table]:
         "Records are synthetic, of the engine's shapes (64 × 64 blocks, the default 512 cells "
         "a head); the Vega bundle is a shared asset of the site, not counted in the page.",
     ]
+    if opts.long_run is not None:
+        table.notes.append(
+            f"Rows marked (computed): the long inputs of the run folder `{opts.long_run}`, "
+            "computed by the engine (not synthetic), rendered with the default settings."
+        )
     table.notes.append(
         f"The first row is a short input's page (T = {REFERENCE_T}, the Vega heatmap of "
         "benchmark 3) timed the same way in the same browser: a yardstick of the machine's "
@@ -178,7 +196,7 @@ def run(opts: Options) -> list[Table]:
     return [table, _targets(opts, found)]
 
 
-def _targets(opts: Options, found: dict[int, dict[str, float]]) -> Table:
+def _targets(opts: Options, found: dict[int | str, dict[str, float]]) -> Table:
     """Every length judged against the browser targets and the page limit."""
     table = Table("9b. Long-input targets", ["T", "measure", "measured", "target", "met"])
     for tokens, got in found.items():
