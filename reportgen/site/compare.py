@@ -5,29 +5,27 @@ through `script_json`, classic scripts from the site's assets, the same CSP."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from markupsafe import Markup
 
 from reportgen import charts
 from reportgen.charts import compare as views
 from reportgen.errors import SettingsError
-from reportgen.fsutil import check_single_file, staged_update
+from reportgen.fsutil import check_single_file
 from reportgen.settings import Settings
 from reportgen.site.pages import Context, Evidence, Links, Page, SiteContext, evidence
 from reportgen.site.writer import (
     SINGLE_FILE_MARKER,
-    _inside,
     _site_assets,
     _write,
-    is_single_file,
+    content_block,
     render_site,
     single_section,
+    site_update,
     stage_single_file,
 )
 
@@ -99,14 +97,14 @@ def comparison_page(
     metric: str,
     value_label: str,
     counterfactual: str | None = None,
-    single: bool = False,
     token_input: int = 0,
     keys_as_rows: bool = False,
-) -> Page:
-    """The page (context and data) comparing `members` under `metric`; `counterfactual`
-    describes what the members' information gains compare with. `single`: as the single file
-    holds it (no links to the models' own reports, which only the site folder has). The
-    token heatmaps are of input `token_input` (0-based), keys as rows if `keys_as_rows`."""
+) -> tuple[Page, Callable[[], Page]]:
+    """The page (context and data) comparing `members` under `metric`, and a function making
+    it as the single file holds it (no links to the models' own reports, which only the site
+    folder has) from the same numbers; `counterfactual` describes what the members'
+    information gains compare with. The token heatmaps are of input `token_input` (0-based),
+    keys as rows if `keys_as_rows`."""
     shapes = [(m.model.label, m.run.info.num_layers, m.run.info.num_heads) for m in members]
     layer_level = len({s[1:] for s in shapes}) > 1
     ablated = [
@@ -137,7 +135,7 @@ def comparison_page(
         rows.append(
             ModelRow(
                 label=m.model.label,
-                link=None if single else f"{MODELS_FOLDER}/{m.folder}/index.html",
+                link=f"{MODELS_FOLDER}/{m.folder}/index.html",
                 model=m.run.info.model,
                 weights_sha256=m.run.info.weights_sha256,
                 shape=(m.run.info.num_layers, m.run.info.num_heads),
@@ -157,7 +155,6 @@ def comparison_page(
         final_top=rows[-1].top,
         counterfactual=counterfactual,
         ablation=shown,
-        single=single,
         token_input=None if tokens is None else tokens.id,
         token_reason=reason,
         alt_top=[
@@ -168,16 +165,23 @@ def comparison_page(
             for ly, h in views.order(trend)[:ALT_TOP]
         ],
     )
-    links = [r.link for r in rows if r.link is not None]
     effect, k = (shown.effect_label, shown.k) if shown is not None else ("", 0)
-    data = {
-        "kind": "compare",
-        "spec": charts.to_vega(
-            views.compare_spec(trend, value_label, links, effect, k, token_view=tokens)
-        ),
-        "names": views.compare_names(gain=bool(trend.gains), ablation=bool(trend.ablations)),
-    }
-    return Page("index", "index.html", "compare.html", "Comparison", context, data)
+
+    def page(links: Sequence[str], shown_context: CompareContext) -> Page:
+        data = {
+            "kind": "compare",
+            "spec": charts.to_vega(
+                views.compare_spec(trend, value_label, links, effect, k, token_view=tokens)
+            ),
+            "names": views.compare_names(gain=bool(trend.gains), ablation=bool(trend.ablations)),
+        }
+        return Page("index", "index.html", "compare.html", "Comparison", shown_context, data)
+
+    def single() -> Page:
+        unlinked = [replace(r, link=None) for r in rows]
+        return page((), replace(context, models=unlinked, single=True))
+
+    return page([r.link for r in rows if r.link is not None], context), single
 
 
 def token_view(
@@ -237,50 +241,35 @@ def render_comparison(
             f"--heat-input '{heat_input}': no input has that id (give one of the inputs' ids)"
         )
     chosen = 0 if heat_input is None else ids.index(heat_input)
-    shown: dict[str, Any] = {"token_input": chosen, "keys_as_rows": settings.keys_as_rows}
-    page = comparison_page(members, metric, value_label, counterfactual, **shown)
+    page, single_page = comparison_page(
+        members, metric, value_label, counterfactual, chosen, settings.keys_as_rows
+    )
     # the last model's page variables, but this page's title and no single run's evidence
     common = replace(own_site.common(Links((), 0)), report_title=title, evidence=None)
-    staged: Path | None = None
-    try:
-        with staged_update(out, "site", settings.force, recognise=is_single_file) as tmp:
-            for name, text in _site_assets(env).items():
-                _write(tmp / "assets" / name, text)
-            _write(tmp / ".nojekyll", "")
-            for m in members:
-                own = replace(
-                    settings,
-                    single_file=None,
-                    force=False,
-                    links=(),  # relative to the comparison, not to each model's report
-                    title=f"{m.model.label} · {count} input{'s' * (count != 1)}",
-                )
-                render_site(m.run, tmp / MODELS_FOLDER / m.folder, own)
-            template = env.get_template(page.template)
-            _write(
-                tmp / page.file, template.generate(**_page_variables(common, page), inline=False)
+    with site_update(out, settings) as (tmp, place_single):
+        for name, text in _site_assets(env).items():
+            _write(tmp / "assets" / name, text)
+        _write(tmp / ".nojekyll", "")
+        for m in members:
+            own = replace(
+                settings,
+                single_file=None,
+                force=False,
+                links=(),  # relative to the comparison, not to each model's report
+                title=f"{m.model.label} · {count} input{'s' * (count != 1)}",
             )
-            if target is not None:
-                one = comparison_page(
-                    members, metric, value_label, counterfactual, single=True, **shown
-                )
-                shared = replace(common, links=Links((), 0, single=True))
-                context = template.new_context(_page_variables(shared, one))
-                body = Markup("".join(template.blocks["content"](context)))
-                sections = [single_section("index", one, body, one.data)]
-                inside = _inside(target, out)
-                if inside is not None:  # e.g. site/compare.html: it goes in with the site
-                    made = stage_single_file(env, shared.variables(), sections, title, tmp / inside)
-                    os.replace(made, tmp / inside)
-                else:
-                    staged = stage_single_file(env, shared.variables(), sections, title, target)
-        if staged is not None and target is not None:
-            check_single_file(target, settings.force, out, SINGLE_FILE_MARKER)  # changed since?
-            os.replace(staged, target)
-            staged = None
-    finally:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
+            render_site(m.run, tmp / MODELS_FOLDER / m.folder, own)
+        template = env.get_template(page.template)
+        html = template.generate(**_page_variables(common, page), inline=False)
+        _write(tmp / page.file, html)
+        if target is not None:
+            one = single_page()
+            shared = replace(common, links=Links((), 0, single=True))
+            body = content_block(env, one, _page_variables(shared, one))
+            sections = [single_section("index", one, body, one.data)]
+            place_single(
+                lambda path: stage_single_file(env, shared.variables(), sections, title, path)
+            )
     return out
 
 

@@ -10,6 +10,7 @@ overwrite it. Output is deterministic: the same run renders to byte-identical fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -81,8 +82,14 @@ def _render(site: SiteContext, page: Page, links: Links) -> Iterator[str]:
 
 def _render_body(site: SiteContext, page: Page, links: Links) -> Markup:
     """Only the page's `content` block (for the single file), with the same variables."""
-    template = site.env.get_template(page.template)
-    context = template.new_context(_variables(site, page, links))
+    return content_block(site.env, page, _variables(site, page, links))
+
+
+def content_block(env: jinja2.Environment, page: Page, variables: Mapping[str, Any]) -> Markup:
+    """The `content` block of `page`'s template rendered with `variables` (a single file's
+    section)."""
+    template = env.get_template(page.template)
+    context = template.new_context(dict(variables))
     return Markup("".join(template.blocks["content"](context)))
 
 
@@ -165,44 +172,61 @@ def render_site(
     files; one elsewhere is moved into place after the site. The site's size goes into `size`;
     a site over GitHub Pages' limit calls `on_warning` before it replaces the old one."""
     out = Path(out)
-    target = settings.single_file
-    if target is not None:
-        check_single_file(target, settings.force, out, SINGLE_FILE_MARKER)
+    if settings.single_file is not None:
+        check_single_file(settings.single_file, settings.force, out, SINGLE_FILE_MARKER)
     site = SiteContext.gather(run, settings)
-    single = None if target is None else _SingleFile(site)
-    staged: Path | None = None
+    single = None if settings.single_file is None else _SingleFile(site)
+    with site_update(out, settings) as (tmp, place_single):
+        written = 0
+        for name, text in _site_assets(site.env).items():
+            written += _write(tmp / "assets" / name, text)
+        written += _write(tmp / ".nojekyll", "")
+        for page, depth in pages(site):
+            written += _write(tmp / page.file, _render(site, page, site.links(depth)))
+            if single is not None:
+                single.add(page)
+            if progress is not None and page.key.startswith("example-"):
+                progress(1)
+        if single is not None:
+            written += place_single(single.stage)
+        if size is not None:
+            size.bytes = written
+        warning = size_warning(written, len(site.choice.order), len(run))
+        if warning is not None and on_warning is not None:
+            on_warning(warning)
+    return out
+
+
+@contextlib.contextmanager
+def site_update(
+    out: Path, settings: Settings
+) -> Iterator[tuple[Path, Callable[[Callable[[Path], Path]], int]]]:
+    """A staged update of the site `out` (all of it or nothing), with `place(stage)` to write
+    the single file `settings.single_file`: `stage(path)` writes it under a temporary name
+    next to `path` and returns that. One inside `out` (`site/report.html`) goes in with the
+    site (`place` returns its bytes); one elsewhere is moved into place after the site,
+    checked again that nobody wrote it meanwhile (`place` returns 0)."""
+    target = settings.single_file
+    staged: list[Path] = []
     try:
         with staged_update(out, "site", settings.force, recognise=is_single_file) as tmp:
-            written = 0
-            for name, text in _site_assets(site.env).items():
-                written += _write(tmp / "assets" / name, text)
-            written += _write(tmp / ".nojekyll", "")
-            for page, depth in pages(site):
-                written += _write(tmp / page.file, _render(site, page, site.links(depth)))
-                if single is not None:
-                    single.add(page)
-                if progress is not None and page.key.startswith("example-"):
-                    progress(1)
-            if single is not None and target is not None:
+
+            def place(stage: Callable[[Path], Path]) -> int:
+                assert target is not None, "no single file was asked for"
                 inside = _inside(target, out)
-                if inside is not None:  # e.g. site/report.html: it goes in with the site
-                    os.replace(single.stage(tmp / inside), tmp / inside)
-                    written += (tmp / inside).stat().st_size
-                else:
-                    staged = single.stage(target)
-            if size is not None:
-                size.bytes = written
-            warning = size_warning(written, len(site.choice.order), len(run))
-            if warning is not None and on_warning is not None:
-                on_warning(warning)
-        if staged is not None and target is not None:
+                if inside is None:
+                    staged.append(stage(target))
+                    return 0
+                os.replace(stage(tmp / inside), tmp / inside)
+                return (tmp / inside).stat().st_size
+
+            yield tmp, place
+        if staged and target is not None:
             check_single_file(target, settings.force, out, SINGLE_FILE_MARKER)  # changed since?
-            os.replace(staged, target)
-            staged = None
+            os.replace(staged.pop(), target)
     finally:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
-    return out
+        for path in staged:
+            path.unlink(missing_ok=True)
 
 
 def _inside(path: Path, folder: Path) -> Path | None:
