@@ -307,3 +307,19 @@ def test_a_chart_vega_cannot_draw_says_so(browser: Any, www: Path, tmp_path: Pat
         assert "could not be drawn" in page.inner_text("[data-rg=chart]")
     finally:
         context.close()
+
+
+def test_ready_taken_before_the_first_page_resolves(watched: Watched, www: Path) -> None:
+    """`ready` read as soon as the page's script has run, before the single file has unpacked
+    Vega and shown its first page, resolves with that page's view (CI once waited 600 s on it)."""
+    watched.page.add_init_script(
+        "document.addEventListener('DOMContentLoaded', () => {"
+        " window.__rg_first = window.reportgen.ready; });"
+    )
+    watched.page.goto((www / "single.html").as_uri(), wait_until="domcontentloaded")
+    first = watched.page.evaluate(
+        "() => Promise.race([window.__rg_first.then(v => (v ? 'view' : 'null')),"
+        " new Promise(r => setTimeout(() => r('still waiting after 20 s'), 20000))])"
+    )
+    assert first == "view"
+    assert watched.page.evaluate("() => window.__rg_first !== window.reportgen.ready")

@@ -30,10 +30,14 @@
   var datasets = {};
   var names = null; // the page's data.names: heat_mark, selections, stores, tokens, cells
 
+  /* A new page's promise. A caller still waiting on the last one (taken before the single
+   * file's router had shown its first page, say) is resolved with this one, never left waiting. */
   function newReady() {
+    var previous = resolveReady;
     rg.ready = new Promise(function (resolve) {
       resolveReady = resolve;
     });
+    if (previous) previous(rg.ready);
   }
   newReady();
   rg.view = null;
@@ -1686,9 +1690,15 @@
       document.title = key === "index" ? baseTitle : title + " · " + baseTitle;
       var chart = find(section, "chart");
       if (chart) chart.textContent = "";
-      inflate(section.querySelector("script.rg-page-data")).then(function (text) {
-        if (current === key) mount(section, JSON.parse(text));
-      });
+      inflate(section.querySelector("script.rg-page-data"))
+        .then(function (text) {
+          if (current === key) return mount(section, JSON.parse(text));
+        })
+        .catch(function (err) {
+          if (chart) chart.textContent = "This page could not be read: " + err;
+          console.error(err);
+          if (current === key) resolveReady(null);
+        });
       window.scrollTo(0, 0);
       return rg.ready;
     };
