@@ -7,12 +7,16 @@ per-round ratios, next to the median times.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MIN_ROUNDS = 3
 """Fewest timed rounds of a comparison, whatever its time budget."""
@@ -114,3 +118,23 @@ def verdict(value: float, limit: float, at_most: bool, quick: bool) -> str:
         return "-"
     ok = value <= limit if at_most else value >= limit
     return "met" if ok else "MISSED"
+
+
+def in_fresh_process(module: str, case: Mapping[str, Any], timeout: float) -> dict[str, Any] | str:
+    """Run `python -m MODULE CASE` (the module's worker, which prints its result as JSON on its
+    last line) offline, from the repository root, in a process of its own, so that a peak
+    resident memory is the case's alone. The result, or "failed: <its last error line>"."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", module, json.dumps(case, default=str)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        lines = (done.stderr.strip() or "failed").splitlines()
+        return f"failed: {lines[-1][:120]}"
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result

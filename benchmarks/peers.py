@@ -35,7 +35,16 @@ from typing import Any
 import numpy as np
 
 from benchmarks import fixtures
-from benchmarks.common import Options, Table, interleaved, median, ms, paired_ratio, verdict
+from benchmarks.common import (
+    Options,
+    Table,
+    in_fresh_process,
+    interleaved,
+    median,
+    ms,
+    paired_ratio,
+    verdict,
+)
 
 TOLERANCE = 1e-4
 """Largest |peer − reportgen| over all scores, relative to the largest |reportgen| score."""
@@ -507,23 +516,6 @@ def _worker(case: dict[str, Any]) -> dict[str, Any]:
     return {"peak": scale._peak() - before, "seconds": time.perf_counter() - start}
 
 
-def _measure(case: dict[str, Any]) -> dict[str, Any] | str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.peers", json.dumps(case, default=str)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=fixtures.ROOT,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        lines = (done.stderr.strip() or "failed").splitlines()
-        return f"failed: {lines[-1][:120]}"
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 def memory_table(opts: Options) -> Table:
     table = Table(
         "8c. Peers: peak memory over the loaded model, batch 1, fresh processes (MiB)",
@@ -553,7 +545,9 @@ def memory_table(opts: Options) -> Table:
                 continue
             opts.log(f"peers/memory: {kind}, {label}, T {tokens}")
             case = {"path": str(path), "tokens": tokens, "batch": 1, "steps": steps}
-            found[kind] = _measure({**case, "kind": kind, "threads": opts.threads})
+            found[kind] = in_fresh_process(
+                "benchmarks.peers", {**case, "kind": kind, "threads": opts.threads}, timeout=1800
+            )
 
         def cell(kind: str, found: dict[str, dict[str, Any] | str] = found) -> str:
             got = found.get(kind)

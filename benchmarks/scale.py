@@ -14,14 +14,21 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks import fixtures
-from benchmarks.common import Options, Table, interleaved, median, ms, paired_ratio, verdict
+from benchmarks.common import (
+    Options,
+    Table,
+    in_fresh_process,
+    interleaved,
+    median,
+    ms,
+    paired_ratio,
+    verdict,
+)
 
 TIME_TARGETS = {("demo", 8, 128): 2.0, ("bert", 8, 128): 2.0, ("bert", 1, 2048): 2.5}
 """Saliency ÷ SDPA forward, at most, per (model, batch, T)."""
@@ -245,21 +252,8 @@ def _reset_peak() -> None:
         fh.write("5")
 
 
-def _measure(opts: Options, case: dict[str, Any]) -> dict[str, Any] | str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scale", json.dumps(case, default=str)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=fixtures.ROOT,
-        timeout=3600,
-    )
-    if done.returncode != 0:
-        lines = (done.stderr.strip() or "failed").splitlines()
-        return f"failed: {lines[-1][:120]}"
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+def _measure(case: dict[str, Any]) -> dict[str, Any] | str:
+    return in_fresh_process("benchmarks.scale", case, timeout=3600)
 
 
 def memory_table(opts: Options) -> Table:
@@ -285,7 +279,7 @@ def memory_table(opts: Options) -> Table:
         opts.log(f"scale/memory: T {tokens}")
         base = {"path": str(path), "tokens": tokens, "device": device, "threads": opts.threads}
         found = {
-            kind: _measure(opts, {**base, "kind": kind})
+            kind: _measure({**base, "kind": kind})
             for kind in ("baseline", "tiled", *(["eager"] if tokens <= eager_limit else []))
         }
 
@@ -414,7 +408,7 @@ def large_table(opts: Options) -> Table:
     opts.log(f"scale/large: T {tokens} on {device}")
     base = {"path": str(path), "tokens": tokens, "device": device, "threads": opts.threads}
     found = {
-        kind: _measure(opts, {**base, "kind": kind, "dtype": "bfloat16"})
+        kind: _measure({**base, "kind": kind, "dtype": "bfloat16"})
         for kind in ("baseline", "tiled")
     }
     shown = {k: v if isinstance(v, str) else f"{v['peak'] / 2**20:.0f}" for k, v in found.items()}

@@ -30,10 +30,14 @@
   var datasets = {};
   var names = null; // the page's data.names: heat_mark, selections, stores, tokens, cells
 
+  /* A new page's promise. A caller still waiting on the last one (taken before the single
+   * file's router had shown its first page, say) is resolved with this one, never left waiting. */
   function newReady() {
+    var previous = resolveReady;
     rg.ready = new Promise(function (resolve) {
       resolveReady = resolve;
     });
+    if (previous) previous(rg.ready);
   }
   newReady();
   rg.view = null;
@@ -238,14 +242,16 @@
    * the drawn heatmap (issue 6). Text written in the event's task is laid out in the heatmap's
    * frame; and a view.runAfter() callback made Vega draw the whole canvas a second time (the
    * store's nested run and the event's run each drew). The callback's own runAsync() waits for
-   * any dataflow run still going. */
-  function onSelection(view, callback) {
+   * any dataflow run still going. With `soon` (a long input's page, whose token map is drawn by
+   * the callback, not by Vega) the callback runs in the event's own task, after Vega's run, so
+   * that the map is drawn in the grid's frame; the page's text follows in a later task. */
+  function onSelection(view, callback, soon) {
     var pending = false;
     function later() {
       if (pending) return;
       pending = true;
       textDone = new Promise(function (resolve) {
-        setTimeout(function () {
+        (soon ? queueMicrotask : setTimeout)(function () {
           pending = false;
           view
             .runAsync()
@@ -329,15 +335,19 @@
       caption.textContent = exampleCaption(data, view);
       altCells(root, view);
     }
-    onSelection(view, function () {
-      if (long) long.update();
-      update();
-    });
+    onSelection(
+      view,
+      function () {
+        if (long) long.update();
+        update();
+      },
+      !!long
+    );
     update();
     if (root.rgWired) return; // a single-file page shown again, or a view drawn anew
     root.rgWired = true;
     find(root, "png").addEventListener("click", function () {
-      var made = long ? longImage(rg.view, long.canvas) : rg.view.toImageURL("png", 2);
+      var made = long ? longImage(rg.view, long.image()) : rg.view.toImageURL("png", 2);
       made.then(function (url) {
         save(root, url, current.data.name + ".png", "PNG");
       });
@@ -482,8 +492,9 @@
     host.textContent = "";
     host.style.width = width + "px";
     host.style.height = height + "px";
-    var base = layer();
-    var over = layer();
+    var base = layer(); // the cells, the picked row and column, search hits, the legend's figures
+    var axes = layer(); // labels, brackets and the colour bar: drawn again only when the range changes
+    var over = layer(); // the brush being dragged; takes the pointer
     over.canvas.className = "rg-long-overlay";
 
     // state: the zoom stack of regions [rowBlock0, rowBlock1, colBlock0, colBlock1) (empty:
@@ -686,7 +697,7 @@
       }
     }
 
-    function drawLegend(g, max) {
+    function legendBar(g) {
       var x = L.left + side + 14;
       var top = L.top + 10;
       var h = Math.min(200, side - 20);
@@ -694,6 +705,37 @@
         g.fillStyle = colors[Math.round(255 * (1 - k / (h - 1)))];
         g.fillRect(x, top + k, 12, 1);
       }
+    }
+
+    var axesRange = null;
+    function drawAxes(t) {
+      var key = t.join();
+      if (key === axesRange) return;
+      axesRange = key;
+      var g = axes.g;
+      g.clearRect(0, 0, width, height);
+      drawLabels(g, t);
+      drawBrackets(g, t);
+      legendBar(g);
+    }
+
+    /* Rectangles by colour: one fillStyle (a CSS colour parsed) per colour, not per rectangle. */
+    function fillByColour(g, items, scale, rect) {
+      var byColour = new Array(256);
+      items.forEach(function (it) {
+        var c = Math.round(it.share * scale);
+        (byColour[c] || (byColour[c] = [])).push(it);
+      });
+      byColour.forEach(function (list, c) {
+        g.fillStyle = colors[c];
+        list.forEach(rect);
+      });
+    }
+
+    function drawLegend(g, max) {
+      var x = L.left + side + 14;
+      var top = L.top + 10;
+      var h = Math.min(200, side - 20);
       g.fillStyle = "#3d3d3d";
       g.font = "9px system-ui, sans-serif";
       g.textAlign = "left";
@@ -717,31 +759,45 @@
       });
       var scale = max > 0 ? 255 / max : 0;
       if (drawn.mode === "overview") {
-        drawn.items.forEach(function (it) {
+        fillByColour(g, drawn.items, scale, function (it) {
           var x0 = px(it.col0, t[2], t[3]);
           var y0 = px(it.row0, t[0], t[1]);
-          g.fillStyle = colors[Math.round(it.share * scale)];
           g.fillRect(L.left + x0, L.top + y0, px(it.col1, t[2], t[3]) - x0, px(it.row1, t[0], t[1]) - y0);
         });
       } else {
         var w = Math.max(1, side / (t[3] - t[2]));
         var h = Math.max(1, side / (t[1] - t[0]));
-        drawn.items.forEach(function (it) {
-          g.fillStyle = colors[Math.round(it.share * scale)];
+        fillByColour(g, drawn.items, scale, function (it) {
           g.fillRect(L.left + px(it.col, t[2], t[3]), L.top + px(it.row, t[0], t[1]), w, h);
         });
       }
-      drawLabels(g, t);
-      drawBrackets(g, t);
+      drawAxes(t);
       drawMarks(g, t);
       drawLegend(g, max);
       back.disabled = !stack.length;
       where.textContent = drawn.mode === "overview"
         ? "overview: " + nb + " × " + nb + " blocks of ~" + Math.round(T / nb) + " tokens"
         : "zoomed: " + rangeText(rowsAreKeys ? "keys" : "queries", t[0], t[1]) + " × " + rangeText(rowsAreKeys ? "queries" : "keys", t[2], t[3]);
-      longAlt();
+      altSoon();
       state.draws += 1;
       if (typeof api.onDraw === "function") api.onDraw(state.draws);
+    }
+
+    // The text alternative is written in a task after the map's (off the path from a click to
+    // the drawn map); rg.settled() waits for it.
+    var altPending = false;
+    function altSoon() {
+      if (altPending) return;
+      altPending = true;
+      textDone = textDone.then(function () {
+        return new Promise(function (resolve) {
+          setTimeout(function () {
+            altPending = false;
+            if (rg.view === view) longAlt();
+            resolve();
+          }, 0);
+        });
+      });
     }
 
     // the text alternative: the view's strongest blocks (overview) or cells (zoomed) as a table
@@ -1013,6 +1069,17 @@
       draw();
     });
 
+    // the map as drawn, its cells and its axes in one canvas (the PNG's right half)
+    function image() {
+      var out = document.createElement("canvas");
+      out.width = base.canvas.width;
+      out.height = base.canvas.height;
+      var g = out.getContext("2d");
+      g.drawImage(base.canvas, 0, 0);
+      g.drawImage(axes.canvas, 0, 0);
+      return out;
+    }
+
     var api = {
       state: function () {
         return { mode: stack.length ? "zoom" : "overview", region: region().slice(), heads: chosenHeads.slice(), picked: picked, hits: hits.slice(), draws: state.draws };
@@ -1026,6 +1093,7 @@
         var box = over.canvas.getBoundingClientRect();
         return { left: box.left + L.left, top: box.top + L.top, side: side };
       },
+      image: image,
       onDraw: null,
     };
     rg.long = api;
@@ -1037,7 +1105,7 @@
         draw();
       },
       caption: caption,
-      canvas: base.canvas,
+      image: image,
     };
   }
 
@@ -1686,9 +1754,15 @@
       document.title = key === "index" ? baseTitle : title + " · " + baseTitle;
       var chart = find(section, "chart");
       if (chart) chart.textContent = "";
-      inflate(section.querySelector("script.rg-page-data")).then(function (text) {
-        if (current === key) mount(section, JSON.parse(text));
-      });
+      inflate(section.querySelector("script.rg-page-data"))
+        .then(function (text) {
+          if (current === key) return mount(section, JSON.parse(text));
+        })
+        .catch(function (err) {
+          if (chart) chart.textContent = "This page could not be read: " + err;
+          console.error(err);
+          if (current === key) resolveReady(null);
+        });
       window.scrollTo(0, 0);
       return rg.ready;
     };
