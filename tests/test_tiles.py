@@ -144,3 +144,25 @@ def test_top_positions_are_the_k_largest_ties_to_the_lower_position(n, k, levels
     position = np.arange(n)
     expected = [np.sort(np.lexsort((position, -row))[:k]) for row in flat]
     assert (got.reshape(-1, k) == np.stack(expected)).all()
+
+
+@pytest.mark.parametrize("positive", [40, 256, 3000])
+def test_top_positions_without_zeros_keeps_every_positive_entry_as_the_exact_search(positive):
+    """Where zeros are dropped by the caller, a row with fewer than k positive entries (a
+    causal LM's last layer) skips the full search: its positive entries are all returned, and
+    rows with more are the exact top-k, ties to the lower position."""
+    n, k = 16384, 256
+    generator = torch.Generator().manual_seed(positive)
+    x = torch.zeros(2, 3, n, dtype=torch.float64)
+    for row in x.reshape(-1, n):
+        where = torch.randperm(n, generator=generator)[:positive]
+        row[where] = torch.rand(positive, generator=generator, dtype=torch.float64).mul(7).floor()
+        row[where[:5]] = 9.0  # ties at the top too
+    got = tiles.top_positions(x, k, zeros_matter=False).reshape(-1, k)
+    exact = tiles.top_positions(x, k).reshape(-1, k)
+    for row, mine, want in zip(x.reshape(-1, n), got, exact, strict=True):
+        assert len(set(mine.tolist())) == k and (mine.diff() > 0).all()  # distinct, ascending
+        if int((row > 0).sum()) < k:
+            assert set(mine[row[mine] > 0].tolist()) == set(torch.nonzero(row).flatten().tolist())
+        else:
+            assert (mine == want).all()

@@ -140,51 +140,67 @@ class Reductions:
         """Reduce S for query rows [start, start + r) of `layer`: tile [B, H, r, T] (T at least
         every row's length; cells outside a row's length are ignored). `nonnegative`: the tile
         holds magnitudes already (it may then be changed in place)."""
+        self._add(layer, 1, start, tile, nonnegative)
+
+    def add_layers(self, first: int, tiles: torch.Tensor, nonnegative: bool = False) -> None:
+        """Reduce S of whole layers first, first + 1, ...: tiles [B, n, H, T, T] (every query
+        row), as `add` would layer by layer, in one pass of a few large operations (a layer's
+        reductions are a few dozen small ones: for a short input, their count is the cost)."""
+        batch, n, heads = tiles.shape[:3]
+        self._add(first, n, 0, tiles.reshape(batch, n * heads, *tiles.shape[3:]), nonnegative)
+
+    def _add(self, first: int, n: int, start: int, tile: torch.Tensor, nonnegative: bool) -> None:
+        """`add` for layers [first, first + n): tile [B, n·H, r, T], layer-major."""
         rows = tile.shape[2]
         width = self.width
+        layers = slice(first, first + n)
         tile = tile[..., :width].to(device=self.device, dtype=self.dtype)
+        batch, units = tile.shape[:2]
         if not self.full:  # pad rows and columns of shorter sequences count for nothing
             keep = self.valid[:, start : start + rows, None] & self.valid[:, None, :width]
             tile = tile * keep[:, None]
+        per_layer = tile.view(batch, n, self.heads, rows, width)
         if self.dense is not None:
-            self.dense[:, layer, :, start : start + rows, :width] = tile
+            self.dense[:, layers, :, start : start + rows, :width] = per_layer
         if self.mixed is not None:
-            self.mixed[:, layer, start : start + rows, :width] += tile.sum(1) / self.heads
+            self.mixed[:, layers, start : start + rows, :width] += per_layer.sum(2) / self.heads
         mag = tile if nonnegative else tile.abs()
-        batch, heads = mag.shape[:2]
-        by_key = torch.bmm(mag.reshape(batch, heads * rows, width), self.onehot).view(
-            batch, heads, rows, -1
-        )  # [B, H, r, groups]
-        self.flow[:, layer] += torch.matmul(
-            self.onehot[:, None, start : start + rows].transpose(-1, -2), by_key
-        ).to(self.flow.dtype)
-        row_sums = by_key.sum(-1).to(self.total.dtype)  # [B, H, r]
-        self.total[:, layer] += row_sums.sum(-1)
-        self._add_blocks(layer, start, mag)
+        by_key = torch.bmm(mag.reshape(batch, units * rows, width), self.onehot).view(
+            batch, units, rows, -1
+        )  # [B, n·H, r, groups]
+        flow = torch.matmul(self.onehot[:, None, start : start + rows].transpose(-1, -2), by_key)
+        self.flow[:, layers] += flow.view(batch, n, self.heads, *flow.shape[2:]).to(self.flow.dtype)
+        row_sums = by_key.sum(-1).to(self.total.dtype)  # [B, n·H, r]
+        self.total[:, layers] += row_sums.sum(-1).view(batch, n, self.heads)
+        mag_layers = mag.view(batch, n, self.heads, rows, width)
+        for offset in range(n):
+            self._add_blocks(first + offset, start, mag_layers[:, offset])
         for b, plan in enumerate(self.plans):
             p = plan.prediction
             if p is not None and start <= p < start + rows:
-                self.prediction[b, layer] += row_sums[b, :, p - start]
+                self.prediction[b, layers] += row_sums[b, :, p - start].view(n, self.heads)
         # Top-k by magnitude: this tile's best, merged with the best so far (kept in cell
         # order, so that ties go to the lower cell; see `top_positions`).
-        flat = mag.reshape(*mag.shape[:2], -1)
+        flat = mag.reshape(batch, units, -1)
         k = min(self.k, flat.shape[-1])
-        where = top_positions(flat, k)
+        where = top_positions(flat, k, zeros_matter=False)  # cells of |S| = 0 are dropped
         best = torch.gather(flat, -1, where)
         cells = (where // width + start) * self.lengths[:, None, None] + where % width
         values = best if nonnegative else torch.gather(tile.reshape(flat.shape), -1, where)
         values = torch.where(best > 0, values, torch.zeros_like(values))
         cells = torch.where(best > 0, cells, torch.full_like(cells, -1))
-        if layer not in self._started:  # the layer's first tile: nothing to merge with
-            self._started.add(layer)
-            if k == self.k:
-                self.top_values[:, layer], self.top_cells[:, layer] = values, cells
-                return
-        all_values = torch.cat([self.top_values[:, layer], values], -1)
-        all_cells = torch.cat([self.top_cells[:, layer], cells], -1)
+        shape = (batch, n, self.heads, k)
+        values, cells = values.view(shape), cells.view(shape)
+        fresh = [layer for layer in range(first, first + n) if layer not in self._started]
+        self._started.update(fresh)
+        if len(fresh) == n and k == self.k:  # the layers' first tiles: nothing to merge with
+            self.top_values[:, layers], self.top_cells[:, layers] = values, cells
+            return
+        all_values = torch.cat([self.top_values[:, layers], values], -1)
+        all_cells = torch.cat([self.top_cells[:, layers], cells], -1)
         keep_k = top_positions(all_values.abs(), self.k)
-        self.top_values[:, layer] = torch.gather(all_values, -1, keep_k)
-        self.top_cells[:, layer] = torch.gather(all_cells, -1, keep_k)
+        self.top_values[:, layers] = torch.gather(all_values, -1, keep_k)
+        self.top_cells[:, layers] = torch.gather(all_cells, -1, keep_k)
 
     def _add_blocks(self, layer: int, start: int, mag: torch.Tensor) -> None:
         """Block sums of |S| for query rows [start, start + r): each key block's columns summed
@@ -257,10 +273,11 @@ PREFILTER = 8
 the cells (below that, one top-k over every cell is as fast)."""
 
 
-def top_positions(x: torch.Tensor, k: int) -> torch.Tensor:
+def top_positions(x: torch.Tensor, k: int, zeros_matter: bool = True) -> torch.Tensor:
     """Positions of the k largest entries of each row of `x` [..., n] (no NaN), ties to the
     lower position, in ascending order of position: deterministic, whatever order torch.topk
-    returns ties in.
+    returns ties in. Without `zeros_matter` (x ≥ 0, and the caller drops entries of value 0),
+    a row with fewer than k positive entries gets all of them and any zeros besides.
 
     Many cells: the last axis is cut into `blocks` strided blocks (position p in block
     p % blocks) and only the k blocks with the largest maxima are searched. That is exact
@@ -290,8 +307,13 @@ def top_positions(x: torch.Tensor, k: int) -> torch.Tensor:
     )
     kth = torch.gather(candidates, -1, found).amin(-1)
     unsure = chosen.values[..., k] >= kth  # another block may hold a tie with the k-th value
-    if bool(unsure.any()):
-        positions = torch.where(unsure[..., None], _exact_top(x, k), positions)
+    if not zeros_matter:  # a tie at 0 (say a causal LM's last layer: one row of S is not 0)
+        unsure &= chosen.values[..., k] > 0
+    if bool(unsure.any()):  # those rows searched in full, the others kept
+        rows = unsure.reshape(-1).nonzero().squeeze(1)
+        positions = positions.reshape(-1, k).clone()
+        positions[rows] = _exact_top(x.reshape(-1, n)[rows], k)
+        positions = positions.view(*x.shape[:-1], k)
     return positions
 
 
@@ -477,24 +499,52 @@ def tiled_attn_grad(
     gain = mode == "gain"
     reductions = new_reductions(lm, rows, base.layout, top_k, dense, mix=gain, pairs=pairs)
 
+    kept: dict[str, torch.Tensor] = {}
+    """S of the layers whose weights the forward kept, [B, L, H, T, T], reduced all at once
+    after the backward (the size of those weights, which `keeps_weights` bounded)."""
+    done: list[int] = []
+
     def on_grad(layer: int, grad: torch.Tensor) -> None:
         captured = capture.layers.pop(layer)
         if captured.weights is None:
             reduce_layer(reductions, layer, captured, grad, mode=mode, budget=budget, pairs=pairs)
             return
         with torch.no_grad():  # the weights kept, and autograd's own ∂L/∂A (never changed:
-            s = (grad * captured.weights).to(reductions.dtype)  # the backward goes on)
+            if "s" not in kept:  # the backward goes on)
+                b, h, q, t = grad.shape
+                kept["s"] = grad.new_empty((b, lm.num_layers, h, q, t), dtype=reductions.dtype)
+            s = kept["s"][:, layer]
+            if grad.dtype == s.dtype:
+                torch.mul(grad, captured.weights, out=s)
+            else:
+                s.copy_(grad * captured.weights)
             if pairs:
                 reductions.add_pairs(layer, 0, s, captured.mask)
-            reductions.add(layer, 0, scored(s, mode), nonnegative=True)
+            scored(s, mode)
+            done.append(layer)
 
     capture.on_grad = on_grad
     lowest = capture.layers[min(capture.layers)]
     assert lowest.target is not None
     torch.autograd.grad(base.losses.sum(), [lowest.target])
     capture.layers.clear()  # a layer the loss does not depend on has S = 0
+    with torch.no_grad():
+        for first, run in _consecutive(sorted(done)):
+            reductions.add_layers(first, kept["s"][:, first : first + len(run)], nonnegative=True)
+    kept.clear()
     reductions.finish("grad-rollout" if gain else None)
     return base, reductions
+
+
+def _consecutive(layers: Sequence[int]) -> list[tuple[int, list[int]]]:
+    """Sorted layer indices as runs of consecutive ones: [(first, [first, first + 1, ...])]."""
+    runs: list[tuple[int, list[int]]] = []
+    for layer in layers:
+        if runs and runs[-1][1][-1] == layer - 1:
+            runs[-1][1].append(layer)
+        else:
+            runs.append((layer, [layer]))
+    return runs
 
 
 def tiled_attention(
