@@ -294,33 +294,29 @@ def test_the_text_alternative_lists_the_strongest_blocks_then_cells(
     settle(page)
 
 
-def test_the_map_and_token_strip_stay_put_as_the_caption_grows(page_url: str) -> None:
+def test_the_map_and_token_strip_stay_put_as_the_caption_grows(page: Any, page_url: str) -> None:
     """Selecting every head and zooming in makes the caption two lines at this width; the map
     and the token strip below it do not move (a move would repaint thousands of tokens)."""
-    from playwright.sync_api import sync_playwright
-
     where = """() => ['[data-rg=caption]', '[data-rg=heat-canvas]', '[data-rg=token-strip]']
       .map((s) => document.querySelector(s).getBoundingClientRect())
       .map((r) => [r.height, r.top + window.scrollY])"""
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        try:
-            tab = chromium.new_page(viewport={"width": 900, "height": 1100})
-            tab.goto(page_url)
-            tab.evaluate("() => window.reportgen.ready.then(() => true)")
-            before = tab.evaluate(where)
-            mark = f"{GRID_CELLS}_marks"
-            tab.mouse.move(*cell_center(tab, mark, layer=1, head=1))
-            tab.mouse.down()  # a brush over the whole grid
-            tab.mouse.move(*cell_center(tab, mark, layer=2, head=3), steps=4)
-            tab.mouse.up()
-            settle(tab)
-            tab.evaluate("() => window.reportgen.long.zoom([0, 2, 0, 2])")
-            settle(tab)
-            after = tab.evaluate(where)
-            assert len(heads(tab)) > 1 and "this region holds" in caption(tab)
-        finally:
-            chromium.close()
+    tab = page.context.browser.new_page(viewport={"width": 900, "height": 1100})
+    try:
+        tab.goto(page_url)
+        tab.evaluate("() => window.reportgen.ready.then(() => true)")
+        before = tab.evaluate(where)
+        mark = f"{GRID_CELLS}_marks"
+        tab.mouse.move(*cell_center(tab, mark, layer=1, head=1))
+        tab.mouse.down()  # a brush over the whole grid
+        tab.mouse.move(*cell_center(tab, mark, layer=2, head=3), steps=4)
+        tab.mouse.up()
+        settle(tab)
+        tab.evaluate("() => window.reportgen.long.zoom([0, 2, 0, 2])")
+        settle(tab)
+        after = tab.evaluate(where)
+        assert len(heads(tab)) > 1 and "this region holds" in caption(tab)
+    finally:
+        tab.close()
     line = before[0][0]
     assert after[0][0] > 1.5 * line, (before, after)  # the caption did grow to two lines
     assert after[1:] == before[1:]
