@@ -499,21 +499,22 @@ def tiled_attn_grad(
     gain = mode == "gain"
     reductions = new_reductions(lm, rows, base.layout, top_k, dense, mix=gain, pairs=pairs)
 
-    kept: dict[str, torch.Tensor] = {}
+    kept: torch.Tensor | None = None
     """S of the layers whose weights the forward kept, [B, L, H, T, T], reduced all at once
     after the backward (the size of those weights, which `keeps_weights` bounded)."""
     done: list[int] = []
 
     def on_grad(layer: int, grad: torch.Tensor) -> None:
+        nonlocal kept
         captured = capture.layers.pop(layer)
         if captured.weights is None:
             reduce_layer(reductions, layer, captured, grad, mode=mode, budget=budget, pairs=pairs)
             return
         with torch.no_grad():  # the weights kept, and autograd's own ∂L/∂A (never changed:
-            if "s" not in kept:  # the backward goes on)
+            if kept is None:  # the backward goes on)
                 b, h, q, t = grad.shape
-                kept["s"] = grad.new_empty((b, lm.num_layers, h, q, t), dtype=reductions.dtype)
-            s = kept["s"][:, layer]
+                kept = grad.new_empty((b, lm.num_layers, h, q, t), dtype=reductions.dtype)
+            s = kept[:, layer]
             if grad.dtype == s.dtype:
                 torch.mul(grad, captured.weights, out=s)
             else:
@@ -528,22 +529,23 @@ def tiled_attn_grad(
     assert lowest.target is not None
     torch.autograd.grad(base.losses.sum(), [lowest.target])
     capture.layers.clear()  # a layer the loss does not depend on has S = 0
-    with torch.no_grad():
-        for first, run in _consecutive(sorted(done)):
-            reductions.add_layers(first, kept["s"][:, first : first + len(run)], nonnegative=True)
-    kept.clear()
+    if kept is not None:
+        with torch.no_grad():
+            for run in _runs(sorted(done)):
+                reductions.add_layers(run.start, kept[:, run.start : run.stop], nonnegative=True)
+        kept = None
     reductions.finish("grad-rollout" if gain else None)
     return base, reductions
 
 
-def _consecutive(layers: Sequence[int]) -> list[tuple[int, list[int]]]:
-    """Sorted layer indices as runs of consecutive ones: [(first, [first, first + 1, ...])]."""
-    runs: list[tuple[int, list[int]]] = []
+def _runs(layers: Sequence[int]) -> list[range]:
+    """Sorted layer indices as ranges of consecutive ones."""
+    runs: list[range] = []
     for layer in layers:
-        if runs and runs[-1][1][-1] == layer - 1:
-            runs[-1][1].append(layer)
+        if runs and runs[-1].stop == layer:
+            runs[-1] = range(runs[-1].start, layer + 1)
         else:
-            runs.append((layer, [layer]))
+            runs.append(range(layer, layer + 1))
     return runs
 
 
