@@ -130,9 +130,17 @@ def test_block_sums_equal_the_dense_computation(loaded, name, monkeypatch):
         np.testing.assert_allclose(got.sum((2, 3)), red.total[b].numpy(), rtol=1e-9)
 
 
+@pytest.fixture(params=["numpy", "torch"])
+def route(request, monkeypatch):
+    """`top_positions` by numpy's selection (CPU tensors) and by torch.topk (CUDA's)."""
+    if request.param == "torch":
+        monkeypatch.setattr(tiles, "by_numpy", lambda x: False)
+    return request.param
+
+
 @pytest.mark.parametrize("n, k", [(10, 3), (10, 10), (4000, 7), (4100, 64), (16384, 256)])
 @pytest.mark.parametrize("levels", [3, 50, None], ids=["ties", "some-ties", "distinct"])
-def test_top_positions_are_the_k_largest_ties_to_the_lower_position(n, k, levels):
+def test_top_positions_are_the_k_largest_ties_to_the_lower_position(n, k, levels, route):
     """The exact top-k (with and without the block prefilter, and its fallback for ties
     between blocks) against a lexicographic sort by (value descending, position)."""
     generator = torch.Generator().manual_seed(n + k)
@@ -146,8 +154,33 @@ def test_top_positions_are_the_k_largest_ties_to_the_lower_position(n, k, levels
     assert (got.reshape(-1, k) == np.stack(expected)).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_largest_are_the_kth_and_next_values_of_each_row(dtype, route):
+    """The k-th and (k+1)-th largest entries, ties counted, in the input's dtype, against
+    numpy's full sort."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 5, 300, generator=generator, dtype=torch.float64).mul(40).floor().to(dtype)
+    ranked = -np.sort(-x.double().numpy(), axis=-1)
+    for k in (1, 6, 7, 8, 150, 299):
+        kth, after = tiles.largest(x, k)
+        assert kth.dtype == after.dtype == dtype and kth.shape == after.shape == x.shape[:-1]
+        np.testing.assert_array_equal(kth.double().numpy(), ranked[..., k - 1])
+        np.testing.assert_array_equal(after.double().numpy(), ranked[..., k])
+    one_row = tiles.largest(x[1, 1], 5)  # a single row: 0-d answers
+    assert one_row[0].shape == () and float(one_row[0]) == ranked[1, 1, 4]
+
+
+def test_top_positions_with_nan_keeps_it_for_the_callers_check(route):
+    x = torch.arange(40.0).reshape(2, 20)
+    x[1, 3] = float("nan")
+    got = tiles.top_positions(x, 4)
+    assert got[0].tolist() == [16, 17, 18, 19] and 3 in got[1].tolist()
+
+
 @pytest.mark.parametrize("positive", [40, 256, 3000])
-def test_top_positions_without_zeros_keeps_every_positive_entry_as_the_exact_search(positive):
+def test_top_positions_without_zeros_keeps_every_positive_entry_as_the_exact_search(
+    positive, route
+):
     """Where zeros are dropped by the caller, a row with fewer than k positive entries (a
     causal LM's last layer) skips the full search: its positive entries are all returned, and
     rows with more are the exact top-k, ties to the lower position."""

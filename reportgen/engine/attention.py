@@ -405,12 +405,28 @@ def fused_attention(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """softmax(q·kᵀ·scaling + mask)·v and its weights, as the standard eager attention returns
     them ([B, T, H, D] and [B, H, Tq, Tk]); None for a call with anything else in it."""
+    weights = fused_weights(query, key, attention_mask, scaling, dropout, **kwargs)
+    if weights is None:
+        return None
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: each value head serves a group
+        value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
+    return torch.matmul(weights, value).transpose(1, 2), weights
+
+
+def fused_weights(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> torch.Tensor | None:
+    """`fused_attention`'s weights alone (what the tiles recompute: no weights · v product)."""
     if not _standard_call(attention_mask, dropout, kwargs):
         return None
     heads = query.shape[1]
     if key.shape[1] != heads:  # grouped-query attention: each key/value head serves a group
         key = key.repeat_interleave(heads // key.shape[1], dim=1)
-        value = value.repeat_interleave(heads // value.shape[1], dim=1)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     # Scaling q (B·H·T·D values) instead of the scores (B·H·T·T) saves a full-size temporary in
     # the forward and another in the backward; adding the mask in place saves one more.
@@ -418,10 +434,8 @@ def fused_attention(
     if attention_mask is not None:
         scores.add_(attention_mask[:, :, :, : key.shape[-2]])
     if query.element_size() < 4:
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    else:
-        weights = torch.softmax(scores, dim=-1)
-    return torch.matmul(weights, value).transpose(1, 2), weights
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.softmax(scores, dim=-1)
 
 
 def reportgen_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
