@@ -262,8 +262,9 @@ def reuse_differences(
 ) -> list[str]:
     """Why a run folder cannot stand for computing `examples` with these weights and
     settings (empty if it can): what the run's manifest records against what is asked (as
-    `pipeline.run_info` records it). Not compared: torch's thread count and the library
-    versions but reportgen's (known only once torch is imported)."""
+    `pipeline.run_info` records it, from `pipeline.recorded_parameters`). Not compared:
+    torch's thread count and the library versions but reportgen's (known only once torch is
+    imported)."""
     from reportgen import __version__
 
     info = run.info
@@ -280,28 +281,12 @@ def reuse_differences(
     for name, value in asked.items():
         if getattr(info, name) != value:
             found.append(name)
-    params = {
-        "batch_size": settings.batch_size,
-        "truncate": settings.truncate,
-        "ablate_k": settings.ablate_k,
-        "ablate_draws": settings.ablate_draws,
-        "seed": settings.seed,
-        "engine": settings.engine,
-        "store": settings.store,
-        "top_k": settings.top_k,
-        "steps": settings.steps if settings.method == "attattr" else None,
-        "ablation": settings.ablation if settings.ablate_k else None,
-        "effect": settings.effect if settings.ablate_k else None,
-    }
-    if settings.max_tokens is not None:
-        params["max_tokens"] = settings.max_tokens
-    if info.task == "encoder":
-        params["pairing"] = settings.pairing
-    # Recorded only where not the default (as run_info writes them).
-    params["aggregate"] = settings.aggregate if settings.aggregate != "heads" else None
-    params["patching"] = "zero" if settings.patching else None
-    for name, value in params.items():
-        if info.parameters.get(name) != value:
+    # What computing it again would record; torch's thread count is not compared, nor the
+    # model's own token limit (known once it loads) when no --max-tokens is given.
+    params = pipeline.recorded_parameters(settings, info.task, settings.max_tokens, None)
+    skipped = {"torch_threads"} | ({"max_tokens"} if settings.max_tokens is None else set())
+    for name in dict.fromkeys([*params, *info.parameters]):
+        if name not in skipped and info.parameters.get(name) != params.get(name):
             found.append(name)
     if info.versions.get("reportgen") != __version__:
         found.append("the reportgen version")

@@ -427,6 +427,35 @@ def shard_range(
     return ShardInfo(index, count, firsts[index - 1], firsts[index])
 
 
+def recorded_parameters(
+    settings: Settings, task: str, max_tokens: int | None, torch_threads: int | None
+) -> dict[str, Any]:
+    """The parameters a run's manifest records (`run_info`), from its settings, the model's
+    task and token limit and torch's thread count; torch-free, so that `compare` asks of a run
+    folder exactly what computing it again would record."""
+    return {
+        "steps": settings.steps if settings.method == "attattr" else None,
+        "batch_size": settings.batch_size,
+        "max_tokens": max_tokens,
+        "truncate": settings.truncate,
+        "ablate_k": settings.ablate_k,
+        "ablate_draws": settings.ablate_draws,
+        "ablation": settings.ablation if settings.ablate_k else None,
+        "effect": settings.effect if settings.ablate_k else None,
+        "seed": settings.seed,
+        "engine": settings.engine,
+        "store": settings.store,
+        "top_k": settings.top_k,
+        "pairing": settings.pairing if task == "encoder" else None,
+        "reductions": "float64" if settings.dtype == "float64" else "float32",
+        "torch_threads": torch_threads,
+        # Only where it is not the default, so runs from before the option read the same.
+        **({"aggregate": settings.aggregate} if settings.aggregate != "heads" else {}),
+        **({"patching": settings.patch_baseline} if settings.patching else {}),
+        **({"ablate_layers": True} if settings.ablate_layers and settings.ablate_k else {}),
+    }
+
+
 def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInfo:
     """The manifest's description of a run: model, versions, method and parameters."""
     import torch
@@ -447,27 +476,9 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
         device=str(lm.device),
         method=settings.method,
         metric=settings.metric.name,
-        parameters={
-            "steps": settings.steps if settings.method == "attattr" else None,
-            "batch_size": settings.batch_size,
-            "max_tokens": settings.max_tokens or lm.max_tokens,
-            "truncate": settings.truncate,
-            "ablate_k": settings.ablate_k,
-            "ablate_draws": settings.ablate_draws,
-            "ablation": settings.ablation if settings.ablate_k else None,
-            "effect": settings.effect if settings.ablate_k else None,
-            "seed": settings.seed,
-            "engine": settings.engine,
-            "store": settings.store,
-            "top_k": settings.top_k,
-            "pairing": settings.pairing if lm.task.value == "encoder" else None,
-            "reductions": "float64" if settings.dtype == "float64" else "float32",
-            "torch_threads": torch.get_num_threads(),
-            # Only where it is not the default, so runs from before the option read the same.
-            **({"aggregate": settings.aggregate} if settings.aggregate != "heads" else {}),
-            **({"patching": settings.patch_baseline} if settings.patching else {}),
-            **({"ablate_layers": True} if settings.ablate_layers and settings.ablate_k else {}),
-        },
+        parameters=recorded_parameters(
+            settings, lm.task.value, settings.max_tokens or lm.max_tokens, torch.get_num_threads()
+        ),
         versions={
             "reportgen": __version__,
             "transformers": transformers.__version__,

@@ -171,7 +171,32 @@ def test_reuse_computes_only_new_checkpoints(
     assert reuse_differences(run, weights, examples, other) == ["metric", "ablate_k"]
     asked = replace(SETTINGS, aggregate="wang", patching=True)
     assert reuse_differences(run, weights, examples, asked) == ["aggregate", "patching"]
+    layers = replace(SETTINGS, ablate_layers=True)  # recorded by the run, so compared
+    assert reuse_differences(run, weights, examples, layers) == ["ablate_layers"]
     assert reuse_differences(run, "0" * 64, examples[:2], SETTINGS) == ["the weights", "the inputs"]
+
+
+@pytest.mark.e2e
+def test_a_run_off_the_defaults_is_reused_for_its_own_settings(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    """`reuse_differences` asks what `run_info` records: a run with layer ablation and a mean
+    patching baseline is reused for those settings, and for no others."""
+    from reportgen.comparison import reuse_differences, weights_sha256
+    from reportgen.pipeline import compute, load_examples
+
+    folder = built["ckpts"] / "checkpoint-10"
+    weights, examples = weights_sha256(folder), load_examples(built["inputs"])
+    asked = replace(SETTINGS, ablate_layers=True, patching=True, patch_baseline="mean")
+    run = compute(built["inputs"], tmp_path / "run", replace(asked, model=str(folder)))
+    assert run.info.parameters["patching"] == "mean" and run.info.parameters["ablate_layers"]
+    assert reuse_differences(run, weights, examples, asked) == []
+    assert reuse_differences(run, weights, examples, SETTINGS) == ["patching", "ablate_layers"]
+    for baseline in ("zero", "counterfactual"):
+        other = replace(asked, patch_baseline=baseline)
+        assert reuse_differences(run, weights, examples, other) == ["patching"]
+    other = replace(asked, ablate_layers=False)
+    assert reuse_differences(run, weights, examples, other) == ["ablate_layers"]
 
 
 def _files(site: Path) -> dict[str, bytes]:
