@@ -13,6 +13,8 @@ With `--checkpoints DIR` the same training saves the model every `--checkpoint-e
 from the initial weights (`DIR/checkpoint-0/`) to the final step (`DIR/checkpoint-800/`), each a
 model folder with the tokenizer, for `reportgen compare --checkpoints DIR`. It leaves `--out`
 alone and checks that the final checkpoint has the same weights (SHA-256) as `--out`.
+`--stop-after N` ends that training after N steps, the run (data, learning-rate schedule) still
+the one of `--steps`: its checkpoints are the first ones of the full run, rebuilt in seconds.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def train(
     The extra noun term makes the copy from ENV, a small part of the plain LM loss, converge
     within the step budget. `save(n)` is called with the model after n steps, for n = 0 and
     every `args.checkpoint_every` steps up to the last (saving reads the weights only, so the
-    training is the same with or without it).
+    training is the same with or without it). With `args.stop_after` it ends after that many
+    steps of the same run.
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
@@ -123,6 +126,8 @@ def train(
     if save is not None:
         save(0)
     for step, (ids, mask) in enumerate(batches(tokenizer, args)):
+        if step == args.stop_after:
+            break
         logits = model(ids, attention_mask=mask).logits[:, :-1]
         labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         rows, noun = torch.arange(len(ids)), mask.sum(1) - 2
@@ -367,6 +372,9 @@ def save_checkpoints(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     train(model, tokenizer, args, save)
     print(f"trained in {time.perf_counter() - started:.0f} s")
+    if args.stop_after is not None:
+        print(f"stopped after step {args.stop_after} of {args.steps}: no final checkpoint to check")
+        return
     final = root / f"checkpoint-{args.steps}"
     if not (args.out / "model.safetensors").is_file():
         print(f"{args.out} has no model.safetensors to check {final} against")
@@ -399,6 +407,12 @@ def main() -> None:
         help="train and save checkpoint-N folders here (leaves --out alone; checks against it)",
     )
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between them")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        help="with --checkpoints: end after this many steps of the --steps run (its first "
+        "checkpoints)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -407,8 +421,12 @@ def main() -> None:
             parser.error("--checkpoints trains; drop --evaluate")
         if args.checkpoint_every < 1:
             parser.error("--checkpoint-every must be at least 1")
+        if args.stop_after is not None and not 0 <= args.stop_after < args.steps:
+            parser.error(f"--stop-after must be from 0 to {args.steps - 1} (--steps - 1)")
         save_checkpoints(args)
         return
+    if args.stop_after is not None:
+        parser.error("--stop-after needs --checkpoints (a stopped run is not the demo model)")
     seconds = 0.0
     if not args.evaluate:
         torch.manual_seed(args.seed)
