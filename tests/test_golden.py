@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 GOLDEN = ROOT / "site"
 COMPARISON = "compare"
 """`site/compare/`: the demo comparison, built from checkpoints the repository does not hold
-(README, "Emergence"); not part of the demo build, and kept when site/ is regenerated."""
+(README, "Emergence"); not part of the demo build, and kept when site/ is regenerated
+(tests/test_compare_demo.py checks it against the README)."""
 
 
 def tree(folder: Path) -> dict[str, bytes]:
