@@ -408,6 +408,39 @@ TOKENS_JS = """
 """
 
 
+DIFF_MARKS_JS = """
+() => {
+  const found = [];
+  const walk = (node) => {
+    if (node.name === "trend_diff_marks") {
+      node.items.forEach((item) => found.push([item.datum.layer, item.datum.head, item.datum.diff,
+                                              item.fill]));
+    }
+    (node.items || []).forEach((item) => (item.items || []).forEach(walk));
+  };
+  walk(window.reportgen.view.scenegraph().root);
+  return found;
+}
+"""
+
+
+def _assert_diff_marks(drawn: list, want: np.ndarray) -> None:
+    """The difference grid as drawn: a cell per head holding `want` (numpy), red where it is
+    above 0 and blue where below (the reversed red-blue scale, centred at 0)."""
+    layers, heads = want.shape
+    assert sorted((ly, h) for ly, h, _, _ in drawn) == [
+        (ly + 1, h + 1) for ly in range(layers) for h in range(heads)
+    ]
+    clear = np.abs(want).max() / 4  # far enough from 0 for the hue to be plain
+    for layer, head, value, fill in drawn:
+        assert value == pytest.approx(want[layer - 1, head - 1], abs=2e-6)
+        found = re.fullmatch(r"rgb\((\d+), (\d+), (\d+)\)", fill)
+        assert found, fill
+        red, _, blue = map(int, found.groups())
+        if abs(value) > clear:
+            assert (red > blue) == (value > 0), (layer, head, value, fill)
+
+
 def _token_heat(runs: Path, heads: list[tuple[int, int]], index: int = 0) -> dict:
     """(checkpoint, query, key) -> the mean over `heads` of the cell's share |S| / total of the
     head's saliency, from each head's strongest TOKEN_CELLS cells (numpy, from the runs)."""
@@ -480,6 +513,17 @@ def test_click_on_a_head_draws_its_trajectory(built: dict[str, Path]) -> None:
         for layer, head, value in cells:
             want = means[2][layer - 1, head - 1] - means[0][layer - 1, head - 1]
             assert value == pytest.approx(want, abs=2e-6)
+        _assert_diff_marks(page.evaluate(DIFF_MARKS_JS), means[2] - means[0])
+        # any other pair from the two menus: step 10 − step 0, then the menus the other way
+        # round from the opening pair (from a later checkpoint to an earlier one)
+        for first, second in ((0, 1), (2, 1)):
+            page.select_option(f"select[name={views.DIFF_FROM}]", label=f"step {STEPS[first]}")
+            page.select_option(f"select[name={views.DIFF_TO}]", label=f"step {STEPS[second]}")
+            page.evaluate("window.reportgen.view.runAsync().then(() => 1)")
+            signals = "(names) => names.map((n) => window.reportgen.view.signal(n))"
+            assert page.evaluate(signals, [views.DIFF_FROM, views.DIFF_TO]) == [first, second]
+            _assert_diff_marks(page.evaluate(DIFF_MARKS_JS), means[second] - means[first])
+        page.evaluate("window.scrollTo(0, 0)")  # where the clicks below were measured
         # click another head in the heatmap: its trajectory replaces the first
         other = (2, 3) if top != (2, 3) else (0, 0)
         x, y = cell_center(page, "trend_heat_marks", layer=other[0] + 1, head=other[1] + 1, c=0)
