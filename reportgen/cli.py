@@ -83,8 +83,9 @@ AblationOpt = Annotated[
     typer.Option(
         "--ablation",
         help="What replaces an ablated head's output: mean (over every token of every input, "
-        "one vector per head for all positions), resample (its mean over another input, "
-        f"seeded) or zero{_default('ablation')}.",
+        "one vector per head for all positions), resample (its output at the same position on "
+        "another input, seeded; past that input's end, where it is shorter, its mean over its "
+        f"tokens) or zero{_default('ablation')}.",
     ),
 ]
 EffectOpt = Annotated[

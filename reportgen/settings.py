@@ -120,8 +120,9 @@ class Settings:
     out in every head of each layer): 2 × layers more forward rows per input, off by default."""
     ablation: str = "mean"
     """What replaces an ablated head's output: `mean` (its mean over every token of every input
-    of the run, the same vector at each position), `resample` (its mean over the tokens of
-    another input of the run, drawn with --seed) or `zero`."""
+    of the run, the same vector at each position), `resample` (its output at the same position
+    on another input of the run, drawn with --seed; past that input's end, where it is shorter,
+    its mean over its tokens) or `zero`."""
     effect: str = "logprob"
     """The ablation's effect measure: `logprob` (log p(target)), `logit-diff` (logit(target) −
     logit(contrast), each input naming a `contrast`) or `prob` (p(target))."""

@@ -170,6 +170,7 @@ def test_ablation_equals_hand_replaced_head_outputs(gpt2, ablation, effect):
         outs = {item["id"]: head_outputs(model, _ids(gpt2, item)[0]) for item in ITEMS}
         tokens = sum(o.shape[1] for o in outs.values())
         mean = sum(o.sum(1) for o in outs.values()) / tokens  # [L, H, d]
+        lengths = set()  # resample: donors longer (1) and shorter (-1) than the input
         for item, result in zip(ITEMS, results, strict=True):
             a = result.ablation
             assert a is not None and a.intervention == ablation and a.effect == effect
@@ -178,15 +179,22 @@ def test_ablation_equals_hand_replaced_head_outputs(gpt2, ablation, effect):
                 vector = None
             elif ablation == "mean":
                 vector = mean
-            else:
+            else:  # the donor's output at each position, its mean past its end
                 assert a.donor is not None and a.donor != item["id"]
-                vector = outs[a.donor].mean(1)
+                donor = outs[a.donor]  # [L, T', H, d]
+                lengths.add(np.sign(donor.shape[1] - len(ids)))
+                vector = torch.stack(
+                    [donor[:, p] if p < donor.shape[1] else donor.mean(1) for p in range(len(ids))],
+                    1,
+                )  # [L, T, H, d]
 
             def value(heads, vector=vector, ids=ids, target=target, contrast=contrast):
-                fn = _replaced(
-                    heads,
-                    lambda layer, head, o: 0 if vector is None else vector[layer, head],
-                )
+                def by_hand(layer, head, o):
+                    if vector is None:
+                        return 0
+                    return vector[layer, :, head] if vector.dim() == 4 else vector[layer, head]
+
+                fn = _replaced(heads, by_hand)
                 return _effect(plain_forward(model, ids, fn), target, contrast, effect)
 
             assert a.value == pytest.approx(
@@ -204,6 +212,93 @@ def test_ablation_equals_hand_replaced_head_outputs(gpt2, ablation, effect):
             ]
             np.testing.assert_allclose(a.layers, whole_layers, rtol=1e-9, atol=1e-12)
             assert a.delta_layers == pytest.approx([v - a.value for v in whole_layers], abs=1e-9)
+    if ablation == "resample":
+        assert {-1, 1} <= lengths, "both kinds of donor are checked"
+
+
+PAIRS = [
+    {
+        "id": "p",
+        "segments": [{"name": "a", "text": "a red ball"}, {"name": "b", "text": "a big red toy"}],
+    },
+    {
+        "id": "q",
+        "segments": [{"name": "a", "text": "<CHI> saw a big dog"}, {"name": "b", "text": "my toy"}],
+    },
+    {
+        "id": "r",
+        "segments": [
+            {"name": "a", "text": "an apple"},
+            {"name": "b", "text": "my favorite animal is the cat"},
+        ],
+    },
+]
+"""Bi-encoder pairs whose first and second texts are longer and shorter in turn: every donor is
+longer than the input in one text and shorter in the other."""
+
+
+def test_resample_on_a_bi_encoder_aligns_each_text_with_the_donors(loaded, tiny_models):
+    """A bi-encoder reads its two texts as two sequences: each text's head outputs are replaced
+    by the donor's same text's, position by position (past that text's end, by the donor's mean
+    over all its tokens), here by forward hooks on a plain transformers BERT."""
+    from transformers import AutoModel
+
+    bert = loaded["bert"]
+    settings = Settings(dtype="float64", ablation="resample", ablate_k=2, ablate_draws=2)
+    results = list(compute(examples_from_items(PAIRS), bert, settings))
+    plain = AutoModel.from_pretrained(tiny_models["bert"], dtype=torch.float64).eval()
+    heads = plain.config.num_attention_heads
+
+    def run(text, head_fn=None):
+        """The text's mean embedding and its head outputs [L, T, H, d] (after `head_fn`)."""
+        kept = []
+
+        def hook(module, args, output, layer):
+            o = output[0][0].reshape(output[0].shape[1], heads, -1)  # [T, H, d]
+            if head_fn is not None:
+                o = head_fn(layer, o.clone())
+            kept.append(o)
+            return (o.reshape(1, o.shape[0], -1), *output[1:])
+
+        handles = [
+            layer.attention.self.register_forward_hook(lambda m, a, out, at=at: hook(m, a, out, at))
+            for at, layer in enumerate(plain.encoder.layer)
+        ]
+        try:
+            with torch.no_grad():
+                ids = bert.tokenizer(text, return_tensors="pt")
+                hidden = plain(**ids).last_hidden_state[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+        return hidden.mean(0), torch.stack(kept)
+
+    texts = {item["id"]: [s["text"] for s in item["segments"]] for item in PAIRS}
+    outs = {key: [run(text)[1] for text in pair] for key, pair in texts.items()}
+    for item, result in zip(PAIRS, results, strict=True):
+        a = result.ablation
+        assert a is not None and a.donor is not None and a.donor != item["id"]
+        donor = outs[a.donor]
+        mean = torch.cat(donor, 1).mean(1)  # [L, H, d]: over all the donor's tokens
+        vectors = [
+            torch.stack([d[:, p] if p < d.shape[1] else mean for p in range(o.shape[1])], 1)
+            for o, d in zip(outs[item["id"]], donor, strict=True)
+        ]
+        longer = [d.shape[1] - o.shape[1] for o, d in zip(outs[item["id"]], donor, strict=True)]
+        assert min(longer) < 0 < max(longer)
+
+        def value(chosen, vectors=vectors, pair=texts[item["id"]]):
+            first, second = (
+                run(text, _replaced(chosen, lambda layer, head, o, v=v: v[layer, :, head]))[0]
+                for text, v in zip(pair, vectors, strict=True)
+            )
+            return float(torch.nn.functional.cosine_similarity(first, second, 0))
+
+        assert a.value == pytest.approx(value([]), rel=1e-9)
+        expected = [value(a.heads[: n + 1]) for n in range(len(a.heads))]
+        np.testing.assert_allclose(a.curve, expected, rtol=1e-9, atol=1e-12)
+        expected_random = [value(drawn) for drawn in a.random_heads]
+        np.testing.assert_allclose(a.random_values, expected_random, rtol=1e-9, atol=1e-12)
 
 
 def test_knockout_equals_a_hand_built_attention_mask(gpt2):

@@ -48,8 +48,9 @@ class UnknownToken:
 
 INTERVENTIONS = ("zero", "mean", "resample")
 """What replaces an ablated head's output (pre-output-projection): zeros; its mean over every
-token of every input of the run (one vector per head, the same at every position); or its mean
-over the tokens of one other input of the run (the donor, drawn with the seed)."""
+token of every input of the run (one vector per head, the same at every position); or its output
+at the same position on one other input of the run (the donor, drawn with the seed; past the
+donor's end, where it is shorter, its mean over its tokens)."""
 EFFECTS = ("logprob", "logit-diff", "prob")
 """What an intervention's effect is measured on: log p(target) (a multi-token target's summed
 log-probabilities), the logit difference target − contrast at the prediction position, or

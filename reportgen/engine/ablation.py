@@ -6,9 +6,11 @@ one layer (the layer-level view Wang et al. 2023 take of label-word flow).
 A head's output here is its slice of the attention output before the output projection (A V for
 that head, [T, d]). Mean ablation replaces it by its mean over every token of every input of the
 run, one vector per head at every position (computed in one extra streaming forward pass over
-the inputs, `head_means`); resample ablation by its mean over the tokens of one other input of
-the run, drawn with the seed (recorded as the donor). The run's inputs are all of them, also
-when a shard or a resumed run computes only some: results do not depend on how a run is split.
+the inputs, `head_means`); resample ablation by its output on one other input of the run, drawn
+with the seed (recorded as the donor), at the same position (`resampled`: positions aligned from
+the start of each sequence; past the donor's end, where the input is longer, the donor's mean
+over its tokens). The run's inputs are all of them, also when a shard or a resumed run computes
+only some: results do not depend on how a run is split.
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ class Reference:
     """[layers, heads, head_dim], float64: mean ablation's replacement."""
 
 
-def head_sums(lm: LoadedModel, rows: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each example's head outputs summed over its tokens, float64 [E, layers, heads, d], and
-    its token count [E]: one forward pass without gradients."""
+def _layer_outputs(lm: LoadedModel, rows: Sequence[Encoded]) -> tuple[torch.Tensor, Pass]:
+    """Every layer's head outputs, float64 [layers, batch rows, T, heads, d], and the pass
+    (its layout says which batch rows hold each example): one forward without gradients."""
     outputs: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         base = forward(lm, rows, outputs=outputs)
@@ -53,7 +55,40 @@ def head_sums(lm: LoadedModel, rows: Sequence[Encoded]) -> tuple[torch.Tensor, t
             f"model '{lm.name}': {len(outputs)} of its {lm.num_layers} attention layers reported "
             "their head outputs; mean and resample ablation need them all (use --ablation zero)"
         )
-    per_layer = torch.stack([outputs[layer].double() for layer in range(lm.num_layers)])
+    return torch.stack([outputs[layer].double() for layer in range(lm.num_layers)]), base
+
+
+def head_outputs(lm: LoadedModel, rows: Sequence[Encoded]) -> list[torch.Tensor]:
+    """Each example's head outputs at each of its positions, float64 [layers, T, heads, d]
+    (T = len(row.ids); a bi-encoder's two sequences at their ranges of ids, `row.sequences`):
+    one forward pass without gradients."""
+    per_layer, base = _layer_outputs(lm, rows)
+    found = []
+    for row, placed in zip(rows, base.layout, strict=True):
+        out = per_layer.new_empty((per_layer.shape[0], len(row.ids), *per_layer.shape[3:]))
+        for k, start, end in placed:  # per_layer: [L, rows, T, H, d]
+            out[:, start:end] = per_layer[:, k, : end - start]
+        found.append(out.cpu())
+    return found
+
+
+def resampled(row: Encoded, donor: Encoded, outputs: torch.Tensor) -> torch.Tensor:
+    """Resample ablation's replacement for `row`, [layers, T, heads, d]: the donor's head
+    outputs `outputs` (`head_outputs` of `donor`) position by position, aligned from the start
+    of each sequence (a bi-encoder's first and second text against the donor's), and at the
+    positions past the donor's end, where the input is longer, the donor's mean over all its
+    tokens (a donor longer than the input is cut at the input's end)."""
+    out = outputs.mean(1, keepdim=True).expand(-1, len(row.ids), -1, -1).clone()
+    for (start, end), (first, last) in zip(row.sequences, donor.sequences, strict=True):
+        n = min(end - start, last - first)
+        out[:, start : start + n] = outputs[:, first : first + n]
+    return out
+
+
+def head_sums(lm: LoadedModel, rows: Sequence[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each example's head outputs summed over its tokens, float64 [E, layers, heads, d], and
+    its token count [E]: one forward pass without gradients."""
+    per_layer, base = _layer_outputs(lm, rows)
     sums = torch.zeros(
         (len(rows), lm.num_layers, per_layer.shape[3], per_layer.shape[4]), dtype=torch.float64
     )
@@ -164,8 +199,10 @@ def ablate(
             for row in rows
         ]
         donor_rows = [reference.encode(d) for d in donors if d is not None]
-        sums, counts = head_sums(lm, donor_rows)
-        replacements = list(sums / counts[:, None, None, None])
+        found = head_outputs(lm, donor_rows)
+        replacements = [
+            resampled(row, d, o) for row, d, o in zip(rows, donor_rows, found, strict=True)
+        ]
     jobs: list[_Job] = []
     plans = []
     by_layer = (
@@ -239,7 +276,9 @@ PASS_BUDGET = 4 * 2**30
 """Bytes an intervention pass may hold without --max-memory (see rows_per_pass)."""
 
 
-def rows_per_pass(lm: LoadedModel, longest: int, settings: Settings) -> int:
+def rows_per_pass(
+    lm: LoadedModel, longest: int, settings: Settings, replaced_per_token: int = 0
+) -> int:
     """Rows in one forward pass of the interventions: those the top-k part of one batch of
     inputs needs (the layer-by-layer jobs add passes, not memory), but no more than the
     memory budget holds at `longest` tokens: a no-grad pass keeps one layer's T × T scores
@@ -247,11 +286,13 @@ def rows_per_pass(lm: LoadedModel, longest: int, settings: Settings) -> int:
     of tokens that is a few rows, not batch × (k + draws + 1): 112 rows at T = 4096 needed
     over 24 GB. The budget is `--max-memory`'s, else a fixed PASS_BUDGET (not a share of the
     free memory: the passes, and so the last bits of the effects, are then the same on every
-    machine)."""
+    machine). A per-position replacement (resample) adds its `replaced_per_token` values
+    (layers × heads × head_dim) per token of a row."""
     per = settings.ablate_k + settings.ablate_draws + 1
     rows = settings.batch_size * per if lm.padding.batches else 1
     itemsize = torch.finfo(lm.dtype).bits // 8
     row_bytes = 2 * lm.num_heads * longest * longest * (itemsize + 1)
+    row_bytes += replaced_per_token * longest * itemsize
     budget = (
         PASS_BUDGET if settings.max_memory is None else budget_bytes(lm.device, settings.max_memory)
     )
@@ -264,7 +305,9 @@ def _run(lm: LoadedModel, jobs: Sequence[_Job], settings: Settings) -> list[floa
     layers, heads = lm.num_layers, lm.num_heads
     if not jobs:
         return []
-    budget = rows_per_pass(lm, max(len(job.row.ids) for job in jobs), settings)
+    first = next((job.replacement for job in jobs if job.replacement is not None), None)
+    replaced = first[:, 0].numel() if first is not None and first.dim() == 4 else 0
+    budget = rows_per_pass(lm, max(len(job.row.ids) for job in jobs), settings, replaced)
     values: list[float] = []
     with torch.no_grad():
         for start in range(0, len(jobs), budget):
@@ -277,13 +320,7 @@ def _run(lm: LoadedModel, jobs: Sequence[_Job], settings: Settings) -> list[floa
                     knocked[n, index] = True
                 else:
                     gates[n, index] = 0
-            reps = [job.replacement for job in part]
-            replacement = None
-            if any(r is not None for r in reps):
-                shape = next(r for r in reps if r is not None).shape
-                replacement = torch.stack(
-                    [r if r is not None else torch.zeros(shape, dtype=torch.float64) for r in reps]
-                ).to(device=lm.device, dtype=lm.dtype)
+            replacement = _replacements(lm, part)
             edges = None
             if any(job.knock is not None for job in part):
                 none = [[False] * len(job.row.ids) for job in part]
@@ -301,3 +338,24 @@ def _run(lm: LoadedModel, jobs: Sequence[_Job], settings: Settings) -> list[floa
             )
             values += effect_values(lm, found, settings.effect)
     return values
+
+
+def _replacements(lm: LoadedModel, part: Sequence[_Job]) -> torch.Tensor | None:
+    """The replacements of a pass's rows, [rows, L, H, d] (mean) or [rows, L, T, H, d] per
+    position (resample, zero past a row's end: padding, which no real position reads); zeros
+    for a knockout's row (its gates stay open); None if no row has one (zero ablation)."""
+    reps = [job.replacement for job in part]
+    first = next((r for r in reps if r is not None), None)
+    if first is None:
+        return None
+    per_position = first.dim() == 4
+    shape = tuple(first.shape)
+    if per_position:
+        shape = (shape[0], max(len(job.row.ids) for job in part), *shape[2:])
+    out = torch.zeros((len(part), *shape), dtype=lm.dtype, device=lm.device)
+    for n, r in enumerate(reps):
+        if r is not None and per_position:
+            out[n, :, : r.shape[1]] = r.to(device=lm.device, dtype=lm.dtype)
+        elif r is not None:
+            out[n] = r.to(device=lm.device, dtype=lm.dtype)
+    return out

@@ -53,8 +53,9 @@ def forward(
     """Run the examples as one right-padded batch and evaluate each example's objective.
 
     `gates` has one [layers, heads] row per example (shared by its sequences), and so has
-    `replace` ([layers, heads, head_dim], or [layers, T, heads, head_dim] per position: what a
-    gated head's output becomes, see `attention_control`). `knock` blocks edges of the heads it
+    `replace` ([layers, heads, head_dim], or [layers, T, heads, head_dim] per position of the
+    example's ids, each sequence reading its range: what a gated head's output becomes, see
+    `attention_control`). `knock` blocks edges of the heads it
     names, per example; `outputs` receives each layer's head outputs [rows, T, H, d] (rows as
     in the returned layout).
     Padding uses the model's own pad id, and explicit position ids only where the load-time
@@ -86,7 +87,7 @@ def forward(
     if gates is not None and len(sequences) != len(examples):
         gates = gates[torch.tensor(owners, device=gates.device)]
     if replace is not None and len(sequences) != len(examples):
-        replace = replace[torch.tensor(owners, device=replace.device)]
+        replace = _per_sequence(replace, layout, width)
     knocked = None if knock is None else knock.rows(layout, owners, width)
     # A language model's head runs only where the loss reads its logits (a vocabulary-sized
     # matmul per position, forward and backward, is most of a small model's cost).
@@ -161,6 +162,20 @@ def forward(
         layout,
         None if lm.task is Task.ENCODER else torch.tensor(diffs, dtype=torch.float64),
     )
+
+
+def _per_sequence(replace: torch.Tensor, layout: Layout, width: int) -> torch.Tensor:
+    """An example's replacement for each of its sequences: the same vectors [L, H, d], or
+    (per position, [L, T, H, d] over the example's ids) the sequence's range of positions."""
+    owners = [b for b, placed in enumerate(layout) for _ in placed]
+    if replace.dim() == 4:
+        return replace[torch.tensor(owners, device=replace.device)]
+    rows = sum(len(placed) for placed in layout)
+    out = replace.new_zeros((rows, replace.shape[1], width, *replace.shape[3:]))
+    for b, placed in enumerate(layout):
+        for k, start, end in placed:
+            out[k, :, : end - start] = replace[b, :, start:end]
+    return out
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ EFFECT_LABELS = {
 INTERVENTION_LABELS = {
     "zero": "zeroed",
     "mean": "mean-ablated (each head's output replaced by its mean over all tokens of all inputs)",
-    "resample": "resample-ablated (each head's output replaced by its mean over another input)",
+    "resample": "resample-ablated (each head's output replaced by its output at the same position "
+    "on another input)",
 }
 
 
