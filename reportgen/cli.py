@@ -878,7 +878,8 @@ def export(
 ) -> None:
     """Write a run's head scores (per input and over the dataset), top cells and ablation
     results as tables: head_scores, dataset_head_scores, top_cells, ablation, and what the run
-    records by layer: layer_relevance, layer_flows, layer_ablation (empty without it)."""
+    records by layer: layer_relevance, layer_flows, layer_ablation, layer_tests (empty without
+    it)."""
     with _errors(debug):
         from reportgen.export import export as run_export
 

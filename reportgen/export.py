@@ -1,6 +1,6 @@
 """A run's numbers as tables, for analysis elsewhere: CSV, JSON or Parquet files in a folder.
 
-Torch-free: it reads the run folder only. Seven tables, layers and heads 1-based (as the report
+Torch-free: it reads the run folder only. Eight tables, layers and heads 1-based (as the report
 shows them), token positions 0-based (as in the run's `tokens`):
 
     head_scores          id, layer, head, score (the metric's share), total, prediction
@@ -11,6 +11,7 @@ shows them), token positions 0-based (as in the run's `tokens`):
     layer_relevance      id, layer, position, token, relevance
     layer_flows          id, layer, flow, value, pairs
     layer_ablation       id, layer, intervention, effect, value, delta
+    layer_tests          layer, intervention, effect, n, mean_delta, below, above, p, q
 
 `total` and `prediction` are the exact sums of |S| over the head's cells and over the
 prediction position's row; `value` in top_cells is S at the cell (signed for attattr).
@@ -23,7 +24,10 @@ over the curve's `pairs` token pairs, a layer without such pairs left out. layer
 (`--ablate-layers`): the effect measure with every head of the layer ablated (`intervention` the
 run's: zero, mean or resample) and, with a flow metric, with the flow's edges knocked out in
 every head of the layer (`intervention` `knockout:SRC->DST`); `delta` is `value` minus the
-intact model's (the ablation table's `value`).
+intact model's (the ablation table's `value`). layer_tests: each of those per layer over the
+inputs, against no change (the about page's table): `n` inputs, `mean_delta`, `below` and
+`above` the inputs whose `delta` is < 0 and > 0, `p` the exact two-sided sign test, `q` its
+Benjamini–Hochberg q-value over the layers (one family per intervention).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from reportgen.data.metrics import Metric, parse_metric
-from reportgen.data.results import Result
+from reportgen.data.results import Result, layer_deltas
+from reportgen.data.stats import layer_tests
 from reportgen.errors import SettingsError
 from reportgen.fsutil import staged_update
 from reportgen.records import Run
@@ -65,6 +70,10 @@ COLUMNS: dict[str, dict[str, str]] = {
     "layer_ablation": {
         "id": "str", "layer": "int", "intervention": "str", "effect": "str", "value": "float",
         "delta": "float",
+    },
+    "layer_tests": {
+        "layer": "int", "intervention": "str", "effect": "str", "n": "int", "mean_delta": "float",
+        "below": "int", "above": "int", "p": "float", "q": "float",
     },
 }  # fmt: skip
 """Each table's columns and their types, in order (what every format writes)."""
@@ -137,6 +146,7 @@ def tables(run: Run, metric: str | Metric | None = None) -> Tables:
         {"layer": layer + 1, "head": head + 1, "score": float(value)}
         for (layer, head), value in np.ndenumerate(mean)
     ]
+    out["layer_tests"] = _layer_test_rows(run)
     return out
 
 
@@ -197,6 +207,28 @@ def _layer_ablation_rows(result: Result) -> list[dict[str, Any]]:
         for intervention, values in runs
         for layer, value in enumerate(values)
     ]
+
+
+def _layer_test_rows(run: Run) -> list[dict[str, Any]]:
+    ablations = [e.ablation for e in run.entries if e.ablation is not None]
+    rows = []
+    for intervention, deltas in layer_deltas(ablations):
+        found = layer_tests(deltas)
+        for layer, mean, below, above, p, q in found.rows():
+            rows.append(
+                {
+                    "layer": layer + 1,
+                    "intervention": intervention,
+                    "effect": ablations[0].effect,
+                    "n": found.n,
+                    "mean_delta": mean,
+                    "below": below,
+                    "above": above,
+                    "p": p,
+                    "q": q,
+                }
+            )
+    return rows
 
 
 def export(

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import scipy.stats
 from conftest import DEMO_INPUTS, error_lines
 from synthetic import LAYERS, result_for, run_info
 from typer.testing import CliRunner
@@ -31,6 +32,7 @@ TABLES = (
     "layer_relevance",
     "layer_flows",
     "layer_ablation",
+    "layer_tests",
 )
 
 
@@ -135,7 +137,7 @@ def test_the_layer_tables_hold_relevance_flows_and_layer_ablation(layered_run, t
     means computed here from the sums and pair counts (the page's curves, in its order)."""
     out = tmp_path / "tables"
     result = _export(layered_run, out)
-    assert "layer_relevance.csv, layer_flows.csv, layer_ablation.csv" in result.stderr
+    assert "layer_flows.csv, layer_ablation.csv, layer_tests.csv" in result.stderr
     run = Run.open(layered_run)
     relevance = _csv(out / "layer_relevance.csv")
     flows = _csv(out / "layer_flows.csv")
@@ -187,6 +189,36 @@ def test_the_layer_tables_hold_relevance_flows_and_layer_ablation(layered_run, t
     assert got == [row[:5] for row in want_ablation]
     deltas = [float(r["delta"]) for r in ablation]
     np.testing.assert_allclose(deltas, [row[5] for row in want_ablation], rtol=0, atol=1e-15)
+    # Each layer's changes over the inputs: scipy's sign test and BH over the layers.
+    tests = _csv(out / "layer_tests.csv")
+    want_tests = []
+    for intervention in ("mean", "knockout:ENV->LAN"):
+        by_layer = np.array(
+            [
+                [row[5] for row in want_ablation if row[2] == intervention and row[1] == la + 1]
+                for la in range(LAYERS)
+            ]
+        )  # [layers, inputs]
+        below, above = (by_layer < 0).sum(1), (by_layer > 0).sum(1)
+        p = np.array([scipy.stats.binomtest(b, b + a).pvalue for b, a in zip(below, above)])
+        q = scipy.stats.false_discovery_control(p)
+        for la in range(LAYERS):
+            row = [la + 1, intervention, "logprob", len(run), int(below[la]), int(above[la])]
+            want_tests.append([*row, by_layer[la].mean(), p[la], q[la]])
+    got = [
+        [
+            int(r["layer"]),
+            r["intervention"],
+            r["effect"],
+            int(r["n"]),
+            int(r["below"]),
+            int(r["above"]),
+        ]
+        for r in tests
+    ]
+    assert got == [row[:6] for row in want_tests]
+    numbers = [[float(r["mean_delta"]), float(r["p"]), float(r["q"])] for r in tests]
+    np.testing.assert_allclose(numbers, [row[6:] for row in want_tests], rtol=1e-12)
     # Under another metric the flow curve follows it; without a flow metric there is none.
     _export(layered_run, tmp_path / "total", "--metric", "total", "-q")
     names = {r["flow"] for r in _csv(tmp_path / "total" / "layer_flows.csv")}
@@ -206,6 +238,7 @@ def test_a_run_without_layer_data_has_empty_layer_tables(synthetic_run, tmp_path
         "layer_relevance": "id,layer,position,token,relevance",
         "layer_flows": "id,layer,flow,value,pairs",
         "layer_ablation": "id,layer,intervention,effect,value,delta",
+        "layer_tests": "layer,intervention,effect,n,mean_delta,below,above,p,q",
     }
     for name, header in headers.items():
         text = (tmp_path / "csv" / f"{name}.csv").read_text("utf-8")

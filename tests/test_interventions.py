@@ -421,13 +421,18 @@ def test_unknown_ablation_and_effect_name_the_option():
 def test_the_export_of_a_run_holds_its_layer_ablation_and_knockout(gpt2, tmp_path):
     """Through the API: a run folder computed with --ablate-layers, its `layer_ablation` table
     against the plain forward here (every head of a layer zeroed; the flow's edges masked in
-    every head of a layer)."""
+    every head of a layer), and its `layer_tests` table and about page against scipy's sign
+    tests and Benjamini–Hochberg on those changes."""
     import csv
+
+    import scipy.stats
 
     from reportgen.export import export
     from reportgen.pipeline import compute as compute_run
+    from reportgen.site import render_site
+    from reportgen.site.html import number
 
-    items = ITEMS[:2]
+    items = ITEMS
     settings = Settings(
         dtype="float64",
         device="cpu",
@@ -439,8 +444,12 @@ def test_the_export_of_a_run_holds_its_layer_ablation_and_knockout(gpt2, tmp_pat
     )
     run = compute_run(items, tmp_path / "run", settings, model=gpt2)
     export(run, tmp_path / "tables", "csv")
-    with (tmp_path / "tables" / "layer_ablation.csv").open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+
+    def table(name):
+        with (tmp_path / "tables" / f"{name}.csv").open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+
+    rows = table("layer_ablation")
     model = gpt2.model
     layers, heads = model.config.n_layer, model.config.n_head
     expected = []
@@ -472,6 +481,32 @@ def test_the_export_of_a_run_holds_its_layer_ablation_and_knockout(gpt2, tmp_pat
         [float(r["delta"]) for r in rows], [e[4] for e in expected], rtol=1e-7, atol=1e-12
     )
     assert any(abs(e[4]) > 1e-6 for e in expected)  # the ablations do something
+    render_site(run, tmp_path / "site", Settings(pages=0))
+    about = (tmp_path / "site" / "about.html").read_text("utf-8")
+    tests = table("layer_tests")
+    assert [(int(r["layer"]), r["intervention"], int(r["n"])) for r in tests] == [
+        (layer + 1, intervention, len(items))
+        for intervention in ("zero", "knockout:ENV->LAN")
+        for layer in range(layers)
+    ]
+    for intervention in ("zero", "knockout:ENV->LAN"):
+        deltas = np.array(
+            [
+                [e[4] for e in expected if e[1:3] == (layer + 1, intervention)]
+                for layer in range(layers)
+            ]
+        )  # [layers, inputs]
+        below, above = (deltas < 0).sum(1), (deltas > 0).sum(1)
+        p = np.array([scipy.stats.binomtest(b, b + a).pvalue for b, a in zip(below, above)])
+        q = scipy.stats.false_discovery_control(p)
+        got = [r for r in tests if r["intervention"] == intervention]
+        assert [(int(r["below"]), int(r["above"])) for r in got] == list(zip(below, above))
+        np.testing.assert_allclose([float(r["mean_delta"]) for r in got], deltas.mean(1), 1e-7)
+        np.testing.assert_allclose([float(r["p"]) for r in got], p, rtol=1e-12)
+        np.testing.assert_allclose([float(r["q"]) for r in got], q, rtol=1e-12)
+        for layer in range(layers):
+            shown = f'{below[layer]} / {above[layer]}</td><td class="rg-n">{number(p[layer], 2)}'
+            assert f'{shown}</td><td class="rg-n">{number(q[layer], 2)}</td>' in about
 
 
 def test_interventions_run_in_passes_the_memory_budget_holds(gpt2, monkeypatch):

@@ -14,6 +14,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from xml.etree import ElementTree
 
+import numpy as np
 import pytest
 from conftest import in_fresh_processes
 
@@ -214,6 +215,79 @@ def test_index_and_about_show_the_dataset_test(built: Path, run: Run) -> None:
     assert f"{signed(test.mean)} (Δ top − Δ random)".replace("−", "-") in about
     assert re.search(r"\d+\.\d% \[\d+\.\d%, \d+\.\d%\]", index), "head intervals"
     assert "Benjamini–Hochberg" in index
+
+
+def test_index_and_about_show_the_layer_tests_with_q_values(built: Path, run: Run) -> None:
+    """Each layer's ablation and knockout against no change: the about page's table holds
+    scipy's sign test and Benjamini–Hochberg q-values on the entries' changes, the index the
+    count at FDR 5%."""
+    import scipy.stats
+
+    from reportgen.site.html import number, signed
+
+    ablations = [e.ablation for e in run.entries if e.ablation is not None]
+    layers = run.info.num_layers
+    index = _text((built / "index.html").read_text("utf-8"))
+    about_html = (built / "about.html").read_text("utf-8")
+    [table] = re.findall(r'<table[^>]*data-rg="layer-tests".*?</table>', about_html, re.S)
+    cells = [
+        [_text(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])
+    ]
+    assert len(cells) == layers
+    for column, deltas in enumerate(
+        (
+            np.array([a.delta_layers for a in ablations]),
+            np.array([a.delta_layer_knockouts for a in ablations]),
+        )
+    ):
+        below, above = (deltas < 0).sum(0), (deltas > 0).sum(0)
+        p = np.array([scipy.stats.binomtest(b, b + a).pvalue for b, a in zip(below, above)])
+        q = scipy.stats.false_discovery_control(p)
+        for layer in range(layers):
+            shown = cells[layer][1 + 4 * column : 5 + 4 * column]
+            assert shown == [
+                signed(deltas[:, layer].mean()).replace("−", "-"),
+                f"{below[layer]} / {above[layer]}",
+                number(p[layer], 2),
+                number(q[layer], 2),
+            ]
+        found = int((q <= 0.05).sum())
+        if column == 0:
+            assert f"in {found} of {layers} layers" in index
+            assert f"At FDR 5%: {found} of {layers} layers ablated" in _text(about_html)
+        else:
+            assert f"in every head of one layer: {found} of {layers} layers" in index
+            assert f"{found} knocked out" in _text(about_html)
+    assert "Layer by layer. With every head of one layer mean-ablated" in index
+    assert "Benjamini–Hochberg FDR 5% over the layers" in index
+
+
+def test_the_index_names_the_layers_found_at_the_fdr(tmp_path: Path) -> None:
+    """Ten inputs whose every layer ablation and knockout lowers log p: each layer's sign test
+    p = 2 / 2^10, and the index lists every layer with its mean change and q-value."""
+    from conftest import DEMO_INPUTS
+    from synthetic import write_run
+
+    from reportgen.site.html import number, signed
+
+    items = [{**DEMO_INPUTS[1], "id": f"dog-{i}"} for i in range(10)]
+    many = write_run(tmp_path / "run", items)
+    site.render_site(many, tmp_path / "site", Settings(pages=0))
+    index = _text((tmp_path / "site" / "index.html").read_text("utf-8"))
+    ablations = [e.ablation for e in many.entries if e.ablation is not None]
+    q = 2 / 2**10  # every layer alike: BH leaves it
+    layers = []
+    for layer in range(many.info.num_layers):
+        mean = np.mean([a.delta_layers[layer] for a in ablations])
+        layers.append(f"L{layer + 1} (mean {signed(mean)}, q = {number(q, 2)})")
+    assert "in 3 of 3 layers" in index and ", ".join(layers).replace("−", "-") in index
+    knocked = [
+        f"L{layer + 1}: mean {signed(np.mean([a.delta_layer_knockouts[layer] for a in ablations]))}"
+        f", q = {number(q, 2)}"
+        for layer in range(many.info.num_layers)
+    ]
+    assert f"3 of 3 layers ({'; '.join(knocked)})".replace("−", "-") in index
 
 
 def test_the_ablation_card_shows_the_curve_and_the_knockout(built: Path, run: Run) -> None:

@@ -13,6 +13,7 @@ from reportgen.data.stats import (
     benjamini_hochberg,
     bootstrap_mean,
     head_tests,
+    layer_tests,
     paired_test,
     permutation_test,
     sign_test,
@@ -118,3 +119,26 @@ def test_head_tests_find_the_head_that_is_above_uniform_on_every_input():
         found.q, scipy.stats.false_discovery_control(found.p, axis=None).reshape(2, 3)
     )
     assert found.q[1, 2] <= 0.05 and found.discoveries >= 1
+
+
+def test_layer_tests_are_sign_tests_against_no_change_with_bh_over_the_layers():
+    """Per layer, scipy's exact two-sided binomial test of the inputs below and above 0 (ties
+    dropped), and scipy's Benjamini–Hochberg over the layers."""
+    deltas = np.stack(
+        [D, -np.abs(D), D * 0 + np.array([0.1, -0.1] * 6), np.where(D > 0, 0.0, D)], axis=1
+    )  # [12 inputs, 4 layers]: mixed, all lower, balanced, lower with ties
+    found = layer_tests(deltas)
+    assert found.n == 12 and found.alpha == 0.05
+    np.testing.assert_allclose(found.mean, deltas.mean(0), rtol=1e-12)
+    for layer in range(4):
+        below, above = int((deltas[:, layer] < 0).sum()), int((deltas[:, layer] > 0).sum())
+        assert (found.below[layer], found.above[layer]) == (below, above)
+        expected = scipy.stats.binomtest(below, below + above, 0.5).pvalue
+        assert found.p[layer] == pytest.approx(expected, rel=1e-12)
+    assert (found.below[3], found.above[3]) == (10, 0), "ties count in neither"
+    np.testing.assert_allclose(found.q, scipy.stats.false_discovery_control(found.p), rtol=1e-12)
+    assert found.q[2] == 1.0 and found.q[1] < 0.05 and found.discoveries == 2
+    assert found.p[0] < 0.05 < found.q[0], "significant alone, not after the correction"
+    rows = found.rows()
+    assert [r[0] for r in rows] == [0, 1, 2, 3]
+    assert rows[1] == (1, float(found.mean[1]), 12, 0, float(found.p[1]), float(found.q[1]))

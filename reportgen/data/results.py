@@ -132,6 +132,21 @@ class Ablation:
         return () if self.knockout is None else tuple(v - self.value for v in self.knockout.layers)
 
 
+def layer_deltas(ablations: Sequence[Ablation]) -> list[tuple[str, np.ndarray]]:
+    """The layer-by-layer changes of a run's ablations, [inputs, layers], by intervention: the
+    run's own (every head of the layer ablated) and, with a flow metric, `knockout:SRC->DST`
+    (its edges blocked in every head of the layer); empty unless every input has them."""
+    if not ablations or not all(a.layers for a in ablations):
+        return []
+    first = ablations[0]
+    out = [(first.intervention, np.array([a.delta_layers for a in ablations]))]
+    knock = first.knockout
+    if knock is not None and all(a.knockout is not None and a.knockout.layers for a in ablations):
+        knocked = np.array([a.delta_layer_knockouts for a in ablations])
+        out.append((f"knockout:{knock.src}->{knock.dst}", knocked))
+    return out
+
+
 @dataclass(frozen=True)
 class HeadStats:
     """Exact per-head reductions of an example's saliency S [L, H, T, T] (rows queries, columns

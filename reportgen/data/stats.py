@@ -1,6 +1,7 @@
 """Statistics over a run's inputs, with numpy only: bootstrap confidence intervals of dataset
 head scores, paired tests of the top-k ablation against random heads (an exact sign test and a
-sign-flip permutation test), and the Benjamini–Hochberg false discovery rate.
+sign-flip permutation test), and the Benjamini–Hochberg false discovery rate over the tests of
+every head and of every layer's ablation.
 
 Every random draw is seeded (the run's --seed): the same run gives the same numbers."""
 
@@ -192,3 +193,49 @@ def head_tests(shares: np.ndarray, alpha: float = 0.05) -> HeadTests:
         if m:
             p[index] = _upper_tail(m, k) / 2**m
     return HeadTests(p, benjamini_hochberg(p), alpha)
+
+
+@dataclass(frozen=True)
+class LayerTests:
+    """Per layer, an intervention on every head of the layer against no change, paired over
+    inputs: an exact two-sided sign test of the changes, Benjamini–Hochberg over the layers."""
+
+    n: int
+    """Inputs compared."""
+    mean: np.ndarray
+    """[layers] mean change (intervened minus intact)."""
+    below: np.ndarray
+    """[layers] inputs whose change is < 0."""
+    above: np.ndarray
+    """[layers] inputs whose change is > 0 (ties, 0, count in neither)."""
+    p: np.ndarray
+    """[layers] exact two-sided sign-test p-values."""
+    q: np.ndarray
+    """[layers] Benjamini–Hochberg q-values over the layers."""
+    alpha: float
+
+    @property
+    def discoveries(self) -> int:
+        """Layers with q ≤ alpha."""
+        return int(np.sum(self.q <= self.alpha))
+
+    def rows(self) -> list[tuple[int, float, int, int, float, float]]:
+        """(layer 0-based, mean, below, above, p, q) of each layer."""
+        return [
+            (layer, float(m), int(b), int(a), float(p), float(q))
+            for layer, (m, b, a, p, q) in enumerate(
+                zip(self.mean, self.below, self.above, self.p, self.q, strict=True)
+            )
+        ]
+
+
+def layer_tests(deltas: np.ndarray, alpha: float = 0.05) -> LayerTests:
+    """Which layers' intervention changes the effect measure: per layer, the exact two-sided
+    sign test over the inputs of its change against 0 (ties dropped), then Benjamini–Hochberg
+    over the layers (one family per intervention). `deltas` is [inputs, layers]."""
+    d = np.asarray(deltas, np.float64)
+    if d.ndim != 2 or d.shape[0] == 0:
+        raise ValueError("layer tests need [inputs, layers] changes of at least one input")
+    below, above = np.sum(d < 0, axis=0), np.sum(d > 0, axis=0)
+    p = np.array([sign_test(int(b), int(a)) for b, a in zip(below, above, strict=True)])
+    return LayerTests(d.shape[0], d.mean(0), below, above, p, benjamini_hochberg(p), alpha)

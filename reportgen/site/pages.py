@@ -24,13 +24,15 @@ from reportgen.charts import Packed
 from reportgen.data.blocks import is_long
 from reportgen.data.examples import Example
 from reportgen.data.methods import METHODS
-from reportgen.data.results import Ablation, Result
+from reportgen.data.results import Ablation, Result, layer_deltas
 from reportgen.data.stats import (
     HeadTests,
     Interval,
+    LayerTests,
     PairedTest,
     bootstrap_mean,
     head_tests,
+    layer_tests,
     paired_test,
 )
 from reportgen.errors import SettingsError
@@ -74,7 +76,9 @@ INTERVENTION_LABELS = {
 @dataclass(frozen=True)
 class Evidence:
     """The dataset's ablation evidence, from the entries: the top-k heads against k random
-    heads as a paired test over inputs, and the flow knockout against no change."""
+    heads as a paired test over inputs, and the flow knockout against no change; with
+    --ablate-layers, each layer's ablation (and flow knockout) against no change, BH-corrected
+    over the layers."""
 
     intervention: str
     effect: str
@@ -90,17 +94,23 @@ class Evidence:
     knockout_flow: str | None
     """`SRC→DST`."""
     seed: int
+    layers: LayerTests | None = None
+    """Per layer, every head of the layer ablated (the same intervention) against no change."""
+    layer_knockouts: LayerTests | None = None
+    """Per layer, the flow knocked out in every head of the layer against no change."""
 
 
 def evidence(run: Run) -> Evidence | None:
     """The dataset test of a run's ablations (None without any); seeded by the run's --seed."""
     tops, randoms, knocks = [], [], []
+    ablations: list[Ablation] = []
     first: Ablation | None = None
     for entry in run.entries:
         a = entry.ablation
         if a is None:
             continue
         first = first or a
+        ablations.append(a)
         tops.append(a.delta_top)
         randoms.append(a.delta_random)
         if a.delta_knockout is not None:
@@ -109,6 +119,7 @@ def evidence(run: Run) -> Evidence | None:
         return None
     seed = int(run.info.parameters.get("seed") or 0)
     knock = first.knockout
+    by_layer = [layer_tests(deltas) for _, deltas in layer_deltas(ablations)]
     return Evidence(
         intervention=first.intervention,
         effect=first.effect,
@@ -121,6 +132,8 @@ def evidence(run: Run) -> Evidence | None:
         knockout=paired_test(knocks, [0.0] * len(knocks), seed) if knocks else None,
         knockout_flow=None if knock is None else f"{knock.src}→{knock.dst}",
         seed=seed,
+        layers=by_layer[0] if by_layer else None,
+        layer_knockouts=by_layer[1] if len(by_layer) > 1 else None,
     )
 
 
