@@ -96,6 +96,101 @@ def test_compute_takes_the_intervention_and_effect_options(tiny_models, tmp_path
     assert bad.exit_code == 2 and "unknown --ablation 'half'" in bad.output
 
 
+FLOW_INPUTS = [
+    {
+        "id": "a",
+        "segments": [
+            {"name": "ENV", "text": "<CHI> saw a dog"},
+            {"name": "LAN", "text": "<CHI> my favorite animal is the"},
+        ],
+        "target": "dog",
+    },
+    {
+        "id": "b",
+        "segments": [
+            {"name": "ENV", "text": "<MOT> ate an apple"},
+            {"name": "LAN", "text": "my favorite toy is the"},
+        ],
+        "target": "ball",
+    },
+]
+FLOW = "flow:ENV->LAN"
+
+
+def _api_results(lm, **changes):
+    """The same inputs computed through the API, with the float64 model loaded by conftest."""
+    from reportgen.engine import compute
+    from reportgen.inputs import examples_from_items
+    from reportgen.settings import Settings
+
+    return list(compute(examples_from_items(FLOW_INPUTS), lm, Settings(metric=FLOW, **changes)))
+
+
+@pytest.mark.parametrize("method", ["attn-norm", "rollout", "grad-rollout"])
+def test_compute_with_each_method_stores_what_the_api_computes(
+    tiny_models, loaded, tmp_path, method
+):
+    """--method reaches the engine: the manifest names the method, and the run folder holds the
+    API's head reductions and (the rollouts) relevance [layers, T] for the same inputs."""
+    import numpy as np
+
+    from reportgen.records import Run
+
+    inputs = _inputs(tmp_path, FLOW_INPUTS)
+    args = ["-o", tmp_path / "run", "-m", tiny_models["gpt2"], "--device", "cpu", "-q"]
+    result = _invoke(
+        "compute", inputs, *args, "--method", method, "--metric", FLOW, "--ablate-k", "0"
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text("utf-8"))
+    assert manifest["run"]["method"] == method and manifest["run"]["metric"] == FLOW
+    assert manifest["run"]["parameters"]["ablate_k"] == 0
+    want = _api_results(loaded["gpt2"], method=method, ablate_k=0)
+    run = Run.open(tmp_path / "run")
+    for got, ref in zip(run.results(), want, strict=True):
+        assert got.example.id == ref.example.id and got.tokens == ref.tokens
+        assert got.stats.total.shape == (3, 4) and got.ablation is None
+        for name in ("total", "prediction", "flow"):
+            theirs = getattr(ref.stats, name)
+            np.testing.assert_allclose(getattr(got.stats, name), theirs, rtol=1e-4, atol=1e-7)
+        if method == "attn-norm":
+            assert got.relevance is None and ref.relevance is None
+        else:
+            assert got.relevance is not None and ref.relevance is not None
+            assert got.relevance.shape == (3, len(got.tokens))
+            np.testing.assert_allclose(got.relevance, ref.relevance, rtol=1e-4, atol=1e-7)
+
+
+def test_build_with_ablate_layers_stores_them_and_shows_their_tests(tiny_models, loaded, tmp_path):
+    """--ablate-layers through build: the manifest records it, the run folder holds every
+    layer's ablation and flow knockout as the API computes them, and the index and about pages
+    show the layer tests."""
+    import numpy as np
+
+    from reportgen.records import Run
+
+    inputs = _inputs(tmp_path, FLOW_INPUTS)
+    run, site = tmp_path / "run", tmp_path / "site"
+    args = ["--run", run, "-m", tiny_models["gpt2"], "--device", "cpu", "--metric", FLOW]
+    args += ["--ablate-k", "2", "--ablate-draws", "2", "--ablate-layers", "--pages", "0"]
+    result = _invoke("build", inputs, "-o", site, *args, "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((run / "manifest.json").read_text("utf-8"))
+    assert manifest["run"]["parameters"]["ablate_layers"] is True
+    want = _api_results(loaded["gpt2"], ablate_k=2, ablate_draws=2, ablate_layers=True)
+    for entry, ref in zip(Run.open(run).entries, want, strict=True):
+        got, theirs = entry.ablation, ref.ablation
+        assert got is not None and theirs is not None and got.knockout and theirs.knockout
+        assert len(got.layers) == len(got.knockout.layers) == 3
+        assert got.heads == theirs.heads and got.random_heads == theirs.random_heads
+        np.testing.assert_allclose(got.layers, theirs.layers, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got.knockout.layers, theirs.knockout.layers, 1e-4, 1e-6)
+    index = (site / "index.html").read_text("utf-8")
+    about = (site / "about.html").read_text("utf-8")
+    assert 'data-rg="layer-test"' in index and "of 3</strong> layers" in index
+    assert 'data-rg="layer-tests"' in about and "knocked out" in about
+
+
 def test_quiet_prints_nothing(tiny_models, tmp_path):
     inputs = _inputs(tmp_path, [{"text": "a b"}])
     result = _invoke("compute", inputs, "-o", tmp_path / "run", "-m", tiny_models["gpt2"], "-q")
