@@ -453,6 +453,13 @@ def recorded_parameters(
         **({"aggregate": settings.aggregate} if settings.aggregate != "heads" else {}),
         **({"patching": settings.patch_baseline} if settings.patching else {}),
         **({"ablate_layers": True} if settings.ablate_layers and settings.ablate_k else {}),
+        # Resample ablation took the donor's mean over its tokens before it took its output
+        # at each position: a run recorded without this key is not resumed or reused as one.
+        **(
+            {"resample": "by-position"}
+            if settings.ablation == "resample" and settings.ablate_k
+            else {}
+        ),
     }
 
 

@@ -599,6 +599,8 @@ _PARAMETER_LABELS = {
     "pairing": "--pairing",
     "reductions": "the reduction dtype (from --dtype)",
     "torch_threads": "torch's thread count (set OMP_NUM_THREADS to the same value)",
+    "resample": "resample ablation's replacement (the donor's mean over its tokens before "
+    "reportgen took its output at each position)",
 }
 
 

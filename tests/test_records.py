@@ -669,3 +669,25 @@ def test_a_counterfactual_round_trips_and_is_part_of_the_inputs_digest(tmp_path)
         writer.add(result_for(example, 3))
     assert Run.open(tmp_path / "run").entries[0].example == example
     assert inputs_digest([example]) != inputs_digest([plain])
+
+
+@pytest.mark.unit
+def test_a_resample_run_from_before_by_position_donors_is_not_taken_for_one():
+    """Resample ablation took the donor's mean over its tokens before it took the donor's
+    output at each position: a run recorded then differs, by name, from one recorded now (so
+    --resume and compare's reuse refuse to mix the two)."""
+    from synthetic import run_info
+
+    from reportgen.pipeline import recorded_parameters
+    from reportgen.records import info_differences
+
+    now = recorded_parameters(Settings(ablation="resample"), "causal-lm", 40, 1)
+    assert now["resample"] == "by-position"
+    assert "resample" not in recorded_parameters(Settings(ablation="mean"), "causal-lm", 40, 1)
+    assert "resample" not in recorded_parameters(
+        Settings(ablation="resample", ablate_k=0), "causal-lm", 40, 1
+    )
+    then = {key: value for key, value in now.items() if key != "resample"}
+    found = info_differences(run_info(parameters=then), run_info(parameters=now))
+    assert len(found) == 1 and found[0][0].startswith("resample ablation's replacement")
+    assert found[0][1:] == ("null", "by-position")
