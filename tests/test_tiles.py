@@ -105,8 +105,16 @@ def test_tiles_equal_the_dense_computation(loaded, name, method, budget):
         )
 
 
+@pytest.fixture(params=["numpy", "torch"])
+def route(request, monkeypatch):
+    """`top_positions` by numpy's selection (CPU tensors) and by torch.topk (CUDA's)."""
+    if request.param == "torch":
+        monkeypatch.setattr(tiles, "by_numpy", lambda x: False)
+    return request.param
+
+
 @pytest.mark.parametrize("name", ["gpt2", "bert"])
-def test_block_sums_equal_the_dense_computation(loaded, name, monkeypatch):
+def test_block_sums_equal_the_dense_computation(loaded, name, monkeypatch, route):
     """Every input treated as long: each row's block sums, reduced one query row per tile,
     equal numpy's sums of the dense S over the same blocks (edges moved into the row)."""
     monkeypatch.setattr(tiles, "is_long", lambda tokens: True)
@@ -128,14 +136,6 @@ def test_block_sums_equal_the_dense_computation(loaded, name, monkeypatch):
         got = red.blocks[b].numpy()
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want.max())
         np.testing.assert_allclose(got.sum((2, 3)), red.total[b].numpy(), rtol=1e-9)
-
-
-@pytest.fixture(params=["numpy", "torch"])
-def route(request, monkeypatch):
-    """`top_positions` by numpy's selection (CPU tensors) and by torch.topk (CUDA's)."""
-    if request.param == "torch":
-        monkeypatch.setattr(tiles, "by_numpy", lambda x: False)
-    return request.param
 
 
 @pytest.mark.parametrize("n, k", [(10, 3), (10, 10), (4000, 7), (4100, 64), (16384, 256)])
