@@ -78,6 +78,14 @@ REFUSED = [
         ["build", "in.txt", "--method", "attention", "--metric", "prediction"],
         "--metric prediction cannot tell heads apart with --method attention",
     ),
+    (
+        ["compute", "in.txt", "-o", "run", "--method", "rollout"],
+        "--metric total cannot tell heads apart with --method rollout",
+    ),
+    (
+        ["build", "in.txt", "--method", "rollout", "--metric", "prediction"],
+        "--metric prediction cannot tell heads apart with --method rollout",
+    ),
 ]
 
 
@@ -263,35 +271,43 @@ def test_a_config_file_changes_what_is_computed(tiny_models, tmp_path, monkeypat
     assert command.endswith(" --device cpu --ablate-k 1 --quiet") and "--seed 5" not in command
 
 
-def test_attention_refuses_the_metrics_that_give_every_head_the_same_score():
-    """Raw attention rows sum to 1: total and prediction are flat; a flow is not, nor is any
-    metric of a gradient method."""
+def test_attention_and_rollout_refuse_the_metrics_that_give_every_head_the_same_score():
+    """Raw attention rows sum to 1, and rollout's per-head scores are raw attention: total and
+    prediction are flat; a flow is not, nor is any metric of the other methods (attn-norm
+    weighs each key by its value norm, so its rows do not sum to 1)."""
+    from reportgen.data.methods import METHODS
     from reportgen.data.metrics import check_discriminates, parse_metric
     from reportgen.errors import SettingsError
 
+    flat = ("attention", "rollout")
     for name in ("total", "prediction"):
-        with pytest.raises(SettingsError, match="use --metric flow:SRC->DST"):
-            check_discriminates("attention", parse_metric(name))
-        for method in ("attn-grad", "attattr"):
+        for method in flat:
+            with pytest.raises(SettingsError, match=f"--method {method}: .*flow:SRC->DST"):
+                check_discriminates(method, parse_metric(name))
+        for method in set(METHODS) - set(flat):
             check_discriminates(method, parse_metric(name))
-    check_discriminates("attention", parse_metric("flow:ENV->LAN"))
+    for method in flat:
+        check_discriminates(method, parse_metric("flow:ENV->LAN"))
 
 
-def test_rendering_an_attention_run_under_total_is_refused(synthetic_run, tmp_path):
-    """`render --metric total` of a run of raw attention: refused, nothing written. (The
-    synthetic run says its method is attn-grad; a copy of it says attention.)"""
+@pytest.mark.parametrize("method", ["attention", "rollout"])
+def test_rendering_an_attention_run_under_total_is_refused(synthetic_run, tmp_path, method):
+    """`render --metric total` of a run of raw attention (or of rollout, whose per-head scores
+    are raw attention): refused, nothing written. (The synthetic run says its method is
+    attn-grad; a copy of it says `method`.)"""
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(synthetic_run, run)
     manifest = json.loads((run / "manifest.json").read_text("utf-8"))
-    manifest["run"]["method"] = "attention"
+    manifest["run"]["method"] = method
     (run / "manifest.json").write_text(json.dumps(manifest), "utf-8")
     result = runner.invoke(
         app, ["render", str(run), "-o", str(tmp_path / "s"), "--metric", "total"]
     )
     assert result.exit_code == 2, result.output
-    assert "cannot tell heads apart" in result.stderr and not (tmp_path / "s").exists()
+    assert f"cannot tell heads apart with --method {method}" in result.stderr
+    assert not (tmp_path / "s").exists()
 
 
 def test_unknown_words_are_warned_about_and_labelled_as_the_model_reads_them(tiny_models, tmp_path):

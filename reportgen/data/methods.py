@@ -18,19 +18,23 @@ class Method:
     summary: str
     signed: bool
     """Whether scores can be negative (the charts show magnitudes)."""
+    attention_rows: bool = False
+    """Whether the per-head scores are attention weights, each query's row summing to 1 (so
+    `total` and `prediction` give every head the same score)."""
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("attn-grad", "|A ⊙ ∂L/∂A| per head, one forward and one backward pass", False),
-        Method("attention", "raw attention weights", False),
+        Method("attention", "raw attention weights", False, attention_rows=True),
         Method("attattr", "integrated gradients on attention (A ⊙ mean_k ∂L(αA)/∂A), signed", True),
         Method("attn-norm", "‖α_ij f_h(x_j)‖ per head: attention × projected value norm", False),
         Method(
             "rollout",
             "attention rollout over layers (heads averaged); per head, the attention weights",
             False,
+            attention_rows=True,
         ),
         Method(
             "grad-rollout",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reportgen.data.examples import Example
+from reportgen.data.methods import METHODS
 from reportgen.data.results import HeadStats
 from reportgen.errors import SaliencyError, SettingsError
 
@@ -92,14 +93,16 @@ def check_metric(metric: Metric, examples: Iterable[Example]) -> None:
 
 
 def check_discriminates(method: str, metric: Metric, option: str = "--metric") -> None:
-    """Refuse a metric that gives every head the same score under `method`: raw attention rows
-    sum to 1, so each head's `total` is T (one per query row) and its `prediction` row is 1,
-    and every head would score exactly 1/(layers × heads): a flat grid, an arbitrary ranking.
-    A flow between two segments still tells heads apart."""
-    if method == "attention" and metric.kind in ("total", "prediction"):
+    """Refuse a metric that gives every head the same score under `method`: where the per-head
+    scores are attention weights (`attention`, and `rollout` per head), each row sums to 1, so
+    each head's `total` is T (one per query row) and its `prediction` row is 1, and every head
+    would score exactly 1/(layers × heads): a flat grid, an arbitrary ranking. A flow between
+    two segments still tells heads apart."""
+    known = METHODS.get(method)
+    if known is not None and known.attention_rows and metric.kind in ("total", "prediction"):
         raise SettingsError(
-            f"{option} {metric.name} cannot tell heads apart with --method attention: every "
-            "row of attention sums to 1, so every head would score 1/(layers × heads); use "
-            "--metric flow:SRC->DST (e.g. flow:ENV->LAN, segments of the inputs), or "
-            "--method attn-grad"
+            f"{option} {metric.name} cannot tell heads apart with --method {method}: its "
+            "per-head scores are attention weights, every row of which sums to 1, so every "
+            "head would score 1/(layers × heads); use --metric flow:SRC->DST (e.g. "
+            "flow:ENV->LAN, segments of the inputs), or --method attn-grad"
         )
