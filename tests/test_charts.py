@@ -230,8 +230,18 @@ def test_segment_brackets_are_data(result: Result, linked: charts.LinkedChart) -
     assert len(labels) == 4  # under the columns and beside the rows
     points = linked.spec["datasets"][charts.BRACKETS_DATA]
     assert len(points) == 4 * 4
-    side = charts.heat_side(len(result.tokens))
-    assert all(-20 <= p["px"] <= side + 20 and -20 <= p["py"] <= side + 20 for p in points)
+    # placed from the heatmap's size (a fraction of it and pixels), which a narrow screen shrinks
+    for side in (charts.heat_side(len(result.tokens)), 150):
+        for p in points + labels:
+            px, py = p["fx"] * side + p["dx"], p["fy"] * side + p["dy"]
+            assert -20 <= px <= side + 20 and -20 <= py <= side + 20, (side, p)
+    heat = next(v for v in linked.spec["hconcat"] if v.get("name") == charts.HEAT)
+    placed = [
+        layer["transform"] for layer in heat["layer"] if layer.get("name", "").startswith("heat_b")
+    ]
+    assert placed and all(
+        {"calculate": "datum.fx * heat_width + datum.dx", "as": "px"} in t for t in placed
+    )
 
 
 def test_grid_orientation(result: Result, linked: charts.LinkedChart) -> None:

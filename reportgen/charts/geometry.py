@@ -39,38 +39,41 @@ def _named_spans(spans: Sequence[TokenSpan]) -> list[TokenSpan]:
 
 
 def bracket_rows(
-    spans: Sequence[TokenSpan], tokens: int, side: int, row_axis: str = "left"
+    spans: Sequence[TokenSpan], tokens: int, row_axis: str = "left"
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Pixel geometry of the segment brackets drawn between the heatmap and its token labels.
+    """The geometry of the segment brackets drawn between the heatmap and its token labels.
 
-    Returns (line points {key, order, px, py}, labels {label, px, py, angle}); the labels are
-    data, so a segment name is never part of a Vega expression."""
-    band = side / tokens
+    Returns (line points {key, order, fx, dx, fy, dy}, labels {label, fx, dx, fy, dy, angle}):
+    a point is at fx · width + dx, fy · height + dy pixels of the heatmap, so the brackets
+    follow the heatmap when a narrow screen shrinks it. The labels are data, so a segment name
+    is never part of a Vega expression."""
     points: list[dict[str, Any]] = []
     labels: list[dict[str, Any]] = []
     out = 1 if row_axis == "right" else -1
-    edge = side if row_axis == "right" else 0
+    edge = 1 if row_axis == "right" else 0
+
+    def point(key: str, order: int, fx: float, dx: float, fy: float, dy: float) -> None:
+        points.append({"key": key, "order": order, "fx": fx, "dx": dx, "fy": fy, "dy": dy})
+
     for n, span in enumerate(_named_spans(spans)):
-        a, b = span.start * band + 1, span.end * band - 1
+        a, b, mid = (sig(p / tokens) for p in (span.start, span.end, (span.start + span.end) / 2))
         label = span.name if span.name.startswith("<") else f"<{span.name}>"
         # columns: a bracket under the plot, its ends pointing at it
-        for order, (px, py) in enumerate(
-            [(a, side + 2.0), (a, side + 6.0), (b, side + 6.0), (b, side + 2.0)]
-        ):
-            points.append({"key": f"x{n}", "order": order, "px": sig(px), "py": sig(py)})
-        labels.append({"label": label, "px": sig((a + b) / 2), "py": side + 15, "angle": 0})
+        for order, (fx, dx, dy) in enumerate([(a, 1, 2), (a, 1, 6), (b, -1, 6), (b, -1, 2)]):
+            point(f"x{n}", order, fx, dx, 1, dy)
+        labels.append({"label": label, "fx": mid, "dx": 0, "fy": 1, "dy": 15, "angle": 0})
         # rows: a bracket beside the plot, on the side of the row labels
-        for order, (px, py) in enumerate(
-            [
-                (edge + out * 2, a),
-                (edge + out * 6, a),
-                (edge + out * 6, b),
-                (edge + out * 2, b),
-            ]
-        ):
-            points.append({"key": f"y{n}", "order": order, "px": sig(px), "py": sig(py)})
+        for order, (dx, fy, dy) in enumerate([(2, a, 1), (6, a, 1), (6, b, -1), (2, b, -1)]):
+            point(f"y{n}", order, edge, out * dx, fy, dy)
         labels.append(
-            {"label": label, "px": edge + out * 15, "py": sig((a + b) / 2), "angle": 90 * out}
+            {
+                "label": label,
+                "fx": edge,
+                "dx": out * 15,
+                "fy": mid,
+                "dy": 0,
+                "angle": 90 * out,
+            }
         )
     return points, labels
 

@@ -56,6 +56,11 @@ def group(view: str) -> str:
     return f"{view}_group"
 
 
+def size(view: str, dimension: str) -> str:
+    """The Vega signal Vega-Lite makes of a named view's `width` or `height` inside a concat."""
+    return f"{view}_{dimension}"
+
+
 def page_names() -> dict[str, Any]:
     """The names, as the page's JavaScript receives them (`data.names`). `layer_marks`: the
     marks of the charts by layer where a click on a layer selects that layer's heads."""

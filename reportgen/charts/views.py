@@ -62,6 +62,7 @@ from reportgen.charts.names import (
     SELECTIONS,
     SIGNED,
     TOKENS,
+    size,
     store,
 )
 from reportgen.charts.packing import (
@@ -296,9 +297,12 @@ def _heat_view(
         .properties(name=HEAT_CELLS)
     )
     layers: list[Any] = [cells]
+    width, height = size(HEAT, "width"), size(HEAT, "height")  # shrunk on a narrow screen
+    placed = {"px": f"datum.fx * {width} + datum.dx", "py": f"datum.fy * {height} + datum.dy"}
     if has_spans:
         layers.append(
             alt.Chart(alt.Data(name=BRACKETS_DATA))
+            .transform_calculate(**placed)
             .mark_line(color="#555", strokeWidth=1.2, clip=False)
             .encode(
                 x=alt.X("px:Q", scale=None, axis=None),
@@ -310,6 +314,7 @@ def _heat_view(
         )
         layers.append(
             alt.Chart(alt.Data(name=BRACKET_LABELS_DATA))
+            .transform_calculate(**placed)
             .mark_text(fontSize=9, fontWeight=600, color="#444", baseline="middle", clip=False)
             .encode(
                 x=alt.X("px:Q", scale=None, axis=None),
@@ -323,12 +328,16 @@ def _heat_view(
         layers.append(
             alt.Chart(alt.Data(values=[{"text": EMPTY_TEXT}]))
             .transform_filter(empty)
-            .mark_text(fontSize=13, fontWeight=600, color=EMPTY_INK)
-            .encode(
-                x=alt.value(side / 2),
-                y=alt.value(side / 2),
-                text="text:N",
+            .mark_text(
+                fontSize=13,
+                fontWeight=600,
+                color=EMPTY_INK,
+                x=alt.ExprRef(expr=f"{width} / 2"),
+                y=alt.ExprRef(expr=f"{height} / 2"),
+                # two lines where a narrow screen shrinks the heatmap below the line's width
+                lineBreak=alt.ExprRef(expr=f"{width} >= 320 ? '' : ': '"),
             )
+            .encode(text="text:N")
             .properties(name=HEAT_EMPTY)
         )
     zero = f"{SIGNED} ? 'white' : '{VIRIDIS_LOW}'" if signed else f"'{VIRIDIS_LOW}'"
@@ -439,7 +448,7 @@ def _relevance_view(layers: int, tokens: int, selected: Any, width: int) -> alt.
     outline = (
         _selected_layers(selected, RELEVANCE_OUTLINE)
         .mark_rect(fill=None, stroke=OUTLINE, strokeWidth=2.5)
-        .encode(y=y, x=alt.value(0), x2=alt.value(width))
+        .encode(y=y, x=alt.value(0), x2=alt.value("width"))
     )
     return alt.LayerChart(layer=[cells, outline], name=RELEVANCE, width=width, height=step * layers)
 
@@ -768,7 +777,7 @@ def linked_spec(
     if heat:
         datasets[CELLS_DATA] = packed.rows
     if has_spans and heat:
-        points, labels = bracket_rows(result.spans, tokens, heat_side(tokens))
+        points, labels = bracket_rows(result.spans, tokens)
         datasets[BRACKETS_DATA], datasets[BRACKET_LABELS_DATA] = points, labels
     if relevance is not None:
         datasets[RELEVANCE_DATA] = relevance_rows(relevance)
@@ -867,7 +876,7 @@ def figure_spec(
         CONNECTOR_DATA: lines_connector,
     }
     if has_spans:
-        points, labels = bracket_rows(result.spans, tokens, side, row_axis="right")
+        points, labels = bracket_rows(result.spans, tokens, row_axis="right")
         datasets[BRACKETS_DATA], datasets[BRACKET_LABELS_DATA] = points, labels
     spec["datasets"] = datasets
     return spec
