@@ -1,9 +1,10 @@
 """Every screen and every hand, in real Chromium: axe-core finds no violations (light and
 dark, 1400 and 390 px wide), no page scrolls sideways at 390 px, the grid stacks above the
-heatmap on narrow screens, the theme follows prefers-color-scheme and its button (charts
-included), the keyboard moves and extends the selection, a cleared selection says so, a signed
-method's heatmap shows signs with a toggle to magnitudes, and a sandboxed iframe shows the
-exported image instead of a download that cannot happen.
+heatmap on narrow screens and the stacked chart fits its card (390 px, MLflow's 715 px pane),
+the theme follows prefers-color-scheme and its button (charts included), the keyboard moves
+and extends the selection, a cleared selection says so, a signed method's heatmap shows signs
+with a toggle to magnitudes, and a sandboxed iframe shows the exported image instead of a
+download that cannot happen.
 
 axe-core comes from npm for the tests only (`tests/tools`, installed by `.ci/run` with
 `npm ci --prefix tests/tools`); it never ships in the wheel or the site."""
@@ -193,6 +194,87 @@ def test_no_page_scrolls_sideways_at_390_px_and_the_grid_stacks(
     grid, heat = groups["grid_group"], groups["heat_group"]
     assert heat["y"] >= grid["y"] + grid["h"], "below 800 px the heatmap goes under the grid"
     # the stacked chart still works: a click selects
+    x, y = cell_center(page, "grid_cells_marks", layer=2, head=3)
+    page.mouse.click(x, y)
+    p.settle()
+    assert p.selection() == [[2, 3]]
+
+
+LONGER_INPUT = {
+    "id": "longer",
+    "segments": [
+        {
+            "name": "ENV",
+            "text": "<CHI> painted a picture of a big red horse <MOT> saw a big dog "
+            "<CHI> played with a red ball",
+        },
+        {"name": "LAN", "text": "<CHI> my favorite animal is the"},
+    ],
+    "target": "horse",
+}
+"""26 tokens: a heatmap at its largest (640 px), as a 715 px pane cannot show beside its labels."""
+
+
+@pytest.fixture(scope="module")
+def methods_site(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Pages of `LONGER_INPUT` with the charts by layer under the heatmap: the tiny GPT-2's
+    rollout (relevance by layer) and attn-grad with Wang et al.'s per-layer flow."""
+    from reportgen.pipeline import compute, render
+
+    root = tmp_path_factory.mktemp("methods-access")
+    out = {}
+    for name, changes in (("rollout", {"method": "rollout"}), ("wang", {"aggregate": "wang"})):
+        settings = Settings(
+            model=str(tiny_models["gpt2"]),
+            metric="flow:ENV->LAN",
+            device="cpu",
+            ablate_k=0,
+            **changes,
+        )
+        run = compute([LONGER_INPUT], root / name, settings)
+        render(run, root / f"{name}-site", settings)
+        [out[name]] = (root / f"{name}-site" / "examples").glob("*.html")
+    return out
+
+
+LEGENDS_JS = """() => {
+  const view = window.reportgen.view;
+  const box = view.container().querySelector("canvas").getBoundingClientRect();
+  const left = box.left + view.padding().left + view.origin()[0];
+  const found = [];
+  (function walk(mark, ox) {
+    if (!mark || mark.marktype !== "group") return;
+    for (const g of mark.items) {
+      if (mark.role === "legend") found.push([left + ox + g.bounds.x1, left + ox + g.bounds.x2]);
+      for (const child of g.items || []) walk(child, ox + (g.x || 0));
+    }
+  })(view.scenegraph().root, 0);
+  return found;
+}"""
+CHART_WIDTHS_JS = """() => {
+  const el = document.querySelector("[data-rg=chart]");
+  return [el.scrollWidth, el.clientWidth];
+}"""
+
+
+@pytest.mark.parametrize("width", [390, 715])
+def test_the_stacked_chart_fits_its_card_at_390_and_715_px(
+    pages: Any, www: Path, methods_site: Any, width: int
+) -> None:
+    """On a phone and in MLflow's 715 px artifact pane, the stacked grid, heatmap and charts by
+    layer shrink to the card's width: nothing scrolls sideways inside it, every legend is on
+    screen, and a click on a (smaller) grid cell still selects that head."""
+    p = pages(width)
+    for file in (www / "report" / EXAMPLE, methods_site["rollout"], methods_site["wang"]):
+        page = p.open(file.as_uri())
+        scroll, client = page.evaluate(CHART_WIDTHS_JS)
+        assert scroll <= client, f"{file.name} at {width} px: the chart is {scroll} px in {client}"
+        legends = page.evaluate(LEGENDS_JS)
+        assert legends, file.name
+        for x1, x2 in legends:
+            assert x1 >= 0 and x2 <= width, f"{file.name}: a legend at {x1:.0f}-{x2:.0f} px"
+        groups = page.evaluate(GROUPS_JS, ["grid_group", "heat_group"])
+        assert groups["heat_group"]["y"] >= groups["grid_group"]["y"] + groups["grid_group"]["h"]
     x, y = cell_center(page, "grid_cells_marks", layer=2, head=3)
     page.mouse.click(x, y)
     p.settle()

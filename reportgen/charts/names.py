@@ -63,7 +63,9 @@ def size(view: str, dimension: str) -> str:
 
 def page_names() -> dict[str, Any]:
     """The names, as the page's JavaScript receives them (`data.names`). `layer_marks`: the
-    marks of the charts by layer where a click on a layer selects that layer's heads."""
+    marks of the charts by layer where a click on a layer selects that layer's heads. `fit`:
+    the views that shrink to the chart's width on a narrow screen, as (group mark, width
+    signal, height signal kept in proportion to the width or None)."""
     return {
         "heat_mark": marks(HEAT_CELLS),
         "selections": list(SELECTIONS),
@@ -79,4 +81,10 @@ def page_names() -> dict[str, Any]:
         "heads": HEADS_DATA,
         "grid_colour": GRID_COLOUR,
         "layer_marks": [marks(RELEVANCE_CELLS), marks(RELEVANCE_OUTLINE)],
+        "fit": [
+            [group(GRID), size(GRID, "width"), size(GRID, "height")],
+            [group(HEAT), size(HEAT, "width"), size(HEAT, "height")],
+            [group(RELEVANCE), size(RELEVANCE, "width"), None],
+            [group(PAIR_FLOW), size(PAIR_FLOW, "width"), None],
+        ],
     }

@@ -1247,18 +1247,48 @@
     applyTheme();
   }
 
-  /* ---- Layout: below ~800 px the grid goes above the heatmap ------------------------------ */
+  /* ---- Layout: below ~800 px the grid goes above the heatmap ------------------------------
+   * and the views of names.fit (grid, heatmap, the charts by layer) take the chart's width:
+   * their legends go under them, and `fitted` shrinks them once drawn. */
   var NARROW = 800;
+  var FIT_MIN = 120; // px: the narrowest a fitted view gets
 
   function narrow(el) {
     var width = (el && el.clientWidth) || window.innerWidth;
     return width < NARROW;
   }
 
+  function fits() {
+    return (names && names.fit) || [];
+  }
+
+  function legendUnder(legend, widthSignal) {
+    var under = Object.assign({}, legend, { orient: "bottom" });
+    if (legend.gradientLength !== undefined) {
+      under.direction = "horizontal";
+      under.gradientLength = { signal: "clamp(" + widthSignal + ", 64, 240)" };
+    } else {
+      under.direction = "vertical";
+    }
+    return under;
+  }
+
   function arranged(spec, isNarrow) {
     if (!isNarrow || !names) return spec;
+    var widths = {};
+    fits().forEach(function (f) {
+      widths[f[0]] = f[1];
+    });
     function stack(node) {
       var marks = node.marks || [];
+      var copy = node;
+      if (widths[node.name] && node.legends) {
+        copy = Object.assign({}, node, {
+          legends: node.legends.map(function (legend) {
+            return legendUnder(legend, widths[node.name]);
+          }),
+        });
+      }
       var hasGrid = marks.some(function (m) {
         return m.name === names.grid_group;
       });
@@ -1266,20 +1296,75 @@
         return m.name === names.heat_group;
       });
       if (hasGrid && hasHeat && node.layout) {
-        var copy = Object.assign({}, node);
+        copy = Object.assign({}, copy);
         copy.layout = Object.assign({}, node.layout, { columns: 1, padding: 24 });
-        return copy;
       }
-      if (!marks.length) return node;
+      if (!marks.length) return copy;
       var changed = false;
       var next = marks.map(function (m) {
         var n = m.type === "group" ? stack(m) : m;
         if (n !== m) changed = true;
         return n;
       });
-      return changed ? Object.assign({}, node, { marks: next }) : node;
+      return changed ? Object.assign({}, copy, { marks: next }) : copy;
     }
     return stack(spec);
+  }
+
+  /* The right edge of each named group mark, in the view's coordinates (legends and axis
+   * labels included). */
+  function rightEdges(view) {
+    var found = {};
+    (function walk(mark, ox) {
+      if (!mark || mark.marktype !== "group") return;
+      mark.items.forEach(function (g) {
+        if (mark.name && g.bounds) found[mark.name] = ox + g.bounds.x2;
+        (g.items || []).forEach(function (child) {
+          walk(child, ox + (g.x || 0));
+        });
+      });
+    })(view.scenegraph().root, 0);
+    return found;
+  }
+
+  /* On a narrow screen, each view of names.fit narrows by what it overflows the chart's width
+   * (its height in proportion where given: grid cells and the heatmap stay square), down to
+   * FIT_MIN px, or widens again as far as its size in the spec. Its cells get smaller, the
+   * axes' greedy label overlap thins their labels, and the segment brackets follow (they are
+   * placed from the size signals). Labels thinned differently can move an edge again: up to
+   * three passes. */
+  function fitted(view, el, passes) {
+    if (passes === undefined) passes = 3;
+    var room = el ? el.clientWidth : 0;
+    if (!fits().length || !room || !narrow(el)) return Promise.resolve(view);
+    var full = {};
+    (current.data.spec.signals || []).forEach(function (s) {
+      full[s.name] = s.value;
+    });
+    var pad = view.padding();
+    var left = pad.left + view.origin()[0];
+    var edges = rightEdges(view);
+    var changed = false;
+    fits().forEach(function (f) {
+      var group = f[0];
+      var width = f[1];
+      var height = f[2];
+      if (edges[group] === undefined || typeof full[width] !== "number") return;
+      var over = left + edges[group] + pad.right - room;
+      var was = view.signal(width);
+      var next = Math.floor(Math.max(FIT_MIN, Math.min(full[width], was - over)));
+      if (next === was) return;
+      view.signal(width, next);
+      if (height) view.signal(height, Math.round((full[height] * next) / full[width]));
+      changed = true;
+    });
+    if (!changed) return Promise.resolve(view);
+    return view
+      .resize()
+      .runAsync()
+      .then(function () {
+        return passes > 1 ? fitted(view, el, passes - 1) : view;
+      });
   }
 
   /* ---- Drawing again (theme switch, crossing the narrow width), keeping the selection ---- */
@@ -1323,6 +1408,7 @@
       if (!current || !rg.view) return;
       var el = find(current.root, "chart");
       if (narrow(el) !== drawnNarrow) redraw();
+      else if (drawnNarrow) fitted(rg.view, el);
     });
   }
 
@@ -1698,6 +1784,9 @@
       .then(function (view) {
         if (restore) restore(view);
         return view.runAsync();
+      })
+      .then(function (view) {
+        return fitted(view, find(root, "chart"));
       })
       .then(function (view) {
         rg.view = view;
