@@ -142,6 +142,45 @@ def compare_site(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPath
     return report.site
 
 
+LONGER_INPUT = {
+    "id": "longer",
+    "segments": [
+        {
+            "name": "ENV",
+            "text": "<CHI> painted a picture of a big red horse <MOT> saw a big dog "
+            "<CHI> played with a red ball",
+        },
+        {"name": "LAN", "text": "<CHI> my favorite animal is the"},
+    ],
+    "target": "horse",
+}
+"""26 tokens: a heatmap at its largest (640 px), as a 715 px pane cannot show beside its labels."""
+
+
+@pytest.fixture(scope="module")
+def methods_site(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Pages of `LONGER_INPUT` with the charts by layer under the heatmap: the tiny GPT-2's
+    rollout (relevance by layer) and attn-grad with Wang et al.'s per-layer flow."""
+    from reportgen.pipeline import compute, render
+
+    root = tmp_path_factory.mktemp("methods-access")
+    out: dict[str, Path] = {}
+    for name, changes in (("rollout", {"method": "rollout"}), ("wang", {"aggregate": "wang"})):
+        settings = Settings(
+            model=str(tiny_models["gpt2"]),
+            metric="flow:ENV->LAN",
+            device="cpu",
+            ablate_k=0,
+            **changes,
+        )
+        run = compute([LONGER_INPUT], root / name, settings)
+        render(run, root / f"{name}-site", settings)
+        [out[name]] = (root / f"{name}-site" / "examples").glob("*.html")
+    return out
+
+
 def _long_page(long_site: Path) -> Path:
     [page] = (long_site / "examples").glob("0001-*.html")
     return page
@@ -153,17 +192,20 @@ def test_axe_finds_no_violations(
     www: Path,
     long_site: Path,
     compare_site: Path,
+    methods_site: dict[str, Path],
     axe_source: str,
     width: int,
     scheme: str,
 ) -> None:
     """Index, about and an input's page (its text alternative open too); a long input's page
     (the block overview, then with tokens found and one picked in its strip); the comparison
-    page."""
+    page; the pages of a rollout and of Wang et al.'s per-layer flow (their charts by layer's
+    text alternatives open too)."""
     p = pages(width, scheme)
     long_page = _long_page(long_site)
     files = [www / "report" / name for name in PAGES] + [long_page, compare_site / "index.html"]
-    for file in files:
+    by_layer = [methods_site["rollout"], methods_site["wang"]]
+    for file in files + by_layer:
         name = file.relative_to(file.parents[1]).as_posix()
         page = p.open(file.as_uri())
         if file == long_page:
@@ -178,6 +220,12 @@ def test_axe_finds_no_violations(
         if name == EXAMPLE:
             page.click("[data-rg=alt] summary")
             assert page.evaluate(AXE_RUN) == [], name + " (text alternative open)"
+        if file in by_layer:
+            alternatives = page.locator("details.rg-alt summary")
+            assert alternatives.count() == 2, name  # the grid and heatmap's, the layer chart's
+            for k in range(alternatives.count()):
+                alternatives.nth(k).click()
+            assert page.evaluate(AXE_RUN) == [], name + " (text alternatives open)"
 
 
 def test_no_page_scrolls_sideways_at_390_px_and_the_grid_stacks(
@@ -198,43 +246,6 @@ def test_no_page_scrolls_sideways_at_390_px_and_the_grid_stacks(
     page.mouse.click(x, y)
     p.settle()
     assert p.selection() == [[2, 3]]
-
-
-LONGER_INPUT = {
-    "id": "longer",
-    "segments": [
-        {
-            "name": "ENV",
-            "text": "<CHI> painted a picture of a big red horse <MOT> saw a big dog "
-            "<CHI> played with a red ball",
-        },
-        {"name": "LAN", "text": "<CHI> my favorite animal is the"},
-    ],
-    "target": "horse",
-}
-"""26 tokens: a heatmap at its largest (640 px), as a 715 px pane cannot show beside its labels."""
-
-
-@pytest.fixture(scope="module")
-def methods_site(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Pages of `LONGER_INPUT` with the charts by layer under the heatmap: the tiny GPT-2's
-    rollout (relevance by layer) and attn-grad with Wang et al.'s per-layer flow."""
-    from reportgen.pipeline import compute, render
-
-    root = tmp_path_factory.mktemp("methods-access")
-    out = {}
-    for name, changes in (("rollout", {"method": "rollout"}), ("wang", {"aggregate": "wang"})):
-        settings = Settings(
-            model=str(tiny_models["gpt2"]),
-            metric="flow:ENV->LAN",
-            device="cpu",
-            ablate_k=0,
-            **changes,
-        )
-        run = compute([LONGER_INPUT], root / name, settings)
-        render(run, root / f"{name}-site", settings)
-        [out[name]] = (root / f"{name}-site" / "examples").glob("*.html")
-    return out
 
 
 LEGENDS_JS = """() => {
@@ -259,7 +270,7 @@ CHART_WIDTHS_JS = """() => {
 
 @pytest.mark.parametrize("width", [390, 715])
 def test_the_stacked_chart_fits_its_card_at_390_and_715_px(
-    pages: Any, www: Path, methods_site: Any, width: int
+    pages: Any, www: Path, methods_site: dict[str, Path], width: int
 ) -> None:
     """On a phone and in MLflow's 715 px artifact pane, the stacked grid, heatmap and charts by
     layer shrink to the card's width: nothing scrolls sideways inside it, every legend is on

@@ -169,6 +169,65 @@ def test_the_run_folder_keeps_them(tmp_path: Path):
     assert bare.relevance is None and bare.pairs is None and bare.patching is None
 
 
+def test_the_views_by_layer_have_text_alternatives(tmp_path: Path):
+    """Beside the charts by layer, tables as their text alternatives: each layer's three
+    strongest key tokens with their shares of the layer (an unknown token says the word it
+    replaced), and each curve of the per-layer flow at every layer. A page without those
+    views has neither table."""
+    import html
+    import re
+
+    from reportgen import site
+    from reportgen.data.results import UnknownToken
+    from reportgen.site.html import number
+
+    [example, other] = examples_from_items([ITEM, {**ITEM, "id": "y"}])
+    plain = result_for(example, 0)
+    t = len(plain.tokens)
+    relevance = np.random.default_rng(5).random((LAYERS, t))
+    relevance[0, 1] = 10.0  # layer 1's strongest key token: one the model read as [UNK]
+    at = example.text.index("red")
+    unknown = (UnknownToken(1, "red", at, at + 3),)
+    tokens = tuple("[UNK]" if p == 1 else w for p, w in enumerate(plain.tokens))
+    full = replace(plain, tokens=tokens, unknown=unknown, relevance=relevance, pairs=_pairs())
+    with RunWriter(tmp_path / "run", run_info()) as writer:
+        writer.add(full)
+        writer.add(result_for(other, 1))
+    site.render_site(Run.open(tmp_path / "run"), tmp_path / "site", Settings())
+    page, bare = (
+        (tmp_path / "site" / "examples" / f"{name}.html").read_text("utf-8")
+        for name in ("0001-x", "0002-y")
+    )
+
+    def details(name: str) -> str:
+        found = re.search(rf'<details class="rg-alt" data-rg="{name}">(.*?)</details>', page, re.S)
+        assert found is not None, name
+        return found.group(1)
+
+    shares = relevance / relevance.sum(-1, keepdims=True)
+    want = [
+        (f"L{layer + 1}", html.escape(tokens[j]), str(j), f"{100 * shares[layer, j]:.1f}")
+        for layer in range(LAYERS)
+        for j in np.argsort(-shares[layer])[:3]
+    ]
+    got = re.findall(
+        r'<tr><td>(L\d+)</td><td>(.*?) \((\d+)\)</td><td class="rg-n">([\d.]+)%</td></tr>',
+        details("alt-relevance"),
+    )
+    assert [(a, b.split(" for ")[0], c, d) for a, b, c, d in got] == want
+    assert got[0][1] == "[UNK] for “red” (not in the vocabulary)"
+    flow = details("alt-pair-flow")
+    curves = dict(_pairs().curves("ENV", "LAN"))
+    heads = re.findall(r'<th class="rg-n">(.*?)</th>', flow)
+    assert [html.unescape(h) for h in heads] == list(curves)
+    rows = re.findall(r"<tr><td>(L\d+)</td>(.*?)</tr>", flow)
+    assert [layer for layer, _ in rows] == [f"L{layer + 1}" for layer in range(LAYERS)]
+    for layer, (_, cells) in enumerate(rows):
+        values = re.findall(r'<td class="rg-n">(.*?)</td>', cells)
+        assert values == [number(float(c[layer]), 3) for c in curves.values()]
+    assert "alt-relevance" not in bare and "alt-pair-flow" not in bare
+
+
 def test_the_registry_and_the_settings():
     assert {"attn-norm", "rollout", "grad-rollout"} <= set(METHODS)
     assert not parse_method("attn-norm").signed

@@ -47,6 +47,8 @@ from reportgen.charts.views import (
     figure_spec,
     grid_spec,
     linked_spec,
+    pair_flow_table,
+    relevance_strongest,
     symmetric_signed_domain,
 )
 from reportgen.data.results import MAX_DEFAULT_CELLS, default_top_k
@@ -86,6 +88,8 @@ __all__ = [
     "pack_cells",
     "pack_overview",
     "page_names",
+    "pair_flow_table",
+    "relevance_strongest",
     "representative_tokens",
     "selection_share",
     "sig",

@@ -566,11 +566,16 @@ def patching_rows(patching: Patching) -> list[dict[str, Any]]:
     return rows
 
 
-def relevance_rows(relevance: np.ndarray) -> list[dict[str, Any]]:
-    """Rollout relevance [L, T] as rows {layer (1-based), j, v, share of the layer's sum}."""
+def _layer_shares(relevance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rollout relevance [L, T] as float64, and each value's share of its layer's sum."""
     values = np.asarray(relevance, np.float64)
     sums = values.sum(-1, keepdims=True)
-    shares = np.divide(values, sums, out=np.zeros_like(values), where=sums > 0)
+    return values, np.divide(values, sums, out=np.zeros_like(values), where=sums > 0)
+
+
+def relevance_rows(relevance: np.ndarray) -> list[dict[str, Any]]:
+    """Rollout relevance [L, T] as rows {layer (1-based), j, v, share of the layer's sum}."""
+    values, shares = _layer_shares(relevance)
     v, share = sig_array(values, flat=False), sig_array(shares, flat=False)
     return [
         {"layer": layer + 1, "j": j, "v": v[layer][j], "share": share[layer][j]}
@@ -579,13 +584,37 @@ def relevance_rows(relevance: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
+def relevance_strongest(relevance: np.ndarray, n: int) -> list[list[tuple[int, float]]]:
+    """The rollout chart as text: each layer's `n` strongest key tokens as (position, share of
+    the layer's relevance), strongest first (of equal shares, the earlier token)."""
+    _, shares = _layer_shares(relevance)
+    order = np.argsort(-shares, axis=-1, kind="stable")[:, :n]
+    return [[(int(j), float(row[j])) for j in top] for row, top in zip(shares, order, strict=True)]
+
+
+def _pair_flow_curves(pairs: PairFlow, metric: str) -> list[tuple[str, np.ndarray]]:
+    """Wang et al.'s curves of this input, a flow metric's SRC → DST first."""
+    parsed = parse_metric(metric)
+    src, dst = (parsed.src, parsed.dst) if parsed.kind == "flow" else (None, None)
+    return pairs.curves(src, dst)
+
+
+def pair_flow_table(pairs: PairFlow, metric: str) -> tuple[list[str], list[list[float | None]]]:
+    """The per-layer flow chart as text: the curves' labels (as its legend has them), then for
+    each layer each curve's value (None where the layer has none of the curve's pairs)."""
+    curves = _pair_flow_curves(pairs, metric)
+    table = [
+        [float(curve[layer]) if np.isfinite(curve[layer]) else None for _, curve in curves]
+        for layer in range(pairs.sums.shape[0])
+    ]
+    return [label for label, _ in curves], table
+
+
 def pair_flow_rows(pairs: PairFlow, metric: str) -> list[dict[str, Any]]:
     """Wang et al.'s curves as rows {layer (1-based), curve, value} (layers without pairs of a
     curve left out); a flow metric's SRC → DST comes first."""
-    parsed = parse_metric(metric)
-    src, dst = (parsed.src, parsed.dst) if parsed.kind == "flow" else (None, None)
     rows = []
-    for label, curve in pairs.curves(src, dst):
+    for label, curve in _pair_flow_curves(pairs, metric):
         for layer, value in enumerate(curve):
             if np.isfinite(value):
                 rows.append({"layer": layer + 1, "curve": label, "value": sig(value)})

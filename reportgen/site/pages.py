@@ -41,6 +41,8 @@ from reportgen.settings import Settings, parse_link
 from reportgen.site.html import environment
 
 TOP_HEADS_SHOWN = 5
+RELEVANCE_TOKENS_SHOWN = 3
+"""Key tokens per layer in the rollout chart's text alternative."""
 EXCERPT = 90
 RANK_SCALE = 65_535
 """Per-input head scores (shares, at most 1) are embedded in the index as little-endian uint16
@@ -373,6 +375,21 @@ class ExampleContext(Context):
     next: tuple[int, str] | None
     signed_method: bool
     """The method's scores carry a sign: the heatmap shows them (a toggle shows magnitudes)."""
+    relevance_strongest: list[list[tuple[str, float]]] | None
+    """The rollout chart as text: each layer's strongest key tokens (label, share of the
+    layer's relevance), or None without a rollout."""
+    pair_flow_table: tuple[list[str], list[list[float | None]]] | None
+    """Wang et al.'s per-layer flow as text: the curves' labels and each layer's values, or
+    None without it."""
+
+
+def token_label(result: Result, position: int) -> str:
+    """`token (position)` as the model read it; an unknown token adds the word it replaced, as
+    the page's script labels the cells of its text alternative (`tokenLabel` in reportgen.js)."""
+    token = result.tokens[position]
+    word = next((u.text for u in result.unknown if u.position == position), None)
+    shown = token if word is None else f"{token} for “{word}” (not in the vocabulary)"
+    return f"{shown} ({position})"
 
 
 @dataclass(frozen=True)
@@ -731,6 +748,15 @@ def example_page(site: SiteContext, index: int, result: Result) -> Page:
         prev=_neighbour(site, before),
         next=_neighbour(site, after),
         signed_method=signed,
+        relevance_strongest=None
+        if result.relevance is None
+        else [
+            [(token_label(result, j), share) for j, share in layer]
+            for layer in charts.relevance_strongest(result.relevance, RELEVANCE_TOKENS_SHOWN)
+        ],
+        pair_flow_table=None
+        if result.pairs is None
+        else charts.pair_flow_table(result.pairs, linked.metric),
     )
     vega = charts.to_vega(linked.spec)
     data: dict[str, Any] = {
