@@ -194,6 +194,57 @@ def test_clicking_a_head_lists_the_inputs_where_it_is_strongest(
     assert page.inner_text("[data-rg=caption]").startswith(f"Ranked by L{layer} H{h}")
 
 
+def test_the_keyboard_moves_extends_and_clears_the_grid_selection(
+    page: Any, www: Path, run: Run
+) -> None:
+    """The dataset grid by keyboard, as a click works it: Tab reaches the grid, Enter selects
+    the head under the cursor (L1 H1 while nothing is selected), arrow keys move it, Shift +
+    arrow keys extend a block, Escape clears; the table ranks by the selection and lists the
+    inputs where it is strongest, and a live region says what is selected."""
+    _open(page, www)
+    assert page.evaluate("() => window.reportgen.selection()") == []
+    for _ in range(60):  # Tab through the page until the grid has the focus
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.dataset.rg === 'chart'"):
+            break
+    else:
+        pytest.fail("Tab never reaches the grid")
+    flat = run.head_scores(run.info.metric).reshape(COUNT, -1)
+    share = np.rint(flat.astype(np.float64) * site.pages.RANK_SCALE)  # as the page ranks
+    tops, heads = flat.argmax(axis=1), run.info.num_heads
+
+    def press(key: str) -> list[list[int]]:
+        page.keyboard.press(key)
+        page.evaluate("() => window.reportgen.settled().then(() => true)")
+        return list(page.evaluate("() => window.reportgen.selection()"))
+
+    def check(chosen: list[list[int]], label: str) -> None:
+        flat_heads = [(layer - 1) * heads + (h - 1) for layer, h in chosen]
+        total = share[:, flat_heads].sum(axis=1)
+        assert _order(page) == sorted(range(COUNT), key=lambda i: (-total[i], i))
+        strongest = sorted(
+            (i for i in range(COUNT) if tops[i] in flat_heads), key=lambda i: (-total[i], i)
+        )
+        assert page.evaluate("() => window.reportgen.index.headInputs()") == strongest
+        assert page.inner_text("[data-rg=caption]").startswith(f"Ranked by {label}")
+        assert page.inner_text("[data-rg=announce]") == f"{label} selected"
+
+    assert press("Enter") == [[1, 1]]
+    check([[1, 1]], "L1 H1")
+    assert press("ArrowUp") == [[1, 1]], "the cursor stays inside the grid"
+    press("ArrowDown")
+    assert press("ArrowRight") == [[2, 2]]
+    check([[2, 2]], "L2 H2")
+    assert press("Shift+ArrowDown") == [[2, 2], [3, 2]]
+    check([[2, 2], [3, 2]], "2 heads: L2 H2, L3 H2")
+    assert page.text_content("[data-rg=head-inputs-title]").startswith("Inputs where one of")
+    assert press("Escape") == []
+    assert _order(page) == list(range(COUNT))
+    assert page.inner_text("[data-rg=caption]") == "In input order."
+    assert page.locator("[data-rg=head-inputs]").is_hidden()
+    assert page.inner_text("[data-rg=announce]") == "Nothing selected"
+
+
 def test_the_single_file_holds_bounded_pages_in_a_sandboxed_iframe(
     page: Any, www: Path, run: Run
 ) -> None:
