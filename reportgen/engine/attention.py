@@ -77,6 +77,10 @@ class Capture:
     """Run the layers' eager attention and keep its weights (which its backward keeps anyway)
     instead of the fast kernel: for short inputs, where recomputing them costs more than
     keeping them."""
+    on_layer: Callable[[int, Captured], None] | None = None
+    """Called with each layer's capture as the forward makes it, instead of keeping it in
+    `layers` (a pass without gradients reduces a layer at once, and its weights go before the
+    next layer's are made)."""
     lengths: tuple[int, ...] = ()
     """Each batch row's real length (right padding), for `causal_only`."""
     _causal: dict[int, bool] = field(default_factory=dict)
@@ -344,6 +348,8 @@ def _captured_attention(
     )
     if capture.hooks and target.requires_grad:
         target.register_hook(lambda grad, layer=layer: capture._grad(layer, grad))
+    if capture.on_layer is not None:
+        capture.on_layer(layer, capture.layers.pop(layer))
     return _gated(control, module, layer, out), None
 
 

@@ -40,6 +40,15 @@ class Pass:
     example without a contrast); None for a bare encoder."""
 
 
+def layout_of(examples: Sequence[Encoded]) -> Layout:
+    """Where `forward` puts the examples' sequences: one batch row each, in order."""
+    layout: Layout = []
+    for row in examples:
+        first = sum(len(placed) for placed in layout)
+        layout.append([(first + k, start, end) for k, (start, end) in enumerate(row.sequences)])
+    return layout
+
+
 def forward(
     lm: LoadedModel,
     examples: Sequence[Encoded],
@@ -60,16 +69,9 @@ def forward(
     in the returned layout).
     Padding uses the model's own pad id, and explicit position ids only where the load-time
     probe needed them."""
-    layout: Layout = []
-    sequences: list[tuple[int, ...]] = []
-    owners: list[int] = []
-    for b, row in enumerate(examples):
-        placed = []
-        for start, end in row.sequences:
-            placed.append((len(sequences), start, end))
-            sequences.append(row.ids[start:end])
-            owners.append(b)
-        layout.append(placed)
+    layout = layout_of(examples)
+    sequences = [row.ids[start:end] for row in examples for start, end in row.sequences]
+    owners = [b for b, row in enumerate(examples) for _ in row.sequences]
     width = max(len(seq) for seq in sequences)
     input_ids = torch.full((len(sequences), width), lm.padding.filler, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)

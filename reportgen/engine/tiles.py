@@ -11,7 +11,7 @@ layer's tensors are let go. Nothing of size T × T lives longer than a tile.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -22,7 +22,7 @@ from reportgen.engine.attention import FUSED_FLAG, Capture, Captured, eager_of, 
 from reportgen.engine.encoding import Encoded
 from reportgen.engine.loading import LoadedModel
 from reportgen.engine.norms import value_norms
-from reportgen.engine.objectives import Layout, Pass, forward
+from reportgen.engine.objectives import Layout, Pass, forward, layout_of
 from reportgen.engine.rollout import rollout
 
 MODES = ("signed", "magnitude", "gain")
@@ -544,13 +544,26 @@ def new_reductions(
     )
 
 
-def keeps_weights(lm: LoadedModel, rows: Sequence[Encoded], budget: int) -> bool:
-    """Whether every layer's attention weights for the batch fit in twice the tile budget:
-    then the forward keeps them (its backward does anyway) instead of recomputing them."""
+def keeps_weights(
+    lm: LoadedModel, rows: Sequence[Encoded], budget: int, layers: int | None = None
+) -> bool:
+    """Whether `layers` layers' (every layer's by default) attention weights for the batch fit
+    in twice the tile budget: then the forward keeps them (its backward does anyway) instead
+    of recomputing them."""
     width = max(end - start for row in rows for start, end in row.sequences)
     sequences = sum(len(row.sequences) for row in rows)
     element = torch.empty((), dtype=lm.dtype).element_size()
-    return sequences * lm.num_layers * lm.num_heads * width * width * element <= 2 * budget
+    count = lm.num_layers if layers is None else layers
+    return sequences * count * lm.num_heads * width * width * element <= 2 * budget
+
+
+def _reduced_in_forward(capture: Capture, reduce: Callable[[int, Captured], None]) -> Capture:
+    """A pass without gradients needs one layer's weights at a time: where they fit, the
+    forward keeps each layer's (no kernel without weights, no recomputing them in tiles) and
+    `reduce` takes it at once; else the layers are left in `capture.layers` for the tiles."""
+    if capture.keep_weights:
+        capture.on_layer = reduce
+    return capture
 
 
 def tiled_attn_grad(
@@ -632,12 +645,16 @@ def tiled_attention(
 ) -> tuple[Pass, Reductions]:
     """The attention weights A themselves, from one forward and the tiles (with `rollout`,
     also Abnar & Zuidema's attention rollout)."""
-    capture = Capture(keep_weights=keeps_weights(lm, rows, budget))
+    reductions = new_reductions(lm, rows, layout_of(rows), top_k, dense, mix=rollout)
+
+    def reduce(layer: int, captured: Captured) -> None:
+        reduce_layer(reductions, layer, captured, None, budget=budget)
+
+    capture = Capture(keep_weights=keeps_weights(lm, rows, budget, layers=1))
     with torch.no_grad():
-        base = forward(lm, rows, capture=capture)
-    reductions = new_reductions(lm, rows, base.layout, top_k, dense, mix=rollout)
-    for layer in sorted(capture.layers):
-        reduce_layer(reductions, layer, capture.layers.pop(layer), None, budget=budget)
+        base = forward(lm, rows, capture=_reduced_in_forward(capture, reduce))
+        for layer in sorted(capture.layers):
+            reduce(layer, capture.layers.pop(layer))
     reductions.finish("rollout" if rollout else None)
     return base, reductions
 
@@ -647,14 +664,17 @@ def tiled_attn_norm(
 ) -> tuple[Pass, Reductions]:
     """‖α_ij f_h(x_j)‖ (`reportgen.engine.norms`) from one forward without gradients: each
     layer's tiles of A with key j's column scaled by ‖v_j W_O^h‖."""
-    capture = Capture(keep_weights=keeps_weights(lm, rows, budget))
+    reductions = new_reductions(lm, rows, layout_of(rows), top_k, dense)
+
+    def reduce(layer: int, captured: Captured) -> None:
+        norms = value_norms(captured)
+        reduce_layer(reductions, layer, captured, None, budget=budget, key_scale=norms)
+
+    capture = Capture(keep_weights=keeps_weights(lm, rows, budget, layers=1))
     with torch.no_grad():
-        base = forward(lm, rows, capture=capture)
-        reductions = new_reductions(lm, rows, base.layout, top_k, dense)
+        base = forward(lm, rows, capture=_reduced_in_forward(capture, reduce))
         for layer in sorted(capture.layers):
-            captured = capture.layers.pop(layer)
-            norms = value_norms(captured)
-            reduce_layer(reductions, layer, captured, None, budget=budget, key_scale=norms)
+            reduce(layer, capture.layers.pop(layer))
     reductions.finish()
     return base, reductions
 
