@@ -218,36 +218,27 @@ class Reductions:
         return out
 
     def _add_blocks(self, layer: int, start: int, mag: torch.Tensor) -> None:
-        """Block sums of |S| for query rows [start, start + r): each key block's columns summed
-        (one pass over the tile), then the rows of each query block in the tile."""
+        """Block sums of |S| for query rows [start, start + r): the rows of each query block in
+        the tile summed first (whole rows at a time), then each key block's columns of the far
+        fewer rows left (a slice each: one sum per block, as numpy's reduceat is slower)."""
         rows = mag.shape[2]
         for b, plan in enumerate(self.plans):
             sums = self.blocks[b]
             if sums is None or plan.edges is None:
                 continue
-            edges = np.asarray(plan.edges, np.int64)
-            local = np.clip(edges - start, 0, rows)
-            inside = np.flatnonzero(local[1:] > local[:-1])  # the query blocks in the tile
-            if inside.size == 0:
+            edges = [int(e) for e in plan.edges]
+            local = [min(max(e - start, 0), rows) for e in edges]
+            inside = [q for q in range(len(edges) - 1) if local[q] < local[q + 1]]
+            if not inside:
                 continue
-            tile = mag[b, :, : int(local[-1]), : int(edges[-1])]  # [H, r, T] of this input
-            if by_numpy(tile):  # numpy's reduceat: one call where torch takes one a block
-                # Non-empty key blocks only: reduceat reads an empty block as its first cell.
-                full = np.flatnonzero(edges[1:] > edges[:-1])
-                cells = (
-                    tile if tile.dtype in (torch.float32, torch.float64) else tile.float()
-                ).numpy()
-                by_key = np.zeros((*tile.shape[:2], len(edges) - 1), cells.dtype)
-                by_key[..., full] = np.add.reduceat(cells, edges[full], axis=-1)
-                part = np.add.reduceat(by_key, local[inside], axis=1)  # [H, q, n]
-                sums[layer, :, inside] += torch.from_numpy(part).to(sums.dtype)
-                continue
-            by_key_t = torch.stack(
-                [tile[..., a:e].sum(-1) for a, e in itertools.pairwise(edges)], -1
-            ).to(sums.dtype)  # [H, r, n]
-            for q in inside:
-                lo, hi = int(local[q]), int(local[q + 1])
-                sums[layer, :, q] += by_key_t[:, lo:hi].sum(1).cpu()
+            tile = mag[b, :, :, : edges[-1]]  # [H, r, T] of this input
+            by_query = torch.stack(
+                [tile[:, local[q] : local[q + 1]].sum(1) for q in inside], 1
+            )  # [H, q, T]
+            part = torch.stack(
+                [by_query[..., a:e].sum(-1) for a, e in itertools.pairwise(edges)], -1
+            )  # [H, q, n] (an empty block sums to 0)
+            sums[layer, :, inside] += part.to(sums.dtype).cpu()
 
     def add_pairs(
         self, layer: int, start: int, tile: torch.Tensor, mask: torch.Tensor | None
