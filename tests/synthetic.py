@@ -179,7 +179,7 @@ def run_info(**changes: Any) -> RunInfo:
     return RunInfo(**fields)
 
 
-def result_for(example: Example, seed: int) -> Result:
+def result_for(example: Example, seed: int, layers: int = LAYERS, heads: int = HEADS) -> Result:
     """What the engine would give a causal LM with a whitespace tokenizer: one token per word,
     attn-grad magnitudes on and below the diagonal reduced to HeadStats with the default top-k
     (2T, at most 512), and an ablation of the top heads under the run's metric."""
@@ -191,7 +191,7 @@ def result_for(example: Example, seed: int) -> Result:
         spans.append(TokenSpan(segment.name, len(tokens), len(tokens) + len(words)))
         tokens += words
     t = len(tokens)
-    scores = rng.random((LAYERS, HEADS, t, t)).astype(np.float32)
+    scores = rng.random((layers, heads, t, t)).astype(np.float32)
     scores *= np.tril(np.ones((t, t), np.float32))
     stats = stats_from_dense(scores, spans, t - 1, default_top_k(t))
     grid = shares(stats, parse_metric(METRIC), example.id)
@@ -210,24 +210,37 @@ def result_for(example: Example, seed: int) -> Result:
         prediction_position=t - 1,
         stats=stats,
         ablation=synthetic_ablation(
-            tuple((int(h) // HEADS, int(h) % HEADS) for h in top), float(np.log(value)), seed
+            tuple((int(h) // heads, int(h) % heads) for h in top),
+            float(np.log(value)),
+            seed,
+            layers,
+            heads,
         ),
     )
 
 
-def synthetic_ablation(heads: tuple[tuple[int, int], ...], value: float, seed: int) -> Ablation:
+def synthetic_ablation(
+    heads: tuple[tuple[int, int], ...],
+    value: float,
+    seed: int,
+    num_layers: int = LAYERS,
+    num_heads: int = HEADS,
+) -> Ablation:
     """An ablation record as the engine writes one (mean ablation, log p, a flow knockout):
     the top heads lower log p more than random heads, head by head."""
     rng = np.random.default_rng([seed, 99])
     k = len(heads)
     curve = tuple(value - 0.5 * (n + 1) / k - 0.01 * float(rng.random()) for n in range(k))
     draws = tuple(
-        tuple((int(h) // HEADS, int(h) % HEADS) for h in rng.choice(LAYERS * HEADS, k, False))
+        tuple(
+            (int(h) // num_heads, int(h) % num_heads)
+            for h in rng.choice(num_layers * num_heads, k, False)
+        )
         for _ in range(8)
     )
     randoms = tuple(value - 0.05 * float(rng.random()) for _ in draws)
-    layers = tuple(value - 0.2 * float(rng.random()) for _ in range(LAYERS))
-    knocked = tuple(value - 0.1 * float(rng.random()) for _ in range(LAYERS))
+    layers = tuple(value - 0.2 * float(rng.random()) for _ in range(num_layers))
+    knocked = tuple(value - 0.1 * float(rng.random()) for _ in range(num_layers))
     return Ablation(
         intervention="mean",
         effect="logprob",
@@ -246,11 +259,13 @@ def synthetic_ablation(heads: tuple[tuple[int, int], ...], value: float, seed: i
 def write_run(
     out: Path, items: Sequence[str | Mapping[str, Any]], info: RunInfo | None = None
 ) -> Run:
-    """A run folder of synthetic results for input items (as `reportgen.compute` takes them)."""
+    """A run folder of synthetic results for input items (as `reportgen.compute` takes them),
+    of the model shape `info` gives (by default 3 layers × 4 heads)."""
     examples = examples_from_items(items)
-    with RunWriter(out, info or run_info()) as writer:
+    info = info or run_info()
+    with RunWriter(out, info) as writer:
         for seed, example in enumerate(examples):
-            writer.add(result_for(example, seed))
+            writer.add(result_for(example, seed, info.num_layers, info.num_heads))
     return Run.open(out)
 
 

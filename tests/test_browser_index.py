@@ -1,6 +1,7 @@
 """The index of a few hundred inputs in Chromium: sorting, filtering and paging the table, and
-clicking a head of the dataset grid, each checked against the run's numbers computed here; the
-single file with a bounded set of pages inside <iframe sandbox="allow-scripts">."""
+clicking a head of the dataset grid, each checked against the run's numbers computed here; a
+12 × 12 grid fitting its card at 390 and 715 px; the single file with a bounded set of pages
+inside <iframe sandbox="allow-scripts">."""
 
 from __future__ import annotations
 
@@ -57,21 +58,31 @@ def www(run: Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(www: Path) -> Iterator[Any]:
+def chromium() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        context = chromium.new_context(viewport={"width": 1280, "height": 1000})
-        tab = context.new_page()
-        problems: list[str] = []
-        tab.on("pageerror", lambda e: problems.append(str(e)))
-        tab.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        tab.problems = problems
-        yield tab
-        context.close()
-        chromium.close()
-        assert problems == []
+        browser = launch(playwright)
+        yield browser
+        browser.close()
+
+
+def _tab(chromium: Any, width: int, height: int) -> Any:
+    """A page in a fresh context, `width` × `height` px, recording its errors (`problems`)."""
+    tab = chromium.new_context(viewport={"width": width, "height": height}).new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda e: problems.append(str(e)))
+    tab.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    tab.problems = problems
+    return tab
+
+
+@pytest.fixture(scope="module")
+def page(www: Path, chromium: Any) -> Iterator[Any]:
+    tab = _tab(chromium, 1280, 1000)
+    yield tab
+    tab.context.close()
+    assert tab.problems == []
 
 
 def _open(page: Any, www: Path) -> None:
@@ -310,3 +321,70 @@ def test_the_grid_colours_by_the_mean_its_lower_bound_or_the_top_3_share(
         assert len(shown) == flat.shape[1]
         for layer, head, value in shown:
             assert value == pytest.approx(values[(layer - 1) * heads + head - 1], rel=1e-3), label
+
+
+@pytest.fixture(scope="module")
+def wide_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The index of a run of a 12 × 12 model (the demo model's shape): a 264 px grid with its
+    labels and legend, wider than a phone's card."""
+    from synthetic import run_info
+
+    root = tmp_path_factory.mktemp("index-wide-grid")
+    items = [
+        {
+            "id": f"w{i}",
+            "segments": [
+                {"name": "ENV", "text": f"<CHI> saw a {WORDS[i % 4]}"},
+                {"name": "LAN", "text": "<CHI> look at the"},
+            ],
+        }
+        for i in range(8)
+    ]
+    run = write_run(root / "run", items, run_info(num_layers=12, num_heads=12))
+    site.render_site(run, root / "site", Settings(pages=1))
+    return root / "site" / "index.html"
+
+
+CHART_FIT_JS = """() => {
+  const el = document.querySelector("[data-rg=chart]");
+  const view = window.reportgen.view;
+  const box = view.container().querySelector("canvas").getBoundingClientRect();
+  const left = box.left + view.padding().left + view.origin()[0];
+  const legends = [];
+  (function walk(mark, ox) {
+    if (!mark || mark.marktype !== "group") return;
+    for (const g of mark.items) {
+      if (mark.role === "legend") legends.push([left + ox + g.bounds.x1, left + ox + g.bounds.x2]);
+      for (const child of g.items || []) walk(child, ox + (g.x || 0));
+    }
+  })(view.scenegraph().root, 0);
+  return {scroll: el.scrollWidth, client: el.clientWidth, legends};
+}"""
+
+
+@pytest.mark.parametrize("width", [390, 715])
+def test_the_index_grid_fits_its_card_at_390_and_715_px(
+    chromium: Any, wide_grid: Path, width: int
+) -> None:
+    """On a phone and in MLflow's 715 px artifact pane the dataset grid of a 12 × 12 model
+    fits its card (it shrinks, its legend goes under it): the chart does not scroll sideways,
+    its legend is on screen, and a click on a (smaller) cell still picks that head."""
+    tab = _tab(chromium, width, 900)
+    try:
+        tab.goto(wide_grid.as_uri())
+        assert tab.evaluate("() => window.reportgen.ready.then(v => !!v)")
+        fit = tab.evaluate(CHART_FIT_JS)
+        assert fit["scroll"] <= fit["client"], f"the grid is {fit['scroll']} px in {fit}"
+        assert fit["legends"]
+        for x1, x2 in fit["legends"]:
+            assert x1 >= 0 and x2 <= width, f"a legend at {x1:.0f}-{x2:.0f} px"
+        tab.locator("[data-rg=chart] canvas").scroll_into_view_if_needed()
+        x, y = cell_center(tab, "grid_cells_marks", layer=7, head=12)
+        tab.mouse.move(x, y, steps=3)
+        tab.mouse.click(x, y)
+        tab.evaluate("() => window.reportgen.settled().then(() => true)")
+        assert tab.evaluate("() => window.reportgen.selection()") == [[7, 12]]
+        assert tab.inner_text("[data-rg=caption]").startswith("Ranked by L7 H12")
+    finally:
+        tab.context.close()
+    assert tab.problems == []

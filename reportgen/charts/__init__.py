@@ -19,6 +19,7 @@ from reportgen.charts.names import (
     HEAT,
     HEAT_CELLS,
     PICK,
+    index_names,
     page_names,
 )
 from reportgen.charts.packing import (
@@ -82,6 +83,7 @@ __all__ = [
     "grid_step",
     "heads_rows",
     "heat_side",
+    "index_names",
     "label_stride",
     "linked_spec",
     "metric_name",

@@ -39,6 +39,9 @@ NOTHING = "nothing_selected"
 """The linked page's param: true while the grid's selections hold no head."""
 SELECTIONS = (PICK, BRUSH)
 """The grid's selections, in the order the page reads them."""
+ROOT = "root"
+"""Vega's name for the group mark of a whole view: the index's grid is a single view, not a
+concat, so this group and Vega's own `width` and `height` signals are its size."""
 
 
 def marks(view: str) -> str:
@@ -77,6 +80,7 @@ def page_names() -> dict[str, Any]:
         "grid_unit": GRID_CELLS,
         "grid_group": group(GRID),
         "heat_group": group(HEAT),
+        "root": ROOT,
         "cells": CELLS_DATA,
         "heads": HEADS_DATA,
         "grid_colour": GRID_COLOUR,
@@ -88,3 +92,9 @@ def page_names() -> dict[str, Any]:
             [group(PAIR_FLOW), size(PAIR_FLOW, "width"), None],
         ],
     }
+
+
+def index_names() -> dict[str, Any]:
+    """The index page's names: `page_names`, but the view that fits a narrow screen is the
+    whole chart (the dataset grid on its own), sized by Vega's `width` and `height`."""
+    return {**page_names(), "fit": [[ROOT, "width", "height"]]}

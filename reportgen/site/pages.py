@@ -670,7 +670,7 @@ def index_page(site: SiteContext) -> Page:
     data = {
         "kind": "index",
         "spec": charts.to_vega(charts.dataset_grid_spec(mean, low, high, sd, top)),
-        "names": charts.page_names(),
+        "names": charts.index_names(),
         "layers": layers,
         "heads": heads,
         "scale": RANK_SCALE,

@@ -1248,8 +1248,9 @@
   }
 
   /* ---- Layout: below ~800 px the grid goes above the heatmap ------------------------------
-   * and the views of names.fit (grid, heatmap, the charts by layer) take the chart's width:
-   * their legends go under them, and `fitted` shrinks them once drawn. */
+   * and the views of names.fit (grid, heatmap, the charts by layer; on the index, the whole
+   * view, Vega's group names.root) take the chart's width: their legends go under them, and
+   * `fitted` shrinks them once drawn. */
   var NARROW = 800;
   var FIT_MIN = 120; // px: the narrowest a fitted view gets
 
@@ -1282,10 +1283,11 @@
     function stack(node) {
       var marks = node.marks || [];
       var copy = node;
-      if (widths[node.name] && node.legends) {
+      var width = widths[node === spec ? names.root : node.name];
+      if (width && node.legends) {
         copy = Object.assign({}, node, {
           legends: node.legends.map(function (legend) {
-            return legendUnder(legend, widths[node.name]);
+            return legendUnder(legend, width);
           }),
         });
       }
@@ -1337,8 +1339,9 @@
     if (passes === undefined) passes = 3;
     var room = el ? el.clientWidth : 0;
     if (!fits().length || !room || !narrow(el)) return Promise.resolve(view);
-    var full = {};
-    (current.data.spec.signals || []).forEach(function (s) {
+    var spec = current.data.spec;
+    var full = { width: spec.width, height: spec.height }; // a single view's size
+    (spec.signals || []).forEach(function (s) {
       full[s.name] = s.value;
     });
     var pad = view.padding();
