@@ -1,9 +1,10 @@
 """Every screen and every hand, in real Chromium: axe-core finds no violations (light and
 dark, 1400 and 390 px wide), no page scrolls sideways at 390 px, the grid stacks above the
 heatmap on narrow screens and the stacked chart fits its card (390 px, MLflow's 715 px pane),
-the theme follows prefers-color-scheme and its button (charts included), the keyboard moves
-and extends the selection, a cleared selection says so, a signed method's heatmap shows signs
-with a toggle to magnitudes, and a sandboxed iframe shows the exported image instead of a
+side by side a longer input's chart fits its card too (1000 and 1400 px), the theme follows
+prefers-color-scheme and its button (charts included), the keyboard moves and extends the
+selection, a cleared selection says so, a signed method's heatmap shows signs with a toggle to
+magnitudes, and a sandboxed iframe shows the exported image instead of a
 download that cannot happen.
 
 axe-core comes from npm for the tests only (`tests/tools`, installed by `.ci/run` with
@@ -297,6 +298,42 @@ def test_the_grid_and_heatmap_sit_side_by_side_at_1400_px(pages: Any, www: Path)
     groups = page.evaluate(GROUPS_JS, ["grid_group", "heat_group"])
     grid, heat = groups["grid_group"], groups["heat_group"]
     assert heat["x"] >= grid["x"] + grid["w"] and heat["y"] < grid["y"] + grid["h"]
+
+
+@pytest.fixture(scope="module")
+def longer_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The demo model's run of `LONGER_INPUT` alone (attn-grad, no ablation): its 12 × 12 grid
+    (264 px) beside the 640 px heatmap, wider than a 1400 px window's card."""
+    from reportgen.pipeline import compute
+
+    settings = Settings(metric="flow:ENV->LAN", device="cpu", ablate_k=0)
+    return compute([LONGER_INPUT], tmp_path_factory.mktemp("longer") / "run", settings)
+
+
+@pytest.mark.parametrize("width", [1000, 1400])
+def test_side_by_side_a_longer_input_fits_its_card_at_1000_and_1400_px(
+    pages: Any, longer_run: Run, methods_site: dict[str, Path], tmp_path: Path, width: int
+) -> None:
+    """Beside the grid, a 26-token input's heatmap (640 px as built) shrinks to what the card
+    leaves it, as do the charts by layer under them: nothing scrolls inside the card (the
+    heatmap's row labels stay in view), the two still sit side by side, and a click on a
+    grid head draws that head's cells."""
+    site.render_site(longer_run, tmp_path / "site", Settings())
+    [plain] = (tmp_path / "site" / "examples").glob("*.html")
+    p = pages(width)
+    for file in (plain, methods_site["rollout"], methods_site["wang"]):
+        page = p.open(file.as_uri())
+        scroll, client = page.evaluate(CHART_WIDTHS_JS)
+        assert scroll <= client, f"{file.name} at {width} px: the chart is {scroll} px in {client}"
+        groups = page.evaluate(GROUPS_JS, ["grid_group", "heat_group"])
+        grid, heat = groups["grid_group"], groups["heat_group"]
+        assert heat["x"] >= grid["x"] + grid["w"] and heat["y"] < grid["y"] + grid["h"]
+    page = p.open(plain.as_uri())
+    x, y = cell_center(page, "grid_cells_marks", layer=2, head=3)
+    page.mouse.click(x, y)
+    p.settle()
+    assert p.selection() == [[2, 3]]
+    assert_heat(heat_cells(page), expected_heat(longer_run, 0, [(1, 2)]))
 
 
 DARK_STATE = """() => ({

@@ -1248,9 +1248,10 @@
   }
 
   /* ---- Layout: below ~800 px the grid goes above the heatmap ------------------------------
-   * and the views of names.fit (grid, heatmap, the charts by layer; on the index, the whole
-   * view, Vega's group names.root) take the chart's width: their legends go under them, and
-   * `fitted` shrinks them once drawn. */
+   * and the legends of the views of names.fit (grid, heatmap, the charts by layer; on the
+   * index, the whole view, Vega's group names.root) go under them. At any width `fitted`
+   * shrinks those views to the chart's width once drawn: side by side, a long-ish input's
+   * heatmap takes what the grid leaves it, rather than scrolling its row labels away. */
   var NARROW = 800;
   var FIT_MIN = 120; // px: the narrowest a fitted view gets
 
@@ -1329,16 +1330,16 @@
     return found;
   }
 
-  /* On a narrow screen, each view of names.fit narrows by what it overflows the chart's width
-   * (its height in proportion where given: grid cells and the heatmap stay square), down to
-   * FIT_MIN px, or widens again as far as its size in the spec. Its cells get smaller, the
-   * axes' greedy label overlap thins their labels, and the segment brackets follow (they are
-   * placed from the size signals). Labels thinned differently can move an edge again: up to
-   * three passes. */
+  /* Each view of names.fit narrows by what it overflows the chart's width (its height in
+   * proportion where given: grid cells and the heatmap stay square), down to FIT_MIN px, or
+   * widens again as far as its size in the spec. Its cells get smaller, the axes' greedy
+   * label overlap thins their labels, and the segment brackets follow (they are placed from
+   * the size signals). A view left of the chart's edge (the grid beside the heatmap) keeps
+   * its size. Labels thinned differently can move an edge again: up to three passes. */
   function fitted(view, el, passes) {
     if (passes === undefined) passes = 3;
     var room = el ? el.clientWidth : 0;
-    if (!fits().length || !room || !narrow(el)) return Promise.resolve(view);
+    if (!fits().length || !room) return Promise.resolve(view);
     var spec = current.data.spec;
     var full = { width: spec.width, height: spec.height }; // a single view's size
     (spec.signals || []).forEach(function (s) {
@@ -1411,7 +1412,7 @@
       if (!current || !rg.view) return;
       var el = find(current.root, "chart");
       if (narrow(el) !== drawnNarrow) redraw();
-      else if (drawnNarrow) fitted(rg.view, el);
+      else fitted(rg.view, el);
     });
   }
 
