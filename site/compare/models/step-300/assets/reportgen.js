@@ -1247,18 +1247,51 @@
     applyTheme();
   }
 
-  /* ---- Layout: below ~800 px the grid goes above the heatmap ------------------------------ */
+  /* ---- Layout: below ~800 px the grid goes above the heatmap ------------------------------
+   * and the legends of the views of names.fit (grid, heatmap, the charts by layer; on the
+   * index, the whole view, Vega's group names.root) go under them. At any width `fitted`
+   * shrinks those views to the chart's width once drawn: side by side, a long-ish input's
+   * heatmap takes what the grid leaves it, rather than scrolling its row labels away. */
   var NARROW = 800;
+  var FIT_MIN = 120; // px: the narrowest a fitted view gets
 
   function narrow(el) {
     var width = (el && el.clientWidth) || window.innerWidth;
     return width < NARROW;
   }
 
+  function fits() {
+    return (names && names.fit) || [];
+  }
+
+  function legendUnder(legend, widthSignal) {
+    var under = Object.assign({}, legend, { orient: "bottom" });
+    if (legend.gradientLength !== undefined) {
+      under.direction = "horizontal";
+      under.gradientLength = { signal: "clamp(" + widthSignal + ", 64, 240)" };
+    } else {
+      under.direction = "vertical";
+    }
+    return under;
+  }
+
   function arranged(spec, isNarrow) {
     if (!isNarrow || !names) return spec;
+    var widths = {};
+    fits().forEach(function (f) {
+      widths[f[0]] = f[1];
+    });
     function stack(node) {
       var marks = node.marks || [];
+      var copy = node;
+      var width = widths[node === spec ? names.root : node.name];
+      if (width && node.legends) {
+        copy = Object.assign({}, node, {
+          legends: node.legends.map(function (legend) {
+            return legendUnder(legend, width);
+          }),
+        });
+      }
       var hasGrid = marks.some(function (m) {
         return m.name === names.grid_group;
       });
@@ -1266,20 +1299,76 @@
         return m.name === names.heat_group;
       });
       if (hasGrid && hasHeat && node.layout) {
-        var copy = Object.assign({}, node);
+        copy = Object.assign({}, copy);
         copy.layout = Object.assign({}, node.layout, { columns: 1, padding: 24 });
-        return copy;
       }
-      if (!marks.length) return node;
+      if (!marks.length) return copy;
       var changed = false;
       var next = marks.map(function (m) {
         var n = m.type === "group" ? stack(m) : m;
         if (n !== m) changed = true;
         return n;
       });
-      return changed ? Object.assign({}, node, { marks: next }) : node;
+      return changed ? Object.assign({}, copy, { marks: next }) : copy;
     }
     return stack(spec);
+  }
+
+  /* The right edge of each named group mark, in the view's coordinates (legends and axis
+   * labels included). */
+  function rightEdges(view) {
+    var found = {};
+    (function walk(mark, ox) {
+      if (!mark || mark.marktype !== "group") return;
+      mark.items.forEach(function (g) {
+        if (mark.name && g.bounds) found[mark.name] = ox + g.bounds.x2;
+        (g.items || []).forEach(function (child) {
+          walk(child, ox + (g.x || 0));
+        });
+      });
+    })(view.scenegraph().root, 0);
+    return found;
+  }
+
+  /* Each view of names.fit narrows by what it overflows the chart's width (its height in
+   * proportion where given: grid cells and the heatmap stay square), down to FIT_MIN px, or
+   * widens again as far as its size in the spec. Its cells get smaller, the axes' greedy
+   * label overlap thins their labels, and the segment brackets follow (they are placed from
+   * the size signals). A view left of the chart's edge (the grid beside the heatmap) keeps
+   * its size. Labels thinned differently can move an edge again: up to three passes. */
+  function fitted(view, el, passes) {
+    if (passes === undefined) passes = 3;
+    var room = el ? el.clientWidth : 0;
+    if (!fits().length || !room) return Promise.resolve(view);
+    var spec = current.data.spec;
+    var full = { width: spec.width, height: spec.height }; // a single view's size
+    (spec.signals || []).forEach(function (s) {
+      full[s.name] = s.value;
+    });
+    var pad = view.padding();
+    var left = pad.left + view.origin()[0];
+    var edges = rightEdges(view);
+    var changed = false;
+    fits().forEach(function (f) {
+      var group = f[0];
+      var width = f[1];
+      var height = f[2];
+      if (edges[group] === undefined || typeof full[width] !== "number") return;
+      var over = left + edges[group] + pad.right - room;
+      var was = view.signal(width);
+      var next = Math.floor(Math.max(FIT_MIN, Math.min(full[width], was - over)));
+      if (next === was) return;
+      view.signal(width, next);
+      if (height) view.signal(height, Math.round((full[height] * next) / full[width]));
+      changed = true;
+    });
+    if (!changed) return Promise.resolve(view);
+    return view
+      .resize()
+      .runAsync()
+      .then(function () {
+        return passes > 1 ? fitted(view, el, passes - 1) : view;
+      });
   }
 
   /* ---- Drawing again (theme switch, crossing the narrow width), keeping the selection ---- */
@@ -1323,6 +1412,7 @@
       if (!current || !rg.view) return;
       var el = find(current.root, "chart");
       if (narrow(el) !== drawnNarrow) redraw();
+      else fitted(rg.view, el);
     });
   }
 
@@ -1698,6 +1788,9 @@
       .then(function (view) {
         if (restore) restore(view);
         return view.runAsync();
+      })
+      .then(function (view) {
+        return fitted(view, find(root, "chart"));
       })
       .then(function (view) {
         rg.view = view;
