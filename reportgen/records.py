@@ -10,7 +10,8 @@
                                     `pair_sums` and `pair_counts` [L, n+2, n+2] (float64);
                                     inputs longer than `data.blocks.LONG_TOKENS` add
                                     `block_edges` [b+1] (int64) and `blocks` [L, H, b, b]
-                                    (float64, exact block sums)
+                                    (float32 block sums; float64 in runs from before
+                                    `data.blocks.TOKENS_PER_BLOCK`)
 
 Any metric's head scores come from `total`, `prediction` and `flow`, so a run renders under
 any metric without recomputing. Nothing but numpy arrays and plain values is stored; loading
@@ -278,7 +279,8 @@ class RunWriter:
         }
         if stats.blocks is not None and stats.edges is not None:
             arrays["block_edges"] = np.ascontiguousarray(stats.edges, dtype=np.int64)
-            arrays["blocks"] = np.ascontiguousarray(stats.blocks, dtype=np.float64)
+            # float32: the page draws them in float16; the exact totals are stored apart.
+            arrays["blocks"] = np.ascontiguousarray(stats.blocks, dtype=np.float32)
         if result.dense is not None:
             arrays["dense"] = np.ascontiguousarray(result.dense)
         if result.relevance is not None:
@@ -1015,7 +1017,7 @@ def _blocks(
         )
     n = edges.size - 1
     _check_shape(path, "blocks", blocks, (info.num_layers, info.num_heads, n, n))
-    return edges, blocks
+    return edges, blocks.astype(np.float64)  # float32 since TOKENS_PER_BLOCK, float64 before
 
 
 def _check_shape(path: Path, key: str, array: np.ndarray, shape: tuple[int, ...]) -> None:

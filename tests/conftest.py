@@ -343,9 +343,9 @@ def unknown_run(tiny_models, tmp_path_factory) -> Path:
     return out
 
 
-LONG_T = 300
+LONG_T = 1300
 """The long input's tokens in `long_run` (over data.blocks.LONG_TOKENS: its page is the
-block overview)."""
+block overview; and enough for all BLOCKS blocks, at TOKENS_PER_BLOCK each)."""
 LONG_SHAPE = (2, 3)
 """`long_run`'s model: layers × heads."""
 

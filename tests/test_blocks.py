@@ -13,7 +13,15 @@ import pytest
 from synthetic import HOSTILE, make_result, run_info, stats_from_dense
 
 from reportgen import charts, site
-from reportgen.data.blocks import BLOCKS, LONG_TOKENS, block_edges, block_of, block_sums, is_long
+from reportgen.data.blocks import (
+    BLOCKS,
+    LONG_TOKENS,
+    TOKENS_PER_BLOCK,
+    block_edges,
+    block_of,
+    block_sums,
+    is_long,
+)
 from reportgen.data.examples import Example, Segment
 from reportgen.data.results import Result, TokenSpan
 from reportgen.errors import RunError
@@ -54,7 +62,7 @@ def long_result(tokens: int = T, seed: int = 0) -> Result:
 
 def test_block_edges_cover_the_input_and_snap_to_segment_boundaries() -> None:
     spans = [TokenSpan("A", 0, 101), TokenSpan("B", 101, 250), TokenSpan("C", 250, 300)]
-    edges = block_edges(300, spans)
+    edges = block_edges(300, spans, BLOCKS)
     assert edges[0] == 0 and edges[-1] == 300
     assert (np.diff(edges) > 0).all()
     assert len(edges) - 1 <= BLOCKS
@@ -65,9 +73,18 @@ def test_block_edges_cover_the_input_and_snap_to_segment_boundaries() -> None:
     for e in edges:
         assert e in nominal or (e in (101, 250) and np.abs(nominal - e).min() <= step / 2)
     # without segments: the nominal edges
-    np.testing.assert_array_equal(block_edges(300, []), nominal.astype(int))
+    np.testing.assert_array_equal(block_edges(300, [], BLOCKS), nominal.astype(int))
     # short inputs: one token per block at most
-    np.testing.assert_array_equal(block_edges(5, []), np.arange(6))
+    np.testing.assert_array_equal(block_edges(5, [], BLOCKS), np.arange(6))
+    # by default, at least TOKENS_PER_BLOCK tokens a block, and BLOCKS at most
+    assert [len(block_edges(t, [])) - 1 for t in (129, 300, 512, 1279, 1280, 8192)] == [
+        129 // TOKENS_PER_BLOCK,
+        300 // TOKENS_PER_BLOCK,
+        512 // TOKENS_PER_BLOCK,
+        63,
+        64,
+        64,
+    ]
     assert not is_long(LONG_TOKENS) and is_long(LONG_TOKENS + 1)
 
 
@@ -100,7 +117,8 @@ def test_block_sums_round_trip_through_a_record(tmp_path: Path) -> None:
     back = Run.open(tmp_path / "run").result(0)
     assert back.stats.edges is not None and back.stats.blocks is not None
     np.testing.assert_array_equal(back.stats.edges, result.stats.edges)
-    np.testing.assert_array_equal(back.stats.blocks, result.stats.blocks)
+    assert back.stats.blocks.dtype == np.float64  # stored in float32, read back as float64
+    np.testing.assert_array_equal(back.stats.blocks, result.stats.blocks.astype(np.float32))
     # a short input has none
     with RunWriter(tmp_path / "short", run_info()) as writer:
         writer.add(make_result())

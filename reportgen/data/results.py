@@ -174,7 +174,8 @@ class HeadStats:
     None otherwise."""
     blocks: np.ndarray | None = None
     """Long inputs: float64 [L, H, n, n], |S| summed over each (query block, key block), so
-    `blocks.sum((2, 3)) == total`; None otherwise."""
+    `blocks.sum((2, 3)) == total` (to float32 rounding once read from a run record, which
+    stores them in float32); None otherwise."""
 
     @property
     def k(self) -> int:
