@@ -1017,7 +1017,7 @@ def _blocks(
         )
     n = edges.size - 1
     _check_shape(path, "blocks", blocks, (info.num_layers, info.num_heads, n, n))
-    return edges, blocks.astype(np.float64)  # float32 since TOKENS_PER_BLOCK, float64 before
+    return edges, blocks.astype(np.float64, copy=False)  # float32 now, float64 in older runs
 
 
 def _check_shape(path: Path, key: str, array: np.ndarray, shape: tuple[int, ...]) -> None:

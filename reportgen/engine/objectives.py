@@ -7,6 +7,7 @@ mean-pooled embeddings for a bare encoder. Targets not given are the model's own
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,11 +43,8 @@ class Pass:
 
 def layout_of(examples: Sequence[Encoded]) -> Layout:
     """Where `forward` puts the examples' sequences: one batch row each, in order."""
-    layout: Layout = []
-    for row in examples:
-        first = sum(len(placed) for placed in layout)
-        layout.append([(first + k, start, end) for k, (start, end) in enumerate(row.sequences)])
-    return layout
+    rows = itertools.count()
+    return [[(next(rows), start, end) for start, end in row.sequences] for row in examples]
 
 
 def forward(

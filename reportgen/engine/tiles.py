@@ -548,13 +548,20 @@ def keeps_weights(
     return sequences * count * lm.num_heads * width * width * element <= 2 * budget
 
 
-def _reduced_in_forward(capture: Capture, reduce: Callable[[int, Captured], None]) -> Capture:
-    """A pass without gradients needs one layer's weights at a time: where they fit, the
-    forward keeps each layer's (no kernel without weights, no recomputing them in tiles) and
-    `reduce` takes it at once; else the layers are left in `capture.layers` for the tiles."""
-    if capture.keep_weights:
-        capture.on_layer = reduce
-    return capture
+def _reduced_pass(
+    lm: LoadedModel, rows: Sequence[Encoded], budget: int, reduce: Callable[[int, Captured], None]
+) -> Pass:
+    """One forward without gradients, each layer handed to `reduce`. Such a pass needs one
+    layer's weights at a time: where they fit, the forward keeps each layer's (no kernel
+    without weights, nothing recomputed in tiles) and `reduce` takes it at once; else each
+    layer's captured tensors after the forward, for the tiles."""
+    keep = keeps_weights(lm, rows, budget, layers=1)
+    capture = Capture(keep_weights=keep, on_layer=reduce if keep else None)
+    with torch.no_grad():
+        base = forward(lm, rows, capture=capture)
+        for layer in sorted(capture.layers):
+            reduce(layer, capture.layers.pop(layer))
+    return base
 
 
 def tiled_attn_grad(
@@ -641,11 +648,7 @@ def tiled_attention(
     def reduce(layer: int, captured: Captured) -> None:
         reduce_layer(reductions, layer, captured, None, budget=budget)
 
-    capture = Capture(keep_weights=keeps_weights(lm, rows, budget, layers=1))
-    with torch.no_grad():
-        base = forward(lm, rows, capture=_reduced_in_forward(capture, reduce))
-        for layer in sorted(capture.layers):
-            reduce(layer, capture.layers.pop(layer))
+    base = _reduced_pass(lm, rows, budget, reduce)
     reductions.finish("rollout" if rollout else None)
     return base, reductions
 
@@ -661,11 +664,7 @@ def tiled_attn_norm(
         norms = value_norms(captured)
         reduce_layer(reductions, layer, captured, None, budget=budget, key_scale=norms)
 
-    capture = Capture(keep_weights=keeps_weights(lm, rows, budget, layers=1))
-    with torch.no_grad():
-        base = forward(lm, rows, capture=_reduced_in_forward(capture, reduce))
-        for layer in sorted(capture.layers):
-            reduce(layer, capture.layers.pop(layer))
+    base = _reduced_pass(lm, rows, budget, reduce)
     reductions.finish()
     return base, reductions
 
