@@ -199,3 +199,45 @@ def test_top_positions_without_zeros_keeps_every_positive_entry_as_the_exact_sea
             assert set(mine[row[mine] > 0].tolist()) == set(torch.nonzero(row).flatten().tolist())
         else:
             assert (mine == want).all()
+
+
+def test_live_rows_bound_the_rows_with_a_gradient():
+    grad = torch.zeros(2, 9, 3, 4)
+    assert tiles.live_rows(grad) == (0, 0)
+    grad[1, 6, 2, 3] = -1e-30
+    grad[0, 2, 0, 0] = float("nan")  # NaN is not 0: its row is reduced (and caught there)
+    assert tiles.live_rows(grad) == (2, 7)
+
+
+@pytest.mark.parametrize("name", ["bert-mlm", "bert-cls", "gpt2"])
+def test_rows_without_gradient_are_skipped_and_change_nothing(loaded, name, monkeypatch):
+    """A masked LM's last layer has ∂L/∂O only at the mask, a padded causal batch none past a
+    row's end: those query rows are never recomputed, and every reduction is as with all rows."""
+    lm = loaded[name]
+    rows = _rows(lm, name)
+    asked: list[int] = []
+    recompute = tiles.attention_rows
+
+    def counted(captured, start, stop):
+        asked.append(stop - start)
+        return recompute(captured, start, stop)
+
+    monkeypatch.setattr(tiles, "attention_rows", counted)
+    _, skipped = tiles.tiled_attn_grad(lm, rows, 7, dense=True, budget=BUDGET)
+    fewer = sum(asked)
+    asked.clear()
+    monkeypatch.setattr(tiles, "live_rows", lambda grad: (0, grad.shape[1]))
+    _, full = tiles.tiled_attn_grad(lm, rows, 7, dense=True, budget=BUDGET)
+    assert fewer < sum(asked)
+    for field in ("total", "prediction", "flow", "top_values", "top_cells", "dense"):
+        assert torch.equal(getattr(skipped, field), getattr(full, field)), field
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_strongest_first_is_a_stable_sort_by_magnitude(dtype, route):
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randint(-6, 7, (3, 4, 300), generator=generator).to(dtype) / 4  # many ties
+    values[0, 0, :5] = torch.tensor([float("inf"), -float("inf"), -0.0, 1e-40, 3.4e38])
+    order = tiles.strongest_first(values)
+    assert order.dtype == torch.long
+    assert torch.equal(order, torch.argsort(-values.abs(), dim=-1, stable=True))

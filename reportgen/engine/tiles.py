@@ -274,7 +274,7 @@ class Reductions:
         each row's relevance R_l[p, :] and are let go."""
         # Each head's cells are kept in cell order (empty slots anywhere), so a stable sort by
         # magnitude alone orders ties by cell.
-        order = torch.argsort(-self.top_values.abs(), dim=-1, stable=True)
+        order = strongest_first(self.top_values)
         self.top_values = torch.gather(self.top_values, -1, order)
         self.top_cells = torch.gather(self.top_cells, -1, order)
         if kind is not None and self.mixed is not None:
@@ -350,6 +350,20 @@ def largest(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     split = np.partition(exact.numpy(), n - k - 1, axis=-1)  # the k largest after n - k - 1
     kth, after = split[..., n - k :].min(-1), split[..., n - k - 1]
     return torch.as_tensor(np.array(kth)).to(x.dtype), torch.as_tensor(np.array(after)).to(x.dtype)
+
+
+def strongest_first(values: torch.Tensor) -> torch.Tensor:
+    """Indices ordering the last axis of `values` by magnitude, largest first, ties by position
+    (a stable sort). On the CPU, in float32, one numpy sort of int64 keys: the magnitude's bits
+    (ordered as the magnitudes are) above the position, every key distinct, 10× a stable
+    argsort there; elsewhere torch's stable argsort."""
+    n = values.shape[-1]
+    if not by_numpy(values) or values.dtype != torch.float32 or n >= 2**32:
+        return torch.argsort(-values.abs(), dim=-1, stable=True)
+    bits = values.detach().abs().view(torch.int32).numpy().astype(np.int64)
+    keys = ((0x7FFFFFFF - bits) << 32) | np.arange(n, dtype=np.int64)
+    keys.sort(axis=-1)
+    return torch.from_numpy(keys & 0xFFFFFFFF)
 
 
 def by_numpy(x: torch.Tensor) -> bool:
@@ -443,24 +457,37 @@ def reduce_layer(
     query = captured.query
     batch, heads, width, _ = query.shape
     step = tile_rows(batch, heads, width, query.element_size(), budget)
+    first, stop = (0, width) if grad_out is None or pairs else live_rows(grad_out)
     with torch.no_grad():
-        for start in range(0, width, step):
-            stop = min(width, start + step)
-            a = attention_rows(captured, start, stop)
+        for start in range(first, stop, step):
+            end = min(stop, start + step)
+            a = attention_rows(captured, start, end)
             if grad_out is None:
                 if key_scale is not None:
                     a = a * key_scale[:, :, None, : a.shape[-1]].to(a.dtype)
                 reductions.add(layer, start, a, nonnegative=True)  # weights (norms) are >= 0
                 continue
-            s = grad_rows(captured, grad_out, start, stop).to(reductions.dtype)
+            s = grad_rows(captured, grad_out, start, end).to(reductions.dtype)
             s.mul_(a)  # a fresh tensor of ours: the product in place
             if pairs:
-                mask = None if captured.mask is None else captured.mask[:, :, start:stop]
+                mask = None if captured.mask is None else captured.mask[:, :, start:end]
                 reductions.add_pairs(layer, start, s, mask)
             if mode == "signed":
                 reductions.add(layer, start, s)
             else:
                 reductions.add(layer, start, scored(s, mode), nonnegative=True)
+
+
+def live_rows(grad_out: torch.Tensor) -> tuple[int, int]:
+    """The query rows [first, stop) outside which ∂L/∂O [B, T, H, d] is 0 in every batch row.
+    Their rows of S are exactly 0, which every reduction drops (sums add nothing, top cells
+    keep only |S| > 0, dense scores start at 0): the tiles skip them. Which rows they are
+    depends on the model: a masked LM's last layer has gradient only at the loss positions,
+    and a causal LM none past its last loss position, nor on right padding."""
+    live = grad_out.ne(0).flatten(2).any(-1).any(0).nonzero()  # NaN counts as live
+    if live.numel() == 0:
+        return 0, 0
+    return int(live[0, 0]), int(live[-1, 0]) + 1
 
 
 def scored(s: torch.Tensor, mode: str) -> torch.Tensor:
