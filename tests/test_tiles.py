@@ -75,10 +75,17 @@ def _compare(lm, reductions, per_layer, signed, k, rtol):
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("method", ["attn-grad", "attention", "attattr"])
-@pytest.mark.parametrize("budget", [BUDGET, 2**30], ids=["recomputed", "kept"])
-def test_tiles_equal_the_dense_computation(loaded, name, method, budget):
-    """One query row per tile with the weights recomputed from the fast kernel's inputs, and
-    one tile per layer with the weights kept from the forward (short inputs)."""
+@pytest.mark.parametrize("how", ["recomputed", "kept", "one-layer"])
+def test_tiles_equal_the_dense_computation(loaded, name, method, how, monkeypatch):
+    """One query row per tile with the weights recomputed from the fast kernel's inputs; one
+    tile per layer with every layer's weights kept from the forward (short inputs), reduced
+    together; and (a pass without gradients) each layer's weights kept while the forward
+    makes them, where one layer's fit but not all."""
+    if how == "one-layer":
+        monkeypatch.setattr(
+            tiles, "keeps_weights", lambda lm, rows, budget, layers=None: layers == 1
+        )
+    budget = BUDGET if how == "recomputed" else 2**30
     lm = loaded[name]
     rows = _rows(lm, name)
     settings = Settings(method=method, steps=3, batch_size=2)
@@ -139,14 +146,17 @@ def test_block_sums_equal_the_dense_computation(loaded, name, monkeypatch, route
 
 
 @pytest.mark.parametrize("n, k", [(10, 3), (10, 10), (4000, 7), (4100, 64), (16384, 256)])
-@pytest.mark.parametrize("levels", [3, 50, None], ids=["ties", "some-ties", "distinct"])
-def test_top_positions_are_the_k_largest_ties_to_the_lower_position(n, k, levels, route):
-    """The exact top-k (with and without the block prefilter, and its fallback for ties
-    between blocks) against a lexicographic sort by (value descending, position)."""
+@pytest.mark.parametrize("levels", [3, 50, 3000, None], ids=["ties", "some", "few", "distinct"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_top_positions_are_the_k_largest_ties_to_the_lower_position(n, k, levels, dtype, route):
+    """The exact top-k (with and without the block prefilter, its float32 numpy route on the
+    CPU, and their fallbacks for ties between blocks and at the k-th value) against a
+    lexicographic sort by (value descending, position)."""
     generator = torch.Generator().manual_seed(n + k)
     x = torch.rand(3, 2, n, generator=generator, dtype=torch.float64)
     if levels is not None:
         x = (x * levels).floor()
+    x = x.to(dtype)
     got = tiles.top_positions(x, k).numpy()
     flat = x.reshape(-1, n).numpy()
     position = np.arange(n)
@@ -175,21 +185,29 @@ def test_top_positions_with_nan_keeps_it_for_the_callers_check(route):
     x[1, 3] = float("nan")
     got = tiles.top_positions(x, 4)
     assert got[0].tolist() == [16, 17, 18, 19] and 3 in got[1].tolist()
+    many = torch.rand(2, 16384, generator=torch.Generator().manual_seed(0))  # the prefilter
+    many[1, 777] = float("nan")
+    got = tiles.top_positions(many, 256)
+    assert 777 in got[1].tolist()
+    assert torch.equal(got[0], torch.sort(torch.topk(many[0], 256).indices).values)
 
 
 @pytest.mark.parametrize("positive", [40, 256, 3000])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_top_positions_without_zeros_keeps_every_positive_entry_as_the_exact_search(
-    positive, route
+    positive, dtype, route
 ):
     """Where zeros are dropped by the caller, a row with fewer than k positive entries (a
     causal LM's last layer) skips the full search: its positive entries are all returned, and
     rows with more are the exact top-k, ties to the lower position."""
     n, k = 16384, 256
     generator = torch.Generator().manual_seed(positive)
-    x = torch.zeros(2, 3, n, dtype=torch.float64)
+    x = torch.zeros(2, 3, n, dtype=dtype)
     for row in x.reshape(-1, n):
         where = torch.randperm(n, generator=generator)[:positive]
-        row[where] = torch.rand(positive, generator=generator, dtype=torch.float64).mul(7).floor()
+        row[where] = (
+            torch.rand(positive, generator=generator, dtype=torch.float64).mul(7).floor().to(dtype)
+        )
         row[where[:5]] = 9.0  # ties at the top too
     got = tiles.top_positions(x, k, zeros_matter=False).reshape(-1, k)
     exact = tiles.top_positions(x, k).reshape(-1, k)
@@ -241,3 +259,18 @@ def test_strongest_first_is_a_stable_sort_by_magnitude(dtype, route):
     order = tiles.strongest_first(values)
     assert order.dtype == torch.long
     assert torch.equal(order, torch.argsort(-values.abs(), dim=-1, stable=True))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert-mlm"])
+@pytest.mark.parametrize("method", ["attn-grad", "attention"])
+def test_kept_layers_reduce_alike_in_chunks_of_any_size(loaded, name, method, monkeypatch):
+    """Kept weights' layers reduced one chunk per layer (the backward's from the top, the
+    forward's from the bottom) give the same reductions as all layers in one chunk."""
+    lm = loaded[name]
+    rows = _rows(lm, name)
+    run = tiles.tiled_attn_grad if method == "attn-grad" else tiles.tiled_attention
+    _, together = run(lm, rows, 7, dense=True, budget=2**30)
+    monkeypatch.setattr(tiles, "CHUNK_BYTES", 1)
+    _, apart = run(lm, rows, 7, dense=True, budget=2**30)
+    for field in ("total", "prediction", "flow", "top_values", "top_cells", "dense"):
+        assert torch.equal(getattr(together, field), getattr(apart, field)), field

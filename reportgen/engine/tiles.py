@@ -311,6 +311,10 @@ def top_positions(x: torch.Tensor, k: int, zeros_matter: bool = True) -> torch.T
     blocks = n // size
     if k * PREFILTER > n or blocks < 2 * (k + 1):
         return _exact_top(x, k)
+    if by_numpy(x) and x.dtype == torch.float32:
+        found = _prefiltered_numpy(x, k, size, blocks, zeros_matter)
+        if found is not None:
+            return found
     main = x[..., : blocks * size].unflatten(-1, (size, blocks))  # [..., size, blocks]
     maxima = main.amax(-2)
     kth_block, next_block = largest(maxima, k)
@@ -335,6 +339,55 @@ def top_positions(x: torch.Tensor, k: int, zeros_matter: bool = True) -> torch.T
         positions[rows] = _exact_top(x.reshape(-1, n)[rows], k)
         positions = positions.view(*x.shape[:-1], k)
     return positions
+
+
+def _prefiltered_numpy(
+    x: torch.Tensor, k: int, size: int, blocks: int, zeros_matter: bool
+) -> torch.Tensor | None:
+    """`top_positions`' block prefilter for float32 on the CPU, in numpy but the blocks'
+    maxima and the candidates' gather (a few dozen small torch calls were most of its cost
+    there). None where the k-th largest block maximum is tied (say, a layer of mostly zeros):
+    the general route then handles the ties."""
+    n = x.shape[-1]
+    flat = x.detach().reshape(-1, n)
+    rows, cut = flat.shape[0], blocks * size
+    main = flat[:, :cut].unflatten(-1, (size, blocks))
+    maxima = main.amax(-2).numpy()
+    split = np.partition(maxima, blocks - k - 1, axis=-1)  # the k largest after blocks - k - 1
+    chosen = maxima >= split[:, blocks - k :].min(-1, keepdims=True)  # k blocks if no tie
+    if int(np.count_nonzero(chosen)) != rows * k:
+        return None
+    next_block = split[:, blocks - k - 1]
+    block = (np.flatnonzero(chosen) % blocks).reshape(rows, k)  # ascending in each row
+    index = torch.from_numpy(block).unsqueeze(-2).expand(rows, size, k)
+    values = torch.gather(main, -1, index).reshape(rows, size * k).numpy()
+    if cut < n:  # the cells past the last whole block are candidates too
+        values = np.concatenate([values, flat[:, cut:].numpy()], -1)
+    # Candidate c = s·k + j is cell s·blocks + block[j] (c past size·k: a tail cell), so
+    # candidates are in cell order and the first of tied ones is the lower cell.
+    m = values.shape[-1]
+    kth = np.partition(values, m - k, axis=-1)[:, m - k, None]
+    picked = values >= kth
+    if int(np.count_nonzero(picked)) != rows * k:  # ties with the k-th value: the first ones
+        above = values > kth
+        need = k - above.sum(-1, keepdims=True)
+        tied = values == kth
+        picked = above | (tied & (np.cumsum(tied, -1) <= need))
+    c = (np.flatnonzero(picked) % m).reshape(rows, k)
+    s_, j = c // k, c % k
+    positions = np.where(
+        c < size * k,
+        s_ * blocks + np.take_along_axis(block, np.minimum(j, k - 1), -1),
+        c - size * k + cut,
+    )
+    unsure = next_block >= kth[:, 0]  # another block may hold a tie with the k-th value
+    if not zeros_matter:
+        unsure &= next_block > 0
+    result = torch.from_numpy(positions)
+    if unsure.any():
+        again = torch.from_numpy(np.flatnonzero(unsure))
+        result[again] = _exact_top(flat[again], k)
+    return result.view(*x.shape[:-1], k)
 
 
 def largest(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -464,7 +517,7 @@ def reduce_layer(
             a = attention_rows(captured, start, end)
             if grad_out is None:
                 if key_scale is not None:
-                    a = a * key_scale[:, :, None, : a.shape[-1]].to(a.dtype)
+                    a = a * _columns_scale(key_scale, a)
                 reductions.add(layer, start, a, nonnegative=True)  # weights (norms) are >= 0
                 continue
             s = grad_rows(captured, grad_out, start, end).to(reductions.dtype)
@@ -576,19 +629,92 @@ def keeps_weights(
 
 
 def _reduced_pass(
-    lm: LoadedModel, rows: Sequence[Encoded], budget: int, reduce: Callable[[int, Captured], None]
+    lm: LoadedModel,
+    rows: Sequence[Encoded],
+    budget: int,
+    reductions: Reductions,
+    key_scale: Callable[[Captured], torch.Tensor] | None = None,
 ) -> Pass:
-    """One forward without gradients, each layer handed to `reduce`. Such a pass needs one
-    layer's weights at a time: where they fit, the forward keeps each layer's (no kernel
-    without weights, nothing recomputed in tiles) and `reduce` takes it at once; else each
-    layer's captured tensors after the forward, for the tiles."""
-    keep = keeps_weights(lm, rows, budget, layers=1)
+    """One forward without gradients, each layer's A (each key's column scaled by
+    `key_scale(captured)` [B, H, T] if given) reduced into `reductions`. Where every layer's
+    weights fit, the forward keeps them and they are reduced together after it (a short
+    input's reductions cost their number of operations); else where one layer's fit, each as
+    the forward makes it (no kernel without weights, nothing recomputed); else each layer's
+    captured tensors after the forward, in tiles."""
+    together = keeps_weights(lm, rows, budget)
+    chunks = _Chunks(reductions, lm, descending=False)
+
+    def reduce(layer: int, captured: Captured) -> None:
+        scale = None if key_scale is None else key_scale(captured)
+        weights = captured.weights
+        if together and weights is not None:
+            slot = chunks.slot(layer, weights)
+            if scale is None:
+                slot.copy_(weights)
+            else:
+                torch.mul(weights, _columns_scale(scale, weights), out=slot)
+        else:
+            reduce_layer(reductions, layer, captured, None, budget=budget, key_scale=scale)
+
+    keep = together or keeps_weights(lm, rows, budget, layers=1)
     capture = Capture(keep_weights=keep, on_layer=reduce if keep else None)
     with torch.no_grad():
         base = forward(lm, rows, capture=capture)
         for layer in sorted(capture.layers):
             reduce(layer, capture.layers.pop(layer))
+        chunks.flush()
     return base
+
+
+CHUNK_BYTES = 16 * 2**20
+"""Bytes of whole layers' S (or A) reduced together where the forward kept the weights: a
+short input's reductions cost their number of operations, so several layers go at once, but
+in a buffer below glibc's largest heap block (32 MiB), which malloc then reuses from chunk to
+chunk and batch to batch; a larger one is mapped afresh and page-faulted in every time
+(batch 8, T 128, 12 x 12 heads: 75 MB a pass)."""
+
+
+class _Chunks:
+    """Whole layers [B, H, T, T], given one at a time (each written into its `slot`), reduced
+    a few consecutive layers at a time with `Reductions.add_layers` from one buffer."""
+
+    def __init__(self, reductions: Reductions, lm: LoadedModel, descending: bool) -> None:
+        self.reductions = reductions
+        width = reductions.width
+        element = torch.empty((), dtype=reductions.dtype).element_size()
+        layer_bytes = len(reductions.plans) * lm.num_heads * width * width * element
+        self.size = max(1, min(lm.num_layers, CHUNK_BYTES // max(1, layer_bytes)))
+        self.descending = descending
+        """Layers arrive from the top (a backward) or from the bottom (a forward)."""
+        self.buffer: torch.Tensor | None = None
+        self.layers: list[int] = []
+
+    def slot(self, layer: int, like: torch.Tensor) -> torch.Tensor:
+        """Where `layer` goes, [B, H, T, T]: the chunk's next slot if the layer follows the
+        chunk's last one, else the first slot of a new chunk."""
+        step = -1 if self.descending else 1
+        if self.layers and (len(self.layers) == self.size or layer != self.layers[-1] + step):
+            self.flush()
+        if self.buffer is None:
+            b, h, q, t = like.shape
+            self.buffer = like.new_empty((b, self.size, h, q, t), dtype=self.reductions.dtype)
+        self.layers.append(layer)
+        n = len(self.layers)  # a backward's layers fill the buffer from its end, in layer order
+        return self.buffer[:, self.size - n if self.descending else n - 1]
+
+    def flush(self) -> None:
+        """Reduce the chunk's layers (their values are magnitudes, or weights: nonnegative)."""
+        if not self.layers or self.buffer is None:
+            return
+        n = len(self.layers)
+        part = self.buffer[:, self.size - n :] if self.descending else self.buffer[:, :n]
+        self.reductions.add_layers(min(self.layers), part, nonnegative=True)
+        self.layers = []
+
+
+def _columns_scale(scale: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A key scale [B, H, T] as a factor of weights [B, H, r, T'] (each key's column)."""
+    return scale[:, :, None, : weights.shape[-1]].to(weights.dtype)
 
 
 def tiled_attn_grad(
@@ -610,22 +736,16 @@ def tiled_attn_grad(
     gain = mode == "gain"
     reductions = new_reductions(lm, rows, base.layout, top_k, dense, mix=gain, pairs=pairs)
 
-    kept: torch.Tensor | None = None
-    """S of the layers whose weights the forward kept, [B, L, H, T, T], reduced all at once
-    after the backward (the size of those weights, which `keeps_weights` bounded)."""
-    done: list[int] = []
+    chunks = _Chunks(reductions, lm, descending=True)
+    """S of the layers whose weights the forward kept, a few layers at a time."""
 
     def on_grad(layer: int, grad: torch.Tensor) -> None:
-        nonlocal kept
         captured = capture.layers.pop(layer)
         if captured.weights is None:
             reduce_layer(reductions, layer, captured, grad, mode=mode, budget=budget, pairs=pairs)
             return
         with torch.no_grad():  # the weights kept, and autograd's own ∂L/∂A (never changed:
-            if kept is None:  # the backward goes on)
-                b, h, q, t = grad.shape
-                kept = grad.new_empty((b, lm.num_layers, h, q, t), dtype=reductions.dtype)
-            s = kept[:, layer]
+            s = chunks.slot(layer, grad)  # the backward goes on)
             if grad.dtype == s.dtype:
                 torch.mul(grad, captured.weights, out=s)
             else:
@@ -633,31 +753,16 @@ def tiled_attn_grad(
             if pairs:
                 reductions.add_pairs(layer, 0, s, captured.mask)
             scored(s, mode)
-            done.append(layer)
 
     capture.on_grad = on_grad
     lowest = capture.layers[min(capture.layers)]
     assert lowest.target is not None
     torch.autograd.grad(base.losses.sum(), [lowest.target])
     capture.layers.clear()  # a layer the loss does not depend on has S = 0
-    if kept is not None:
-        with torch.no_grad():
-            for run in _runs(sorted(done)):
-                reductions.add_layers(run.start, kept[:, run.start : run.stop], nonnegative=True)
-        kept = None
+    with torch.no_grad():
+        chunks.flush()
     reductions.finish("grad-rollout" if gain else None)
     return base, reductions
-
-
-def _runs(layers: Sequence[int]) -> list[range]:
-    """Sorted layer indices as ranges of consecutive ones."""
-    runs: list[range] = []
-    for layer in layers:
-        if runs and runs[-1].stop == layer:
-            runs[-1] = range(runs[-1].start, layer + 1)
-        else:
-            runs.append(range(layer, layer + 1))
-    return runs
 
 
 def tiled_attention(
@@ -671,11 +776,7 @@ def tiled_attention(
     """The attention weights A themselves, from one forward and the tiles (with `rollout`,
     also Abnar & Zuidema's attention rollout)."""
     reductions = new_reductions(lm, rows, layout_of(rows), top_k, dense, mix=rollout)
-
-    def reduce(layer: int, captured: Captured) -> None:
-        reduce_layer(reductions, layer, captured, None, budget=budget)
-
-    base = _reduced_pass(lm, rows, budget, reduce)
+    base = _reduced_pass(lm, rows, budget, reductions)
     reductions.finish("rollout" if rollout else None)
     return base, reductions
 
@@ -686,12 +787,7 @@ def tiled_attn_norm(
     """‖α_ij f_h(x_j)‖ (`reportgen.engine.norms`) from one forward without gradients: each
     layer's tiles of A with key j's column scaled by ‖v_j W_O^h‖."""
     reductions = new_reductions(lm, rows, layout_of(rows), top_k, dense)
-
-    def reduce(layer: int, captured: Captured) -> None:
-        norms = value_norms(captured)
-        reduce_layer(reductions, layer, captured, None, budget=budget, key_scale=norms)
-
-    base = _reduced_pass(lm, rows, budget, reduce)
+    base = _reduced_pass(lm, rows, budget, reductions, key_scale=value_norms)
     reductions.finish()
     return base, reductions
 
