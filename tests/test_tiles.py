@@ -149,9 +149,9 @@ def test_block_sums_equal_the_dense_computation(loaded, name, monkeypatch, route
 @pytest.mark.parametrize("levels", [3, 50, 3000, None], ids=["ties", "some", "few", "distinct"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_top_positions_are_the_k_largest_ties_to_the_lower_position(n, k, levels, dtype, route):
-    """The exact top-k (with and without the block prefilter, its float32 numpy route on the
-    CPU, and their fallbacks for ties between blocks and at the k-th value) against a
-    lexicographic sort by (value descending, position)."""
+    """The exact top-k (with and without the block prefilter, and its fallbacks for ties
+    between blocks and at the k-th value; in float64 and in float32, the engine's dtype) against
+    a lexicographic sort by (value descending, position)."""
     generator = torch.Generator().manual_seed(n + k)
     x = torch.rand(3, 2, n, generator=generator, dtype=torch.float64)
     if levels is not None:

@@ -311,10 +311,6 @@ def top_positions(x: torch.Tensor, k: int, zeros_matter: bool = True) -> torch.T
     blocks = n // size
     if k * PREFILTER > n or blocks < 2 * (k + 1):
         return _exact_top(x, k)
-    if by_numpy(x) and x.dtype == torch.float32:
-        found = _prefiltered_numpy(x, k, size, blocks, zeros_matter)
-        if found is not None:
-            return found
     main = x[..., : blocks * size].unflatten(-1, (size, blocks))  # [..., size, blocks]
     maxima = main.amax(-2)
     kth_block, next_block = largest(maxima, k)
@@ -339,55 +335,6 @@ def top_positions(x: torch.Tensor, k: int, zeros_matter: bool = True) -> torch.T
         positions[rows] = _exact_top(x.reshape(-1, n)[rows], k)
         positions = positions.view(*x.shape[:-1], k)
     return positions
-
-
-def _prefiltered_numpy(
-    x: torch.Tensor, k: int, size: int, blocks: int, zeros_matter: bool
-) -> torch.Tensor | None:
-    """`top_positions`' block prefilter for float32 on the CPU, in numpy but the blocks'
-    maxima and the candidates' gather (a few dozen small torch calls were most of its cost
-    there). None where the k-th largest block maximum is tied (say, a layer of mostly zeros):
-    the general route then handles the ties."""
-    n = x.shape[-1]
-    flat = x.detach().reshape(-1, n)
-    rows, cut = flat.shape[0], blocks * size
-    main = flat[:, :cut].unflatten(-1, (size, blocks))
-    maxima = main.amax(-2).numpy()
-    split = np.partition(maxima, blocks - k - 1, axis=-1)  # the k largest after blocks - k - 1
-    chosen = maxima >= split[:, blocks - k :].min(-1, keepdims=True)  # k blocks if no tie
-    if int(np.count_nonzero(chosen)) != rows * k:
-        return None
-    next_block = split[:, blocks - k - 1]
-    block = (np.flatnonzero(chosen) % blocks).reshape(rows, k)  # ascending in each row
-    index = torch.from_numpy(block).unsqueeze(-2).expand(rows, size, k)
-    values = torch.gather(main, -1, index).reshape(rows, size * k).numpy()
-    if cut < n:  # the cells past the last whole block are candidates too
-        values = np.concatenate([values, flat[:, cut:].numpy()], -1)
-    # Candidate c = s·k + j is cell s·blocks + block[j] (c past size·k: a tail cell), so
-    # candidates are in cell order and the first of tied ones is the lower cell.
-    m = values.shape[-1]
-    kth = np.partition(values, m - k, axis=-1)[:, m - k, None]
-    picked = values >= kth
-    if int(np.count_nonzero(picked)) != rows * k:  # ties with the k-th value: the first ones
-        above = values > kth
-        need = k - above.sum(-1, keepdims=True)
-        tied = values == kth
-        picked = above | (tied & (np.cumsum(tied, -1) <= need))
-    c = (np.flatnonzero(picked) % m).reshape(rows, k)
-    s_, j = c // k, c % k
-    positions = np.where(
-        c < size * k,
-        s_ * blocks + np.take_along_axis(block, np.minimum(j, k - 1), -1),
-        c - size * k + cut,
-    )
-    unsure = next_block >= kth[:, 0]  # another block may hold a tie with the k-th value
-    if not zeros_matter:
-        unsure &= next_block > 0
-    result = torch.from_numpy(positions)
-    if unsure.any():
-        again = torch.from_numpy(np.flatnonzero(unsure))
-        result[again] = _exact_top(flat[again], k)
-    return result.view(*x.shape[:-1], k)
 
 
 def largest(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
