@@ -164,6 +164,49 @@ def test_top_positions_are_the_k_largest_ties_to_the_lower_position(n, k, levels
     assert (got.reshape(-1, k) == np.stack(expected)).all()
 
 
+def _hard_rows(dtype: torch.dtype) -> torch.Tensor:
+    """Rows on which a bound from the blocks' maxima is easy to get wrong, [6, 16384]."""
+    n = 16384
+    generator = torch.Generator().manual_seed(11)
+    uniform = torch.rand(6, n, generator=generator, dtype=torch.float64)
+    rows = [
+        torch.randn(n, generator=generator, dtype=torch.float64),  # signed
+        2.0 ** (-60 * uniform[1]),  # 60 octaves: the k-th far below the largest
+        torch.where(uniform[2] < 0.02, uniform[2], 1e-39),  # the rest below float32's normal
+        torch.where(uniform[3] < 0.001, 1.0, 2.0**-40 * uniform[3]),  # fewer large than k
+        uniform[4].float().double() * torch.where(uniform[5] < 0.5, 1 - 2.0**-26, 1.0),
+        torch.where(torch.arange(n) % 7 == 0, 0.5, 0.25 * uniform[5]),  # ties across blocks
+    ]
+    return torch.stack(rows).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_top_positions_bound_holds_on_hard_rows(dtype, route):
+    """Signed entries, 60 octaves, denormals, fewer large entries than k, float64 entries that
+    round up to a float32 bucket edge and ties spread over every block: the exact top-k, ties
+    to the lower position, as a lexicographic sort gives it."""
+    x = _hard_rows(dtype)
+    for k in (64, 256, 1024):
+        got = tiles.top_positions(x, k).numpy()
+        position = np.arange(x.shape[-1])
+        expected = [np.sort(np.lexsort((position, -row))[:k]) for row in x.numpy()]
+        assert (got == np.stack(expected)).all(), k
+
+
+def test_lower_bound_is_at_most_the_kth_largest_and_one_step_below():
+    """`_lower_bound`'s v: at least k entries ≥ v, and at most one step (an eighth of the
+    float32 exponent's mantissa range, so a factor 9/8) below the k-th largest: the candidates
+    stay a few more than k. A k-th largest 2^32 times below the largest has none."""
+    generator = torch.Generator().manual_seed(5)
+    maxima = torch.rand(50, 2048, generator=generator).pow(8).numpy()
+    for k in (1, 7, 256, 2000):
+        bound, sure = tiles._lower_bound(maxima, k)
+        kth = -np.sort(-maxima, axis=1)[:, k - 1]
+        assert sure.all() if k <= 256 else not sure.all()  # rand⁸'s 2000th: ~2^-80 of the top
+        assert ((maxima >= bound[:, None]).sum(1) >= k)[sure].all()
+        assert (bound <= kth)[sure].all() and (bound >= kth * 8 / 9)[sure].all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_largest_are_the_kth_and_next_values_of_each_row(dtype, route):
     """The k-th and (k+1)-th largest entries, ties counted, in the input's dtype, against
