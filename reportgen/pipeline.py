@@ -478,7 +478,9 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
         task=lm.task.value,
         num_layers=lm.num_layers,
         num_heads=lm.num_heads,
-        attn_implementation=_attention_path(lm.fused_attention, settings.engine),
+        attn_implementation=_attention_path(
+            lm.fused_attention, settings.engine, lm.fused_activations
+        ),
         dtype=settings.dtype,
         device=str(lm.device),
         method=settings.method,
@@ -498,21 +500,29 @@ def run_info(lm: LoadedModel, settings: Settings, command: str | None) -> RunInf
     )
 
 
-def _attention_path(fused: bool, engine: str) -> str:
-    """How the run's attention was computed, for the about page."""
+def _attention_path(fused: bool, engine: str, activations: int = 0) -> str:
+    """How the run's attention was computed, for the about page (and the MLPs' activation,
+    where `fuse_activations` replaced it)."""
     if engine == "eager":
         own = "reportgen's fused softmax(q·kᵀ·scale + mask)·v" if fused else "the model's own"
-        return f"{own} eager attention, every layer's weights kept (the dense reference engine)"
-    if fused:
-        return (
+        path = f"{own} eager attention, every layer's weights kept (the dense reference engine)"
+    elif fused:
+        path = (
             "torch's scaled_dot_product_attention forward and backward (checked equal to the "
             "model's eager attention at load), the weights recomputed a block of query rows "
             "at a time for the saliency"
         )
-    return (
-        "the model's own eager attention (it computes more than the standard softmax), its "
-        "weights reduced a block of query rows at a time"
-    )
+    else:
+        path = (
+            "the model's own eager attention (it computes more than the standard softmax), its "
+            "weights reduced a block of query rows at a time"
+        )
+    if activations:
+        path += (
+            f"; its {activations} tanh GELUs (gelu_new) as torch's fused kernel of the same "
+            "function (checked equal at load)"
+        )
+    return path
 
 
 def _shown_name(name: str) -> str:

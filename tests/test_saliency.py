@@ -501,6 +501,38 @@ def test_fused_attention_gives_the_models_own_scores(tiny_models, loaded, name, 
             assert a.value == pytest.approx(b.value, rel=rtol)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fused_activations_give_the_models_own_outputs_and_scores(tiny_models, dtype):
+    """GPT-2's gelu_new runs as torch's tanh GELU kernel (the same function): the logits equal
+    the model's own (loaded plain, its Python GELU), and so do the scores with the model's own
+    activation put back; a model with another activation keeps it."""
+    from transformers import GPT2LMHeadModel
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    lm = load_model(tiny_models["gpt2"], "cpu", dtype)
+    blocks = lm.model.transformer.h
+    assert lm.fused_activations == len(blocks)
+    assert all(type(block.mlp.act) is GELUTanh for block in blocks)
+    plain = GPT2LMHeadModel.from_pretrained(
+        tiny_models["gpt2"], attn_implementation="eager", dtype=lm.dtype
+    ).eval()
+    assert type(plain.transformer.h[0].mlp.act) is NewGELUActivation
+    ids = torch.tensor([[5, 9, 11, 7, 3, 12, 6, 8]])
+    with torch.no_grad():
+        ours, own = lm.model(input_ids=ids).logits, plain(input_ids=ids).logits
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    torch.testing.assert_close(ours, own, rtol=rtol, atol=rtol * float(own.abs().max()))
+    rows = _encoded(lm, INPUTS["gpt2"])
+    settings = Settings(method="attn-grad", dtype=dtype, store=DENSE)
+    fused = compute_batch(lm, rows, settings, ablate=False)
+    for block in blocks:
+        block.mlp.act = NewGELUActivation()
+    for a, b in zip(fused, compute_batch(lm, rows, settings, ablate=False), strict=True):
+        np.testing.assert_allclose(a.dense, b.dense, rtol=0, atol=rtol * np.abs(b.dense).max())
+        np.testing.assert_allclose(a.stats.total, b.stats.total, rtol=rtol)
+    assert load_model(tiny_models["bert"], "cpu", dtype).fused_activations == 0
+
+
 def test_fused_attention_is_refused_where_the_models_own_attention_differs(
     tiny_models, monkeypatch
 ):

@@ -83,6 +83,8 @@ class LoadedModel:
     accepts_position_ids: bool
     fused_attention: bool = False
     """Whether attention runs through `fused_attention` (checked equal to the model's own)."""
+    fused_activations: int = 0
+    """How many tanh GELUs written out in Python run as torch's kernel (`fuse_activations`)."""
 
     padding: Padding = field(default_factory=lambda: Padding(None, False, True))
     """How batches are padded, decided by the padding probe at load."""
@@ -235,6 +237,7 @@ def load_model(
     )
     try:
         loaded.num_layers, loaded.num_heads = check_attention(loaded)
+        loaded.fused_activations = fuse_activations(loaded)
         loaded.padding = check_padding(loaded)
         loaded.fused_attention = enable_fused_attention(loaded)
         loaded.footprint = measure_footprint(loaded)
@@ -430,6 +433,32 @@ _PROBE_TOLERANCE = {
     torch.bfloat16: 5e-2,
     torch.float16: 1e-2,
 }
+
+
+def fuse_activations(lm: LoadedModel) -> int:
+    """Replace each tanh-approximated GELU written out in Python (transformers'
+    `NewGELUActivation`: GPT-2, GPT-Neo, GPT-J, CodeGen and the demo model) by torch's kernel
+    of the same function (`GELUTanh`), if on a probe range they agree to rounding; return how
+    many were replaced. One kernel instead of eight in the forward and ten in the backward: on
+    CPU a tenth of a small GPT-2's saliency pass. Anything else keeps the model's own."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    found = [
+        (parent, name)
+        for parent in lm.model.modules()
+        for name, child in parent.named_children()
+        if type(child) is NewGELUActivation
+    ]
+    if not found:
+        return 0
+    probe = torch.linspace(-12.0, 12.0, 4801, dtype=lm.dtype, device=lm.device)
+    with torch.no_grad():
+        gap = (NewGELUActivation()(probe) - GELUTanh()(probe)).abs().max()
+    if float(gap) > _PROBE_TOLERANCE[lm.dtype]:
+        return 0
+    for parent, name in found:
+        setattr(parent, name, GELUTanh())
+    return len(found)
 
 
 def enable_fused_attention(lm: LoadedModel) -> bool:
