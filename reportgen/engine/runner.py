@@ -196,8 +196,11 @@ def _example_stats(
     for k, start, end in placed:
         length = end - start
         cell = reductions.top_cells[k]
-        moved = (cell // length + start) * n + cell % length + start
-        cells.append(torch.where(cell >= 0, moved, cell))
+        if start == 0 and length == n:  # the example's one sequence: cells already its own
+            cells.append(cell)
+        else:
+            moved = (cell // length + start) * n + cell % length + start
+            cells.append(torch.where(cell >= 0, moved, cell))
         values.append(reductions.top_values[k])
     value, cell = torch.cat(values, -1), torch.cat(cells, -1)
     if len(placed) == 1:  # already strongest first: the example's own k of the batch's
