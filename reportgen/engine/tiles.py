@@ -336,22 +336,30 @@ def _prefiltered(x: torch.Tensor, k: int) -> torch.Tensor:
     maxima = flat[:, : blocks * size].view(rows, size, blocks).amax(1).numpy()
     bound, sure = _lower_bound(maxima, k)
     index = np.flatnonzero(a >= np.where(sure, bound, np.inf).astype(a.dtype)[:, None])
+    found = np.empty((rows, k), dtype=np.int64)
+    picked = slice(None) if sure.all() else np.flatnonzero(sure)
+    found[picked] = _among(a, index, k)[picked]
+    if not sure.all():
+        found[~sure] = _sparse_top(a[~sure], k)
+    return torch.from_numpy(found).view(*x.shape[:-1], k)
+
+
+def _among(a: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
+    """The exact top-k positions [R, k] of each row of `a` [R, n] among its candidates (`index`:
+    ascending flat positions, every row's k largest entries and their ties among them; a row
+    with fewer than k answers pads)."""
+    rows, n = a.shape
     row, column = np.divmod(index, n)
     counts = np.bincount(row, minlength=rows)
-    width = max(k, int(counts.max()))
+    width = max(k, int(counts.max()) if counts.size else 0)
     slot = row * width + np.arange(row.size) - np.repeat(np.cumsum(counts) - counts, counts)
     candidates = np.full(rows * width, -np.inf, dtype=a.dtype)  # pads below every entry
     candidates[slot] = a.ravel()[index]
     positions = np.zeros(rows * width, dtype=np.int64)
     positions[slot] = column
     candidates, positions = candidates.reshape(rows, width), positions.reshape(rows, width)
-    found = np.empty((rows, k), dtype=np.int64)
-    picked = slice(None) if sure.all() else np.flatnonzero(sure)
-    best = _exact_top(torch.from_numpy(candidates[picked]), k).numpy()
-    found[picked] = np.take_along_axis(positions[picked], best, -1)
-    if not sure.all():
-        found[~sure] = _sparse_top(a[~sure], k)
-    return torch.from_numpy(found).view(*x.shape[:-1], k)
+    best = _exact_top(torch.from_numpy(candidates), k).numpy()
+    return np.take_along_axis(positions, best, -1)
 
 
 BUCKET_SHIFT = 20
@@ -387,14 +395,18 @@ def _lower_bound(maxima: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sparse_top(a: np.ndarray, k: int) -> np.ndarray:
-    """`top_positions` of rows [R, n] (≥ 0) that `_lower_bound` left out: a row with fewer than
+    """`top_positions` of rows [R, n] (≥ 0) that `_lower_bound` left out. A row with fewer than
     k positive entries (a head whose S is 0 almost everywhere) is its positive entries and its
-    lowest-placed zeros, found without a search; any other (or one holding NaN) by the exact
-    search."""
+    lowest-placed zeros, found without a search; one with at most n / PREFILTER is searched
+    among its positive entries (a search over so many zeros costs numpy's selection ~100× its
+    time); any other, or one holding NaN, by the exact search."""
     rows, n = a.shape
-    row, column = np.divmod(np.flatnonzero(a > 0), n)  # NaN compares false
+    index = np.flatnonzero(a > 0)  # NaN compares false
+    row, column = np.divmod(index, n)
     counts = np.bincount(row, minlength=rows)
-    few = (counts < k) & ~np.isnan(a).any(1)
+    nan = np.isnan(a).any(1)
+    few = (counts < k) & ~nan
+    some = (counts >= k) & (counts * PREFILTER <= n) & ~nan
     found = np.empty((rows, k), dtype=np.int64)
     if few.any():
         chosen = np.zeros((rows, n), dtype=bool)
@@ -405,8 +417,11 @@ def _sparse_top(a: np.ndarray, k: int) -> np.ndarray:
         need = (k - counts[few])[:, None]
         chosen[:, :k] |= zeros & (np.cumsum(zeros, 1, dtype=np.int32) <= need)
         found[few] = (np.flatnonzero(chosen) % n).reshape(-1, k)
-    if not few.all():
-        found[~few] = _exact_top(torch.from_numpy(a[~few]), k).numpy()
+    if some.any():
+        found[some] = _among(a[some], np.flatnonzero(a[some] > 0), k)
+    rest = ~(few | some)
+    if rest.any():
+        found[rest] = _exact_top(torch.from_numpy(a[rest]), k).numpy()
     return found
 
 
@@ -636,16 +651,26 @@ def new_reductions(
 
 
 def keeps_weights(
-    lm: LoadedModel, rows: Sequence[Encoded], budget: int, layers: int | None = None
+    lm: LoadedModel,
+    rows: Sequence[Encoded],
+    budget: int,
+    layers: int | None = None,
+    times: int = 2,
 ) -> bool:
     """Whether `layers` layers' (every layer's by default) attention weights for the batch fit
-    in twice the tile budget: then the forward keeps them (its backward does anyway) instead
-    of recomputing them."""
+    in `times` the tile budget: then the forward keeps them instead of recomputing them."""
     width = max(end - start for row in rows for start, end in row.sequences)
     sequences = sum(len(row.sequences) for row in rows)
     element = torch.empty((), dtype=lm.dtype).element_size()
     count = lm.num_layers if layers is None else layers
-    return sequences * count * lm.num_heads * width * width * element <= 2 * budget
+    return sequences * count * lm.num_heads * width * width * element <= times * budget
+
+
+KEEP_FOR_BACKWARD = 4
+"""A pass with a backward keeps every layer's weights within this many tile budgets (256 MiB by
+default: 12 × 12 heads at T 512, batch 1): its backward reads them, where the fast kernel's
+backward and the tiles compute them twice more (the demo shape at batch 1, T 512: 339 against
+456 ms; BERT-base: 2.43 against 2.48 s)."""
 
 
 def _reduced_pass(
@@ -751,7 +776,8 @@ def tiled_attn_grad(
     forward (`keeps_weights`); longer ones run the fast kernel and recompute them in tiles.
     `mode` "gain" gives grad-rollout's per-head (A ⊙ ∂log p/∂A)⁺ and its rollout; `pairs`
     adds Wang et al.'s aggregation (`Reductions.add_pairs`)."""
-    capture = Capture(hooks=True, keep_weights=keeps_weights(lm, rows, budget))
+    keep = keeps_weights(lm, rows, budget, times=KEEP_FOR_BACKWARD)
+    capture = Capture(hooks=True, keep_weights=keep)
     base = forward(lm, rows, capture=capture)
     gain = mode == "gain"
     reductions = new_reductions(lm, rows, base.layout, top_k, dense, mix=gain, pairs=pairs)
