@@ -453,8 +453,7 @@ def kept_attention(
         key = key.repeat_interleave(heads // key.shape[1], dim=1)
         value = value.repeat_interleave(heads // value.shape[1], dim=1)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
-    out, weights = _KeptAttention.apply(query, key, value, mask, scale, on_grad)
+    out, weights = _KeptAttention.apply(query, key, value, attention_mask, scale, on_grad)
     return out.transpose(1, 2), weights
 
 
@@ -472,15 +471,9 @@ class _KeptAttention(torch.autograd.Function):
         scale: float,
         on_grad: Callable[[torch.Tensor], None],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        scaled = query * scale
-        scores = torch.matmul(scaled, key.transpose(-1, -2))
-        if mask is not None:
-            scores.add_(mask)
-        if query.element_size() < 4:
-            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-        else:
-            weights = torch.softmax(scores, dim=-1)
-        ctx.save_for_backward(scaled, key, value, weights)
+        weights = fused_weights(query, key, mask, scale)
+        assert weights is not None  # `kept_attention` checked the call is standard
+        ctx.save_for_backward(query, key, value, weights)
         ctx.scale, ctx.on_grad = scale, on_grad
         ctx.mark_non_differentiable(weights)
         out = torch.matmul(value.transpose(-1, -2), weights.transpose(-1, -2))
@@ -488,7 +481,8 @@ class _KeptAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        scaled, key, value, weights = ctx.saved_tensors
+        query, key, value, weights = ctx.saved_tensors
+        scaled = query * ctx.scale  # as the forward scaled it
         grad_weights = torch.matmul(grad, value.transpose(-1, -2))
         ctx.on_grad(grad_weights)
         grad_value = torch.matmul(grad.transpose(-1, -2), weights).transpose(-1, -2)

@@ -418,7 +418,8 @@ def _sparse_top(a: np.ndarray, k: int) -> np.ndarray:
         chosen[:, :k] |= zeros & (np.cumsum(zeros, 1, dtype=np.int32) <= need)
         found[few] = (np.flatnonzero(chosen) % n).reshape(-1, k)
     if some.any():
-        found[some] = _among(a[some], np.flatnonzero(a[some] > 0), k)
+        positive = a[some]
+        found[some] = _among(positive, np.flatnonzero(positive > 0), k)
     rest = ~(few | some)
     if rest.any():
         found[rest] = _exact_top(torch.from_numpy(a[rest]), k).numpy()
