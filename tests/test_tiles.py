@@ -3,6 +3,8 @@ and backward with the attention recomputed a block of query rows at a time (floa
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -121,28 +123,60 @@ def route(request, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bert"])
-def test_block_sums_equal_the_dense_computation(loaded, name, monkeypatch, route):
-    """Every input treated as long: each row's block sums, reduced one query row per tile,
-    equal numpy's sums of the dense S over the same blocks (edges moved into the row)."""
-    monkeypatch.setattr(tiles, "is_long", lambda tokens: True)
+@pytest.mark.parametrize("method", ["attn-grad", "attention"])
+@pytest.mark.parametrize("budget", [BUDGET, 2**30], ids=["row-tiles", "whole-layers"])
+@pytest.mark.parametrize(
+    "blocks", [None, 3, "some-long"], ids=["default-blocks", "three-blocks", "some-long"]
+)
+def test_block_sums_equal_the_dense_computation(
+    loaded, name, method, budget, blocks, monkeypatch, route
+):
+    """Every input treated as long (or all but the shortest): each long row's block sums,
+    and every row's total, prediction and flow (a long row's read from its rows summed over
+    pieces of blocks and segments), equal numpy's sums of the dense S (edges moved into the
+    row); reduced one query row per tile, and whole layers at a time, with the default blocks
+    and with three even ones (segment boundaries inside blocks)."""
     lm = loaded[name]
     rows = _rows(lm, name)
-    settings = Settings(method="attn-grad", batch_size=2)
-    _, per_layer = methods.REGISTRY["attn-grad"](lm, rows, settings)
-    _, red = tiles.tiled_attn_grad(lm, rows, 7, dense=False, budget=BUDGET)
+    shortest = min(len(row.ids) for row in rows)
+    some = blocks == "some-long"  # the shortest input not long: a batch of both kinds
+    monkeypatch.setattr(tiles, "is_long", lambda tokens: tokens > shortest if some else True)
+    if isinstance(blocks, int):
+        monkeypatch.setattr(  # even blocks, not snapped to segment boundaries
+            tiles,
+            "block_edges",
+            lambda n, spans: np.unique(np.linspace(0, n, blocks + 1).round().astype(np.int64)),
+        )
+    settings = Settings(method=method, batch_size=2)
+    _, per_layer = methods.REGISTRY[method](lm, rows, settings)
+    k = 7
+    if method == "attn-grad":
+        _, red = tiles.tiled_attn_grad(lm, rows, k, dense=False, budget=budget)
+    else:
+        _, red = tiles.tiled_attention(lm, rows, k, dense=False, budget=budget)
+    straddled = False
     for b, plan in enumerate(red.plans):
-        assert plan.edges is not None and red.blocks[b] is not None
+        if plan.edges is None:
+            assert some and red.blocks[b] is None
+            continue
+        assert red.blocks[b] is not None
         n = plan.length
         dense = np.stack([np.asarray(part[b, :, :n, :n], dtype=np.float64) for part in per_layer])
         edges = plan.edges  # a bi-encoder's second text: edges clipped, blocks empty
+        segments = plan.segments.numpy()
+        straddled |= any(len(set(segments[a:e])) > 1 for a, e in itertools.pairwise(edges))
         want = np.zeros((*dense.shape[:2], len(edges) - 1, len(edges) - 1))
         for q in range(len(edges) - 1):
-            for k in range(len(edges) - 1):
-                cells = np.abs(dense[:, :, edges[q] : edges[q + 1], edges[k] : edges[k + 1]])
-                want[:, :, q, k] = cells.sum((-1, -2))
+            for key in range(len(edges) - 1):
+                cells = np.abs(dense[:, :, edges[q] : edges[q + 1], edges[key] : edges[key + 1]])
+                want[:, :, q, key] = cells.sum((-1, -2))
         got = red.blocks[b].numpy()
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want.max())
         np.testing.assert_allclose(got.sum((2, 3)), red.total[b].numpy(), rtol=1e-9)
+    rtol = 1e-9
+    _compare(lm, red, per_layer, False, k, rtol)
+    assert straddled or blocks != 3  # three blocks: some hold two segments' tokens
+    assert any(plan.edges is None for plan in red.plans) == some
 
 
 @pytest.mark.parametrize("n, k", [(10, 3), (10, 10), (4000, 7), (4100, 64), (16384, 256)])

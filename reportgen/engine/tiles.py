@@ -123,6 +123,10 @@ class Reductions:
         ]
         """Per row, |S| summed over (query block, key block), float64 [L, H, n, n] on the CPU
         (rows of long examples only, see `SequencePlan.edges`)."""
+        self.pieces = [
+            None if p.edges is None else _pieces(p, groups, dtype, device) for p in self.plans
+        ]
+        """Per long row, the query pieces its tiles' rows are summed over (`_pieces`)."""
         self.pair_onehot: torch.Tensor | None = None
         self.pair_sums: torch.Tensor | None = None
         self.pair_counts: torch.Tensor | None = None
@@ -167,18 +171,10 @@ class Reductions:
         if self.mixed is not None:
             self.mixed[:, layers, start : start + rows, :width] += per_layer.sum(2) / self.heads
         mag = tile if nonnegative else tile.abs()
-        by_key = self._by_group(mag.view(batch, units, rows, width))  # [B, n·H, r, groups]
-        flow = torch.matmul(self.onehot[:, None, start : start + rows].transpose(-1, -2), by_key)
-        self.flow[:, layers] += flow.view(batch, n, self.heads, *flow.shape[2:]).to(self.flow.dtype)
-        row_sums = by_key.sum(-1).to(self.total.dtype)  # [B, n·H, r]
-        self.total[:, layers] += row_sums.sum(-1).view(batch, n, self.heads)
-        mag_layers = mag.view(batch, n, self.heads, rows, width)
-        for offset in range(n):
-            self._add_blocks(first + offset, start, mag_layers[:, offset])
-        for b, plan in enumerate(self.plans):
-            p = plan.prediction
-            if p is not None and start <= p < start + rows:
-                self.prediction[b, layers] += row_sums[b, :, p - start].view(n, self.heads)
+        if all(pieces is not None for pieces in self.pieces):
+            self._add_long(first, n, start, mag)
+        else:
+            self._add_sums(first, n, start, mag)
         # Top-k by magnitude: this tile's best, merged with the best so far (kept in cell
         # order, so that ties go to the lower cell; see `top_positions`).
         flat = mag.reshape(batch, units, -1)
@@ -204,6 +200,62 @@ class Reductions:
         keep_k = top_positions(all_values.abs(), self.k)
         self.top_values[:, layers] = torch.gather(all_values, -1, keep_k)
         self.top_cells[:, layers] = torch.gather(all_cells, -1, keep_k)
+
+    def _add_sums(self, first: int, n: int, start: int, mag: torch.Tensor) -> None:
+        """Total, prediction, flow and block sums of |S| [B, n·H, r, T] for layers [first,
+        first + n), query rows [start, start + r): each query row's sums by key group first."""
+        batch, _, rows, width = mag.shape
+        layers = slice(first, first + n)
+        by_key = self._by_group(mag)  # [B, n·H, r, groups]
+        flow = torch.matmul(self.onehot[:, None, start : start + rows].transpose(-1, -2), by_key)
+        self.flow[:, layers] += flow.view(batch, n, self.heads, *flow.shape[2:]).to(self.flow.dtype)
+        row_sums = by_key.sum(-1).to(self.total.dtype)  # [B, n·H, r]
+        self.total[:, layers] += row_sums.sum(-1).view(batch, n, self.heads)
+        mag_layers = mag.view(batch, n, self.heads, rows, width)
+        for offset in range(n):
+            self._add_blocks(first + offset, start, mag_layers[:, offset])
+        for b, plan in enumerate(self.plans):
+            p = plan.prediction
+            if p is not None and start <= p < start + rows:
+                self.prediction[b, layers] += row_sums[b, :, p - start].view(n, self.heads)
+
+    def _add_long(self, first: int, n: int, start: int, mag: torch.Tensor) -> None:
+        """`_add_sums` where every row is long: each row's query rows summed over its pieces
+        first (whole rows at a time, the fast direction), and everything read from those far
+        fewer rows: block sums, flow and total (each piece lies in one block and one group),
+        besides the prediction row's own sum. One pass over the tile, where summing each row
+        by key group and each block apart takes two (and reads along the slow direction)."""
+        units, rows = mag.shape[1], mag.shape[2]
+        layers = slice(first, first + n)
+        for b, plan in enumerate(self.plans):
+            pieces, sums = self.pieces[b], self.blocks[b]
+            assert pieces is not None and sums is not None and plan.edges is not None
+            length = plan.length
+            stop = min(start + rows, length)
+            if start >= stop:
+                continue
+            cuts, block_of, keys = pieces
+            inside = [start, *(int(c) for c in cuts if start < c < stop), stop]
+            tile = mag[b, :, :, :length]  # [n·H, r, length]
+            by_query = _row_sums(
+                tile, [(a - start, e - start) for a, e in itertools.pairwise(inside)]
+            )
+            # Each piece's keys summed by block and by group at once, [n·H, pieces, n + groups].
+            by_key = torch.matmul(by_query, keys).to(self.flow.dtype)
+            first_rows = torch.tensor(inside[:-1])
+            blocks = sums.shape[-1]
+            n_groups = self.flow.shape[-1]
+            flow = by_key.new_zeros(units, n_groups, n_groups)
+            flow.index_add_(1, plan.segments[first_rows].to(self.device), by_key[..., blocks:])
+            self.flow[b, layers] += flow.view(n, self.heads, *flow.shape[1:])
+            self.total[b, layers] += flow.sum((-1, -2)).view(n, self.heads)
+            p = plan.prediction
+            if p is not None and start <= p < stop:
+                row = tile[:, p - start].sum(-1).to(self.prediction.dtype)
+                self.prediction[b, layers] += row.view(n, self.heads)
+            part = torch.zeros(units, blocks, blocks, dtype=sums.dtype)
+            part.index_add_(1, block_of[first_rows], by_key[..., :blocks].to(sums.dtype).cpu())
+            sums[layers] += part.view(n, self.heads, blocks, blocks)
 
     def _by_group(self, mag: torch.Tensor) -> torch.Tensor:
         """Each row of |S| [B, n·H, r, T] summed over the keys of each group, [..., groups]:
@@ -598,6 +650,35 @@ def _segment_runs(segments: torch.Tensor) -> list[tuple[int, int, int]]:
     values = segments.tolist()
     edges = [0, *(i for i in range(1, len(values)) if values[i] != values[i - 1]), len(values)]
     return [(a, e, values[a]) for a, e in itertools.pairwise(edges) if a < e]
+
+
+def _pieces(
+    plan: SequencePlan, groups: int, dtype: torch.dtype, device: torch.device
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """A long row's query pieces: the cuts between them, every block edge and segment boundary
+    in (0, length), so that each piece lies in one block and one group; each position's block,
+    int64 [length]; and each key's block and group, one-hot [length, blocks + groups]."""
+    assert plan.edges is not None
+    runs = _segment_runs(plan.segments)
+    cuts = sorted({*plan.edges, *(a for a, _, _ in runs)} - {0, plan.length})
+    blocks = len(plan.edges) - 1
+    block_of = torch.zeros(plan.length, dtype=torch.long)
+    for q, (a, e) in enumerate(itertools.pairwise(plan.edges)):
+        block_of[a:e] = q
+    keys = torch.zeros(plan.length, blocks + groups, dtype=dtype)
+    position = torch.arange(plan.length)
+    keys[position, block_of] = 1
+    keys[position, blocks + plan.segments] = 1
+    return [c for c in cuts if 0 < c < plan.length], block_of, keys.to(device)
+
+
+def _row_sums(tile: torch.Tensor, pieces: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """tile [U, r, T] summed over each piece [a, e) of its rows, [U, pieces, T] (on the CPU by
+    numpy, a fifth faster than torch's sum over a middle axis there)."""
+    if not by_numpy(tile):
+        return torch.stack([tile[:, a:e].sum(1) for a, e in pieces], 1)
+    a = tile.detach().numpy()
+    return torch.from_numpy(np.stack([a[:, s:e].sum(1) for s, e in pieces], 1))
 
 
 def plans(examples: Sequence[Encoded], layout: Layout, n_segments: int) -> list[SequencePlan]:
