@@ -68,10 +68,15 @@ class Captured:
 class Capture:
     """Collects every layer's `Captured` in a pass; with `on_grad` set before the backward, it
     is called with (layer, gradient) as each layer's gradient arrives: ∂L/∂A [B, H, T, T] for
-    a layer whose weights were kept, else ∂L/∂out [B, T, H, d]."""
+    a layer whose weights were kept by the model's own eager attention, else ∂L/∂out
+    [B, T, H, d]. A layer whose weights reportgen's own attention kept (`kept_attention`)
+    reports S = A ⊙ ∂L/∂A to `on_product` instead, which its backward forms anyway."""
 
     layers: dict[int, Captured] = field(default_factory=dict)
     on_grad: Callable[[int, torch.Tensor], None] | None = None
+    on_product: Callable[[int, torch.Tensor], None] | None = None
+    """Called with (layer, S) [B, H, T, T] from inside the backward; S is valid during the call
+    only (the backward goes on with it in place)."""
     hooks: bool = False
     """Register gradient hooks on the layers' outputs (a pass that will be differentiated)."""
     keep_weights: bool = False
@@ -103,6 +108,14 @@ class Capture:
     def _grad(self, layer: int, grad: torch.Tensor) -> None:
         if self.on_grad is not None:
             self.on_grad(layer, grad)
+
+    def _product(self, layer: int, product: torch.Tensor) -> None:
+        if self.on_product is not None:
+            self.on_product(layer, product)
+        elif self.on_grad is not None:
+            raise RuntimeError(
+                f"layer {layer}'s attention reports A ⊙ ∂L/∂A, not ∂L/∂A: set Capture.on_product"
+            )
 
 
 @dataclass(frozen=True)
@@ -329,7 +342,7 @@ def _captured_attention(
         out = sdpa_attention(query, key, value, mask, causal, **kwargs)
     elif standard and capture.hooks and torch.is_grad_enabled():
         found = kept_attention(
-            query, key, value, attention_mask, partial(capture._grad, layer), **kwargs
+            query, key, value, attention_mask, partial(capture._product, layer), **kwargs
         )
         if found is not None:
             out, weights = found
@@ -442,17 +455,18 @@ def kept_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    on_grad: Callable[[torch.Tensor], None],
+    on_product: Callable[[torch.Tensor], None],
     scaling: float | None = None,
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """`fused_attention` for a pass whose backward needs ∂L/∂A: the same values, the weights
-    returned detached, and `on_grad` called with ∂L/∂A [B, H, Tq, Tk] as the backward forms
-    it. Its own backward (`_KeptAttention`) writes every product with a head-width side so that
-    side is the rows: on the CPU, torch's batched product of [T, T] by [T, d] runs at a quarter
-    of the speed of [d, T] by [T, T] for small d (the demo model's d = 8: 1.8 against 0.44 ms at
-    batch 8, T 128). None for a call with anything else in it."""
+    """`fused_attention` for a pass whose backward needs S = A ⊙ ∂L/∂A: the same values, the
+    weights returned detached, and `on_product` called with S [B, H, Tq, Tk] as the backward
+    forms it (valid during the call only). Its own backward (`_KeptAttention`) writes every
+    product with a head-width side so that side is the rows: on the CPU, torch's batched
+    product of [T, T] by [T, d] runs at a quarter of the speed of [d, T] by [T, T] for small d
+    (the demo model's d = 8: 1.8 against 0.44 ms at batch 8, T 128). None for a call with
+    anything else in it."""
     if not _standard_call(attention_mask, dropout, kwargs):
         return None
     heads = query.shape[1]
@@ -460,13 +474,13 @@ def kept_attention(
         key = key.repeat_interleave(heads // key.shape[1], dim=1)
         value = value.repeat_interleave(heads // value.shape[1], dim=1)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    out, weights = _KeptAttention.apply(query, key, value, attention_mask, scale, on_grad)
+    out, weights = _KeptAttention.apply(query, key, value, attention_mask, scale, on_product)
     return out.transpose(1, 2), weights
 
 
 class _KeptAttention(torch.autograd.Function):
-    """softmax(q·kᵀ·scale + mask)·v and the weights (not differentiable: ∂L/∂A goes to
-    `on_grad` in the backward instead)."""
+    """softmax(q·kᵀ·scale + mask)·v and the weights (not differentiable: S = A ⊙ ∂L/∂A goes to
+    `on_product` in the backward instead)."""
 
     @staticmethod
     def forward(
@@ -476,23 +490,31 @@ class _KeptAttention(torch.autograd.Function):
         value: torch.Tensor,
         mask: torch.Tensor | None,
         scale: float,
-        on_grad: Callable[[torch.Tensor], None],
+        on_product: Callable[[torch.Tensor], None],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         weights = fused_weights(query, key, mask, scale)
         assert weights is not None  # `kept_attention` checked the call is standard
         ctx.save_for_backward(query, key, value, weights)
-        ctx.scale, ctx.on_grad = scale, on_grad
+        ctx.scale, ctx.on_product = scale, on_product
         ctx.mark_non_differentiable(weights)
+        ctx.set_materialize_grads(False)  # no zeros of the weights' size for their gradient
         return _weighted_values(weights, value), weights
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(
+        ctx: Any, grad: torch.Tensor | None, _: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        if grad is None:  # the loss does not depend on this layer's output
+            return None, None, None, None, None, None
         query, key, value, weights = ctx.saved_tensors
         scaled = query * ctx.scale  # as the forward scaled it
-        grad_weights = torch.matmul(grad, value.transpose(-1, -2))
-        ctx.on_grad(grad_weights)
         grad_value = torch.matmul(grad.transpose(-1, -2), weights).transpose(-1, -2)
-        grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
+        product = torch.matmul(grad, value.transpose(-1, -2)).mul_(weights)  # S = A ⊙ ∂L/∂A
+        ctx.on_product(product)
+        # The softmax's backward from S: ∂L/∂scores = S − A · Σ_keys S (in place of S).
+        wide = torch.float32 if product.element_size() < 4 else None
+        rows = product.sum(-1, keepdim=True, dtype=wide).to(product.dtype)
+        grad_scores = product.addcmul_(weights, rows, value=-1)
         grad_key = torch.matmul(scaled.transpose(-1, -2), grad_scores).transpose(-1, -2)
         grad_query = torch.matmul(key.transpose(-1, -2), grad_scores.transpose(-1, -2))
         return grad_query.transpose(-1, -2) * ctx.scale, grad_key, grad_value, None, None, None

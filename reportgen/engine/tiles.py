@@ -240,7 +240,7 @@ class Reductions:
             by_query = _row_sums(
                 tile, [(a - start, e - start) for a, e in itertools.pairwise(inside)]
             )
-            # Each piece's keys summed by block and by group at once, [n·H, pieces, n + groups].
+            # Each piece's keys summed by block and by group at once: [n·H, pieces, blocks + G].
             by_key = torch.matmul(by_query, keys).to(self.flow.dtype)
             first_rows = torch.tensor(inside[:-1])
             blocks = sums.shape[-1]
@@ -660,7 +660,7 @@ def _pieces(
     int64 [length]; and each key's block and group, one-hot [length, blocks + groups]."""
     assert plan.edges is not None
     runs = _segment_runs(plan.segments)
-    cuts = sorted({*plan.edges, *(a for a, _, _ in runs)} - {0, plan.length})
+    cuts = sorted(c for c in {*plan.edges, *(a for a, _, _ in runs)} if 0 < c < plan.length)
     blocks = len(plan.edges) - 1
     block_of = torch.zeros(plan.length, dtype=torch.long)
     for q, (a, e) in enumerate(itertools.pairwise(plan.edges)):
@@ -669,7 +669,7 @@ def _pieces(
     position = torch.arange(plan.length)
     keys[position, block_of] = 1
     keys[position, blocks + plan.segments] = 1
-    return [c for c in cuts if 0 < c < plan.length], block_of, keys.to(device)
+    return cuts, block_of, keys.to(device)
 
 
 def _row_sums(tile: torch.Tensor, pieces: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -872,8 +872,8 @@ def tiled_attn_grad(
         if captured.weights is None:
             reduce_layer(reductions, layer, captured, grad, mode=mode, budget=budget, pairs=pairs)
             return
-        with torch.no_grad():  # the weights kept, and autograd's own ∂L/∂A (never changed:
-            s = chunks.slot(layer, grad)  # the backward goes on)
+        with torch.no_grad():  # the model's own eager weights kept, and autograd's own ∂L/∂A
+            s = chunks.slot(layer, grad)  # (never changed: the backward goes on)
             if grad.dtype == s.dtype:
                 torch.mul(grad, captured.weights, out=s)
             else:
@@ -882,7 +882,18 @@ def tiled_attn_grad(
                 reductions.add_pairs(layer, 0, s, captured.mask)
             scored(s, mode)
 
-    capture.on_grad = on_grad
+    def on_product(layer: int, product: torch.Tensor) -> None:
+        captured = capture.layers.pop(layer)
+        with torch.no_grad():  # S from reportgen's own attention backward (it goes on with it)
+            if pairs:
+                reductions.add_pairs(layer, 0, product, captured.mask)
+            s = chunks.slot(layer, product)
+            if mode == "magnitude" and product.dtype == s.dtype:
+                torch.abs(product, out=s)
+            else:
+                scored(s.copy_(product), mode)
+
+    capture.on_grad, capture.on_product = on_grad, on_product
     lowest = capture.layers[min(capture.layers)]
     assert lowest.target is not None
     torch.autograd.grad(base.losses.sum(), [lowest.target])
