@@ -282,7 +282,7 @@ def attattr_cases(opts: Options) -> list[Case]:
     # A smaller model than 8a's: each (layer, step) is a pass row, 12 × 20 = 240 rows per input
     # on the demo shape, too long for a run of a few minutes on 2 cores.
     small = _gpt2(opts, 4, 4, 64)
-    return [Case(*small, b, t, 20) for b, t in [(1, 128), (8, 128), (1, 512)]]
+    return [Case(*small, b, t, 20) for b, t in [(1, 128), (8, 128), (1, 512), (8, 512)]]
 
 
 def _rows(lm: Any, tokens: int, batch: int) -> list[Any]:
@@ -308,12 +308,22 @@ def _plain(path: Path, impl: str) -> Any:
 
 
 def _rows_per_pass(lm: Any, settings: Any, tokens: int) -> int:
-    """attattr's rows per pass as reportgen plans them (Captum's IG is given as many)."""
+    """attattr's rows per pass as reportgen plans them (Captum's IG is given as many, up to
+    `CAPTUM_COPIES` of its eager weights a row within the same memory budget)."""
     from reportgen.engine.runner import MemoryPlan
 
-    return max(
-        1, min(settings.batch_size * settings.steps, MemoryPlan.of(lm, settings).rows(tokens))
-    )
+    plan = MemoryPlan.of(lm, settings)
+    ours = max(1, min(settings.batch_size * settings.steps, plan.rows(tokens)))
+    weights = lm.num_layers * lm.num_heads * tokens * tokens * 4
+    return max(1, min(ours, plan.budget // (CAPTUM_COPIES * weights)))
+
+
+CAPTUM_COPIES = 32
+"""Copies of every layer's float32 T × T weights one of Captum IG's rows may hold (the eager
+weights, scores, their gradients and IG's expanded inputs): as many rows as reportgen's (160 at
+batch 8, T 512, the 4 × 4 model) passed 24 GiB and were killed; 32 cap it at 20 there (the
+table-8b run then peaked near 23 GiB used on the machine) and leave every other cell of 8b as
+it was."""
 
 
 class Peers:
@@ -472,7 +482,9 @@ def compute_table(opts: Options, attattr: bool) -> Table:
             "Captum IG: per layer, `IntegratedGradients` with that layer's attention weights as "
             "its input (baseline 0, `riemann_right`: α = k/m as reportgen), the model's other "
             "layers eager; its steps run as many rows a pass as reportgen's "
-            "(`internal_batch_size`)."
+            "(`internal_batch_size`), up to what 32 copies of a row's weights allow in the same "
+            "memory budget (`CAPTUM_COPIES`: at batch 8, T 512 as many as reportgen's, 160, "
+            "passed 24 GiB)."
         )
     else:
         table.notes.append(
