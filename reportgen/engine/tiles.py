@@ -124,9 +124,11 @@ class Reductions:
         """Per row, |S| summed over (query block, key block), float64 [L, H, n, n] on the CPU
         (rows of long examples only, see `SequencePlan.edges`)."""
         self.pieces = [
-            None if p.edges is None else _pieces(p, groups, dtype, device) for p in self.plans
+            None if p.edges is None else _pieces(p, runs, groups, dtype, device)
+            for p, runs in zip(self.plans, self.runs, strict=True)
         ]
         """Per long row, the query pieces its tiles' rows are summed over (`_pieces`)."""
+        self.all_long = all(pieces is not None for pieces in self.pieces)
         self.pair_onehot: torch.Tensor | None = None
         self.pair_sums: torch.Tensor | None = None
         self.pair_counts: torch.Tensor | None = None
@@ -171,7 +173,7 @@ class Reductions:
         if self.mixed is not None:
             self.mixed[:, layers, start : start + rows, :width] += per_layer.sum(2) / self.heads
         mag = tile if nonnegative else tile.abs()
-        if all(pieces is not None for pieces in self.pieces):
+        if self.all_long:
             self._add_long(first, n, start, mag)
         else:
             self._add_sums(first, n, start, mag)
@@ -406,12 +408,10 @@ def _among(a: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
     width = max(k, int(counts.max()) if counts.size else 0)
     slot = row * width + np.arange(row.size) - np.repeat(np.cumsum(counts) - counts, counts)
     if a.dtype == np.float32 and n < 2**32:
-        # One sort of int64 keys: the value's bits (ordered as the positive values are) above
-        # the position, so value descending, ties by position; pads last. numpy's sort of
-        # these is 40% faster than a selection and a tie pass over the padded values.
-        bits = a.ravel()[index].view(np.int32).astype(np.int64)
+        # One sort of int64 keys (`strongest_first`'s): value descending, ties by position,
+        # pads last; 40% faster than a selection and a tie pass over the padded values.
         keys = np.full(rows * width, np.iinfo(np.int64).max, dtype=np.int64)
-        keys[slot] = ((0x7FFFFFFF - bits) << 32) | column
+        keys[slot] = _strongest_first_keys(a.ravel()[index], column)
         keys = keys.reshape(rows, width)
         keys.sort(axis=-1)
         best = keys[:, :k] & 0xFFFFFFFF
@@ -513,10 +513,17 @@ def strongest_first(values: torch.Tensor) -> torch.Tensor:
     n = values.shape[-1]
     if not by_numpy(values) or values.dtype != torch.float32 or n >= 2**32:
         return torch.argsort(-values.abs(), dim=-1, stable=True)
-    bits = values.detach().abs().view(torch.int32).numpy().astype(np.int64)
-    keys = ((0x7FFFFFFF - bits) << 32) | np.arange(n, dtype=np.int64)
+    keys = _strongest_first_keys(values.detach().abs().numpy(), np.arange(n, dtype=np.int64))
     keys.sort(axis=-1)
     return torch.from_numpy(keys & 0xFFFFFFFF)
+
+
+def _strongest_first_keys(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """int64 keys whose ascending order is `values` (float32, ≥ 0) descending, ties by
+    `positions` (< 2^32, kept in the low 32 bits): the value's bits, ordered as the values are,
+    above the position."""
+    bits = values.view(np.int32).astype(np.int64)
+    return ((0x7FFFFFFF - bits) << 32) | positions
 
 
 def by_numpy(x: torch.Tensor) -> bool:
@@ -665,13 +672,17 @@ def _segment_runs(segments: torch.Tensor) -> list[tuple[int, int, int]]:
 
 
 def _pieces(
-    plan: SequencePlan, groups: int, dtype: torch.dtype, device: torch.device
+    plan: SequencePlan,
+    runs: Sequence[tuple[int, int, int]],
+    groups: int,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """A long row's query pieces: the cuts between them, every block edge and segment boundary
     in (0, length), so that each piece lies in one block and one group; each position's block,
-    int64 [length]; and each key's block and group, one-hot [length, blocks + groups]."""
+    int64 [length]; and each key's block and group, one-hot [length, blocks + groups]. `runs`:
+    the plan's segment runs (`_segment_runs`)."""
     assert plan.edges is not None
-    runs = _segment_runs(plan.segments)
     cuts = sorted(c for c in {*plan.edges, *(a for a, _, _ in runs)} if 0 < c < plan.length)
     blocks = len(plan.edges) - 1
     block_of = torch.zeros(plan.length, dtype=torch.long)
